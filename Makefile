@@ -1,0 +1,37 @@
+# Thin aliases over the tools configured in pyproject.toml. `make test` and `make demo` set everything up.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+# The CPU build of torch that lies on this machine: installed before the project, so pip never fetches
+# a multi-GB CUDA build to satisfy the project's torch range.
+TORCH ?= torch==2.13.0
+
+.PHONY: setup test lint unit demo bench-sim bench soak fuzz clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check "$(TORCH)"
+	$(BIN)/pip install --quiet --disable-pip-version-check -e ".[test]"
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+unit: setup
+	$(BIN)/pytest
+
+test: lint unit
+
+demo: setup
+	$(BIN)/python scripts/demo.py
+
+bench-sim: setup
+	OMP_NUM_THREADS=1 $(BIN)/python scripts/bench_sim.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build *.egg-info

@@ -1,0 +1,197 @@
+"""The `gossipd` command line."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from gossipd.task.fields import TaskError
+
+DEFAULT_TASK = Path(__file__).resolve().parent / "embedded" / "default.toml"
+
+# Exit codes shared by every command (documented in README.md).
+EXIT_OK = 0
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+EXIT_INVALID_TASK = 3
+
+
+def _load(task_file: str | None, data_root: str | None) -> Any:
+    from gossipd.task.loader import load_task
+
+    try:
+        return load_task(task_file or DEFAULT_TASK, data_root=data_root)
+    except TaskError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(EXIT_INVALID_TASK)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="gossipd")
+def main() -> None:
+    """gossipd: train one model across machines by compressed gossip, with no server."""
+
+
+@main.command()
+@click.argument("task_files", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.option("--deep", is_flag=True, help="Also load the data and build the model.")
+@click.option(
+    "--data", "data_root", type=click.Path(file_okay=False), help="Data folder (replaces [data] root)."
+)
+def check(task_files: tuple[str, ...], deep: bool, data_root: str | None) -> None:
+    """Validate task files; exit 3 if any is invalid."""
+    from gossipd.task.loader import load_task
+
+    failed = False
+    for task_file in task_files:
+        try:
+            task = load_task(task_file, data_root=data_root)
+            summary = f"{task.id}: {task.model.name} model, {task.gossip.algorithm} gossip"
+            if deep:
+                summary += ", " + _deep_summary(task)
+        except (TaskError, ValueError) as exc:
+            click.echo(f"error: {exc}", err=True)
+            failed = True
+            continue
+        click.echo(f"ok   {task_file} ({summary})")
+    sys.exit(EXIT_INVALID_TASK if failed else EXIT_OK)
+
+
+def _deep_summary(task: Any) -> str:
+    from gossipd.data.registry import load_data
+    from gossipd.models.registry import build_model, count_parameters
+
+    data = load_data(task.data, task.task.seed)
+    model = build_model(task.model, data.spec, task.task.seed)
+    return (
+        f"{len(data.train)} training / {len(data.validation)} validation examples, "
+        f"{count_parameters(model):,} parameters"
+    )
+
+
+@main.command()
+@click.argument("task_file", required=False, type=click.Path(dir_okay=False))
+@click.option("--peers", default=8, show_default=True, type=click.IntRange(2, 4096))
+@click.option("--algorithm", type=click.Choice(["plain", "powergossip", "choco", "local"]))
+@click.option("--rank", type=click.IntRange(1, 64), help="PowerGossip rank.")
+@click.option("--iterations", type=click.IntRange(1, 16), help="PowerGossip power iterations per exchange.")
+@click.option("--compressor", help="Choco compressor: sign, top-k:1%, random-k:1%, qsgd:4.")
+@click.option("--gamma", type=float, help="Choco consensus step size.")
+@click.option(
+    "--weight", type=click.FloatRange(0, 0.5, min_open=True), help="Fixed mixing weight (default: MH)."
+)
+@click.option("--partition", help="iid, dirichlet:ALPHA or shards:S (default: the task's).")
+@click.option("--steps", default=200, show_default=True, type=click.IntRange(1), help="Rounds to run.")
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option(
+    "--churn", default=0.0, show_default=True, type=click.FloatRange(0, 1), help="Leave chance per round."
+)
+@click.option(
+    "--downtime", default=10, show_default=True, type=click.IntRange(1), help="Rounds a leaver is away."
+)
+@click.option("--no-train", is_flag=True, help="Only mix (with --independent-init: a pure consensus run).")
+@click.option("--independent-init", is_flag=True, help="Each peer starts from its own random model.")
+@click.option("--eval-every", default=0, type=click.IntRange(0), help="Rounds between evaluations.")
+@click.option("--eval-samples", type=click.IntRange(1), help="Cap on validation examples per evaluation.")
+@click.option("--no-centralised", is_flag=True, help="Skip the centralised reference run.")
+@click.option(
+    "--data", "data_root", type=click.Path(file_okay=False), help="Data folder (replaces [data] root)."
+)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a summary.")
+def simulate(
+    task_file: str | None,
+    peers: int,
+    algorithm: str | None,
+    rank: int | None,
+    iterations: int | None,
+    compressor: str | None,
+    gamma: float | None,
+    weight: float | None,
+    partition: str | None,
+    steps: int,
+    seed: int,
+    churn: float,
+    downtime: int,
+    no_train: bool,
+    independent_init: bool,
+    eval_every: int,
+    eval_samples: int | None,
+    no_centralised: bool,
+    data_root: str | None,
+    as_json: bool,
+) -> None:
+    """Run PEERS simulated peers of TASK_FILE (default: the embedded MNIST task) in this process."""
+    from gossipd.data.partition import parse_partition
+    from gossipd.data.registry import load_data
+    from gossipd.sim.simulator import Simulation, SimulationConfig
+    from gossipd.task.overrides import with_gossip
+
+    task = _load(task_file, data_root)
+    options = {"rank": rank, "iterations": iterations, "compressor": compressor, "gamma": gamma}
+    try:
+        if partition is not None:
+            try:
+                parse_partition(partition)
+            except ValueError as exc:
+                raise ValueError(f"--partition: {exc}") from None
+        if algorithm != "local" and (algorithm is not None or any(v is not None for v in options.values())):
+            task = with_gossip(task, algorithm, options)
+        if weight is not None:
+            task = dataclasses.replace(task, gossip=dataclasses.replace(task.gossip, weight=weight))
+        data = load_data(task.data, task.task.seed)
+        config = SimulationConfig(
+            peers=peers,
+            rounds=steps,
+            partition=partition,
+            seed=seed,
+            train=not no_train,
+            mix=algorithm != "local",
+            independent_init=independent_init,
+            churn=churn,
+            downtime=downtime,
+            eval_every=eval_every,
+            eval_samples=eval_samples,
+            centralised=not no_centralised,
+        )
+        simulation = Simulation(task, data, config)
+    except (TaskError, ValueError) as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(EXIT_INVALID_TASK)
+
+    def progress(record: Any) -> None:
+        if not as_json and record.mean_accuracy is not None:
+            click.echo(
+                f"round {record.round:5d}  accuracy {record.mean_accuracy:.4f} "
+                f"(worst {record.worst_accuracy:.4f})"
+                f"  consensus {record.consensus_distance:.4g}  bytes {record.exchange_bytes:,}",
+                err=True,
+            )
+
+    report = simulation.run(progress if eval_every else None)
+    if as_json:
+        click.echo(json.dumps(report.to_json()))
+        return
+    click.echo(_summary(report))
+
+
+def _summary(report: Any) -> str:
+    lines = [
+        f"task {report.task}: {report.peers} peers, {report.algorithm} {report.settings}, "
+        f"partition {report.partition}, {report.steps} rounds",
+        f"  accuracy     mean {report.mean_accuracy:.4f}  worst {report.worst_accuracy:.4f}"
+        + (
+            f"  centralised {report.centralised_accuracy:.4f}"
+            if report.centralised_accuracy is not None
+            else ""
+        ),
+        f"  consensus    {report.consensus_distance_start:.4g} -> {report.consensus_distance_end:.4g}",
+        f"  bytes/exch.  {report.bytes_per_exchange:,.0f} (plain {report.plain_bytes_per_exchange:,}, "
+        f"ratio {report.compression_ratio:.1f}x) over {report.exchanges} exchanges",
+        f"  time         {report.wall_seconds:.1f} s",
+    ]
+    return "\n".join(lines)

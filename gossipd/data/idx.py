@@ -1,0 +1,184 @@
+"""IDX files (the MNIST format): a strict, bounded reader and the `format = "idx"` loader.
+
+An IDX file is two zero bytes, a dtype code, the number of dimensions, one big-endian uint32 per dimension,
+then the values, big-endian and row-major. The header is checked and the declared size capped before the
+body is read, and a gzip stream is never inflated past the declared size plus one byte (which is how
+trailing data is noticed), so neither a lying header nor a gzip bomb makes us allocate much.
+"""
+
+from __future__ import annotations
+
+import gzip
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
+
+import numpy as np
+import torch
+
+from gossipd.data.errors import DataError, checked_size, data_path
+from gossipd.data.spec import ArrayDataset, DataBundle, InputSpec
+from gossipd.data.splits import fit_standardization, split_indices
+
+if TYPE_CHECKING:  # the registry imports this module to list it among the formats
+    from gossipd.data.registry import LoadContext
+
+GZIP_MAGIC = b"\x1f\x8b"
+DTYPES: dict[int, np.dtype[np.generic]] = {
+    0x08: np.dtype(">u1"),
+    0x09: np.dtype(">i1"),
+    0x0B: np.dtype(">i2"),
+    0x0C: np.dtype(">i4"),
+    0x0D: np.dtype(">f4"),
+    0x0E: np.dtype(">f8"),
+}
+MAX_IDX_BYTES = 1 << 31  # the decoded body; MNIST's training images are 47 MB, EMNIST's about 700 MB
+MAX_NDIM = 8
+MAX_CLASSES = 100_000
+_READ_CHUNK = 1 << 24
+
+
+class _ByteStream(Protocol):
+    def read(self, size: int, /) -> bytes: ...
+
+
+@dataclass(frozen=True, kw_only=True)
+class IdxSource:
+    """`format = "idx"`: image and label IDX files, optionally gzipped; the test pair, when given, is the
+    validation set, otherwise `validation_fraction` of the training files is held out."""
+
+    train_images: str
+    train_labels: str
+    test_images: str | None = None
+    test_labels: str | None = None
+    # Standardise pixels with the training set's mean and std (after scaling bytes to [0, 1]).
+    normalize: bool = True
+
+
+def read_idx(path: Path, *, max_bytes: int = MAX_IDX_BYTES) -> np.ndarray:
+    """The array stored in IDX file `path` (gzip recognised by its magic bytes), in native byte order."""
+    checked_size(path, max_bytes)
+    try:
+        with path.open("rb") as raw:
+            # Unambiguous: an uncompressed IDX file starts with two zero bytes.
+            compressed = raw.read(2) == GZIP_MAGIC
+            raw.seek(0)
+            if compressed:
+                with gzip.GzipFile(fileobj=raw, mode="rb") as unzipped:
+                    return _read_idx_stream(unzipped, path, max_bytes)
+            return _read_idx_stream(raw, path, max_bytes)
+    except (EOFError, zlib.error, gzip.BadGzipFile) as exc:  # BadGzipFile is an OSError: it goes first
+        raise DataError(path, f"corrupt gzip stream: {exc}") from None
+    except OSError as exc:
+        raise DataError(path, f"cannot read: {exc.strerror or exc}") from None
+
+
+def _read_idx_stream(stream: _ByteStream, path: Path, max_bytes: int) -> np.ndarray:
+    magic = _read_exact(stream, 4, path, "the IDX magic number")
+    if magic[0] != 0 or magic[1] != 0 or magic[2] not in DTYPES:
+        codes = ", ".join(f"0x{c:02X}" for c in DTYPES)
+        raise DataError(
+            path, f"found magic bytes {magic.hex()}, expected 00 00, a dtype code ({codes}), then ndim"
+        )
+    dtype, ndim = DTYPES[magic[2]], magic[3]
+    if not 1 <= ndim <= MAX_NDIM:
+        raise DataError(path, f"found {ndim} dimensions in the IDX header, expected 1 to {MAX_NDIM}")
+    shape = tuple(int(d) for d in np.frombuffer(_read_exact(stream, 4 * ndim, path, "the IDX header"), ">u4"))
+    # Python integers: the product cannot overflow however large the declared dimensions are.
+    declared = dtype.itemsize
+    for size in shape:
+        declared *= size
+    if declared > max_bytes:
+        raise DataError(
+            path, f"IDX header declares shape {shape} ({declared:,} bytes), over the {max_bytes:,} cap"
+        )
+    body = _read_exact(stream, declared, path, f"shape {shape}")
+    if stream.read(1):
+        raise DataError(path, f"trailing bytes after the {declared:,} bytes that shape {shape} declares")
+    # Bytes need no swap, so MNIST's pixels stay in the buffer they were read into (no second copy).
+    return np.frombuffer(body, dtype).reshape(shape).astype(dtype.newbyteorder("="), copy=False)
+
+
+def _read_exact(stream: _ByteStream, count: int, path: Path, what: str) -> bytearray:
+    """Exactly `count` bytes, read in bounded chunks so a truncated file never costs its declared size."""
+    buffer = bytearray()
+    while len(buffer) < count:
+        chunk = stream.read(min(count - len(buffer), _READ_CHUNK))
+        if not chunk:
+            raise DataError(path, f"truncated: {what} needs {count:,} bytes, found {len(buffer):,}")
+        buffer += chunk
+    return buffer
+
+
+def read_images(path: Path) -> np.ndarray:
+    """IDX images `(N, H, W)` as float32 `(N, 1, H, W)`: bytes scaled to [0, 1], floats taken as they are."""
+    array = read_idx(path)
+    if array.ndim != 3:
+        raise DataError(path, f"found {array.ndim} dimensions, expected 3 (images, rows, columns)")
+    if array.dtype == np.uint8:
+        images = array.astype(np.float32)
+        images /= 255.0
+    elif array.dtype.kind == "f":
+        images = array.astype(np.float32)
+        if not np.isfinite(images).all():
+            raise DataError(path, "found NaN or infinite pixel values")
+    else:
+        raise DataError(path, f"found {array.dtype} pixels, expected unsigned bytes (0x08) or floats")
+    return images.reshape(len(images), 1, *images.shape[1:])
+
+
+def read_labels(path: Path) -> np.ndarray:
+    """IDX labels `(N,)` as int64 class indices."""
+    array = read_idx(path)
+    if array.ndim != 1:
+        raise DataError(path, f"found {array.ndim} dimensions, expected 1 (one label per example)")
+    if array.dtype.kind not in "iu":
+        raise DataError(path, f"found {array.dtype} labels, expected integers")
+    labels = array.astype(np.int64)
+    if labels.size and (labels.min() < 0 or labels.max() >= MAX_CLASSES):
+        raise DataError(path, f"found labels {labels.min()}..{labels.max()}, expected 0..{MAX_CLASSES - 1}")
+    return labels
+
+
+def _read_pair(images_path: Path, labels_path: Path) -> tuple[np.ndarray, np.ndarray]:
+    images, labels = read_images(images_path), read_labels(labels_path)
+    if len(images) != len(labels):
+        raise DataError(
+            images_path, f"has {len(images):,} images but {labels_path.name} has {len(labels):,} labels"
+        )
+    return images, labels
+
+
+def load_idx(config: IdxSource, ctx: LoadContext) -> DataBundle:
+    """MNIST-style image classification: x float32 `(N, 1, H, W)`, y int64 `(N,)`."""
+    if (config.test_images is None) != (config.test_labels is None):
+        given = "test_images" if config.test_images is not None else "test_labels"
+        raise DataError("[data]", f"{given} is set without its pair; give both test_images and test_labels")
+    train_x, train_y = _read_pair(
+        data_path(config.train_images, ctx.base_dir), data_path(config.train_labels, ctx.base_dir)
+    )
+    if len(train_x) == 0:
+        raise DataError(data_path(config.train_images, ctx.base_dir), "holds no images")
+    if config.test_images is not None and config.test_labels is not None:
+        test_images = data_path(config.test_images, ctx.base_dir)
+        val_x, val_y = _read_pair(test_images, data_path(config.test_labels, ctx.base_dir))
+        if val_x.shape[1:] != train_x.shape[1:]:
+            raise DataError(
+                test_images, f"images are {val_x.shape[2:]}, the training images {train_x.shape[2:]}"
+            )
+    else:
+        train_idx, val_idx = split_indices(len(train_x), ctx.validation_fraction, ctx.seed)
+        val_x, val_y = train_x[val_idx], train_y[val_idx]
+        train_x, train_y = train_x[train_idx], train_y[train_idx]
+    if config.normalize:
+        stats = fit_standardization(train_x, per_feature=False)
+        stats.apply_(train_x)
+        stats.apply_(val_x)
+    num_classes = int(max(train_y.max(), val_y.max(initial=0))) + 1
+    return DataBundle(
+        spec=InputSpec(kind="classification", input_shape=tuple(train_x.shape[1:]), num_classes=num_classes),
+        train=ArrayDataset(torch.from_numpy(train_x), torch.from_numpy(train_y)),
+        validation=ArrayDataset(torch.from_numpy(val_x), torch.from_numpy(val_y)),
+        class_names=tuple(str(c) for c in range(num_classes)),
+    )

@@ -1,0 +1,73 @@
+"""The interface every mixing algorithm implements: a per-edge state and the rounds of one exchange.
+
+An algorithm's exchange is written as a generator: it yields the message it wants to send (and what it
+expects back), receives the peer's checked tensors, and finally returns the delta to add to the local model.
+Both ends run the same generator, so the messages of each round cross in flight (full duplex).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Generator, Mapping
+from dataclasses import dataclass
+from typing import ClassVar, Generic, TypeVar
+
+import torch
+
+from gossipd.mixing.layout import ParamLayout, Params
+from gossipd.wire.messages import MessageType
+from gossipd.wire.tensors import TensorSpec, WireTensor, to_wire
+
+Delta = dict[str, torch.Tensor]
+Records = Mapping[str, WireTensor]
+
+
+@dataclass(frozen=True)
+class Outgoing:
+    """One round: what this end sends, and the message type, phase and tensors it must receive."""
+
+    type: MessageType
+    phase: int
+    tensors: tuple[WireTensor, ...]
+    expect: Mapping[str, TensorSpec]
+
+
+@dataclass(frozen=True, kw_only=True)
+class ExchangeContext:
+    """Everything the rounds of one exchange may read. `sign` is −1 at the edge's lower end (which
+    subtracts the shared update) and +1 at the upper end (which adds it): the pair's sum is unchanged."""
+
+    params: Params
+    layout: ParamLayout
+    weight: float
+    sign: float
+    epoch: int
+    device: torch.device
+    rng: torch.Generator
+
+
+Rounds = Generator[Outgoing, Records, Delta]
+EdgeData = TypeVar("EdgeData")
+
+
+class Algorithm(ABC, Generic[EdgeData]):
+    """A mixing algorithm, configured once per task; per-edge state lives in `EdgeState.data`."""
+
+    name: ClassVar[str]
+
+    @abstractmethod
+    def reset_edge(self, epoch: int, layout: ParamLayout, device: torch.device) -> EdgeData:
+        """Per-edge state for an edge starting at `epoch` (same on both ends)."""
+
+    @abstractmethod
+    def rounds(self, ctx: ExchangeContext, edge: EdgeData) -> Rounds:
+        """The exchange's rounds; mutates `edge` in place (a failed exchange discards the whole edge)."""
+
+    def edge_floats(self, layout: ParamLayout) -> int:
+        """Floats of per-edge state, for memory reports."""
+        return 0
+
+
+def full_tensors(params: Params) -> tuple[WireTensor, ...]:
+    """Every tensor at full precision, in layout order."""
+    return tuple(to_wire(name, t) for name, t in params.items())

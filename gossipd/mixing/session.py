@@ -1,0 +1,198 @@
+"""One end of one pairwise exchange, as a state machine over messages; no I/O.
+
+    session = ExchangeSession(...)
+    outgoing = session.start()                 # HELLO: our edge (epoch, round) and degree
+    while outgoing is not None:
+        send(outgoing); incoming = receive()   # the two ends' messages cross in flight
+        outgoing = session.receive(incoming)   # checks it, runs the algorithm's next round
+    result = session.result()                  # the delta to add, and the edge state to keep
+
+The daemon drives this over a libp2p stream and the simulator over an in-memory pair; the messages and
+checks are the same. Any error leaves the session failed: the caller drops the edge, and the next exchange
+with that peer starts it afresh.
+"""
+
+from __future__ import annotations
+
+import enum
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from gossipd.mixing.algorithm import Algorithm, Delta, ExchangeContext, Outgoing, Rounds
+from gossipd.mixing.edge import EdgeState, derive_epoch
+from gossipd.mixing.layout import ParamLayout, Params
+from gossipd.mixing.weights import edge_weight
+from gossipd.wire.errors import ProtocolViolation, WireError
+from gossipd.wire.messages import Message, MessageType
+from gossipd.wire.tensors import check_tensors
+
+
+class PeerAborted(WireError):
+    """The peer sent ABORT: it gave up on this exchange."""
+
+    reason = "peer-aborted"
+
+
+class Phase(enum.Enum):
+    NEW = "new"
+    HELLO = "hello"
+    ROUNDS = "rounds"
+    DONE = "done"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True, kw_only=True)
+class ExchangeResult:
+    delta: Delta
+    edge: EdgeState
+    weight: float
+    peer_degree: int
+    reset: bool  # the edge was (re)started in this exchange
+    rounds: int
+
+
+class ExchangeSession:
+    def __init__(
+        self,
+        *,
+        algorithm: Algorithm[Any],
+        params: Params,
+        layout: ParamLayout,
+        self_id: bytes,
+        peer_id: bytes,
+        edge: EdgeState | None,
+        degree: int,
+        task: bytes,
+        fixed_weight: float | None,
+        rng: random.Random,
+        device: torch.device,
+    ) -> None:
+        if self_id == peer_id:
+            raise ValueError("a peer cannot exchange with itself")
+        self.algorithm = algorithm
+        self.params = params
+        self.layout = layout
+        self.sign = -1.0 if self_id < peer_id else 1.0
+        self.edge = edge if edge is not None else EdgeState.fresh(rng)
+        self.degree = degree
+        self.task = task
+        self.fixed_weight = fixed_weight
+        self.rng = rng
+        self.device = device
+        self.phase = Phase.NEW
+        self.rounds_done = 0
+        self.reset = False
+        self.weight = 0.0
+        self.peer_degree = 0
+        self._rounds: Rounds | None = None
+        self._outgoing: Outgoing | None = None
+        self._delta: Delta | None = None
+
+    def start(self) -> Message:
+        self._expect_phase(Phase.NEW)
+        self.phase = Phase.HELLO
+        return self._message(MessageType.HELLO)
+
+    def receive(self, message: Message) -> Message | None:
+        """Take the peer's message for the current round; return ours for the next one, or None when done."""
+        try:
+            if message.type is MessageType.ABORT:
+                raise PeerAborted(f"peer aborted the exchange: {message.reason or 'no reason given'}")
+            if self.phase is Phase.HELLO:
+                return self._on_hello(message)
+            self._expect_phase(Phase.ROUNDS)
+            return self._on_round(message)
+        except BaseException:
+            self.phase = Phase.FAILED
+            raise
+
+    def abort(self, reason: str) -> Message:
+        """An ABORT for the peer, so it stops waiting; this session is failed."""
+        self.phase = Phase.FAILED
+        return self._message(MessageType.ABORT, reason=reason[:256])
+
+    def result(self) -> ExchangeResult:
+        self._expect_phase(Phase.DONE)
+        assert self._delta is not None
+        return ExchangeResult(
+            delta=self._delta,
+            edge=self.edge,
+            weight=self.weight,
+            peer_degree=self.peer_degree,
+            reset=self.reset,
+            rounds=self.rounds_done,
+        )
+
+    @property
+    def done(self) -> bool:
+        return self.phase is Phase.DONE
+
+    def _on_hello(self, hello: Message) -> Message | None:
+        if hello.type is not MessageType.HELLO:
+            raise ProtocolViolation(f"expected hello, received {hello.type}")
+        self.peer_degree = hello.degree
+        self.weight = edge_weight(self.fixed_weight, self.degree, hello.degree)
+        if not (self.edge.synced and self.edge.key == (hello.epoch, hello.round)):
+            epoch = derive_epoch(self.edge.key, (hello.epoch, hello.round))
+            data = self.algorithm.reset_edge(epoch, self.layout, self.device)
+            self.edge = EdgeState(epoch=epoch, round=0, synced=True, data=data)
+            self.reset = True
+        ctx = ExchangeContext(
+            params=self.params,
+            layout=self.layout,
+            weight=self.weight,
+            sign=self.sign,
+            epoch=self.edge.epoch,
+            device=self.device,
+            rng=torch.Generator().manual_seed(self.rng.getrandbits(63)),
+        )
+        self.phase = Phase.ROUNDS
+        self._rounds = self.algorithm.rounds(ctx, self.edge.data)
+        return self._advance(lambda rounds: next(rounds))
+
+    def _on_round(self, message: Message) -> Message | None:
+        expected = self._outgoing
+        assert expected is not None
+        if message.type is not expected.type or message.phase != expected.phase:
+            raise ProtocolViolation(
+                f"expected {expected.type} phase {expected.phase}, "
+                f"received {message.type} phase {message.phase}"
+            )
+        if (message.epoch, message.round) != self.edge.key:
+            raise ProtocolViolation(
+                f"message for edge state {(message.epoch, message.round)}, expected {self.edge.key}"
+            )
+        records = check_tensors(message.tensors, expected.expect)
+        self.rounds_done += 1
+        return self._advance(lambda rounds: rounds.send(records))
+
+    def _advance(self, step: Callable[[Rounds], Outgoing]) -> Message | None:
+        assert self._rounds is not None
+        try:
+            outgoing: Outgoing = step(self._rounds)
+        except StopIteration as stop:
+            self._delta = stop.value
+            self._outgoing = None
+            self.edge.round += 1
+            self.phase = Phase.DONE
+            return None
+        self._outgoing = outgoing
+        return self._message(outgoing.type, phase=outgoing.phase, tensors=outgoing.tensors)
+
+    def _message(self, kind: MessageType, **body: Any) -> Message:
+        return Message(
+            type=kind,
+            task=self.task,
+            epoch=self.edge.epoch,
+            round=self.edge.round,
+            degree=self.degree,
+            **body,
+        )
+
+    def _expect_phase(self, phase: Phase) -> None:
+        if self.phase is not phase:
+            raise ProtocolViolation(f"exchange is {self.phase.value}, not {phase.value}")

@@ -1,0 +1,103 @@
+"""What a simulation reports: the `gossipd simulate --json` object and its per-round history."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from gossipd.train.trainer import Evaluation
+
+if TYPE_CHECKING:
+    from gossipd.sim.simulator import Simulation
+
+
+@dataclass(frozen=True)
+class RoundRecord:
+    round: int
+    consensus_distance: float
+    exchange_bytes: int
+    exchanges: int
+    mean_accuracy: float | None
+    worst_accuracy: float | None
+
+
+@dataclass(frozen=True, kw_only=True)
+class SimulationReport:
+    task: str
+    peers: int
+    algorithm: str
+    settings: dict[str, Any]
+    partition: str
+    steps: int  # rounds; each peer ran `local_steps` training steps per round
+    local_steps: int
+    mean_accuracy: float
+    worst_accuracy: float
+    mean_loss: float
+    centralised_accuracy: float | None
+    consensus_distance_start: float
+    consensus_distance_end: float
+    exchanges: int
+    failed_exchanges: int
+    bytes_per_exchange: float
+    plain_bytes_per_exchange: int
+    compression_ratio: float
+    total_exchange_bytes: int
+    joins: int
+    state_transfer_bytes: int
+    train_seconds_per_step: float
+    mix_seconds_per_exchange: float
+    wall_seconds: float
+    history: tuple[RoundRecord, ...]
+
+    @classmethod
+    def build(
+        cls,
+        *,
+        simulation: Simulation,
+        final: Sequence[Evaluation],
+        centralised: float | None,
+        distance_start: float,
+        distance_end: float,
+        plain_bytes: int,
+        history: Sequence[RoundRecord],
+        wall_seconds: float,
+    ) -> SimulationReport:
+        task = simulation.task
+        per_exchange = simulation.exchange_bytes / simulation.exchanges if simulation.exchanges else 0.0
+        config = task.gossip.config
+        return cls(
+            task=task.id,
+            peers=simulation.config.peers,
+            algorithm=task.gossip.algorithm if simulation.config.mix else "local",
+            settings=dataclasses.asdict(config)
+            if dataclasses.is_dataclass(config) and not isinstance(config, type)
+            else {},
+            partition=simulation.config.partition or task.data.partition,
+            steps=simulation.config.rounds,
+            local_steps=task.train.local_steps,
+            mean_accuracy=sum(e.accuracy for e in final) / len(final),
+            worst_accuracy=min(e.accuracy for e in final),
+            mean_loss=sum(e.loss for e in final) / len(final),
+            centralised_accuracy=centralised,
+            consensus_distance_start=distance_start,
+            consensus_distance_end=distance_end,
+            exchanges=simulation.exchanges,
+            failed_exchanges=simulation.failed_exchanges,
+            bytes_per_exchange=per_exchange,
+            plain_bytes_per_exchange=plain_bytes,
+            compression_ratio=plain_bytes / per_exchange if per_exchange else 0.0,
+            total_exchange_bytes=simulation.exchange_bytes,
+            joins=simulation.joins,
+            state_transfer_bytes=simulation.state_bytes,
+            train_seconds_per_step=simulation.train_seconds / max(simulation.train_steps, 1),
+            mix_seconds_per_exchange=simulation.mix_seconds / max(simulation.exchanges, 1),
+            wall_seconds=wall_seconds,
+            history=tuple(history),
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["history"] = [dataclasses.asdict(r) for r in self.history]
+        return data

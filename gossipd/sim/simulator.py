@@ -1,0 +1,310 @@
+"""An in-process swarm: N peers, each with its own model, trainer, data shard, view and edge states,
+mixing by random pairwise exchanges through the same sessions and wire codec the daemon uses.
+
+One round: every online peer runs `local_steps` training steps, then every online peer (in random order)
+starts one exchange with a random online member of its view. Churn takes peers away and brings them back;
+a returning peer first copies a full model from a neighbour, as a joining daemon does.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from gossipd.data.registry import peer_shard
+from gossipd.data.spec import DataBundle
+from gossipd.metrics import consensus_distance
+from gossipd.mixing.edge import EdgeState
+from gossipd.mixing.layout import ParamLayout, max_message_bytes, mixed_parameters
+from gossipd.mixing.local import run_pair
+from gossipd.mixing.plain import PlainConfig, PlainGossip
+from gossipd.mixing.registry import make_algorithm
+from gossipd.mixing.session import ExchangeSession
+from gossipd.mixing.state import read_state, state_message, state_specs
+from gossipd.models.registry import build_model
+from gossipd.peering.view import PeerView
+from gossipd.sim.report import RoundRecord, SimulationReport
+from gossipd.task.loader import Task
+from gossipd.train.device import pick_device
+from gossipd.train.trainer import Trainer
+from gossipd.wire.errors import WireError
+from gossipd.wire.messages import decode_message, encode_message, framed_size
+
+
+@dataclass(frozen=True, kw_only=True)
+class SimulationConfig:
+    peers: int = 8
+    rounds: int = 200
+    partition: str | None = None  # None: the task's `[data] partition`
+    seed: int = 0
+    train: bool = True
+    mix: bool = True  # False: every peer trains alone (the local-only baseline)
+    independent_init: bool = False  # each peer starts from its own random model
+    churn: float = 0.0  # per round, the probability that one online peer leaves
+    downtime: int = 10  # rounds a departed peer stays away
+    eval_every: int = 0  # rounds between progress evaluations; 0: only at the end
+    eval_samples: int | None = None  # cap on validation examples per evaluation; None: all
+    centralised: bool = True  # also train one model on the union of the shards, same samples
+
+
+@dataclass(eq=False)
+class SimPeer:
+    index: int
+    id: bytes
+    trainer: Trainer
+    view: PeerView[int]
+    edges: dict[int, EdgeState] = field(default_factory=dict)
+    online: bool = True
+    returns_at: int = -1
+    exchanges: int = 0
+    bytes_sent: int = 0
+
+    def params(self) -> dict[str, torch.Tensor]:
+        return mixed_parameters(self.trainer.model)
+
+
+class Simulation:
+    def __init__(self, task: Task, data: DataBundle, config: SimulationConfig) -> None:
+        if config.peers < 2:
+            raise ValueError("a swarm needs at least 2 peers")
+        self.task = task
+        self.data = data
+        self.config = config
+        self.rng = random.Random(config.seed)
+        self.device = pick_device(task.train.device)
+        self.algorithm = make_algorithm(task.gossip)
+        partition = config.partition or task.data.partition
+        self.shards = [
+            peer_shard(data, partition, i, config.peers, task.task.seed + config.seed)
+            for i in range(config.peers)
+        ]
+        self.peers = [self._new_peer(i) for i in range(config.peers)]
+        for peer in self.peers:
+            peer.view.fill(p.index for p in self.peers if p is not peer)
+        self.layout = ParamLayout.of(self.peers[0].params())
+        self.max_bytes = max_message_bytes(self.layout)
+        self.exchange_bytes = 0
+        self.exchanges = 0
+        self.failed_exchanges = 0
+        self.state_bytes = 0
+        self.joins = 0
+        self.mix_seconds = 0.0
+        self.train_seconds = 0.0
+        self.train_steps = 0
+
+    def _new_peer(self, index: int) -> SimPeer:
+        seed = (
+            self.task.task.seed + (index + 1) * 7919 if self.config.independent_init else self.task.task.seed
+        )
+        model = build_model(self.task.model, self.data.spec, seed)
+        trainer = Trainer(
+            model,
+            self.task.train,
+            self.shards[index],
+            kind=self.data.spec.kind,
+            device=self.device,
+            seed=self.config.seed * 1000 + index,
+        )
+        view: PeerView[int] = PeerView(self.task.gossip.view_size, random.Random(self.rng.getrandbits(64)))
+        return SimPeer(index=index, id=f"sim-peer-{index:04d}".encode(), trainer=trainer, view=view)
+
+    # -- the run ---------------------------------------------------------------------------------------
+
+    def run(self, on_round: Callable[[RoundRecord], None] | None = None) -> SimulationReport:
+        started = time.perf_counter()
+        history: list[RoundRecord] = []
+        distance_start: float | None = None
+        for round_index in range(self.config.rounds):
+            self._churn(round_index)
+            online = [p for p in self.peers if p.online]
+            if self.config.train:
+                tick = time.perf_counter()
+                for peer in online:
+                    peer.trainer.train_steps(self.task.train.local_steps)
+                self.train_seconds += time.perf_counter() - tick
+                self.train_steps += len(online) * self.task.train.local_steps
+            if distance_start is None:
+                distance_start = self._consensus()
+            if self.config.mix:
+                tick = time.perf_counter()
+                for peer in self.rng.sample(online, len(online)):
+                    self._exchange_from(peer)
+                self.mix_seconds += time.perf_counter() - tick
+            self._rewire(round_index)
+            every = self.config.eval_every
+            if on_round is not None or (every and (round_index + 1) % every == 0):
+                record = self._record(round_index, evaluate=bool(every) and (round_index + 1) % every == 0)
+                history.append(record)
+                if on_round is not None:
+                    on_round(record)
+        final = self._evaluate_all()
+        centralised = self._centralised() if self.config.centralised and self.config.train else None
+        return SimulationReport.build(
+            simulation=self,
+            final=final,
+            centralised=centralised,
+            distance_start=distance_start or 0.0,
+            distance_end=self._consensus(),
+            plain_bytes=self._plain_exchange_bytes(),
+            history=history,
+            wall_seconds=time.perf_counter() - started,
+        )
+
+    def _exchange_from(self, peer: SimPeer) -> None:
+        partner_index = peer.view.sample(lambda i: self.peers[i].online)
+        if partner_index is None:
+            return
+        partner = self.peers[partner_index]
+        ends = [self._session(peer, partner), self._session(partner, peer)]
+        try:
+            traffic = run_pair(ends[0], ends[1], max_message_bytes=self.max_bytes)
+        except WireError:
+            # As in the daemon: a failed exchange costs the edge, which both ends rebuild next time.
+            peer.edges.pop(partner.index, None)
+            partner.edges.pop(peer.index, None)
+            self.failed_exchanges += 1
+            return
+        for end, owner, other in ((ends[0], peer, partner), (ends[1], partner, peer)):
+            result = end.result()
+            owner.trainer.apply_delta(result.delta)
+            owner.edges[other.index] = result.edge
+            owner.exchanges += 1
+        peer.bytes_sent += traffic.a_sent
+        partner.bytes_sent += traffic.b_sent
+        self.exchange_bytes += traffic.total
+        self.exchanges += 1
+
+    def _session(self, me: SimPeer, other: SimPeer) -> ExchangeSession:
+        return ExchangeSession(
+            algorithm=self.algorithm,
+            params=me.params(),
+            layout=self.layout,
+            self_id=me.id,
+            peer_id=other.id,
+            edge=me.edges.get(other.index),
+            degree=1,  # exchanges here run one at a time: each is the peer's only edge in flight
+            task=self.task.hash,
+            fixed_weight=self.task.gossip.weight,
+            rng=self.rng,
+            device=self.device,
+        )
+
+    def _rewire(self, round_index: int) -> None:
+        """Departed neighbours leave the view, the view refills, and every 10 rounds one member is swapped
+        (a slowly changing random graph). A peer forgets the edge state of a neighbour that leaves its view,
+        as the daemon does: a stale edge revived much later would pull the models back toward old copies."""
+        for peer in self.peers:
+            if not peer.online:
+                continue
+            for gone in [m for m in peer.view.members if not self.peers[m].online]:
+                peer.view.remove(gone)
+                peer.edges.pop(gone, None)
+            candidates = [p.index for p in self.peers if p.online and p is not peer]
+            peer.view.fill(candidates)
+            if round_index % 10 == 9:
+                swapped = peer.view.rewire(candidates)
+                if swapped is not None and swapped[0] is not None:
+                    peer.edges.pop(swapped[0], None)
+
+    # -- churn -----------------------------------------------------------------------------------------
+
+    def _churn(self, round_index: int) -> None:
+        for peer in self.peers:
+            if not peer.online and peer.returns_at <= round_index:
+                self._rejoin(peer)
+        online = [p for p in self.peers if p.online]
+        if self.config.churn > 0 and len(online) > 2 and self.rng.random() < self.config.churn:
+            leaving = self.rng.choice(online)
+            leaving.online = False
+            leaving.returns_at = round_index + self.config.downtime
+
+    def _rejoin(self, peer: SimPeer) -> None:
+        """A returning peer restarts empty-handed: a fresh optimiser, no edges, and a full model copied
+        from one online neighbour through the state-transfer message."""
+        donors = [p for p in self.peers if p.online]
+        donor = self.rng.choice(donors)
+        state = donor.trainer.model.state_dict()
+        wire = encode_message(
+            state_message(state, task=self.task.hash, step=donor.trainer.step, degree=donor.view.degree)
+        )
+        self.state_bytes += framed_size(len(wire))
+        received = read_state(
+            decode_message(wire, max_size=2 * len(wire), task=self.task.hash), state_specs(state), self.device
+        )
+        fresh = self._new_peer(peer.index)
+        fresh.trainer.model.load_state_dict(received)
+        fresh.trainer.step = donor.trainer.step
+        peer.trainer = fresh.trainer
+        peer.edges.clear()
+        peer.view.members.clear()
+        peer.view.fill(p.index for p in donors)
+        peer.online = True
+        self.joins += 1
+
+    # -- measures --------------------------------------------------------------------------------------
+
+    def _consensus(self) -> float:
+        return consensus_distance([p.params() for p in self.peers if p.online])
+
+    def _evaluate_all(self) -> list[Any]:
+        return [
+            p.trainer.evaluate(self.data.validation, self.config.eval_samples) for p in self.peers if p.online
+        ]
+
+    def _record(self, round_index: int, *, evaluate: bool) -> RoundRecord:
+        accuracies = [e.accuracy for e in self._evaluate_all()] if evaluate else []
+        return RoundRecord(
+            round=round_index + 1,
+            consensus_distance=self._consensus(),
+            exchange_bytes=self.exchange_bytes,
+            exchanges=self.exchanges,
+            mean_accuracy=sum(accuracies) / len(accuracies) if accuracies else None,
+            worst_accuracy=min(accuracies) if accuracies else None,
+        )
+
+    def _centralised(self) -> float:
+        """One model trained on every shard's examples with the swarm's total batch, for as many steps:
+        the same samples in the order all-reduce SGD would see them."""
+        union = peer_shard(self.data, "iid", 0, 1, 0)
+        section = dataclasses.replace(
+            self.task.train, batch_size=self.task.train.batch_size * self.config.peers
+        )
+        trainer = Trainer(
+            build_model(self.task.model, self.data.spec, self.task.task.seed),
+            section,
+            union,
+            kind=self.data.spec.kind,
+            device=self.device,
+            seed=self.config.seed * 1000 + 999,
+        )
+        trainer.train_steps(self.config.rounds * self.task.train.local_steps)
+        return trainer.evaluate(self.data.validation, self.config.eval_samples).accuracy
+
+    def _plain_exchange_bytes(self) -> int:
+        """Bytes of one uncompressed exchange of this model, measured through the codec."""
+        params = self.peers[0].params()
+        other = {name: t.clone() for name, t in params.items()}
+        plain = PlainGossip(PlainConfig())
+        ends = [
+            ExchangeSession(
+                algorithm=plain,
+                params=p,
+                layout=self.layout,
+                self_id=me,
+                peer_id=them,
+                edge=None,
+                degree=1,
+                task=self.task.hash,
+                fixed_weight=None,
+                rng=random.Random(0),
+                device=self.device,
+            )
+            for p, me, them in ((params, b"a", b"b"), (other, b"b", b"a"))
+        ]
+        return run_pair(ends[0], ends[1], max_message_bytes=self.max_bytes).total

@@ -1,0 +1,196 @@
+"""Reading a task TOML file into a `Task`: strict, with errors that say where and what was expected."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from gossipd.compress.registry import parse_compressor
+from gossipd.data.partition import parse_partition
+from gossipd.data.registry import FORMATS, resolve_root
+from gossipd.mixing.registry import ALGORITHMS
+from gossipd.models.registry import MODELS
+from gossipd.task.fields import TaskError, Where, describe, read_table
+from gossipd.task.schema import DataSection, GossipSection, ModelSection, TaskSection, TrainSection
+
+TASK_ID = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
+MAX_TASK_FILE_BYTES = 1 << 20
+SECTIONS = ("task", "data", "model", "train", "gossip")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Task:
+    """A parsed task file. `hash` identifies what peers must agree on to mix with each other."""
+
+    file: str
+    task: TaskSection
+    data: DataSection
+    model: ModelSection
+    train: TrainSection
+    gossip: GossipSection
+    hash: bytes
+
+    @property
+    def id(self) -> str:
+        return self.task.id
+
+
+def load_task(path: str | Path, *, data_root: str | Path | None = None) -> Task:
+    """Read and check a task file. `data_root` (the `--data` option) replaces `[data] root`."""
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+        if size > MAX_TASK_FILE_BYTES:
+            raise TaskError(str(path), "", f"file is {size} bytes, expected at most {MAX_TASK_FILE_BYTES}")
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise TaskError(str(path), "", f"cannot read: {exc.strerror or exc}") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise TaskError(str(path), "", f"not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    return parse_task(text, file=str(path), base_dir=path.parent, data_root=data_root)
+
+
+def parse_task(
+    text: str, *, file: str = "<task>", base_dir: Path = Path("."), data_root: str | Path | None = None
+) -> Task:
+    """Parse task TOML text; relative data paths resolve against `base_dir` unless `data_root` is given."""
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise TaskError(file, "", f"not valid TOML: {exc}") from None
+    top = Where(file)
+    for name, value in doc.items():
+        if name not in SECTIONS:
+            raise top.error(name, f"unknown section; expected one of: {', '.join(SECTIONS)}")
+        if not isinstance(value, dict):
+            raise top.error(name, f"found {describe(value)}, expected a table [{name}]")
+    if "task" not in doc:
+        raise top.error("task", "missing; expected a [task] table with at least `id`")
+    if "data" not in doc:
+        raise top.error("data", "missing; expected a [data] table with at least `format`")
+    if "model" not in doc:
+        raise top.error("model", "missing; expected a [model] table with at least `name`")
+
+    task = read_table(TaskSection, doc["task"], top.child("task"))
+    if not TASK_ID.match(task.id):
+        raise top.child("task").error(
+            "id",
+            f"found {task.id!r}, expected 1-64 of a-z, 0-9, '.', '_', '-' starting with a letter or digit",
+        )
+    data = _read_data(doc["data"], top.child("data"), base_dir, data_root)
+    model = _read_variant(ModelSection, doc["model"], top.child("model"), "name", "options", MODELS)
+    train = read_table(TrainSection, doc.get("train", {}), top.child("train"))
+    gossip = _read_gossip(doc.get("gossip", {}), top.child("gossip"))
+    return Task(
+        file=file,
+        task=task,
+        data=data,
+        model=model,
+        train=train,
+        gossip=gossip,
+        hash=task_hash(task, model, gossip),
+    )
+
+
+def task_hash(task: TaskSection, model: ModelSection, gossip: GossipSection) -> bytes:
+    """16 bytes naming what must match for two peers to mix: the task id, the model and the algorithm.
+
+    Local choices (data paths, batch size, device, timing) are left out, so peers may differ in them.
+    """
+    canonical = {
+        "id": task.id,
+        "seed": task.seed,
+        "model": {"name": model.name, "options": _plain(model.options)},
+        "gossip": {"algorithm": gossip.algorithm, "config": _plain(gossip.config)},
+    }
+    blob = json.dumps(canonical, sort_keys=True, separators=(",", ":")).encode()
+    return hashlib.sha256(b"gossipd-task-v1\0" + blob).digest()[:16]
+
+
+def _plain(value: Any) -> Any:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {k: _plain(v) for k, v in dataclasses.asdict(value).items()}
+    if isinstance(value, tuple | list):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    return value
+
+
+def _read_variant(
+    common: type[Any],
+    table: Mapping[str, Any],
+    where: Where,
+    kind_key: str,
+    variant_field: str,
+    registry: Mapping[str, Any],
+    *,
+    default_kind: str | None = None,
+    extra: Mapping[str, Any] | None = None,
+) -> Any:
+    """Read a table whose keys depend on a discriminant: common keys into `common`, the rest into the
+    variant's own dataclass, which lands in `common.<variant_field>`."""
+    kind = table.get(kind_key, default_kind)
+    if kind is None:
+        raise where.error(kind_key, f"missing; expected one of: {', '.join(sorted(registry))}")
+    if not isinstance(kind, str) or kind not in registry:
+        raise where.error(kind_key, f"found {describe(kind)}, expected one of: {', '.join(sorted(registry))}")
+    entry = registry[kind]
+    fixed = set(extra or {}) | {variant_field}
+    common_names = {f.name for f in dataclasses.fields(common)} - fixed
+    variant_names = {f.name for f in dataclasses.fields(entry.config_type)}
+    allowed = "expected one of: " + ", ".join(sorted(common_names | variant_names))
+    variant = read_table(
+        entry.config_type,
+        {k: v for k, v in table.items() if k not in common_names},
+        where,
+        allowed_hint=f"not a key for {kind_key} = {kind!r}; {allowed}",
+    )
+    return read_table(
+        common,
+        {k: v for k, v in table.items() if k in common_names},
+        where,
+        extra={variant_field: variant, **(extra or {})},
+    )
+
+
+def _read_data(
+    table: Mapping[str, Any], where: Where, base_dir: Path, data_root: str | Path | None
+) -> DataSection:
+    root = table.get("root", ".")
+    if not isinstance(root, str):
+        raise where.error("root", f"found {describe(root)}, expected a string")
+    try:
+        resolved = Path(data_root) if data_root is not None else resolve_root(root, base_dir)
+    except ValueError as exc:
+        raise where.error("root", str(exc)) from None
+    section: DataSection = _read_variant(
+        DataSection, table, where, "format", "source", FORMATS, extra={"base_dir": resolved}
+    )
+    try:
+        parse_partition(section.partition)
+    except ValueError as exc:
+        raise where.error("partition", str(exc)) from None
+    return section
+
+
+def _read_gossip(table: Mapping[str, Any], where: Where) -> GossipSection:
+    section: GossipSection = _read_variant(
+        GossipSection, table, where, "algorithm", "config", ALGORITHMS, default_kind="powergossip"
+    )
+    spec = getattr(section.config, "compressor", None)
+    if isinstance(spec, str):
+        try:
+            parse_compressor(spec)
+        except ValueError as exc:
+            raise where.error("compressor", str(exc)) from None
+    return section

@@ -1,0 +1,26 @@
+"""Command-line overrides of a task's `[gossip]` section (`--algorithm`, `--rank`, `--compressor`, ...),
+checked exactly as the same keys in a task file would be."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
+
+from gossipd.mixing.registry import ALGORITHMS
+from gossipd.task.fields import Where, read_table
+from gossipd.task.loader import Task, task_hash
+
+
+def with_gossip(task: Task, algorithm: str | None, options: Mapping[str, Any]) -> Task:
+    """The task with another algorithm and/or algorithm options. Options the algorithm does not have are
+    a `TaskError`; switching algorithm starts from the new algorithm's defaults."""
+    name = algorithm or task.gossip.algorithm
+    if name not in ALGORITHMS:
+        raise ValueError(f"unknown algorithm {name!r}; expected one of: {', '.join(ALGORITHMS)}")
+    entry = ALGORITHMS[name]
+    current = task.gossip.config if name == task.gossip.algorithm else entry.config_type()
+    merged = {**dataclasses.asdict(current), **{k: v for k, v in options.items() if v is not None}}
+    config = read_table(entry.config_type, merged, Where("command line"))
+    gossip = dataclasses.replace(task.gossip, algorithm=name, config=config)
+    return dataclasses.replace(task, gossip=gossip, hash=task_hash(task.task, task.model, gossip))

@@ -1,0 +1,85 @@
+"""The sections of a task file, one frozen dataclass each.
+
+Components receive only their own section: the model builder a `ModelSection`, the trainer a `TrainSection`,
+the mixer a `GossipSection`. Sections whose keys depend on a discriminant (`[data] format`, `[model] name`,
+`[gossip] algorithm`) hold the chosen variant's own dataclass, defined beside the code that uses it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from gossipd.task.fields import bounds
+
+
+@dataclass(frozen=True, kw_only=True)
+class TaskSection:
+    """`[task]`: what the swarm is training, and the seed every peer initialises the model from."""
+
+    id: str
+    description: str = ""
+    seed: int = field(default=0, metadata=bounds(min=0))
+
+
+@dataclass(frozen=True, kw_only=True)
+class DataSection:
+    """`[data]`: where a peer's examples come from and how a simulated swarm splits them.
+
+    `source` is the format's own settings (an `IdxSource`, `CsvSource`, ...); `base_dir` is the folder that
+    relative paths are read from: `root` resolved against the task file's folder, or `--data`.
+    """
+
+    format: str
+    root: str = "."
+    validation_fraction: float = field(default=0.1, metadata=bounds(min=0.0, max=0.9))
+    partition: str = "iid"
+    source: Any = None
+    base_dir: Path = Path(".")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelSection:
+    """`[model]`: a built-in architecture by name with its options, or `name = "custom"`."""
+
+    name: str
+    options: Any = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainSection:
+    """`[train]`: local optimisation on each peer."""
+
+    optimizer: Literal["sgd", "adam", "adamw"] = "sgd"
+    lr: float = field(default=0.05, metadata=bounds(min=0.0, exclusive_min=True))
+    momentum: float = field(default=0.9, metadata=bounds(min=0.0, max=0.999))
+    nesterov: bool = False
+    weight_decay: float = field(default=0.0, metadata=bounds(min=0.0))
+    batch_size: int = field(default=32, metadata=bounds(min=1, max=65536))
+    local_steps: int = field(default=1, metadata=bounds(min=1, max=10000))
+    lr_schedule: Literal["constant", "cosine"] = "constant"
+    warmup_steps: int = field(default=0, metadata=bounds(min=0))
+    total_steps: int | None = field(default=None, metadata=bounds(min=1))
+    grad_clip: float | None = field(default=None, metadata=bounds(min=0.0, exclusive_min=True))
+    device: str = "auto"
+    eval_every: int = field(default=200, metadata=bounds(min=1))
+    eval_samples: int = field(default=2000, metadata=bounds(min=1))
+
+
+@dataclass(frozen=True, kw_only=True)
+class GossipSection:
+    """`[gossip]`: how a peer mixes its model with its neighbours.
+
+    `weight` fixes the mixing weight of every exchange; left out, it is Metropolis-Hastings from both ends'
+    degrees in the graph of exchanges in flight, `min(1/2, 1/(1 + max(deg_a, deg_b)))` (see
+    `gossipd.mixing.weights`). `config` is the algorithm's own settings.
+    """
+
+    algorithm: str = "powergossip"
+    weight: float | None = field(default=None, metadata=bounds(min=0.0, max=0.5, exclusive_min=True))
+    view_size: int = field(default=6, metadata=bounds(min=1, max=64))
+    exchange_interval: float = field(default=0.5, metadata=bounds(min=0.0))
+    exchange_timeout: float = field(default=15.0, metadata=bounds(min=0.1))
+    rewire_interval: float = field(default=30.0, metadata=bounds(min=0.0))
+    config: Any = None

@@ -1,0 +1,204 @@
+"""Local training on one peer: optimiser steps on its own examples, evaluation, and applying gossip deltas.
+
+The trainer knows nothing of the network: the simulator calls it in a loop, the daemon from a worker thread.
+Mixing never races with it: deltas from exchanges are applied between steps (`apply_delta`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from gossipd.data.spec import ArrayDataset, Kind
+from gossipd.task.schema import TrainSection
+
+EVAL_BATCH = 512
+
+
+@dataclass(frozen=True)
+class StepStats:
+    steps: int
+    samples: int
+    loss: float  # mean training loss over these steps
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    loss: float
+    accuracy: float  # fraction in [0, 1]; next-character accuracy for language models
+    samples: int
+
+    @property
+    def perplexity(self) -> float:
+        return math.exp(min(self.loss, 50.0))
+
+
+def build_optimizer(section: TrainSection, params: Iterator[nn.Parameter]) -> torch.optim.Optimizer:
+    if section.optimizer == "sgd":
+        return torch.optim.SGD(
+            params,
+            lr=section.lr,
+            momentum=section.momentum,
+            nesterov=section.nesterov and section.momentum > 0,
+            weight_decay=section.weight_decay,
+        )
+    if section.optimizer == "adam":
+        return torch.optim.Adam(params, lr=section.lr, weight_decay=section.weight_decay)
+    return torch.optim.AdamW(params, lr=section.lr, weight_decay=section.weight_decay)
+
+
+def learning_rate(section: TrainSection, step: int) -> float:
+    """Linear warm-up, then constant or cosine decay to zero at `total_steps`."""
+    lr = section.lr
+    if section.warmup_steps and step < section.warmup_steps:
+        lr *= (step + 1) / section.warmup_steps
+    if section.lr_schedule == "cosine" and section.total_steps:
+        progress = min(step, section.total_steps) / section.total_steps
+        lr *= 0.5 * (1.0 + math.cos(math.pi * progress))
+    return lr
+
+
+def loss_and_hits(kind: Kind, logits: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean cross-entropy and the number of correct predictions (per token for language models)."""
+    if kind == "language":
+        logits = logits.reshape(-1, logits.shape[-1])  # (B*T, V)
+        y = y.reshape(-1)  # (B*T,)
+    loss = F.cross_entropy(logits, y)
+    hits = (logits.argmax(dim=-1) == y).sum()
+    return loss, hits
+
+
+class BatchSampler:
+    """Seeded shuffling without replacement, epoch after epoch."""
+
+    def __init__(self, size: int, batch_size: int, seed: int) -> None:
+        if size < 1:
+            raise ValueError("a peer needs at least one training example")
+        self.size = size
+        self.batch_size = min(batch_size, size)
+        self.generator = torch.Generator().manual_seed(seed)
+        self.order = torch.randperm(size, generator=self.generator)
+        self.position = 0
+        self.epoch = 0
+
+    def next(self) -> torch.Tensor:
+        if self.position + self.batch_size > self.size:
+            self.order = torch.randperm(self.size, generator=self.generator)
+            self.position = 0
+            self.epoch += 1
+        batch = self.order[self.position : self.position + self.batch_size]
+        self.position += self.batch_size
+        return batch
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "generator": self.generator.get_state(),
+            "order": self.order,
+            "position": self.position,
+            "epoch": self.epoch,
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        if int(state["order"].numel()) != self.size:
+            raise ValueError("sampler state is for a dataset of another size")
+        self.generator.set_state(state["generator"])
+        self.order = state["order"]
+        self.position = int(state["position"])
+        self.epoch = int(state["epoch"])
+
+
+class Trainer:
+    """Owns a model, its optimiser and one peer's training examples."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        section: TrainSection,
+        data: ArrayDataset,
+        *,
+        kind: Kind,
+        device: torch.device,
+        seed: int,
+    ) -> None:
+        if section.lr_schedule == "cosine" and section.total_steps is None:
+            raise ValueError("[train] lr_schedule = 'cosine' needs total_steps")
+        self.section = section
+        self.kind = kind
+        self.device = device
+        self.model = model.to(device)
+        self.data = ArrayDataset(data.x.to(device), data.y.to(device))
+        self.sampler = BatchSampler(len(data), section.batch_size, seed)
+        self.optimizer = build_optimizer(section, self.model.parameters())
+        self.step = 0
+        self.samples = 0
+
+    def train_steps(self, steps: int) -> StepStats:
+        """Run `steps` optimiser steps; returns their mean loss."""
+        self.model.train()
+        total = 0.0
+        samples = 0
+        for _ in range(steps):
+            for group in self.optimizer.param_groups:
+                group["lr"] = learning_rate(self.section, self.step)
+            index = self.sampler.next().to(self.device)
+            x, y = self.data.x[index], self.data.y[index]
+            loss, _ = loss_and_hits(self.kind, self.model(x), y)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()  # type: ignore[no-untyped-call]
+            if self.section.grad_clip is not None:
+                nn.utils.clip_grad_norm_(self.model.parameters(), self.section.grad_clip)
+            self.optimizer.step()
+            total += float(loss.detach())
+            samples += int(index.numel())
+            self.step += 1
+        self.samples += samples
+        return StepStats(steps=steps, samples=samples, loss=total / max(steps, 1))
+
+    @torch.no_grad()
+    def apply_delta(self, delta: Mapping[str, torch.Tensor]) -> None:
+        """Add a mixing result to the parameters it names."""
+        params = dict(self.model.named_parameters())
+        for name, change in delta.items():
+            params[name].add_(change.to(self.device))
+
+    @torch.no_grad()
+    def evaluate(self, data: ArrayDataset, max_samples: int | None = None) -> Evaluation:
+        """Loss and accuracy on (up to `max_samples` of) `data`; the model returns to training mode."""
+        count = len(data) if max_samples is None else min(len(data), max_samples)
+        if count == 0:
+            return Evaluation(loss=float("nan"), accuracy=float("nan"), samples=0)
+        self.model.eval()
+        loss_sum = 0.0
+        hits = 0
+        targets = 0
+        for start in range(0, count, EVAL_BATCH):
+            x = data.x[start : min(start + EVAL_BATCH, count)].to(self.device)
+            y = data.y[start : min(start + EVAL_BATCH, count)].to(self.device)
+            loss, correct = loss_and_hits(self.kind, self.model(x), y)
+            loss_sum += float(loss) * y.numel()
+            hits += int(correct)
+            targets += y.numel()
+        self.model.train()
+        return Evaluation(loss=loss_sum / targets, accuracy=hits / targets, samples=count)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "sampler": self.sampler.state_dict(),
+            "step": self.step,
+            "samples": self.samples,
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.sampler.load_state_dict(state["sampler"])
+        self.step = int(state["step"])
+        self.samples = int(state["samples"])

@@ -1,0 +1,187 @@
+"""The messages of `/gossipd/mix/1.0.0` and `/gossipd/state/1.0.0`, and their strict msgpack codec.
+
+See protocols/mix-v1.md. A message is a msgpack map with a fixed key order; decoding accepts exactly the
+keys of the message's type and bounds every length before trusting it.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import Any
+
+import msgpack
+
+from gossipd.wire.errors import (
+    BadDtype,
+    FrameTooLarge,
+    MalformedMessage,
+    UnknownMessageType,
+    UnsupportedVersion,
+    WrongTask,
+)
+from gossipd.wire.tensors import DTYPES, MAX_NAME_LENGTH, WireTensor
+
+PROTOCOL_VERSION = 1
+TASK_HASH_BYTES = 16
+MAX_U64 = (1 << 64) - 1
+MAX_DEGREE = 65535
+MAX_PHASE = 1024
+MAX_TENSORS = 4096
+MAX_REASON_LENGTH = 256
+
+
+class MessageType(enum.StrEnum):
+    HELLO = "hello"  # opens an exchange: the sender's edge epoch, round and degree
+    FULL = "full"  # every mixed tensor at full precision (plain gossip, Choco resync, state transfer)
+    POWER = "power"  # PowerGossip: projections q of each matrix, plus uncompressed small tensors
+    CHOCO = "choco"  # Choco: compressed differences to the public copy
+    ABORT = "abort"  # the sender gives up on this exchange; `reason` says why
+
+
+_HEADER_KEYS = ("v", "type", "task", "epoch", "round", "deg")
+_BODY_KEYS: dict[MessageType, tuple[str, ...]] = {
+    MessageType.HELLO: (),
+    MessageType.FULL: ("phase", "tensors"),
+    MessageType.POWER: ("phase", "tensors"),
+    MessageType.CHOCO: ("phase", "tensors"),
+    MessageType.ABORT: ("reason",),
+}
+_TENSOR_KEYS = ("name", "dtype", "shape", "data")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Message:
+    """One message of an exchange. `epoch`/`round` name the edge state the sender is at."""
+
+    type: MessageType
+    task: bytes
+    epoch: int
+    round: int
+    degree: int
+    phase: int = 0
+    tensors: tuple[WireTensor, ...] = ()
+    reason: str = ""
+
+
+def encode_message(message: Message) -> bytes:
+    """The message as msgpack bytes (without the length prefix the stream adds)."""
+    body: dict[str, Any] = {
+        "v": PROTOCOL_VERSION,
+        "type": message.type.value,
+        "task": message.task,
+        "epoch": message.epoch,
+        "round": message.round,
+        "deg": message.degree,
+    }
+    keys = _BODY_KEYS[message.type]
+    if "phase" in keys:
+        body["phase"] = message.phase
+        body["tensors"] = [
+            {"name": t.name, "dtype": t.dtype, "shape": list(t.shape), "data": t.data}
+            for t in message.tensors
+        ]
+    if "reason" in keys:
+        body["reason"] = message.reason
+    packed: bytes = msgpack.packb(body, use_bin_type=True)
+    return packed
+
+
+def framed_size(payload_bytes: int) -> int:
+    """Bytes on the stream for a payload: the unsigned-varint length prefix plus the payload."""
+    return payload_bytes + max(1, (payload_bytes.bit_length() + 6) // 7)
+
+
+def decode_message(data: bytes, *, max_size: int, task: bytes | None = None) -> Message:
+    """Parse and check one message. Raises a `WireError` subclass naming what was wrong.
+
+    `task`, when given, is the receiver's task hash; a message for another task is rejected.
+    """
+    if len(data) > max_size:
+        raise FrameTooLarge(f"message of {len(data)} bytes exceeds the limit of {max_size}")
+    try:
+        obj = msgpack.unpackb(
+            data,
+            raw=False,
+            strict_map_key=True,
+            use_list=True,
+            max_str_len=max(MAX_NAME_LENGTH, MAX_REASON_LENGTH, 16),
+            max_bin_len=len(data),
+            max_array_len=MAX_TENSORS,
+            max_map_len=16,
+            max_ext_len=0,
+        )
+    except (ValueError, TypeError, msgpack.UnpackException) as exc:
+        raise MalformedMessage(f"not a msgpack message: {type(exc).__name__}: {exc}") from None
+    if not isinstance(obj, dict):
+        raise MalformedMessage(f"expected a map, found {type(obj).__name__}")
+    version = obj.get("v")
+    if version != PROTOCOL_VERSION or isinstance(version, bool):
+        raise UnsupportedVersion(f"protocol version {version!r}, expected {PROTOCOL_VERSION}")
+    raw_type = obj.get("type")
+    try:
+        kind = MessageType(str(raw_type))
+    except ValueError:
+        raise UnknownMessageType(f"unknown message type {raw_type!r}") from None
+    expected_keys = _HEADER_KEYS + _BODY_KEYS[kind]
+    if set(obj) != set(expected_keys):
+        extra = sorted(set(obj) - set(expected_keys))
+        missing = sorted(set(expected_keys) - set(obj))
+        raise MalformedMessage(f"{kind} message: unknown keys {extra}, missing keys {missing}")
+    task_hash = _bytes(obj, "task", TASK_HASH_BYTES)
+    if task is not None and task_hash != task:
+        raise WrongTask(f"message for task {task_hash.hex()}, expected {task.hex()}")
+    tensors: tuple[WireTensor, ...] = ()
+    if "tensors" in obj:
+        raw_tensors = obj["tensors"]
+        if not isinstance(raw_tensors, list):
+            raise MalformedMessage("'tensors' is not an array")
+        tensors = tuple(_tensor(t) for t in raw_tensors)
+    reason = ""
+    if "reason" in obj:
+        reason = obj["reason"]
+        if not isinstance(reason, str) or len(reason) > MAX_REASON_LENGTH:
+            raise MalformedMessage("'reason' is not a short string")
+    return Message(
+        type=kind,
+        task=task_hash,
+        epoch=_int(obj, "epoch", MAX_U64),
+        round=_int(obj, "round", MAX_U64),
+        degree=_int(obj, "deg", MAX_DEGREE),
+        phase=_int(obj, "phase", MAX_PHASE) if "phase" in obj else 0,
+        tensors=tensors,
+        reason=reason,
+    )
+
+
+def _int(obj: dict[str, Any], key: str, high: int) -> int:
+    value = obj[key]
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= high:
+        raise MalformedMessage(f"{key!r} is {value!r}, expected an integer in 0..{high}")
+    return value
+
+
+def _bytes(obj: dict[str, Any], key: str, length: int) -> bytes:
+    value = obj[key]
+    if not isinstance(value, bytes) or len(value) != length:
+        raise MalformedMessage(f"{key!r} is not {length} bytes")
+    return value
+
+
+def _tensor(raw: Any) -> WireTensor:
+    if not isinstance(raw, dict) or set(raw) != set(_TENSOR_KEYS):
+        raise MalformedMessage(f"a tensor must be a map with exactly the keys {list(_TENSOR_KEYS)}")
+    name, dtype, shape, data = raw["name"], raw["dtype"], raw["shape"], raw["data"]
+    if not isinstance(name, str) or not 0 < len(name) <= MAX_NAME_LENGTH:
+        raise MalformedMessage("tensor name must be a string of 1-256 characters")
+    if not isinstance(dtype, str) or dtype not in DTYPES:
+        raise BadDtype(f"tensor {name!r}: dtype {dtype!r} is not allowed")
+    if (
+        not isinstance(shape, list)
+        or len(shape) > 8
+        or not all(isinstance(d, int) and not isinstance(d, bool) and 0 <= d <= MAX_U64 for d in shape)
+    ):
+        raise MalformedMessage(f"tensor {name!r}: shape must be at most 8 non-negative integers")
+    if not isinstance(data, bytes):
+        raise MalformedMessage(f"tensor {name!r}: data must be bytes")
+    return WireTensor(name, dtype, tuple(shape), data)

@@ -1,0 +1,283 @@
+"""Mixing: exchanges preserve the swarm's average, drive consensus, compress, and survive edge trouble."""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import pytest
+import torch
+
+from gossipd.data.registry import load_data
+from gossipd.data.spec import InputSpec
+from gossipd.mixing.algorithm import Algorithm
+from gossipd.mixing.choco import ChocoConfig, ChocoGossip
+from gossipd.mixing.edge import EdgeState, derive_epoch
+from gossipd.mixing.layout import ParamLayout, low_rank_pays, max_message_bytes, mixed_parameters
+from gossipd.mixing.local import run_pair
+from gossipd.mixing.plain import PlainConfig, PlainGossip
+from gossipd.mixing.powergossip import PowerGossip, PowerGossipConfig
+from gossipd.mixing.session import ExchangeSession, PeerAborted
+from gossipd.mixing.weights import edge_weight, metropolis_hastings
+from gossipd.models.cnn import CNNConfig
+from gossipd.models.registry import build_model
+from gossipd.sim.simulator import Simulation, SimulationConfig
+from gossipd.task.loader import parse_task
+from gossipd.task.overrides import with_gossip
+from gossipd.task.schema import ModelSection
+from gossipd.wire.errors import ProtocolViolation, ShapeMismatch, WrongTask
+from gossipd.wire.messages import Message, MessageType, decode_message, encode_message
+from tests.conftest import DEFAULT_TASK
+
+TASK = b"T" * 16
+CPU = torch.device("cpu")
+ALGORITHMS: dict[str, Algorithm[Any]] = {
+    "plain": PlainGossip(PlainConfig()),
+    "powergossip-r1": PowerGossip(PowerGossipConfig()),
+    "powergossip-r2-i2": PowerGossip(PowerGossipConfig(rank=2, iterations=2, alpha=1.3)),
+    "powergossip-cold": PowerGossip(PowerGossipConfig(warm_start=False)),
+    "choco-sign": ChocoGossip(ChocoConfig()),
+    "choco-top-k": ChocoGossip(ChocoConfig(compressor="top-k:5%", gamma=0.3)),
+    "choco-random-k": ChocoGossip(ChocoConfig(compressor="random-k:5%")),
+    "choco-qsgd": ChocoGossip(ChocoConfig(compressor="qsgd:4")),
+}
+
+
+def model(seed: int) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return {
+        "conv.weight": torch.randn(8, 3, 3, 3, generator=g),
+        "conv.bias": torch.randn(8, generator=g),
+        "fc.weight": torch.randn(10, 72, generator=g),
+        "thin.weight": torch.randn(2, 2, generator=g),
+    }
+
+
+class Peer:
+    def __init__(self, index: int, params: dict[str, torch.Tensor]) -> None:
+        self.id = f"peer-{index:03d}".encode()
+        self.params = params
+        self.edges: dict[bytes, EdgeState] = {}
+
+    def session(self, algorithm: Algorithm[Any], other: Peer, *, task: bytes = TASK, degree: int = 1) -> Any:
+        return ExchangeSession(
+            algorithm=algorithm,
+            params=self.params,
+            layout=ParamLayout.of(self.params),
+            self_id=self.id,
+            peer_id=other.id,
+            edge=self.edges.get(other.id),
+            degree=degree,
+            task=task,
+            fixed_weight=None,
+            rng=random.Random(hash(self.id) & 0xFFFF),
+            device=CPU,
+        )
+
+
+def exchange(algorithm: Algorithm[Any], a: Peer, b: Peer) -> int:
+    ends = (a.session(algorithm, b), b.session(algorithm, a))
+    traffic = run_pair(*ends, max_message_bytes=max_message_bytes(ParamLayout.of(a.params)))
+    for end, peer, other in ((ends[0], a, b), (ends[1], b, a)):
+        result = end.result()
+        peer.edges[other.id] = result.edge
+        peer.params = {k: v + result.delta[k] for k, v in peer.params.items()}
+    return traffic.total
+
+
+def total(peers: list[Peer]) -> dict[str, torch.Tensor]:
+    return {k: sum((p.params[k].double() for p in peers), torch.zeros(())) for k in peers[0].params}
+
+
+@pytest.mark.parametrize("name", ALGORITHMS)
+def test_exchanges_preserve_the_swarm_average(name: str) -> None:
+    algorithm = ALGORITHMS[name]
+    peers = [Peer(i, model(i)) for i in range(4)]
+    before = total(peers)
+    rng = random.Random(1)
+    for _ in range(40):
+        a, b = rng.sample(peers, 2)
+        exchange(algorithm, a, b)
+    after = total(peers)
+    for key in before:
+        error = float((after[key] - before[key]).norm() / before[key].norm())
+        assert error <= 1e-6, f"{name}: {key} drifted by {error:.2e}"
+
+
+@pytest.mark.parametrize("name", ALGORITHMS)
+def test_an_exchange_brings_two_peers_closer(name: str) -> None:
+    a, b = Peer(0, model(0)), Peer(1, model(1))
+    gap = sum(float((a.params[k] - b.params[k]).norm() ** 2) for k in a.params)
+    for _ in range(3):
+        exchange(ALGORITHMS[name], a, b)
+    after = sum(float((a.params[k] - b.params[k]).norm() ** 2) for k in a.params)
+    assert after < gap
+
+
+def logistic_task(algorithm: str, **options: Any) -> Any:
+    text = DEFAULT_TASK.read_text().replace('name = "cnn"', 'name = "logistic"')
+    task = parse_task(text, file="consensus.toml", base_dir=DEFAULT_TASK.parent)
+    return with_gossip(task, algorithm, options)
+
+
+@pytest.mark.parametrize(
+    ("algorithm", "options", "rounds"),
+    [
+        ("plain", {}, 30),
+        ("powergossip", {"rank": 1}, 150),
+        ("choco", {"compressor": "top-k:10%", "gamma": 0.1}, 150),
+    ],
+)
+def test_consensus_without_training_falls_a_hundredfold_on_16_peers(
+    algorithm: str, options: dict[str, Any], rounds: int
+) -> None:
+    task = logistic_task(algorithm, **options)
+    data = load_data(task.data, task.task.seed)
+    config = SimulationConfig(peers=16, rounds=rounds, train=False, independent_init=True, centralised=False)
+    report = Simulation(task, data, config).run()
+    assert report.consensus_distance_start > 1.0
+    assert report.consensus_distance_start / report.consensus_distance_end >= 100
+
+
+def cnn_params(seed: int) -> dict[str, torch.Tensor]:
+    spec = InputSpec(kind="classification", input_shape=(1, 28, 28), num_classes=10)
+    return mixed_parameters(build_model(ModelSection(name="cnn", options=CNNConfig()), spec, seed))
+
+
+def test_powergossip_rank_1_sends_30_times_fewer_bytes_than_plain_on_the_cnn() -> None:
+    sizes = {}
+    for name, algorithm in (("plain", ALGORITHMS["plain"]), ("pg", ALGORITHMS["powergossip-r1"])):
+        a, b = Peer(0, cnn_params(0)), Peer(1, cnn_params(1))
+        exchange(algorithm, a, b)  # the first exchange opens the edge
+        sizes[name] = exchange(algorithm, a, b)
+    assert sizes["plain"] > 4 * 100_000  # the CNN's ~114k float32 parameters, both directions
+    assert sizes["plain"] / sizes["pg"] >= 30, sizes
+
+
+def test_powergossip_compresses_every_weight_matrix_of_the_cnn_and_sends_biases_whole() -> None:
+    layout = ParamLayout.of(cnn_params(0))
+    compressed = {n for n, shape in layout.shapes.items() if low_rank_pays(shape, 1)}
+    assert compressed == {n for n, shape in layout.shapes.items() if len(shape) >= 2}
+    assert len(compressed) == 4
+    assert not low_rank_pays((10,), 1)
+    assert not low_rank_pays((2, 2), 1)
+
+
+def test_edges_reset_when_out_of_step_and_continue_when_in_step() -> None:
+    algorithm = ALGORITHMS["powergossip-r1"]
+    a, b = Peer(0, model(0)), Peer(1, model(1))
+    ends = (a.session(algorithm, b), b.session(algorithm, a))
+    run_pair(*ends, max_message_bytes=1 << 22)
+    assert ends[0].result().reset and ends[1].result().reset
+    first = ends[0].result().edge
+    assert first.key == ends[1].result().edge.key == (first.epoch, 1)
+    a.edges[b.id], b.edges[a.id] = ends[0].result().edge, ends[1].result().edge
+    ends = (a.session(algorithm, b), b.session(algorithm, a))
+    run_pair(*ends, max_message_bytes=1 << 22)
+    assert not ends[0].result().reset
+    assert ends[0].result().edge.key == (first.epoch, 2)
+    # One end loses its state (a failed exchange, a restart): both reset to a new shared epoch.
+    a.edges[b.id] = ends[0].result().edge
+    b.edges.pop(a.id)
+    ends = (a.session(algorithm, b), b.session(algorithm, a))
+    run_pair(*ends, max_message_bytes=1 << 22)
+    assert ends[0].result().reset and ends[1].result().reset
+    assert ends[0].result().edge.epoch == ends[1].result().edge.epoch != first.epoch
+
+
+def test_a_one_sided_failure_keeps_the_average_after_recovery() -> None:
+    algorithm = ALGORITHMS["choco-sign"]
+    peers = [Peer(i, model(i)) for i in range(3)]
+    before = total(peers)
+    exchange(algorithm, peers[0], peers[1])
+    exchange(algorithm, peers[0], peers[1])
+    peers[1].edges.clear()  # peer 1 restarts and forgets its edges
+    exchange(algorithm, peers[0], peers[1])  # resync through a full round
+    exchange(algorithm, peers[1], peers[2])
+    after = total(peers)
+    assert all(float((after[k] - before[k]).norm() / before[k].norm()) < 1e-6 for k in before)
+
+
+def test_choco_resyncs_with_a_full_round_then_sends_compressed_rounds() -> None:
+    algorithm = ALGORITHMS["choco-sign"]
+    a, b = Peer(0, model(0)), Peer(1, model(1))
+    first = exchange(algorithm, a, b)
+    second = exchange(algorithm, a, b)
+    assert second * 4 < first
+
+
+def test_epoch_derivation_is_symmetric() -> None:
+    assert derive_epoch((1, 2), (3, 4)) == derive_epoch((3, 4), (1, 2))
+    assert derive_epoch((1, 2), (3, 4)) != derive_epoch((1, 2), (3, 5))
+
+
+def test_metropolis_hastings_weights() -> None:
+    assert metropolis_hastings(1, 1) == 0.5
+    assert metropolis_hastings(1, 3) == 0.25
+    assert metropolis_hastings(0, 0) == 0.5
+    assert edge_weight(0.1, 1, 1) == 0.1
+    assert edge_weight(None, 4, 2) == 0.2
+
+
+def test_degrees_in_hello_set_the_weight_on_both_ends() -> None:
+    a, b = Peer(0, model(0)), Peer(1, model(1))
+    ends = (a.session(ALGORITHMS["plain"], b, degree=3), b.session(ALGORITHMS["plain"], a, degree=1))
+    run_pair(*ends, max_message_bytes=1 << 22)
+    assert ends[0].result().weight == ends[1].result().weight == 0.25
+
+
+def test_identical_models_produce_a_zero_delta_without_nans() -> None:
+    params = model(0)
+    a, b = Peer(0, dict(params)), Peer(1, {k: v.clone() for k, v in params.items()})
+    for _ in range(3):
+        exchange(ALGORITHMS["powergossip-r2-i2"], a, b)
+    assert all(torch.isfinite(v).all() for v in a.params.values())
+    assert all(torch.allclose(a.params[k], params[k]) for k in params)
+
+
+def test_wrong_shapes_are_rejected_before_they_touch_the_model() -> None:
+    a = Peer(0, model(0))
+    b = Peer(1, {**model(1), "fc.weight": torch.randn(10, 71)})
+    ends = (a.session(ALGORITHMS["plain"], b), b.session(ALGORITHMS["plain"], a))
+    with pytest.raises(ShapeMismatch):
+        run_pair(*ends, max_message_bytes=1 << 22)
+    assert a.params["fc.weight"].shape == (10, 72)
+
+
+def test_a_peer_of_another_task_is_rejected() -> None:
+    a, b = Peer(0, model(0)), Peer(1, model(1))
+    ends = (a.session(ALGORITHMS["plain"], b), b.session(ALGORITHMS["plain"], a, task=b"X" * 16))
+    with pytest.raises(WrongTask):
+        run_pair(*ends, max_message_bytes=1 << 22)
+
+
+def test_out_of_order_messages_are_protocol_violations() -> None:
+    a, b = Peer(0, model(0)), Peer(1, model(1))
+    session = a.session(ALGORITHMS["powergossip-r1"], b)
+    session.start()
+    with pytest.raises(ProtocolViolation, match="expected hello"):
+        session.receive(Message(type=MessageType.FULL, task=TASK, epoch=1, round=0, degree=1))
+    fresh = a.session(ALGORITHMS["powergossip-r1"], b)
+    fresh.start()
+    fresh.receive(Message(type=MessageType.HELLO, task=TASK, epoch=5, round=0, degree=1))
+    with pytest.raises(ProtocolViolation, match="edge state"):
+        fresh.receive(Message(type=MessageType.POWER, task=TASK, epoch=5, round=0, degree=1))
+    with pytest.raises(ProtocolViolation):
+        fresh.result()
+
+
+def test_abort_ends_the_exchange_on_both_sides() -> None:
+    a, b = Peer(0, model(0)), Peer(1, model(1))
+    left, right = a.session(ALGORITHMS["plain"], b), b.session(ALGORITHMS["plain"], a)
+    left.start()
+    right.start()
+    abort = decode_message(encode_message(right.abort("shutting down")), max_size=1 << 20)
+    with pytest.raises(PeerAborted, match="shutting down"):
+        left.receive(abort)
+    assert not left.done
+
+
+def test_a_session_cannot_exchange_with_itself() -> None:
+    a = Peer(0, model(0))
+    with pytest.raises(ValueError, match="itself"):
+        a.session(ALGORITHMS["plain"], a)

@@ -1,0 +1,102 @@
+"""The in-process swarm: accuracy against centralised training, churn, and the `simulate` command."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+
+from gossipd.cli import main
+from gossipd.data.registry import load_data
+from gossipd.sim.simulator import Simulation, SimulationConfig
+from gossipd.task.loader import load_task, parse_task
+from tests.conftest import DEFAULT_TASK
+
+REQUIRED_KEYS = {
+    "peers", "algorithm", "steps", "mean_accuracy", "worst_accuracy", "consensus_distance_start",
+    "consensus_distance_end", "bytes_per_exchange", "plain_bytes_per_exchange", "compression_ratio",
+    "centralised_accuracy", "wall_seconds",
+}  # fmt: skip
+
+
+def small_task(model: str = "logistic") -> Any:
+    text = DEFAULT_TASK.read_text().replace('name = "cnn"', f'name = "{model}"')
+    return parse_task(text, file="small.toml", base_dir=DEFAULT_TASK.parent)
+
+
+def test_eight_iid_peers_on_the_default_task_come_within_1_5_points_of_centralised() -> None:
+    task = load_task(DEFAULT_TASK)
+    data = load_data(task.data, task.task.seed)
+    report = Simulation(task, data, SimulationConfig(peers=8, rounds=200, seed=0)).run()
+    assert report.centralised_accuracy is not None
+    assert report.centralised_accuracy > 0.97
+    assert report.mean_accuracy >= report.centralised_accuracy - 0.015, report
+    assert report.compression_ratio >= 30
+    assert report.exchanges == 8 * 200
+
+
+def test_local_only_peers_do_not_mix_and_lag_behind() -> None:
+    task = small_task()
+    data = load_data(task.data, task.task.seed)
+    alone = Simulation(task, data, SimulationConfig(peers=8, rounds=60, mix=False, centralised=False)).run()
+    mixed = Simulation(task, data, SimulationConfig(peers=8, rounds=60, centralised=False)).run()
+    assert alone.exchanges == 0 and alone.algorithm == "local"
+    assert mixed.consensus_distance_end < alone.consensus_distance_end / 3
+
+
+def test_churn_brings_peers_back_with_a_full_model_and_training_goes_on() -> None:
+    task = small_task()
+    data = load_data(task.data, task.task.seed)
+    config = SimulationConfig(peers=8, rounds=80, churn=0.5, downtime=5, centralised=False, seed=3)
+    report = Simulation(task, data, config).run()
+    assert report.joins >= 10
+    assert report.state_transfer_bytes > report.joins * 4 * 7850
+    assert report.mean_accuracy > 0.8
+    assert report.failed_exchanges == 0
+
+
+def test_partition_and_seed_change_the_run_but_repeat_exactly() -> None:
+    task = small_task()
+    data = load_data(task.data, task.task.seed)
+
+    def run(**kw: Any) -> Any:
+        return Simulation(task, data, SimulationConfig(peers=4, rounds=10, centralised=False, **kw)).run()
+
+    first, again = run(seed=1), run(seed=1)
+    assert first.mean_accuracy == again.mean_accuracy
+    assert first.consensus_distance_end == again.consensus_distance_end
+    assert run(seed=1, partition="shards:2").mean_accuracy != first.mean_accuracy
+
+
+def test_simulate_command_prints_the_json_contract(tmp_path: Path) -> None:
+    task_file = tmp_path / "t.toml"
+    task_file.write_text(DEFAULT_TASK.read_text().replace('name = "cnn"', 'name = "logistic"'))
+    result = CliRunner().invoke(
+        main,
+        ["simulate", str(task_file), "--peers", "4", "--steps", "5", "--algorithm", "choco", "--compressor",
+         "top-k:1%", "--partition", "dirichlet:0.5", "--seed", "2", "--json"],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    assert REQUIRED_KEYS <= set(report)
+    assert report["algorithm"] == "choco" and report["peers"] == 4 and report["steps"] == 5
+    assert report["partition"] == "dirichlet:0.5"
+    assert report["settings"]["compressor"] == "top-k:1%"
+    assert 0.0 <= report["mean_accuracy"] <= 1.0
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--partition", "zipf"], "partition"),
+        (["--algorithm", "choco", "--rank", "2"], "rank: unknown key"),
+        (["--compressor", "zip", "--algorithm", "choco"], "compressor"),
+    ],
+)
+def test_simulate_rejects_bad_options_clearly(args: list[str], message: str) -> None:
+    result = CliRunner().invoke(main, ["simulate", "--steps", "1", *args])
+    assert result.exit_code == 3
+    assert message in result.output

@@ -1,0 +1,170 @@
+"""Task files: every shipped one loads, and every kind of mistake names the file, the key and the fix."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from gossipd.cli import EXIT_INVALID_TASK, main
+from gossipd.compress.sign import SignCompressor
+from gossipd.mixing.choco import ChocoConfig
+from gossipd.mixing.powergossip import PowerGossipConfig
+from gossipd.models.cnn import CNNConfig
+from gossipd.task.fields import TaskError
+from gossipd.task.loader import load_task, parse_task
+from gossipd.task.overrides import with_gossip
+from tests.conftest import DEFAULT_TASK, REPO
+
+MINIMAL = """
+[task]
+id = "t1"
+[data]
+format = "idx"
+train_images = "a.gz"
+train_labels = "b.gz"
+[model]
+name = "mlp"
+"""
+
+
+def parse(extra: str = "", base: str = MINIMAL) -> object:
+    return parse_task(base + extra, file="t.toml", base_dir=Path("/tmp"))
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "tasks").glob("*.toml")), ids=lambda p: p.name)
+def test_every_shipped_task_loads(path: Path) -> None:
+    task = load_task(path)
+    assert task.id == path.stem
+    assert len(task.hash) == 16
+
+
+def test_shipped_tasks_cover_the_required_workloads() -> None:
+    names = {p.name for p in (REPO / "tasks").glob("*.toml")}
+    assert {"mnist-cnn.toml", "mnist-mlp.toml", "titanic.toml", "shakespeare-char.toml"} <= names
+
+
+def test_embedded_default_task_loads_with_its_data_inside_the_package() -> None:
+    task = load_task(DEFAULT_TASK)
+    assert task.data.base_dir.is_dir()
+    assert (task.data.base_dir / "t10k-images-idx3-ubyte.gz").is_file()
+    assert task.model.options == CNNConfig()
+    assert isinstance(task.gossip.config, PowerGossipConfig)
+
+
+def test_defaults_and_variants_are_typed_dataclasses() -> None:
+    task = parse('[gossip]\nalgorithm = "choco"\ncompressor = "top-k:1%"\ngamma = 0.1\n')
+    assert task.gossip.config == ChocoConfig(compressor="top-k:1%", gamma=0.1)  # type: ignore[attr-defined]
+    assert task.train.batch_size == 32  # type: ignore[attr-defined]
+    assert task.data.base_dir == Path("/tmp")  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "words"),
+    [
+        ("[task]\nid = 'x'\n[task.extra]\n", "", "not valid TOML"),
+        ("[train]\nlr = 'fast'\n", "train.lr", "found a string 'fast', expected a number"),
+        ("[train]\nlr = -1.0\n", "train.lr", "expected a number > 0"),
+        ("[train]\nbatch_size = 1.5\n", "train.batch_size", "expected an integer"),
+        ("[train]\nbatchsize = 4\n", "train.batchsize", "unknown key; expected one of"),
+        ("[train]\noptimizer = 'rmsprop'\n", "train.optimizer", "expected one of 'sgd', 'adam', 'adamw'"),
+        ("[gossip]\nalgorithm = 'magic'\n", "gossip.algorithm", "expected one of: choco, plain, powergossip"),
+        ("[gossip]\nrank = 0\n", "gossip.rank", "expected a number ≥ 1"),
+        ("[gossip]\ncompressor = 'sign'\n", "gossip.compressor", "not a key for algorithm = 'powergossip'"),
+        ("[gossip]\nalgorithm = 'choco'\ncompressor = 'zip'\n", "gossip.compressor", "expected one of: sign"),
+        ("[gossip]\nweight = 0.9\n", "gossip.weight", "≤ 0.5"),
+        ("[model.hidden]\n", "model.hidden", "expected an array of integers"),
+        ("[surprise]\n", "surprise", "unknown section"),
+    ],
+)
+def test_mistakes_name_file_key_and_expectation(text: str, key: str, words: str) -> None:
+    with pytest.raises(TaskError) as caught:
+        parse(text)
+    error = caught.value
+    assert error.file == "t.toml"
+    assert error.key == key
+    assert words in str(error)
+    assert str(error).startswith("t.toml")
+
+
+def test_model_options_are_checked_against_the_chosen_model() -> None:
+    base = MINIMAL.replace('name = "mlp"', 'name = "cnn"\nhidden = 32\nchannels = [8, "x"]')
+    with pytest.raises(TaskError, match=r"model\.channels\[1\]: found a string 'x', expected an integer"):
+        parse(base=base)
+    with pytest.raises(TaskError, match="not a key for name = 'cnn'"):
+        parse(base=MINIMAL.replace('name = "mlp"', 'name = "cnn"\ndepth = 3'))
+
+
+@pytest.mark.parametrize(
+    ("replace", "key"),
+    [
+        (('id = "t1"', 'id = "Bad ID!"'), "task.id"),
+        (('id = "t1"', ""), "task.id"),
+        (('format = "idx"', 'format = "parquet"'), "data.format"),
+        (('train_labels = "b.gz"', ""), "data.train_labels"),
+        (('format = "idx"', 'format = "idx"\npartition = "dirichlet:-1"'), "data.partition"),
+        (('format = "idx"', 'format = "idx"\nroot = "embedded:nothing"'), "data.root"),
+    ],
+)
+def test_bad_required_fields(replace: tuple[str, str], key: str) -> None:
+    with pytest.raises(TaskError) as caught:
+        parse(base=MINIMAL.replace(*replace))
+    assert caught.value.key == key
+
+
+def test_missing_sections_are_named() -> None:
+    with pytest.raises(TaskError, match=r"t.toml: model: missing"):
+        parse_task(MINIMAL.split("[model]")[0], file="t.toml")
+
+
+def test_task_hash_covers_what_peers_must_share_and_nothing_local() -> None:
+    a = parse()
+    assert a.hash == parse("[train]\nbatch_size = 64\ndevice = 'cpu'\n").hash  # type: ignore[attr-defined]
+    assert a.hash != parse("[gossip]\nrank = 2\n").hash  # type: ignore[attr-defined]
+    assert a.hash != parse(base=MINIMAL.replace("t1", "t2")).hash  # type: ignore[attr-defined]
+
+
+def test_unreadable_and_non_utf8_files(tmp_path: Path) -> None:
+    with pytest.raises(TaskError, match="cannot read"):
+        load_task(tmp_path / "absent.toml")
+    bad = tmp_path / "bad.toml"
+    bad.write_bytes(b"[task]\nid = '\xff'\n")
+    with pytest.raises(TaskError, match="not UTF-8"):
+        load_task(bad)
+
+
+def test_relative_roots_resolve_against_the_task_file(tmp_path: Path) -> None:
+    path = tmp_path / "sub" / "t.toml"
+    path.parent.mkdir()
+    path.write_text(MINIMAL.replace('format = "idx"', 'format = "idx"\nroot = "../data"'))
+    assert load_task(path).data.base_dir == path.parent / "../data"
+    assert load_task(path, data_root=tmp_path).data.base_dir == tmp_path
+
+
+def test_command_line_overrides_are_checked_like_the_file() -> None:
+    task = load_task(DEFAULT_TASK)
+    choco = with_gossip(task, "choco", {"compressor": "sign:64", "gamma": None})
+    assert choco.gossip.config == ChocoConfig(compressor="sign:64")
+    assert choco.hash != task.hash
+    with pytest.raises(TaskError, match="rank: unknown key"):
+        with_gossip(task, "choco", {"rank": 2})
+    with pytest.raises(TaskError, match="expected a number ≥ 1"):
+        with_gossip(task, None, {"rank": 0})
+
+
+def test_check_command_exit_codes(tmp_path: Path) -> None:
+    runner = CliRunner()
+    good = runner.invoke(main, ["check", str(DEFAULT_TASK), "--deep"])
+    assert good.exit_code == 0, good.output
+    assert "114,314 parameters" in good.output
+    bad = tmp_path / "bad.toml"
+    bad.write_text(MINIMAL + "[train]\nlr = 'x'\n")
+    result = runner.invoke(main, ["check", str(bad)])
+    assert result.exit_code == EXIT_INVALID_TASK
+    assert "train.lr" in result.output
+
+
+def test_sign_spec_round_trips_through_the_registry() -> None:
+    assert isinstance(with_gossip(load_task(DEFAULT_TASK), "choco", {}).gossip.config, ChocoConfig)
+    assert SignCompressor(64).spec == "sign:64"
