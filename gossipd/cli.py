@@ -40,9 +40,7 @@ def main() -> None:
 @main.command()
 @click.argument("task_files", nargs=-1, required=True, type=click.Path(dir_okay=False))
 @click.option("--deep", is_flag=True, help="Also load the data and build the model.")
-@click.option(
-    "--data", "data_root", type=click.Path(file_okay=False), help="Data folder (replaces [data] root)."
-)
+@click.option("--data", "data_root", type=click.Path(file_okay=False), help="Data folder (replaces [data] root).")
 def check(task_files: tuple[str, ...], deep: bool, data_root: str | None) -> None:
     """Validate task files; exit 3 if any is invalid."""
     from gossipd.task.loader import load_task
@@ -82,26 +80,18 @@ def _deep_summary(task: Any) -> str:
 @click.option("--iterations", type=click.IntRange(1, 16), help="PowerGossip power iterations per exchange.")
 @click.option("--compressor", help="Choco compressor: sign, top-k:1%, random-k:1%, qsgd:4.")
 @click.option("--gamma", type=float, help="Choco consensus step size.")
-@click.option(
-    "--weight", type=click.FloatRange(0, 0.5, min_open=True), help="Fixed mixing weight (default: MH)."
-)
+@click.option("--weight", type=click.FloatRange(0, 0.5, min_open=True), help="Fixed mixing weight (default: MH).")
 @click.option("--partition", help="iid, dirichlet:ALPHA or shards:S (default: the task's).")
 @click.option("--steps", default=200, show_default=True, type=click.IntRange(1), help="Rounds to run.")
 @click.option("--seed", default=0, show_default=True, type=int)
-@click.option(
-    "--churn", default=0.0, show_default=True, type=click.FloatRange(0, 1), help="Leave chance per round."
-)
-@click.option(
-    "--downtime", default=10, show_default=True, type=click.IntRange(1), help="Rounds a leaver is away."
-)
+@click.option("--churn", default=0.0, show_default=True, type=click.FloatRange(0, 1), help="Leave chance per round.")
+@click.option("--downtime", default=10, show_default=True, type=click.IntRange(1), help="Rounds a leaver is away.")
 @click.option("--no-train", is_flag=True, help="Only mix (with --independent-init: a pure consensus run).")
 @click.option("--independent-init", is_flag=True, help="Each peer starts from its own random model.")
 @click.option("--eval-every", default=0, type=click.IntRange(0), help="Rounds between evaluations.")
 @click.option("--eval-samples", type=click.IntRange(1), help="Cap on validation examples per evaluation.")
 @click.option("--no-centralised", is_flag=True, help="Skip the centralised reference run.")
-@click.option(
-    "--data", "data_root", type=click.Path(file_okay=False), help="Data folder (replaces [data] root)."
-)
+@click.option("--data", "data_root", type=click.Path(file_okay=False), help="Data folder (replaces [data] root).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a summary.")
 def simulate(
     task_file: str | None,
@@ -184,11 +174,7 @@ def _summary(report: Any) -> str:
         f"task {report.task}: {report.peers} peers, {report.algorithm} {report.settings}, "
         f"partition {report.partition}, {report.steps} rounds",
         f"  accuracy     mean {report.mean_accuracy:.4f}  worst {report.worst_accuracy:.4f}"
-        + (
-            f"  centralised {report.centralised_accuracy:.4f}"
-            if report.centralised_accuracy is not None
-            else ""
-        ),
+        + (f"  centralised {report.centralised_accuracy:.4f}" if report.centralised_accuracy is not None else ""),
         f"  consensus    {report.consensus_distance_start:.4g} -> {report.consensus_distance_end:.4g}",
         f"  bytes/exch.  {report.bytes_per_exchange:,.0f} (plain {report.plain_bytes_per_exchange:,}, "
         f"ratio {report.compression_ratio:.1f}x) over {report.exchanges} exchanges",

@@ -38,8 +38,7 @@ def describe(message: Message) -> dict[str, Any]:
         "phase": message.phase,
         "reason": message.reason,
         "tensors": [
-            {"name": t.name, "dtype": t.dtype, "shape": list(t.shape), "data": t.data.hex()}
-            for t in message.tensors
+            {"name": t.name, "dtype": t.dtype, "shape": list(t.shape), "data": t.data.hex()} for t in message.tensors
         ],
     }
 
@@ -80,9 +79,7 @@ def main() -> None:
         manifest.append({"file": f"{name}.bin", "valid": True, "message": describe(message)})
 
     full = encode_message(valid["full"])
-    nan = Message(
-        type=MessageType.FULL, tensors=(tensor("x", "float32", [1.0, float("nan")], (2,)),), **common
-    )
+    nan = Message(type=MessageType.FULL, tensors=(tensor("x", "float32", [1.0, float("nan")], (2,)),), **common)
     invalid: dict[str, tuple[bytes, str]] = {
         "bad-version": (msgpack.packb(header("hello") | {"v": 2}), "unsupported-version"),
         "unknown-type": (msgpack.packb(header("gradient")), "unknown-type"),

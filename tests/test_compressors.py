@@ -116,9 +116,7 @@ def test_specs_parse(spec: str, expected: str) -> None:
     assert parse_compressor(spec).spec == expected
 
 
-@pytest.mark.parametrize(
-    "spec", ["zip", "top-k", "top-k:0", "top-k:150%", "qsgd:1", "qsgd:9", "qsgd", "sign:0"]
-)
+@pytest.mark.parametrize("spec", ["zip", "top-k", "top-k:0", "top-k:150%", "qsgd:1", "qsgd:9", "qsgd", "sign:0"])
 def test_bad_specs_say_what_is_accepted(spec: str) -> None:
     with pytest.raises(ValueError, match="compressor"):
         parse_compressor(spec)

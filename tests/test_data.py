@@ -108,9 +108,7 @@ def test_embedded_mnist_loads_split_and_normalised() -> None:
 
 
 def test_idx_without_normalisation_is_pixels_in_unit_range() -> None:
-    source = IdxSource(
-        train_images=MNIST_TEST.train_images, train_labels=MNIST_TEST.train_labels, normalize=False
-    )
+    source = IdxSource(train_images=MNIST_TEST.train_images, train_labels=MNIST_TEST.train_labels, normalize=False)
     bundle = load_idx(source, context(EMBEDDED_MNIST, fraction=0.0))
     assert (len(bundle.train), len(bundle.validation)) == (10_000, 0)
     assert tuple(bundle.validation.x.shape) == (0, 1, 28, 28)
@@ -261,9 +259,7 @@ def test_data_error_pickles_with_its_message() -> None:
 
 def test_titanic_loads_whole_with_missing_indicators() -> None:
     folder = dataset("titanic")
-    source = CsvSource(
-        path="train.csv", target="Survived", numeric=TITANIC_NUMERIC, categorical=TITANIC_CATEGORICAL
-    )
+    source = CsvSource(path="train.csv", target="Survived", numeric=TITANIC_NUMERIC, categorical=TITANIC_CATEGORICAL)
     bundle = load_csv(source, context(folder, fraction=0.0))
     # 5 numeric + Age's missing indicator + Sex {female, male} + Embarked {"", C, Q, S}.
     assert bundle.spec.input_shape == (12,)
@@ -284,9 +280,7 @@ def test_titanic_loads_whole_with_missing_indicators() -> None:
 
 def test_titanic_splits_by_fraction_through_the_registry() -> None:
     folder = dataset("titanic")
-    source = CsvSource(
-        path="train.csv", target="Survived", numeric=TITANIC_NUMERIC, categorical=TITANIC_CATEGORICAL
-    )
+    source = CsvSource(path="train.csv", target="Survived", numeric=TITANIC_NUMERIC, categorical=TITANIC_CATEGORICAL)
     section = DataSection(format="csv", validation_fraction=0.2, source=source, base_dir=folder)
     bundle = load_data(section, seed=5)
     assert (len(bundle.train), len(bundle.validation)) == (713, 178)
@@ -428,9 +422,7 @@ def test_text_split_is_the_contiguous_tail(tmp_path: Path) -> None:
         (b"abc", {"encoding": "no-such-codec"}, 0.0, "encoding: found 'no-such-codec'"),
     ],
 )
-def test_malformed_text(
-    tmp_path: Path, content: bytes, source: dict[str, Any], fraction: float, match: str
-) -> None:
+def test_malformed_text(tmp_path: Path, content: bytes, source: dict[str, Any], fraction: float, match: str) -> None:
     (tmp_path / "t.txt").write_bytes(content)
     with pytest.raises(DataError, match=match):
         load_text(TextSource(path="t.txt", **source), context(tmp_path, fraction=fraction))

@@ -68,7 +68,5 @@ def test_core_loads_nothing_forbidden_at_runtime() -> None:
         + f"bad = sorted(m for m in sys.modules if m.split('.')[0] in {sorted(FORBIDDEN_AT_RUNTIME)!r})\n"
         + "print(','.join(bad))\n"
     )
-    result = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True
-    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
     assert result.stdout.strip() == "", f"core imports pulled in: {result.stdout.strip()}"

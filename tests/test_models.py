@@ -57,9 +57,7 @@ def test_registry_names_and_configs() -> None:
 
 def test_configs_read_from_a_task_table() -> None:
     where = Where("task.toml", "model")
-    assert read_table(MLPConfig, {"hidden": [32, 16], "dropout": 0.1}, where) == MLPConfig(
-        hidden=(32, 16), dropout=0.1
-    )
+    assert read_table(MLPConfig, {"hidden": [32, 16], "dropout": 0.1}, where) == MLPConfig(hidden=(32, 16), dropout=0.1)
     assert read_table(CNNConfig, {"channels": [8]}, where) == CNNConfig(channels=(8,))
     custom = read_table(CustomModelConfig, {"function": "m:f", "options": {"width": 3}}, where)
     assert custom == CustomModelConfig(function="m:f", options={"width": 3})
@@ -98,9 +96,7 @@ def test_output_shape(name: str, spec: InputSpec) -> None:
     x = example_input(spec, 3, torch.Generator().manual_seed(0))
     with torch.no_grad():
         logits = model(x)
-    expected = (
-        (3, spec.input_shape[0], spec.num_classes) if spec.kind == "language" else (3, spec.num_classes)
-    )
+    expected = (3, spec.input_shape[0], spec.num_classes) if spec.kind == "language" else (3, spec.num_classes)
     assert logits.shape == expected
     assert logits.dtype == torch.float32
 

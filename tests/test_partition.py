@@ -187,9 +187,7 @@ def test_peer_shard_is_that_peers_part(text: str) -> None:
 def test_peer_shard_of_language_data() -> None:
     tokens = torch.arange(40 * 8).reshape(40, 8)
     data = ArrayDataset(tokens, tokens + 1)
-    bundle = DataBundle(
-        spec=InputSpec(kind="language", input_shape=(8,), num_classes=400), train=data, validation=data
-    )
+    bundle = DataBundle(spec=InputSpec(kind="language", input_shape=(8,), num_classes=400), train=data, validation=data)
     shards = [peer_shard(bundle, "iid", peer, 3, seed=1) for peer in range(3)]
     rows = torch.cat([s.x[:, 0] for s in shards]).sort().values
     assert torch.equal(rows, tokens[:, 0])

@@ -79,9 +79,7 @@ def test_full_vector_values() -> None:
     assert weight.tolist() == [[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]]
 
 
-@pytest.mark.parametrize(
-    "dtype", [torch.float32, torch.float16, torch.float64, torch.int32, torch.int64, torch.uint8]
-)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.float64, torch.int32, torch.int64, torch.uint8])
 def test_tensor_round_trip(dtype: torch.dtype) -> None:
     original = (torch.arange(24).reshape(2, 3, 4) - 7).to(dtype) if dtype != torch.uint8 else torch.arange(24)
     original = original.to(dtype)

@@ -63,9 +63,7 @@ class QSGD(Compressor):
         if norm.item() < 0:
             raise MalformedMessage(f"tensor {name!r}: negative QSGD norm")
         packed = np.frombuffer(parts[part_name(name, "codes")].data, dtype=np.uint8)
-        bit_matrix = np.unpackbits(packed, count=numel * self.bits, bitorder="little").reshape(
-            numel, self.bits
-        )
+        bit_matrix = np.unpackbits(packed, count=numel * self.bits, bitorder="little").reshape(numel, self.bits)
         code = (bit_matrix.astype(np.int64) << np.arange(self.bits)).sum(axis=1)
         level = code & ((1 << (self.bits - 1)) - 1)
         if level.size and level.max() > self.levels:

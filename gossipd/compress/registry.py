@@ -41,8 +41,7 @@ def parse_compressor(spec: str) -> Compressor:
     build = COMPRESSORS.get(name.strip())
     if build is None:
         raise ValueError(
-            f"found compressor {spec!r}, "
-            "expected one of: sign, sign:BLOCK, top-k:PCT%, random-k:PCT%, qsgd:BITS"
+            f"found compressor {spec!r}, expected one of: sign, sign:BLOCK, top-k:PCT%, random-k:PCT%, qsgd:BITS"
         )
     try:
         return build(arg if separator else None)

@@ -48,9 +48,7 @@ class SignCompressor(Compressor):
         bits = np.packbits((flat >= 0).numpy(), bitorder="little")
         return [
             WireTensor(part_name(name, "signs"), "uint8", (int(bits.shape[0]),), bits.tobytes()),
-            WireTensor(
-                part_name(name, "scales"), "float32", (blocks,), scales.numpy().astype("<f4").tobytes()
-            ),
+            WireTensor(part_name(name, "scales"), "float32", (blocks,), scales.numpy().astype("<f4").tobytes()),
         ]
 
     def parts(self, name: str, shape: tuple[int, ...]) -> dict[str, TensorSpec]:

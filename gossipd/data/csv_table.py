@@ -92,9 +92,7 @@ def load_csv(config: CsvSource, ctx: LoadContext) -> DataBundle:
         train_idx, val_idx = split_indices(len(table), ctx.validation_fraction, ctx.seed)
         train, validation = table.rows(train_idx), table.rows(val_idx)
     numeric = [_fit_numeric(path, name, train.numeric[name]) for name in config.numeric]
-    categorical = [
-        _CategoricalFeature(n, tuple(sorted(set(train.categorical[n])))) for n in config.categorical
-    ]
+    categorical = [_CategoricalFeature(n, tuple(sorted(set(train.categorical[n])))) for n in config.categorical]
     width = _width(numeric, categorical)
     if width > MAX_FEATURES:
         raise DataError(path, f"the columns encode to {width:,} features, expected at most {MAX_FEATURES:,}")
@@ -153,9 +151,7 @@ def _read_table(path: Path, config: CsvSource) -> _Table:
         raise DataError(path, f"line {reader.line_num}: malformed CSV: {exc}") from None
     for i, label in enumerate(cells[config.target]):
         if not label:
-            raise DataError(
-                path, f"row {i + 1} (line {lines[i]}): column {config.target!r} (the target) is empty"
-            )
+            raise DataError(path, f"row {i + 1} (line {lines[i]}): column {config.target!r} (the target) is empty")
     return _Table(
         {name: _parse_numbers(path, name, cells[name], lines) for name in config.numeric},
         {name: cells[name] for name in config.categorical},
@@ -186,9 +182,7 @@ def _parse_numbers(path: Path, name: str, cells: list[str], lines: list[int]) ->
         except ValueError:
             value = np.nan
         if not np.isfinite(value):
-            raise DataError(
-                path, f"row {i + 1} (line {lines[i]}): column {name!r}: found {cell!r}, expected a number"
-            )
+            raise DataError(path, f"row {i + 1} (line {lines[i]}): column {name!r}: found {cell!r}, expected a number")
         values[i] = value
     return values
 
@@ -206,9 +200,7 @@ def _fit_numeric(path: Path, name: str, values: np.ndarray) -> _NumericFeature:
 def _class_names(path: Path, labels: list[str]) -> tuple[str, ...]:
     distinct = set(labels)
     if len(distinct) > MAX_CLASSES:
-        raise DataError(
-            path, f"the target has {len(distinct):,} distinct values, expected at most {MAX_CLASSES:,}"
-        )
+        raise DataError(path, f"the target has {len(distinct):,} distinct values, expected at most {MAX_CLASSES:,}")
     try:
         # Numeric labels sort as numbers ("2" before "10"); ties between spellings of one number by text.
         return tuple(sorted(distinct, key=lambda label: (float(label), label)))

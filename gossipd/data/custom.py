@@ -106,9 +106,7 @@ def check_bundle(bundle: DataBundle, source: str) -> None:
         _check_part(spec.kind, spec.input_shape, spec.num_classes, data, f"{source}: {part}")
 
 
-def _check_part(
-    kind: str, input_shape: tuple[int, ...], num_classes: int, data: ArrayDataset, where: str
-) -> None:
+def _check_part(kind: str, input_shape: tuple[int, ...], num_classes: int, data: ArrayDataset, where: str) -> None:
     if tuple(data.x.shape[1:]) != input_shape:
         expected = ", ".join(["N", *(str(d) for d in input_shape)])
         raise DataError(where, f"x has shape {tuple(data.x.shape)}, expected ({expected}) as its spec says")
@@ -125,6 +123,4 @@ def _check_part(
             raise DataError(where, "expected int64 x and y of the same shape (N, block_size)")
         tokens = torch.cat([data.x.reshape(-1), data.y.reshape(-1)])
     if tokens.numel() and (int(tokens.min()) < 0 or int(tokens.max()) >= num_classes):
-        raise DataError(
-            where, f"found ids {int(tokens.min())}..{int(tokens.max())}, expected 0..{num_classes - 1}"
-        )
+        raise DataError(where, f"found ids {int(tokens.min())}..{int(tokens.max())}, expected 0..{num_classes - 1}")

@@ -78,9 +78,7 @@ def _read_idx_stream(stream: _ByteStream, path: Path, max_bytes: int) -> np.ndar
     magic = _read_exact(stream, 4, path, "the IDX magic number")
     if magic[0] != 0 or magic[1] != 0 or magic[2] not in DTYPES:
         codes = ", ".join(f"0x{c:02X}" for c in DTYPES)
-        raise DataError(
-            path, f"found magic bytes {magic.hex()}, expected 00 00, a dtype code ({codes}), then ndim"
-        )
+        raise DataError(path, f"found magic bytes {magic.hex()}, expected 00 00, a dtype code ({codes}), then ndim")
     dtype, ndim = DTYPES[magic[2]], magic[3]
     if not 1 <= ndim <= MAX_NDIM:
         raise DataError(path, f"found {ndim} dimensions in the IDX header, expected 1 to {MAX_NDIM}")
@@ -90,9 +88,7 @@ def _read_idx_stream(stream: _ByteStream, path: Path, max_bytes: int) -> np.ndar
     for size in shape:
         declared *= size
     if declared > max_bytes:
-        raise DataError(
-            path, f"IDX header declares shape {shape} ({declared:,} bytes), over the {max_bytes:,} cap"
-        )
+        raise DataError(path, f"IDX header declares shape {shape} ({declared:,} bytes), over the {max_bytes:,} cap")
     body = _read_exact(stream, declared, path, f"shape {shape}")
     if stream.read(1):
         raise DataError(path, f"trailing bytes after the {declared:,} bytes that shape {shape} declares")
@@ -144,9 +140,7 @@ def read_labels(path: Path) -> np.ndarray:
 def _read_pair(images_path: Path, labels_path: Path) -> tuple[np.ndarray, np.ndarray]:
     images, labels = read_images(images_path), read_labels(labels_path)
     if len(images) != len(labels):
-        raise DataError(
-            images_path, f"has {len(images):,} images but {labels_path.name} has {len(labels):,} labels"
-        )
+        raise DataError(images_path, f"has {len(images):,} images but {labels_path.name} has {len(labels):,} labels")
     return images, labels
 
 
@@ -164,9 +158,7 @@ def load_idx(config: IdxSource, ctx: LoadContext) -> DataBundle:
         test_images = data_path(config.test_images, ctx.base_dir)
         val_x, val_y = _read_pair(test_images, data_path(config.test_labels, ctx.base_dir))
         if val_x.shape[1:] != train_x.shape[1:]:
-            raise DataError(
-                test_images, f"images are {val_x.shape[2:]}, the training images {train_x.shape[2:]}"
-            )
+            raise DataError(test_images, f"images are {val_x.shape[2:]}, the training images {train_x.shape[2:]}")
     else:
         train_idx, val_idx = split_indices(len(train_x), ctx.validation_fraction, ctx.seed)
         val_x, val_y = train_x[val_idx], train_y[val_idx]

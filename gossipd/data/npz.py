@@ -64,9 +64,7 @@ def read_npz(path: Path, x_key: str, y_key: str) -> tuple[np.ndarray, np.ndarray
             present = [name.removesuffix(".npy") for name in archive.namelist() if name.endswith(".npy")]
             for key in (x_key, y_key):
                 if key not in present:
-                    raise DataError(
-                        path, f"no array {key!r}; the archive holds: {', '.join(present) or 'none'}"
-                    )
+                    raise DataError(path, f"no array {key!r}; the archive holds: {', '.join(present) or 'none'}")
                 _check_header(archive, key + ".npy", path)
         with np.load(path, allow_pickle=False) as archive:
             return archive[x_key], archive[y_key]
@@ -95,9 +93,7 @@ def _check_header(archive: zipfile.ZipFile, member: str, path: Path) -> None:
     for extent in shape:
         size *= extent
     if size > MAX_ARRAY_BYTES:
-        raise DataError(
-            path, f"{member} declares shape {shape} ({size:,} bytes), over the {MAX_ARRAY_BYTES:,} cap"
-        )
+        raise DataError(path, f"{member} declares shape {shape} ({size:,} bytes), over the {MAX_ARRAY_BYTES:,} cap")
 
 
 def classification_arrays(x_raw: object, y_raw: object, source: str | Path) -> tuple[np.ndarray, np.ndarray]:

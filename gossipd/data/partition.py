@@ -36,9 +36,7 @@ def parse_partition(text: str) -> PartitionSpec:
     """`iid`, `dirichlet:ALPHA` (ALPHA > 0; smaller is more skewed) or `shards:S` (S label shards a peer)."""
     match = _SPEC.match(text.strip())
     if match is None:
-        raise ValueError(
-            f"found {text!r}, expected 'iid', 'dirichlet:ALPHA' (e.g. dirichlet:0.5) or 'shards:S'"
-        )
+        raise ValueError(f"found {text!r}, expected 'iid', 'dirichlet:ALPHA' (e.g. dirichlet:0.5) or 'shards:S'")
     if match["alpha"] is not None:
         alpha = float(match["alpha"])
         if alpha <= 0:

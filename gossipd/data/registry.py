@@ -62,15 +62,11 @@ def resolve_root(root: str, base_dir: Path) -> Path:
 def load_data(section: DataSection, seed: int) -> DataBundle:
     """Load the task's examples and its held-out set. Raises `DataError` with the file at fault."""
     entry = FORMATS[section.format]
-    context = LoadContext(
-        base_dir=section.base_dir, validation_fraction=section.validation_fraction, seed=seed
-    )
+    context = LoadContext(base_dir=section.base_dir, validation_fraction=section.validation_fraction, seed=seed)
     return entry.load(section.source, context)
 
 
-def peer_shard(
-    bundle: DataBundle, partition: str, peer_index: int, peer_count: int, seed: int
-) -> ArrayDataset:
+def peer_shard(bundle: DataBundle, partition: str, peer_index: int, peer_count: int, seed: int) -> ArrayDataset:
     """The training examples of peer `peer_index` out of `peer_count` under the task's partition scheme."""
     if not 0 <= peer_index < peer_count:
         raise ValueError(f"peer index {peer_index} is outside 0..{peer_count - 1}")

@@ -40,9 +40,7 @@ class TextSource:
 def load_text(config: TextSource, ctx: LoadContext) -> DataBundle:
     """x and y int64 `(N, block_size)` character ids, y being x shifted one character to the left."""
     if not MIN_BLOCK_SIZE <= config.block_size <= MAX_BLOCK_SIZE:
-        raise DataError(
-            "[data]", f"block_size: found {config.block_size}, expected {MIN_BLOCK_SIZE}..{MAX_BLOCK_SIZE}"
-        )
+        raise DataError("[data]", f"block_size: found {config.block_size}, expected {MIN_BLOCK_SIZE}..{MAX_BLOCK_SIZE}")
     path = data_path(config.path, ctx.base_dir)
     text = _decode(read_bounded(path, MAX_TEXT_BYTES), config.encoding, path)
     if not text:

@@ -65,7 +65,5 @@ class ChocoGossip(Algorithm[ChocoEdge]):
                 edge.x_hat_self[name] += self.compressor.decompress(name, shape, mine, ctx.device)
                 edge.x_hat_peer[name] += self.compressor.decompress(name, shape, records, ctx.device)
         step = self.config.gamma * ctx.weight
-        delta: Delta = {
-            name: (edge.x_hat_peer[name] - edge.x_hat_self[name]) * step for name in ctx.layout.shapes
-        }
+        delta: Delta = {name: (edge.x_hat_peer[name] - edge.x_hat_self[name]) * step for name in ctx.layout.shapes}
         return delta

@@ -81,9 +81,7 @@ class PowerGossip(Algorithm[PowerGossipEdge]):
             expect = {name: TensorSpec("float32", tuple(q[name].shape)) for name in compressed}
             if iteration == 0:
                 sent += [to_wire(name, ctx.params[name]) for name in whole]
-                expect |= {
-                    name: TensorSpec(ctx.layout.dtypes[name], ctx.layout.shapes[name]) for name in whole
-                }
+                expect |= {name: TensorSpec(ctx.layout.dtypes[name], ctx.layout.shapes[name]) for name in whole}
             records = yield Outgoing(MessageType.POWER, iteration, tuple(sent), expect)
 
             scale = ctx.sign * ctx.weight * self.config.alpha

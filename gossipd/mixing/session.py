@@ -159,8 +159,7 @@ class ExchangeSession:
         assert expected is not None
         if message.type is not expected.type or message.phase != expected.phase:
             raise ProtocolViolation(
-                f"expected {expected.type} phase {expected.phase}, "
-                f"received {message.type} phase {message.phase}"
+                f"expected {expected.type} phase {expected.phase}, received {message.type} phase {message.phase}"
             )
         if (message.epoch, message.round) != self.edge.key:
             raise ProtocolViolation(

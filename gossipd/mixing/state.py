@@ -13,9 +13,7 @@ from gossipd.wire.tensors import TensorSpec, check_tensors, from_wire, to_wire
 
 
 def state_specs(state: Mapping[str, torch.Tensor]) -> dict[str, TensorSpec]:
-    return {
-        name: TensorSpec(to_wire(name, t.reshape(-1)[:0]).dtype, tuple(t.shape)) for name, t in state.items()
-    }
+    return {name: TensorSpec(to_wire(name, t.reshape(-1)[:0]).dtype, tuple(t.shape)) for name, t in state.items()}
 
 
 def state_message(state: Mapping[str, torch.Tensor], *, task: bytes, step: int, degree: int) -> Message:
@@ -30,9 +28,7 @@ def state_message(state: Mapping[str, torch.Tensor], *, task: bytes, step: int, 
     )
 
 
-def read_state(
-    message: Message, expected: Mapping[str, TensorSpec], device: torch.device
-) -> dict[str, torch.Tensor]:
+def read_state(message: Message, expected: Mapping[str, TensorSpec], device: torch.device) -> dict[str, torch.Tensor]:
     """The state a FULL message carries, if it matches the receiver's model exactly."""
     if message.type is not MessageType.FULL:
         raise ProtocolViolation(f"expected a full state, received {message.type}")

@@ -131,7 +131,5 @@ def build(config: CharTransformerConfig, spec: InputSpec) -> nn.Module:
     check_at_least(config.n_embd, 1, name="n_embd")
     check_dropout(config.dropout)
     if config.n_embd % config.n_head != 0:
-        raise ModelError(
-            f"char-transformer: n_embd ({config.n_embd}) must be divisible by n_head ({config.n_head})"
-        )
+        raise ModelError(f"char-transformer: n_embd ({config.n_embd}) must be divisible by n_head ({config.n_head})")
     return CharTransformer(config, block_size=spec.input_shape[0], vocab_size=spec.num_classes)

@@ -81,8 +81,7 @@ class Simulation:
         self.algorithm = make_algorithm(task.gossip)
         partition = config.partition or task.data.partition
         self.shards = [
-            peer_shard(data, partition, i, config.peers, task.task.seed + config.seed)
-            for i in range(config.peers)
+            peer_shard(data, partition, i, config.peers, task.task.seed + config.seed) for i in range(config.peers)
         ]
         self.peers = [self._new_peer(i) for i in range(config.peers)]
         for peer in self.peers:
@@ -99,9 +98,7 @@ class Simulation:
         self.train_steps = 0
 
     def _new_peer(self, index: int) -> SimPeer:
-        seed = (
-            self.task.task.seed + (index + 1) * 7919 if self.config.independent_init else self.task.task.seed
-        )
+        seed = self.task.task.seed + (index + 1) * 7919 if self.config.independent_init else self.task.task.seed
         model = build_model(self.task.model, self.data.spec, seed)
         trainer = Trainer(
             model,
@@ -253,9 +250,7 @@ class Simulation:
         return consensus_distance([p.params() for p in self.peers if p.online])
 
     def _evaluate_all(self) -> list[Any]:
-        return [
-            p.trainer.evaluate(self.data.validation, self.config.eval_samples) for p in self.peers if p.online
-        ]
+        return [p.trainer.evaluate(self.data.validation, self.config.eval_samples) for p in self.peers if p.online]
 
     def _record(self, round_index: int, *, evaluate: bool) -> RoundRecord:
         accuracies = [e.accuracy for e in self._evaluate_all()] if evaluate else []
@@ -272,9 +267,7 @@ class Simulation:
         """One model trained on every shard's examples with the swarm's total batch, for as many steps:
         the same samples in the order all-reduce SGD would see them."""
         union = peer_shard(self.data, "iid", 0, 1, 0)
-        section = dataclasses.replace(
-            self.task.train, batch_size=self.task.train.batch_size * self.config.peers
-        )
+        section = dataclasses.replace(self.task.train, batch_size=self.task.train.batch_size * self.config.peers)
         trainer = Trainer(
             build_model(self.task.model, self.data.spec, self.task.task.seed),
             section,

@@ -28,9 +28,7 @@ class TaskError(ValueError):
         super().__init__(f"{where}: {problem}")
 
 
-def bounds(
-    *, min: float | None = None, max: float | None = None, exclusive_min: bool = False
-) -> dict[str, Any]:
+def bounds(*, min: float | None = None, max: float | None = None, exclusive_min: bool = False) -> dict[str, Any]:
     """Field metadata for numeric bounds: `x: float = field(default=1.0, metadata=bounds(min=0))`."""
     return {"min": min, "max": max, "exclusive_min": exclusive_min}
 

@@ -163,9 +163,7 @@ def _read_variant(
     )
 
 
-def _read_data(
-    table: Mapping[str, Any], where: Where, base_dir: Path, data_root: str | Path | None
-) -> DataSection:
+def _read_data(table: Mapping[str, Any], where: Where, base_dir: Path, data_root: str | Path | None) -> DataSection:
     root = table.get("root", ".")
     if not isinstance(root, str):
         raise where.error("root", f"found {describe(root)}, expected a string")

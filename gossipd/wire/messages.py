@@ -78,8 +78,7 @@ def encode_message(message: Message) -> bytes:
     if "phase" in keys:
         body["phase"] = message.phase
         body["tensors"] = [
-            {"name": t.name, "dtype": t.dtype, "shape": list(t.shape), "data": t.data}
-            for t in message.tensors
+            {"name": t.name, "dtype": t.dtype, "shape": list(t.shape), "data": t.data} for t in message.tensors
         ]
     if "reason" in keys:
         body["reason"] = message.reason

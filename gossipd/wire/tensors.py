@@ -101,9 +101,7 @@ def check_tensors(records: Iterable[WireTensor], expected: Mapping[str, TensorSp
         if record.dtype != spec.dtype:
             raise BadDtype(f"tensor {record.name!r}: dtype {record.dtype}, expected {spec.dtype}")
         if record.shape != spec.shape:
-            raise ShapeMismatch(
-                f"tensor {record.name!r}: shape {list(record.shape)}, expected {list(spec.shape)}"
-            )
+            raise ShapeMismatch(f"tensor {record.name!r}: shape {list(record.shape)}, expected {list(spec.shape)}")
         found[record.name] = record
     missing = [name for name in expected if name not in found]
     if missing:
