@@ -10,6 +10,8 @@ from typing import Any
 
 import click
 
+from gossipd.cli_client import register_client_commands
+from gossipd.services.control import ControlError, ErrorCode
 from gossipd.task.fields import TaskError
 
 DEFAULT_TASK = Path(__file__).resolve().parent / "embedded" / "default.toml"
@@ -181,3 +183,122 @@ def _summary(report: Any) -> str:
         f"  time         {report.wall_seconds:.1f} s",
     ]
     return "\n".join(lines)
+
+
+@main.command()
+@click.argument("task_file", required=False, type=click.Path(dir_okay=False))
+@click.option("--listen", multiple=True, help="Multiaddr to listen on (repeatable). [default: /ip4/0.0.0.0/tcp/0]")
+@click.option("--bootstrap", multiple=True, help="Multiaddr of a peer to join through, ending in /p2p/<id>.")
+@click.option("--mdns", is_flag=True, help="Also find peers on the local network with mDNS.")
+@click.option("--data", "data_root", type=click.Path(file_okay=False), help="Data folder (replaces [data] root).")
+@click.option("--state-dir", type=click.Path(file_okay=False), help="State folder. [default: $XDG_STATE_HOME/gossipd]")
+@click.option("--socket", "socket_path", type=click.Path(dir_okay=False), help="Control socket path.")
+@click.option("--peer-index", type=click.IntRange(0), help="Train on this part of the data ...")
+@click.option("--peer-count", type=click.IntRange(1), help="... out of this many (swarms on one machine).")
+@click.option(
+    "--join-timeout",
+    default=10.0,
+    show_default=True,
+    type=click.FloatRange(0),
+    help="Seconds a fresh peer looks for a model to copy.",
+)
+@click.option(
+    "--checkpoint-interval",
+    default=60.0,
+    show_default=True,
+    type=click.FloatRange(1),
+    help="Seconds between checkpoints.",
+)
+@click.option("--seed", type=int, help="Seed of this daemon's local randomness (partners, compression).")
+@click.option("--init-seed", type=int, help="Initialise the model from this seed, not the task's (experiments).")
+@click.option("--threads", type=click.IntRange(1), help="Torch threads for training (default: torch's choice).")
+@click.option(
+    "--log-level", default="info", show_default=True, type=click.Choice(["debug", "info", "warning", "error"])
+)
+def run(
+    task_file: str | None,
+    listen: tuple[str, ...],
+    bootstrap: tuple[str, ...],
+    mdns: bool,
+    data_root: str | None,
+    state_dir: str | None,
+    socket_path: str | None,
+    peer_index: int | None,
+    peer_count: int | None,
+    join_timeout: float,
+    checkpoint_interval: float,
+    seed: int | None,
+    init_seed: int | None,
+    threads: int | None,
+    log_level: str,
+) -> None:
+    """Run the daemon with TASK_FILE (default: the embedded MNIST task) until SIGINT or SIGTERM."""
+    import logging
+
+    import torch
+    import trio
+
+    from gossipd.adapters.http_unix import SocketInUseError
+    from gossipd.daemon import Daemon, DaemonOptions
+    from gossipd.paths import default_socket, default_state_dir
+    from gossipd.services.network import DialError
+    from gossipd.services.task_runtime import RunOptions
+
+    if (peer_index is None) != (peer_count is None):
+        raise click.UsageError("--peer-index and --peer-count go together")
+    if peer_index is not None and peer_count is not None and peer_index >= peer_count:
+        raise click.UsageError(f"--peer-index {peer_index} must be below --peer-count {peer_count}")
+    logging.basicConfig(
+        level=log_level.upper(), format="%(asctime)s %(levelname)-7s %(name)s: %(message)s", stream=sys.stderr
+    )
+    # libp2p logs routine network noise (failed DHT reads, dial retries) at INFO/WARNING.
+    logging.getLogger("libp2p").setLevel(logging.CRITICAL)
+    logging.getLogger("multiaddr").setLevel(logging.ERROR)
+    if threads is not None:
+        torch.set_num_threads(threads)
+    task = _load(task_file, data_root)
+    state = Path(state_dir) if state_dir else default_state_dir()
+    task_options = RunOptions(
+        data_root=Path(data_root) if data_root else None,
+        peer_index=peer_index,
+        peer_count=peer_count,
+        bootstrap=bootstrap,
+        join_timeout=join_timeout,
+        checkpoint_interval=checkpoint_interval,
+        seed=seed,
+        init_seed=init_seed,
+    )
+    options = DaemonOptions(
+        state_dir=state,
+        socket=Path(socket_path) if socket_path else default_socket(state),
+        listen=listen or ("/ip4/0.0.0.0/tcp/0",),
+        bootstrap=bootstrap,
+        mdns=mdns,
+        task_options=task_options,
+    )
+    try:
+        trio.run(Daemon(options).run, [(task, task_options)])
+    except BaseException as exc:
+        # Errors from inside the daemon's nurseries arrive wrapped in exception groups.
+        for kind, code in ((SocketInUseError, EXIT_ERROR), (DialError, EXIT_USAGE), (ControlError, EXIT_ERROR)):
+            found = _leaf(exc, kind)
+            if found is not None:
+                invalid = isinstance(found, ControlError) and found.code == ErrorCode.INVALID_TASK
+                click.echo(f"error: {found}", err=True)
+                sys.exit(EXIT_INVALID_TASK if invalid else code)
+        raise
+
+
+def _leaf(error: BaseException, kind: type[BaseException]) -> BaseException | None:
+    """The first exception of `kind` in `error` or the exception groups it nests."""
+    if isinstance(error, kind):
+        return error
+    if isinstance(error, BaseExceptionGroup):
+        for inner in error.exceptions:
+            found = _leaf(inner, kind)
+            if found is not None:
+                return found
+    return None
+
+
+register_client_commands(main)

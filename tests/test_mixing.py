@@ -281,3 +281,17 @@ def test_a_session_cannot_exchange_with_itself() -> None:
     a = Peer(0, model(0))
     with pytest.raises(ValueError, match="itself"):
         a.session(ALGORITHMS["plain"], a)
+
+
+@pytest.mark.parametrize("name", ["plain", "choco-sign", "powergossip-r1"])
+def test_each_end_estimates_the_distance_between_the_models(name: str) -> None:
+    a, b = Peer(0, model(0)), Peer(1, model(1))
+    exact = sum(float((a.params[k] - b.params[k]).pow(2).sum()) for k in a.params) ** 0.5
+    ends = (a.session(ALGORITHMS[name], b), b.session(ALGORITHMS[name], a))
+    run_pair(*ends, max_message_bytes=1 << 22)
+    estimates = [end.result().distance for end in ends]
+    assert estimates[0] == pytest.approx(estimates[1], rel=1e-5)
+    if name == "powergossip-r1":
+        assert 0 < estimates[0] < exact  # a projection of the difference
+    else:
+        assert estimates[0] == pytest.approx(exact, rel=1e-5)  # the full (or freshly synced) difference

@@ -132,3 +132,14 @@ def test_device_choice() -> None:
 def test_batch_larger_than_the_shard_uses_the_whole_shard() -> None:
     t = trainer(dataclasses.replace(TrainSection(), batch_size=1000))
     assert t.train_steps(1).samples == 300
+
+
+def test_a_checkpoint_still_resumes_when_the_local_data_changed_size() -> None:
+    first = trainer(seed=3)
+    first.train_steps(5)
+    saved = first.state_dict()
+    model = build_model(ModelSection(name="mlp", options=MLPConfig(hidden=(32,))), SPEC, 0)
+    other = Trainer(model, TrainSection(), dataset(n=200), kind="classification", device=CPU, seed=0)
+    other.load_state_dict(saved)
+    assert other.step == 5
+    assert all(torch.equal(params(first)[k], params(other)[k]) for k in params(first))

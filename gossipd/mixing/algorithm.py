@@ -7,10 +7,11 @@ Both ends run the same generator, so the messages of each round cross in flight 
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Generator, Mapping
 from dataclasses import dataclass
-from typing import ClassVar, Generic, TypeVar
+from typing import Any, ClassVar, Generic, TypeVar
 
 import torch
 
@@ -46,7 +47,17 @@ class ExchangeContext:
     rng: torch.Generator
 
 
-Rounds = Generator[Outgoing, Records, Delta]
+@dataclass(frozen=True)
+class MixOutcome:
+    """What an exchange leaves this end with: the delta to add to its model, and its estimate of the
+    distance ‖x_peer − x_self‖ reconstructed from what it received (exact for plain gossip, a projection
+    for PowerGossip, the public copies' distance for Choco)."""
+
+    delta: Delta
+    distance: float
+
+
+Rounds = Generator[Outgoing, Records, MixOutcome]
 EdgeData = TypeVar("EdgeData")
 
 
@@ -54,6 +65,8 @@ class Algorithm(ABC, Generic[EdgeData]):
     """A mixing algorithm, configured once per task; per-edge state lives in `EdgeState.data`."""
 
     name: ClassVar[str]
+    #: The dataclass of per-edge state, rebuilt from its fields when a checkpoint is loaded (None: stateless).
+    edge_type: ClassVar[type[Any] | None] = None
 
     @abstractmethod
     def reset_edge(self, epoch: int, layout: ParamLayout, device: torch.device) -> EdgeData:
@@ -71,3 +84,8 @@ class Algorithm(ABC, Generic[EdgeData]):
 def full_tensors(params: Params) -> tuple[WireTensor, ...]:
     """Every tensor at full precision, in layout order."""
     return tuple(to_wire(name, t) for name, t in params.items())
+
+
+def norm(tensors: Delta) -> float:
+    """‖·‖ over a set of tensors, as if they were one vector."""
+    return math.sqrt(sum(float(t.float().pow(2).sum()) for t in tensors.values()))

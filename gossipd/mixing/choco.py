@@ -12,7 +12,16 @@ from dataclasses import dataclass, field
 import torch
 
 from gossipd.compress.registry import parse_compressor
-from gossipd.mixing.algorithm import Algorithm, Delta, ExchangeContext, Outgoing, Rounds, full_tensors
+from gossipd.mixing.algorithm import (
+    Algorithm,
+    Delta,
+    ExchangeContext,
+    MixOutcome,
+    Outgoing,
+    Rounds,
+    full_tensors,
+    norm,
+)
 from gossipd.mixing.layout import ParamLayout
 from gossipd.task.fields import bounds
 from gossipd.wire.messages import MessageType
@@ -36,6 +45,7 @@ class ChocoEdge:
 
 class ChocoGossip(Algorithm[ChocoEdge]):
     name = "choco"
+    edge_type = ChocoEdge
 
     def __init__(self, config: ChocoConfig) -> None:
         self.config = config
@@ -64,6 +74,6 @@ class ChocoGossip(Algorithm[ChocoEdge]):
                 # Both ends add the decoded parts, never the pre-compression values, so copies stay equal.
                 edge.x_hat_self[name] += self.compressor.decompress(name, shape, mine, ctx.device)
                 edge.x_hat_peer[name] += self.compressor.decompress(name, shape, records, ctx.device)
+        difference: Delta = {name: edge.x_hat_peer[name] - edge.x_hat_self[name] for name in ctx.layout.shapes}
         step = self.config.gamma * ctx.weight
-        delta: Delta = {name: (edge.x_hat_peer[name] - edge.x_hat_self[name]) * step for name in ctx.layout.shapes}
-        return delta
+        return MixOutcome({name: d * step for name, d in difference.items()}, norm(difference))

@@ -6,8 +6,13 @@ byte counts are those that would travel (msgpack payload plus the varint length 
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass
 
+import torch
+
+from gossipd.mixing.layout import ParamLayout, Params, max_message_bytes
+from gossipd.mixing.plain import PlainConfig, PlainGossip
 from gossipd.mixing.session import ExchangeSession
 from gossipd.wire.errors import ProtocolViolation
 from gossipd.wire.messages import Message, decode_message, encode_message, framed_size
@@ -42,3 +47,27 @@ def run_pair(a: ExchangeSession, b: ExchangeSession, *, max_message_bytes: int) 
     if (to_b is None) != (to_a is None):
         raise ProtocolViolation("one end finished the exchange while the other expected more rounds")
     return Traffic(a_sent, b_sent, messages)
+
+
+def plain_exchange_bytes(params: Params, task: bytes) -> int:
+    """Bytes one uncompressed exchange of this model takes (both directions), measured through the codec:
+    the yardstick for compression ratios."""
+    layout = ParamLayout.of(params)
+    other = {name: t.clone() for name, t in params.items()}
+    ends = [
+        ExchangeSession(
+            algorithm=PlainGossip(PlainConfig()),
+            params=p,
+            layout=layout,
+            self_id=me,
+            peer_id=them,
+            edge=None,
+            degree=1,
+            task=task,
+            fixed_weight=None,
+            rng=random.Random(0),
+            device=torch.device("cpu"),
+        )
+        for p, me, them in ((params, b"a", b"b"), (other, b"b", b"a"))
+    ]
+    return run_pair(ends[0], ends[1], max_message_bytes=max_message_bytes(layout)).total

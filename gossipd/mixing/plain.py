@@ -6,7 +6,16 @@ from dataclasses import dataclass
 
 import torch
 
-from gossipd.mixing.algorithm import Algorithm, Delta, ExchangeContext, Outgoing, Rounds, full_tensors
+from gossipd.mixing.algorithm import (
+    Algorithm,
+    Delta,
+    ExchangeContext,
+    MixOutcome,
+    Outgoing,
+    Rounds,
+    full_tensors,
+    norm,
+)
 from gossipd.mixing.layout import ParamLayout
 from gossipd.wire.messages import MessageType
 from gossipd.wire.tensors import from_wire
@@ -28,9 +37,9 @@ class PlainGossip(Algorithm[None]):
 
     def rounds(self, ctx: ExchangeContext, edge: None) -> Rounds:
         records = yield Outgoing(MessageType.FULL, 0, full_tensors(ctx.params), ctx.layout.specs())
-        delta: Delta = {}
+        difference: Delta = {}
         for name, mine in ctx.params.items():
-            theirs = from_wire(records[name], ctx.device)
             # (theirs − mine) is exactly the negation of the peer's (mine − theirs): the pair sum is kept.
-            delta[name] = (theirs - mine) * ctx.weight
-        return delta
+            difference[name] = from_wire(records[name], ctx.device) - mine
+        delta: Delta = {name: d * ctx.weight for name, d in difference.items()}
+        return MixOutcome(delta, norm(difference))

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from gossipd.mixing.algorithm import Algorithm, Delta, ExchangeContext, Outgoing, Rounds
+from gossipd.mixing.algorithm import Algorithm, Delta, ExchangeContext, MixOutcome, Outgoing, Rounds
 from gossipd.mixing.edge import seed_for
 from gossipd.mixing.layout import ParamLayout, low_rank_pays, matrix_shape
 from gossipd.task.fields import bounds
@@ -47,6 +47,7 @@ class PowerGossipEdge:
 
 class PowerGossip(Algorithm[PowerGossipEdge]):
     name = "powergossip"
+    edge_type = PowerGossipEdge
 
     def __init__(self, config: PowerGossipConfig) -> None:
         self.config = config
@@ -68,6 +69,7 @@ class PowerGossip(Algorithm[PowerGossipEdge]):
         compressed = self.compressed(ctx.layout)
         whole = [name for name in ctx.layout.shapes if name not in set(compressed)]
         delta: Delta = {}
+        distance_squared = 0.0
         for iteration in range(self.config.iterations):
             even = edge.iterations % 2 == 0
             p: dict[str, torch.Tensor] = {}
@@ -92,6 +94,8 @@ class PowerGossip(Algorithm[PowerGossipEdge]):
                 # ±w·α times the rank-r estimate of M_low − M_high; scaling the thin factor, not the matrix.
                 step = (p[name] * scale) @ d.T if even else d @ (p[name] * scale).T  # (m, n)
                 step = step.reshape(ctx.layout.shapes[name])
+                # ‖p dᵀ‖ = ‖d‖ for orthonormal p: the projected difference's norm, at no cost.
+                distance_squared += float(d.pow(2).sum())
                 delta[name] = delta[name].add_(step) if name in delta else step
                 edge.vectors[name] = (
                     d
@@ -100,10 +104,11 @@ class PowerGossip(Algorithm[PowerGossipEdge]):
                 )
             if iteration == 0:
                 for name in whole:
-                    theirs = from_wire(records[name], ctx.device)
-                    delta[name] = (theirs - ctx.params[name]) * ctx.weight
+                    difference = from_wire(records[name], ctx.device) - ctx.params[name]
+                    distance_squared += float(difference.pow(2).sum())
+                    delta[name] = difference * ctx.weight
             edge.iterations += 1
-        return delta
+        return MixOutcome(delta, distance_squared**0.5)
 
     def _current(self, ctx: ExchangeContext, delta: Delta, name: str) -> torch.Tensor:
         """The matrix view of this end's model as updated by the exchange's earlier iterations."""

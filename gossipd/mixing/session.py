@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from gossipd.mixing.algorithm import Algorithm, Delta, ExchangeContext, Outgoing, Rounds
+from gossipd.mixing.algorithm import Algorithm, Delta, ExchangeContext, MixOutcome, Outgoing, Rounds
 from gossipd.mixing.edge import EdgeState, derive_epoch
 from gossipd.mixing.layout import ParamLayout, Params
 from gossipd.mixing.weights import edge_weight
@@ -48,6 +48,7 @@ class Phase(enum.Enum):
 @dataclass(frozen=True, kw_only=True)
 class ExchangeResult:
     delta: Delta
+    distance: float  # this end's estimate of ‖x_peer − x_self‖ at the exchange
     edge: EdgeState
     weight: float
     peer_degree: int
@@ -86,11 +87,13 @@ class ExchangeSession:
         self.phase = Phase.NEW
         self.rounds_done = 0
         self.reset = False
+        # Once the algorithm's rounds start, the edge data may have changed: a failure must drop the edge.
+        self.mixing_started = False
         self.weight = 0.0
         self.peer_degree = 0
         self._rounds: Rounds | None = None
         self._outgoing: Outgoing | None = None
-        self._delta: Delta | None = None
+        self._outcome: MixOutcome | None = None
 
     def start(self) -> Message:
         self._expect_phase(Phase.NEW)
@@ -117,9 +120,10 @@ class ExchangeSession:
 
     def result(self) -> ExchangeResult:
         self._expect_phase(Phase.DONE)
-        assert self._delta is not None
+        assert self._outcome is not None
         return ExchangeResult(
-            delta=self._delta,
+            delta=self._outcome.delta,
+            distance=self._outcome.distance,
             edge=self.edge,
             weight=self.weight,
             peer_degree=self.peer_degree,
@@ -151,6 +155,7 @@ class ExchangeSession:
             rng=torch.Generator().manual_seed(self.rng.getrandbits(63)),
         )
         self.phase = Phase.ROUNDS
+        self.mixing_started = True
         self._rounds = self.algorithm.rounds(ctx, self.edge.data)
         return self._advance(lambda rounds: next(rounds))
 
@@ -174,7 +179,7 @@ class ExchangeSession:
         try:
             outgoing: Outgoing = step(self._rounds)
         except StopIteration as stop:
-            self._delta = stop.value
+            self._outcome = stop.value
             self._outgoing = None
             self.edge.round += 1
             self.phase = Phase.DONE

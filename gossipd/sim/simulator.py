@@ -22,8 +22,7 @@ from gossipd.data.spec import DataBundle
 from gossipd.metrics import consensus_distance
 from gossipd.mixing.edge import EdgeState
 from gossipd.mixing.layout import ParamLayout, max_message_bytes, mixed_parameters
-from gossipd.mixing.local import run_pair
-from gossipd.mixing.plain import PlainConfig, PlainGossip
+from gossipd.mixing.local import plain_exchange_bytes, run_pair
 from gossipd.mixing.registry import make_algorithm
 from gossipd.mixing.session import ExchangeSession
 from gossipd.mixing.state import read_state, state_message, state_specs
@@ -148,7 +147,7 @@ class Simulation:
             centralised=centralised,
             distance_start=distance_start or 0.0,
             distance_end=self._consensus(),
-            plain_bytes=self._plain_exchange_bytes(),
+            plain_bytes=plain_exchange_bytes(self.peers[0].params(), self.task.hash),
             history=history,
             wall_seconds=time.perf_counter() - started,
         )
@@ -278,26 +277,3 @@ class Simulation:
         )
         trainer.train_steps(self.config.rounds * self.task.train.local_steps)
         return trainer.evaluate(self.data.validation, self.config.eval_samples).accuracy
-
-    def _plain_exchange_bytes(self) -> int:
-        """Bytes of one uncompressed exchange of this model, measured through the codec."""
-        params = self.peers[0].params()
-        other = {name: t.clone() for name, t in params.items()}
-        plain = PlainGossip(PlainConfig())
-        ends = [
-            ExchangeSession(
-                algorithm=plain,
-                params=p,
-                layout=self.layout,
-                self_id=me,
-                peer_id=them,
-                edge=None,
-                degree=1,
-                task=self.task.hash,
-                fixed_weight=None,
-                rng=random.Random(0),
-                device=self.device,
-            )
-            for p, me, them in ((params, b"a", b"b"), (other, b"b", b"a"))
-        ]
-        return run_pair(ends[0], ends[1], max_message_bytes=self.max_bytes).total

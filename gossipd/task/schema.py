@@ -79,7 +79,7 @@ class GossipSection:
     algorithm: str = "powergossip"
     weight: float | None = field(default=None, metadata=bounds(min=0.0, max=0.5, exclusive_min=True))
     view_size: int = field(default=6, metadata=bounds(min=1, max=64))
-    exchange_interval: float = field(default=0.5, metadata=bounds(min=0.0))
+    exchange_interval: float = field(default=0.2, metadata=bounds(min=0.0))
     exchange_timeout: float = field(default=15.0, metadata=bounds(min=0.1))
     rewire_interval: float = field(default=30.0, metadata=bounds(min=0.0))
     config: Any = None

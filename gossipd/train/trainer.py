@@ -6,6 +6,7 @@ Mixing never races with it: deltas from exchanges are applied between steps (`ap
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ from gossipd.data.spec import ArrayDataset, Kind
 from gossipd.task.schema import TrainSection
 
 EVAL_BATCH = 512
+log = logging.getLogger("gossipd.trainer")
 
 
 @dataclass(frozen=True)
@@ -160,6 +162,10 @@ class Trainer:
         self.samples += samples
         return StepStats(steps=steps, samples=samples, loss=total / max(steps, 1))
 
+    def reset_optimizer(self) -> None:
+        """Forget momentum and adaptive statistics (after the model was replaced by another's)."""
+        self.optimizer = build_optimizer(self.section, self.model.parameters())
+
     @torch.no_grad()
     def apply_delta(self, delta: Mapping[str, torch.Tensor]) -> None:
         """Add a mixing result to the parameters it names."""
@@ -197,8 +203,13 @@ class Trainer:
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Resume from `state_dict()`. If this peer's data changed since (a different size), the model,
+        optimiser and counters still resume and the shuffling starts afresh."""
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
-        self.sampler.load_state_dict(state["sampler"])
+        try:
+            self.sampler.load_state_dict(state["sampler"])
+        except ValueError:
+            log.warning("this peer's training data changed since the checkpoint: its shuffling starts afresh")
         self.step = int(state["step"])
         self.samples = int(state["samples"])

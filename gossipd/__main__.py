@@ -1,0 +1,5 @@
+"""`python -m gossipd` is the `gossipd` command."""
+
+from gossipd.cli import main
+
+main()

@@ -1,0 +1,302 @@
+"""The `Network` the services use, over py-libp2p 0.8.1, configured as measured in
+../shared/notes/py-libp2p-0.8.1.md: Noise and Yamux only (the default also accepts plaintext dialers; Mplex
+deadlocks), one connection per peer (else every dial waits 250 ms), GossipSub with an explicit degree and a
+1 s heartbeat, a DHT in server mode, mDNS on request. Every libp2p failure surfaces as this module's typed
+errors; libp2p's own loggers are quietened to ERROR by the daemon.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager, suppress
+from pathlib import Path
+from typing import Any
+
+import trio
+from libp2p import new_host
+from libp2p.crypto.ed25519 import create_new_key_pair as new_ed25519
+from libp2p.crypto.keys import KeyPair
+from libp2p.crypto.x25519 import create_new_key_pair as new_x25519
+from libp2p.custom_types import TProtocol
+from libp2p.discovery.events.peerDiscovery import peerDiscovery
+from libp2p.exceptions import BaseLibp2pError
+from libp2p.identity_utils import load_identity, save_identity
+from libp2p.io.exceptions import MessageTooLarge
+from libp2p.kad_dht import DHTMode, KadDHT
+from libp2p.kad_dht.common import PROTOCOL_ID as DHT_PROTOCOL
+from libp2p.network.config import ConnectionConfig
+from libp2p.peer.id import ID
+from libp2p.peer.peerinfo import PeerInfo, info_from_p2p_addr
+from libp2p.pubsub.gossipsub import PROTOCOL_ID_V11, GossipSub
+from libp2p.pubsub.pubsub import Pubsub
+from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_ID
+from libp2p.security.noise.transport import Transport as NoiseTransport
+from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_ID
+from libp2p.stream_muxer.yamux.yamux import Yamux
+from libp2p.tools.anyio_service import background_trio_service
+from libp2p.utils.varint import encode_varint_prefixed, read_varint_prefixed_bytes_limited
+from multiaddr import Multiaddr
+
+from gossipd.services.network import (
+    DialError,
+    FrameTooLarge,
+    PeerAddress,
+    PubsubMessage,
+    StreamClosed,
+    StreamHandler,
+    Subscription,
+)
+
+log = logging.getLogger("gossipd.network")
+
+
+def load_or_create_identity(path: Path) -> KeyPair:
+    """The daemon's persistent Ed25519 key (mode 0600): the same peer id after every restart."""
+    if path.exists():
+        key_pair: KeyPair = load_identity(path)
+        return key_pair
+    key_pair = new_ed25519()
+    save_identity(key_pair, path)
+    return key_pair
+
+
+def peer_id_of(key_pair: KeyPair) -> str:
+    return str(ID.from_pubkey(key_pair.public_key).to_base58())
+
+
+class Libp2pStream:
+    """A libp2p stream carrying unsigned-varint length-prefixed frames."""
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+        self._peer = str(stream.muxed_conn.peer_id.to_base58())
+
+    @property
+    def peer_id(self) -> str:
+        return self._peer
+
+    async def send(self, payload: bytes) -> None:
+        try:
+            await self._stream.write(encode_varint_prefixed(payload))
+        except BaseLibp2pError as exc:
+            raise StreamClosed(f"sending to {self._peer}: {type(exc).__name__} {exc}") from exc
+
+    async def receive(self, max_bytes: int) -> bytes:
+        try:
+            data: bytes = await read_varint_prefixed_bytes_limited(self._stream, max_bytes)
+        except MessageTooLarge as exc:
+            await self.reset()
+            raise FrameTooLarge(str(exc)) from exc
+        except BaseLibp2pError as exc:
+            raise StreamClosed(f"receiving from {self._peer}: {type(exc).__name__} {exc}") from exc
+        return data
+
+    async def close(self) -> None:
+        with suppress(BaseLibp2pError):  # already gone: nothing left to close
+            await self._stream.close()
+
+    async def reset(self) -> None:
+        with suppress(BaseLibp2pError):
+            await self._stream.reset()
+
+
+class Libp2pSubscription:
+    def __init__(self, subscription: Any) -> None:
+        self._subscription = subscription
+
+    async def __aiter__(self) -> AsyncIterator[PubsubMessage]:
+        while True:
+            message = await self._subscription.get()
+            sender = str(ID(message.from_id).to_base58()) if message.from_id else ""
+            yield PubsubMessage(sender=sender, data=bytes(message.data))
+
+
+def _after(ready: trio.Event, handler: Callable[[Any], Awaitable[None]]) -> Callable[[Any], Awaitable[None]]:
+    async def guarded(stream: Any) -> None:
+        await ready.wait()
+        await handler(stream)
+
+    return guarded
+
+
+class Libp2pNetwork:
+    """A running libp2p host with pubsub and the DHT. Build it with `Libp2pNetwork.running(...)`."""
+
+    def __init__(self, host: Any, pubsub: Pubsub, dht: KadDHT) -> None:
+        self._host = host
+        self._pubsub = pubsub
+        self._dht = dht
+        self._peer_id = str(host.get_id().to_base58())
+        self._lan: collections.deque[PeerAddress] = collections.deque(maxlen=1024)
+        self._lan_lock = threading.Lock()
+
+    @classmethod
+    @asynccontextmanager
+    async def running(
+        cls,
+        key_pair: KeyPair,
+        *,
+        listen: Sequence[str],
+        mdns: bool = False,
+    ) -> AsyncIterator[Libp2pNetwork]:
+        # Bootstrap peers are dialled by the discovery service once pubsub and the DHT run (libp2p's own
+        # bootstrap option dials inside host.run, before them, and hung there in our tests).
+        try:
+            listen_addrs = [Multiaddr(a) for a in listen]
+        except (ValueError, BaseLibp2pError) as exc:
+            raise DialError(f"bad listen multiaddr: {exc}") from exc
+        host = new_host(
+            key_pair=key_pair,
+            sec_opt={NOISE_ID: NoiseTransport(key_pair, noise_privkey=new_x25519().private_key)},
+            muxer_opt={YAMUX_ID: Yamux},  # type: ignore[dict-item]
+            connection_config=ConnectionConfig(max_connections_per_peer=1),
+            enable_mDNS=mdns,
+        )
+        gossipsub = GossipSub(
+            protocols=[PROTOCOL_ID_V11],
+            degree=4,
+            degree_low=2,
+            degree_high=8,
+            heartbeat_interval=1,
+            # Announcements are small and rare; libp2p's 10 msg/s limit would only drop them silently.
+            spam_protection_enabled=False,
+        )
+        pubsub = Pubsub(host, gossipsub)
+        dht = KadDHT(host, DHTMode.SERVER)
+        services_ready = trio.Event()
+        # A peer may open a pubsub or DHT stream as soon as the host listens (the bootstrap dials happen
+        # inside host.run), before those services run; their handlers then crash the connection and the
+        # host with it. Hold such streams until the services are up.
+        for protocol in gossipsub.get_protocols():
+            host.set_stream_handler(protocol, _after(services_ready, pubsub.stream_handler))
+        host.set_stream_handler(DHT_PROTOCOL, _after(services_ready, dht.handle_stream))
+        network = cls(host, pubsub, dht)
+        if mdns:
+            peerDiscovery.register_peer_discovered_handler(network._on_lan_peer)
+        try:
+            async with (
+                host.run(listen_addrs=listen_addrs),
+                background_trio_service(pubsub),
+                background_trio_service(gossipsub),
+                background_trio_service(dht),
+            ):
+                await pubsub.wait_until_ready()
+                services_ready.set()
+                yield network
+        finally:
+            if mdns:
+                peerDiscovery.unregister_peer_discovered_handler(network._on_lan_peer)
+
+    # -- identity and streams --------------------------------------------------------------------------
+
+    @property
+    def peer_id(self) -> str:
+        return self._peer_id
+
+    def addresses(self) -> list[str]:
+        return [str(a) for a in self._host.get_addrs()]
+
+    def set_handler(self, protocol: str, handler: StreamHandler) -> None:
+        async def on_stream(stream: Any) -> None:
+            await handler(Libp2pStream(stream))
+
+        self._host.set_stream_handler(TProtocol(protocol), on_stream)
+
+    async def open_stream(self, peer_id: str, protocol: str) -> Libp2pStream:
+        try:
+            stream = await self._host.new_stream(ID.from_base58(peer_id), [TProtocol(protocol)])
+        except (BaseLibp2pError, ValueError, OSError) as exc:
+            raise DialError(f"{peer_id}: {type(exc).__name__} {exc}") from exc
+        return Libp2pStream(stream)
+
+    async def connect(self, address: str) -> str:
+        try:
+            info = info_from_p2p_addr(Multiaddr(address))
+            await self._host.connect(info)
+        except (BaseLibp2pError, ValueError, OSError) as exc:
+            raise DialError(f"{address}: {type(exc).__name__} {exc}") from exc
+        await self._add_to_routing(info.peer_id)
+        return str(info.peer_id.to_base58())
+
+    async def connect_peer(self, peer: PeerAddress) -> None:
+        try:
+            peer_id = ID.from_base58(peer.peer_id)
+            info = PeerInfo(peer_id, [Multiaddr(a) for a in peer.addresses])
+            await self._host.connect(info)
+        except (BaseLibp2pError, ValueError, OSError) as exc:
+            raise DialError(f"{peer.peer_id}: {type(exc).__name__} {exc}") from exc
+        await self._add_to_routing(peer_id)
+
+    async def _add_to_routing(self, peer_id: ID) -> None:
+        try:
+            await self._dht.add_peer(peer_id)
+        except BaseLibp2pError as exc:
+            log.debug("could not add %s to the DHT routing table: %s", peer_id, exc)
+
+    def connected_peers(self) -> list[str]:
+        return [str(p.to_base58()) for p in self._host.get_connected_peers()]
+
+    def known_addresses(self, peer_id: str) -> tuple[str, ...]:
+        try:
+            addrs = self._host.get_peerstore().addrs(ID.from_base58(peer_id))
+        except (BaseLibp2pError, ValueError, KeyError):
+            return ()
+        return tuple(str(a) for a in addrs)
+
+    def forget_failures(self, peer_id: str) -> None:
+        with suppress(BaseLibp2pError, ValueError, KeyError, AttributeError):
+            self._host.get_network().unblock_peer(ID.from_base58(peer_id))
+
+    # -- pubsub and the DHT -------------------------------------------------------------------------
+
+    async def subscribe(self, topic: str) -> Subscription:
+        return Libp2pSubscription(await self._pubsub.subscribe(topic))
+
+    async def publish(self, topic: str, data: bytes) -> None:
+        try:
+            await self._pubsub.publish(topic, data)
+        except BaseLibp2pError as exc:
+            log.debug("publish on %s failed: %s", topic, exc)
+
+    async def provide(self, key: str) -> None:
+        try:
+            await self._dht.provide(key)
+        except BaseLibp2pError as exc:
+            log.debug("provide %s failed: %s", key, exc)
+
+    async def find_providers(self, key: str) -> list[PeerAddress]:
+        try:
+            found = await self._dht.find_providers(key)
+        except BaseLibp2pError as exc:
+            log.debug("find_providers %s failed: %s", key, exc)
+            return []
+        unique: dict[str, PeerAddress] = {}  # libp2p returns duplicates
+        for info in found:
+            peer = str(info.peer_id.to_base58())
+            if peer != self._peer_id:
+                unique[peer] = PeerAddress(peer, tuple(str(a) for a in info.addrs))
+        return list(unique.values())
+
+    async def refresh_routing(self) -> None:
+        try:
+            await self._dht.refresh_routing_table()
+        except BaseLibp2pError as exc:
+            log.debug("routing table refresh failed: %s", exc)
+
+    # -- mDNS ----------------------------------------------------------------------------------------
+
+    def _on_lan_peer(self, info: PeerInfo) -> None:
+        # Called from zeroconf's thread, not trio's: only queue it here.
+        peer = str(info.peer_id.to_base58())
+        if peer != self._peer_id:
+            with self._lan_lock:
+                self._lan.append(PeerAddress(peer, tuple(str(a) for a in info.addrs)))
+
+    def local_discoveries(self) -> list[PeerAddress]:
+        with self._lan_lock:
+            found = list(self._lan)
+            self._lan.clear()
+        return found

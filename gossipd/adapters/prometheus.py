@@ -1,0 +1,113 @@
+"""`GET /metrics`: a daemon's status snapshot in the Prometheus text format, via prometheus_client.
+
+The daemon keeps no prometheus_client metric objects: each scrape renders one frozen `DaemonStatus` through a
+collector in a fresh registry, so the numbers a scrape shows are the ones `gossipd status` would show.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
+
+from gossipd.services.status import DaemonStatus, TaskStatus
+
+# prometheus_client's own constant for this moved between releases; the format is what matters.
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+_Getter = Callable[[TaskStatus], float | None]
+
+# Per-task series with the single label `task`: (name, help, value); a None value leaves the series out.
+_COUNTERS: tuple[tuple[str, str, _Getter], ...] = (
+    ("gossipd_training_steps_total", "Optimiser steps taken.", lambda t: t.step),
+    ("gossipd_training_samples_total", "Training examples processed.", lambda t: t.samples),
+    ("gossipd_bytes_sent_total", "Bytes sent in exchanges and state transfers.", lambda t: t.bytes_sent),
+    ("gossipd_bytes_received_total", "Bytes received in exchanges and state transfers.", lambda t: t.bytes_received),
+    ("gossipd_state_transfers_total", "Full models copied from a neighbour.", lambda t: t.state_transfers),
+)
+_GAUGES: tuple[tuple[str, str, _Getter], ...] = (
+    ("gossipd_training_loss", "Recent mean training loss.", lambda t: t.loss),
+    ("gossipd_validation_accuracy", "Accuracy on the held-out examples at the last evaluation.", lambda t: t.accuracy),
+    ("gossipd_exchanges_in_flight", "Exchanges in progress.", lambda t: t.exchanges_in_flight),
+    (
+        "gossipd_compression_ratio",
+        "Full-model bytes an exchange would take, over the bytes it took.",
+        lambda t: t.compression_ratio,
+    ),
+    (
+        "gossipd_consensus_distance",
+        "Recent mean of the estimated distances to neighbours.",
+        lambda t: t.consensus_distance,
+    ),
+    ("gossipd_samples_per_second", "Recent training throughput.", lambda t: t.samples_per_second),
+)
+
+
+def render_metrics(status: DaemonStatus) -> bytes:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_SnapshotCollector(status))
+    return generate_latest(registry)
+
+
+class _SnapshotCollector:
+    def __init__(self, status: DaemonStatus) -> None:
+        self._status = status
+
+    def collect(self) -> Iterator[Metric]:
+        yield GaugeMetricFamily("gossipd_uptime_seconds", "Seconds since the daemon started.", self._status.uptime_s)
+        families = [_task_info(self._status.tasks)]
+        families += [_per_task(CounterMetricFamily, n, h, get, self._status.tasks) for n, h, get in _COUNTERS]
+        families += [_per_task(GaugeMetricFamily, n, h, get, self._status.tasks) for n, h, get in _GAUGES]
+        families += [_exchanges(self._status.tasks), _peers(self._status.tasks), _rejections(self._status.tasks)]
+        yield from (family for family in families if family.samples)
+
+
+def _per_task(
+    kind: type[CounterMetricFamily] | type[GaugeMetricFamily],
+    name: str,
+    help_text: str,
+    get: _Getter,
+    tasks: tuple[TaskStatus, ...],
+) -> Metric:
+    family = kind(name, help_text, labels=["task"])
+    for task in tasks:
+        value = get(task)
+        if value is not None:
+            family.add_metric([task.id], value)
+    return family
+
+
+def _task_info(tasks: tuple[TaskStatus, ...]) -> Metric:
+    family = GaugeMetricFamily(
+        "gossipd_task_info", "Always 1; the labels describe the task.", labels=["task", "state", "algorithm", "device"]
+    )
+    for task in tasks:
+        family.add_metric([task.id, task.state.value, task.algorithm, task.device], 1)
+    return family
+
+
+def _exchanges(tasks: tuple[TaskStatus, ...]) -> Metric:
+    family = CounterMetricFamily("gossipd_exchanges_total", "Finished exchanges by result.", labels=["task", "result"])
+    for task in tasks:
+        family.add_metric([task.id, "ok"], task.exchanges)
+        family.add_metric([task.id, "failed"], task.failed_exchanges)
+    return family
+
+
+def _peers(tasks: tuple[TaskStatus, ...]) -> Metric:
+    family = GaugeMetricFamily(
+        "gossipd_peers", "Peers known to the task, and those in its exchange view.", labels=["task", "state"]
+    )
+    for task in tasks:
+        family.add_metric([task.id, "known"], len(task.peers))
+        family.add_metric([task.id, "in_view"], sum(peer.in_view for peer in task.peers))
+    return family
+
+
+def _rejections(tasks: tuple[TaskStatus, ...]) -> Metric:
+    family = CounterMetricFamily("gossipd_rejections_total", "Rejected messages by reason.", labels=["task", "reason"])
+    for task in tasks:
+        for reason, count in sorted(task.rejections.items()):
+            family.add_metric([task.id, reason], count)
+    return family

@@ -1,0 +1,281 @@
+"""The `gossipd` commands that talk to a running daemon over its control socket (protocols/control-v1.md).
+
+Each command is one `ControlClient` call, then either the server's JSON (`--json`, for scripts) or a
+fixed-width table. A `ControlError` becomes `error: <message>` on stderr and the exit code `EXIT_CODES` names.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from gossipd.client import ControlClient
+from gossipd.paths import default_socket
+from gossipd.services.control import EXIT_CODES, ControlError, JoinRequest
+
+_EXIT_ERROR = 1  # as `gossipd.cli.EXIT_ERROR`; that module imports this one
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def register_client_commands(group: click.Group) -> None:
+    for command in (status_command, peers_command, tasks_command, join_command, leave_command, export_command):
+        group.add_command(command)
+
+
+def _socket_option(function: _F) -> _F:
+    return click.option(
+        "--socket",
+        "socket_path",
+        type=click.Path(dir_okay=False, path_type=Path),
+        envvar="GOSSIPD_SOCKET",
+        help="The daemon's control socket [default: $XDG_RUNTIME_DIR/gossipd/gossipd.sock, "
+        "else ~/.local/state/gossipd/gossipd.sock; env: GOSSIPD_SOCKET].",
+    )(function)
+
+
+def _json_option(function: _F) -> _F:
+    return click.option("--json", "as_json", is_flag=True, help="Print the daemon's JSON reply as it is.")(function)
+
+
+# Joining loads the task's data and leaving writes a checkpoint: both may take minutes on big tasks.
+SLOW_CALL_TIMEOUT = 600.0
+
+
+def _client(socket_path: Path | None, timeout: float = 30.0) -> ControlClient:
+    return ControlClient(socket_path or default_socket(), timeout=timeout)
+
+
+@contextlib.contextmanager
+def _reporting_errors() -> Iterator[None]:
+    try:
+        yield
+    except ControlError as exc:
+        click.echo(f"error: {exc.message}", err=True)
+        sys.exit(EXIT_CODES[exc.code])
+
+
+@click.command("status")
+@_socket_option
+@_json_option
+def status_command(socket_path: Path | None, as_json: bool) -> None:
+    """Show the daemon and a line per task."""
+    with _reporting_errors():
+        data = _client(socket_path).status()
+    click.echo(json.dumps(data, indent=2) if as_json else format_status(data))
+
+
+@click.command("peers")
+@_socket_option
+@_json_option
+def peers_command(socket_path: Path | None, as_json: bool) -> None:
+    """Show the peers each task knows (* marks those it exchanges with)."""
+    with _reporting_errors():
+        data = _client(socket_path).peers()
+    click.echo(json.dumps(data, indent=2) if as_json else format_peers(data, now=time.time()))
+
+
+@click.command("tasks")
+@_socket_option
+@_json_option
+def tasks_command(socket_path: Path | None, as_json: bool) -> None:
+    """List the tasks the daemon runs."""
+    with _reporting_errors():
+        data = _client(socket_path).tasks()
+    click.echo(json.dumps(data, indent=2) if as_json else format_tasks(data))
+
+
+@click.command("join")
+@click.argument("task_file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--data", "data_root", type=click.Path(file_okay=False, path_type=Path), help="Replaces [data] root.")
+@click.option("--peer-index", type=click.IntRange(0), help="Train on this part of the data (with --peer-count).")
+@click.option("--peer-count", type=click.IntRange(1), help="Split the data in this many parts.")
+@_socket_option
+def join_command(
+    task_file: Path, data_root: Path | None, peer_index: int | None, peer_count: int | None, socket_path: Path | None
+) -> None:
+    """Start training TASK_FILE in the daemon (which reads the file itself)."""
+    if (peer_index is None) != (peer_count is None):
+        raise click.UsageError("--peer-index and --peer-count go together")
+    if peer_index is not None and peer_count is not None and peer_index >= peer_count:
+        raise click.BadParameter(f"{peer_index} is not below --peer-count {peer_count}", param_hint="--peer-index")
+    request = JoinRequest(
+        # Absolute: the daemon's working directory is not this shell's.
+        path=str(task_file.resolve()),
+        data=str(data_root.resolve()) if data_root is not None else None,
+        peer_index=peer_index,
+        peer_count=peer_count,
+    )
+    with _reporting_errors():
+        task = _client(socket_path, SLOW_CALL_TIMEOUT).join(request)
+    click.echo(f"joined {task['id']} ({task['state']})")
+
+
+@click.command("leave")
+@click.argument("task_id")
+@_socket_option
+def leave_command(task_id: str, socket_path: Path | None) -> None:
+    """Stop TASK_ID after checkpointing it."""
+    with _reporting_errors():
+        _client(socket_path, SLOW_CALL_TIMEOUT).leave(task_id)
+    click.echo(f"left {task_id}")
+
+
+@click.command("export")
+@click.argument("task_id")
+@click.argument("out", type=click.Path(dir_okay=False, path_type=Path))
+@_socket_option
+def export_command(task_id: str, out: Path, socket_path: Path | None) -> None:
+    """Save TASK_ID's current model to OUT (safetensors, owner-only)."""
+    with _reporting_errors():
+        model = _client(socket_path).model(task_id)
+    try:
+        write_atomically(out, model)
+    except OSError as exc:
+        click.echo(f"error: cannot write {out}: {exc.strerror or exc}", err=True)
+        sys.exit(_EXIT_ERROR)
+    click.echo(f"wrote {out} ({human_bytes(len(model))})")
+
+
+def write_atomically(path: Path, data: bytes) -> None:
+    """Readers of `path` see the old file or the whole new one, never a partial write."""
+    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(descriptor, "wb") as file:
+            file.write(data)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def format_status(data: dict[str, Any]) -> str:
+    addresses = data["addresses"] or ["-"]
+    lines = [f"peer      {data['peer_id']}", f"addresses {addresses[0]}"]
+    lines += [f"          {address}" for address in addresses[1:]]
+    lines += [f"uptime    {human_duration(data['uptime_s'])}", f"version   {data['version']}", ""]
+    tasks = data["tasks"]
+    if not tasks:
+        return "\n".join([*lines, "no tasks (start one with `gossipd join TASK.toml`)"])
+    header = ["TASK", "STATE", "STEP", "LOSS", "ACCURACY", "EXCHANGES", "SENT", "RECEIVED", "RATIO", "DISTANCE", "VIEW"]
+    rows = [_status_row(task) for task in tasks]
+    lines.append(table(header, rows, numeric=range(2, 11)))
+    lines += [f"{task['id']}: {task['error']}" for task in tasks if task.get("error")]
+    return "\n".join(lines)
+
+
+def _status_row(task: dict[str, Any]) -> list[str]:
+    peers = task.get("peers", [])
+    return [
+        task["id"],
+        task["state"],
+        str(task["step"]),
+        _number(task["loss"], ".4g"),
+        _number(task["accuracy"], ".2%"),
+        str(task["exchanges"]),
+        human_bytes(task["bytes_sent"]),
+        human_bytes(task["bytes_received"]),
+        _number(task["compression_ratio"], ".1f", "x"),
+        _number(task["consensus_distance"], ".3g"),
+        f"{sum(bool(peer['in_view']) for peer in peers)}/{len(peers)}",
+    ]
+
+
+def format_peers(data: dict[str, Any], now: float) -> str:
+    peers = data["peers"]
+    if not peers:
+        return "no peers yet"
+    header = ["TASK", "PEER", "VIEW", "SOURCES", "HEARD", "STEP", "LOSS", "EXCH/FAIL", "DISTANCE"]
+    rows = [
+        [
+            peer["task"],
+            _short_id(peer["peer_id"]),
+            "*" if peer["in_view"] else "",
+            ",".join(peer["sources"]) or "-",
+            "-" if peer["last_heard"] is None else f"{human_duration(max(0.0, now - peer['last_heard']))} ago",
+            _number(peer["step"], "d"),
+            _number(peer["loss"], ".4g"),
+            f"{peer['exchanges']}/{peer['failures']}",
+            _number(peer["distance"], ".3g"),
+        ]
+        for peer in peers
+    ]
+    return table(header, rows, numeric=range(4, 9))
+
+
+def format_tasks(data: dict[str, Any]) -> str:
+    tasks = data["tasks"]
+    if not tasks:
+        return "no tasks (start one with `gossipd join TASK.toml`)"
+    header = ["TASK", "STATE", "ALGORITHM", "DEVICE", "STEP", "SAMPLES/S", "LOSS", "ACCURACY", "HASH"]
+    rows = [
+        [
+            task["id"],
+            task["state"],
+            task["algorithm"],
+            task["device"],
+            str(task["step"]),
+            _number(task["samples_per_second"], ".1f"),
+            _number(task["loss"], ".4g"),
+            _number(task["accuracy"], ".2%"),
+            task["hash"][:12],
+        ]
+        for task in tasks
+    ]
+    return table(header, rows, numeric=range(4, 8))
+
+
+def table(header: Sequence[str], rows: Sequence[Sequence[str]], numeric: Sequence[int] = ()) -> str:
+    """Fixed-width columns two spaces apart; `numeric` columns are right-aligned."""
+    widths = [max(len(cell) for cell in column) for column in zip(header, *rows, strict=True)]
+
+    def line(cells: Sequence[str]) -> str:
+        padded = (
+            c.rjust(w) if i in numeric else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths, strict=True))
+        )
+        return "  ".join(padded).rstrip()
+
+    return "\n".join([line(header), *(line(row) for row in rows)])
+
+
+def human_bytes(count: float) -> str:
+    """Decimal units, as network counters usually are: 12345678 -> '12.3 MB'."""
+    if count < 1000:
+        return f"{int(count)} B"
+    value = count / 1000
+    for unit in ("kB", "MB", "GB"):
+        if value < 1000:
+            return f"{value:.1f} {unit}"
+        value /= 1000
+    return f"{value:.1f} TB"
+
+
+def human_duration(seconds: float) -> str:
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    days, hours = divmod(hours, 24)
+    if days:
+        return f"{days}d {hours:02d}h"
+    if hours:
+        return f"{hours}h {minutes:02d}m"
+    if minutes:
+        return f"{minutes}m {secs:02d}s"
+    return f"{secs}s"
+
+
+def _number(value: float | None, spec: str, suffix: str = "") -> str:
+    return "-" if value is None else format(value, spec) + suffix
+
+
+def _short_id(peer_id: str) -> str:
+    return peer_id if len(peer_id) <= 12 else "…" + peer_id[-12:]

@@ -1,0 +1,39 @@
+"""Where a daemon keeps its state and its control socket (XDG base directories), owner-only."""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+APP = "gossipd"
+SOCKET_NAME = "gossipd.sock"
+
+
+class UnsafePathError(PermissionError):
+    """A state or socket folder is not private to this user."""
+
+
+def default_state_dir() -> Path:
+    """`$XDG_STATE_HOME/gossipd`, else `~/.local/state/gossipd`."""
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / APP
+
+
+def default_socket(state_dir: Path | None = None) -> Path:
+    """`$XDG_RUNTIME_DIR/gossipd/gossipd.sock`, else `<state dir>/gossipd.sock`."""
+    runtime = os.environ.get("XDG_RUNTIME_DIR")
+    if runtime:
+        return Path(runtime) / APP / SOCKET_NAME
+    return (state_dir or default_state_dir()) / SOCKET_NAME
+
+
+def ensure_private_dir(path: Path) -> Path:
+    """Create `path` (and parents) and make it 0700; refuse a folder another user owns."""
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    info = path.stat()
+    if info.st_uid != os.getuid():
+        raise UnsafePathError(f"{path} belongs to uid {info.st_uid}, not to this user ({os.getuid()})")
+    if stat.S_IMODE(info.st_mode) & 0o077:
+        path.chmod(0o700)
+    return path

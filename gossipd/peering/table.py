@@ -1,0 +1,137 @@
+"""Everything a task knows about other peers: how each was found, when it was last heard, how exchanges
+with it went, and whether to leave it alone for a while. Pure: time comes from an injected clock."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+SOURCES = ("bootstrap", "dht", "pubsub", "mdns", "inbound", "exchange")
+
+
+@dataclass
+class PeerRecord:
+    peer_id: str
+    first_seen: float
+    addresses: tuple[str, ...] = ()
+    sources: set[str] = field(default_factory=set)
+    member: bool = False  # confirmed to run this task (heartbeat, provider record or exchange)
+    last_heard: float | None = None
+    step: int | None = None
+    loss: float | None = None
+    exchanges: int = 0
+    failures: int = 0
+    consecutive_failures: int = 0
+    last_exchange: float | None = None
+    distance: float | None = None
+    backoff_until: float | None = None
+
+
+class PeerTable:
+    """`clock` is monotonic seconds (trio.current_time in the daemon); `wall_offset` turns it into unix
+    time for reports. A member is live while heard within `liveness` seconds and not backing off."""
+
+    def __init__(
+        self,
+        *,
+        self_id: str,
+        clock: Callable[[], float],
+        liveness: float = 20.0,
+        base_backoff: float = 1.0,
+        max_backoff: float = 30.0,
+        wall_offset: float = 0.0,
+    ) -> None:
+        self.self_id = self_id
+        self.clock = clock
+        self.liveness = liveness
+        self.base_backoff = base_backoff
+        self.max_backoff = max_backoff
+        self.wall_offset = wall_offset
+        self.records: dict[str, PeerRecord] = {}
+
+    def __contains__(self, peer_id: object) -> bool:
+        return peer_id in self.records
+
+    def get(self, peer_id: str) -> PeerRecord | None:
+        return self.records.get(peer_id)
+
+    def saw(
+        self,
+        peer_id: str,
+        source: str,
+        *,
+        addresses: Iterable[str] = (),
+        member: bool = False,
+        step: int | None = None,
+        loss: float | None = None,
+        heard: bool = True,
+    ) -> PeerRecord | None:
+        """Record a sighting; None for our own id. `heard` is False for second-hand news (a DHT record
+        may outlive its peer), which names a peer without proving it alive."""
+        if peer_id == self.self_id:
+            return None
+        now = self.clock()
+        record = self.records.get(peer_id)
+        if record is None:
+            record = self.records[peer_id] = PeerRecord(peer_id=peer_id, first_seen=now)
+        record.sources.add(source)
+        record.member = record.member or member
+        if addresses:
+            record.addresses = tuple(dict.fromkeys((*addresses, *record.addresses)))[:16]
+        if heard:
+            record.last_heard = now
+        if step is not None:
+            record.step = step
+        if loss is not None:
+            record.loss = loss
+        return record
+
+    def exchange_succeeded(self, peer_id: str, distance: float) -> None:
+        record = self.saw(peer_id, "exchange", member=True)
+        if record is not None:
+            record.exchanges += 1
+            record.consecutive_failures = 0
+            record.backoff_until = None
+            record.last_exchange = self.clock()
+            record.distance = distance
+
+    def exchange_failed(self, peer_id: str) -> float:
+        """Count a failure; repeated failures back the peer off exponentially. Returns the back-off (s)."""
+        record = self.records.get(peer_id)
+        if record is None:
+            return 0.0
+        record.failures += 1
+        record.consecutive_failures += 1
+        delay = min(self.max_backoff, self.base_backoff * 2.0 ** (record.consecutive_failures - 1))
+        record.backoff_until = self.clock() + delay
+        return delay
+
+    def back_off(self, peer_id: str, seconds: float) -> None:
+        """Leave a peer alone for a while (it sent messages we had to reject)."""
+        record = self.records.get(peer_id)
+        if record is not None:
+            record.backoff_until = max(record.backoff_until or 0.0, self.clock() + seconds)
+
+    def is_live(self, peer_id: str) -> bool:
+        record = self.records.get(peer_id)
+        if record is None or not record.member or record.last_heard is None:
+            return False
+        now = self.clock()
+        if now - record.last_heard > self.liveness:
+            return False
+        return record.backoff_until is None or now >= record.backoff_until
+
+    def live_members(self) -> list[str]:
+        return [peer for peer in self.records if self.is_live(peer)]
+
+    def forget_stale(self, older_than: float) -> list[str]:
+        """Drop peers not heard for `older_than` seconds (bounded memory under churn)."""
+        now = self.clock()
+        stale = [
+            p
+            for p, r in self.records.items()
+            if now - (r.last_heard if r.last_heard is not None else r.first_seen) > older_than
+        ]
+        for peer in stale:
+            del self.records[peer]
+        return stale

@@ -1,0 +1,193 @@
+"""Finding a task's other peers and keeping a small, live, slowly rewired view of them.
+
+Four sources feed the peer table: bootstrap addresses (dialled at start), the DHT (a provider record under
+a key derived from the task hash, re-announced and re-queried on a schedule), GossipSub heartbeats on the
+task's topic (proof that a peer is alive and runs the task, with its addresses and progress), and mDNS on a
+LAN. Providers and LAN sightings are hints until a dial or a heartbeat confirms them. Whenever a peer shows
+up again, libp2p's cache of failed dials is cleared for it, so a restarted peer is reachable at once.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import trio
+
+from gossipd.peering.table import PeerTable
+from gossipd.peering.view import PeerView
+from gossipd.services.network import DialError, Network, PeerAddress, Subscription
+from gossipd.wire.errors import WireError
+from gossipd.wire.heartbeat import Heartbeat, decode_heartbeat, encode_heartbeat
+
+if TYPE_CHECKING:
+    # trio-typing's stubs (pulled in by libp2p) shadow trio's own annotations and lack TaskStatus.
+    from trio_typing import TaskStatus
+
+log = logging.getLogger("gossipd.discovery")
+DIAL_TIMEOUT = 5.0
+STALE_AFTER = 600.0  # peers not heard for this long leave the table
+
+
+def topic_for(task_hash: bytes) -> str:
+    return f"/gossipd/task/{task_hash.hex()}/heartbeat"
+
+
+def provider_key_for(task_hash: bytes) -> str:
+    return f"/gossipd/task/{task_hash.hex()}"
+
+
+class DiscoveryService:
+    def __init__(
+        self,
+        *,
+        network: Network,
+        task_hash: bytes,
+        peers: PeerTable,
+        view: PeerView[str],
+        heartbeat: Callable[[], Heartbeat],
+        on_leave_view: Callable[[str], None],
+        bootstrap: tuple[str, ...] = (),
+        heartbeat_interval: float = 2.0,
+        dht_interval: float = 15.0,
+        rewire_interval: float = 30.0,
+    ) -> None:
+        self.network = network
+        self.task_hash = task_hash
+        self.peers = peers
+        self.view = view
+        self.heartbeat = heartbeat
+        self.on_leave_view = on_leave_view
+        self.bootstrap = bootstrap
+        self.heartbeat_interval = heartbeat_interval
+        self.dht_interval = dht_interval
+        self.rewire_interval = rewire_interval
+        self.topic = topic_for(task_hash)
+        self.provider_key = provider_key_for(task_hash)
+        self.rejected_heartbeats = 0
+        self._dialling: set[str] = set()
+        self._nursery: trio.Nursery | None = None
+
+    async def run(self, *, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        subscription = await self.network.subscribe(self.topic)
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            nursery.start_soon(self._read_heartbeats, subscription)
+            await self._dial_bootstrap()
+            task_status.started()
+            nursery.start_soon(self._announce)
+            nursery.start_soon(self._query_dht)
+            nursery.start_soon(self._watch_lan)
+            nursery.start_soon(self._maintain_view)
+            nursery.start_soon(self._redial_bootstrap)
+
+    # -- sources ---------------------------------------------------------------------------------------
+
+    async def _dial_bootstrap(self) -> None:
+        for address in self.bootstrap:
+            with trio.move_on_after(DIAL_TIMEOUT):
+                try:
+                    peer = await self.network.connect(address)
+                except DialError as exc:
+                    log.warning("bootstrap %s unreachable: %s", address, exc)
+                    continue
+                self.peers.saw(peer, "bootstrap", addresses=(address,))
+        if self.bootstrap:
+            with trio.move_on_after(DIAL_TIMEOUT):
+                await self.network.refresh_routing()
+
+    async def _redial_bootstrap(self) -> None:
+        """Keep bootstrap peers connected: a restarted bootstrap is found again within this interval."""
+        while self.bootstrap:
+            await trio.sleep(10.0)
+            connected = set(self.network.connected_peers())
+            for address in self.bootstrap:
+                peer = address.rsplit("/p2p/", 1)[-1]
+                if peer not in connected:
+                    self._dial_soon(PeerAddress(peer, (address,)), "bootstrap")
+
+    async def _announce(self) -> None:
+        while True:
+            await self.network.publish(self.topic, encode_heartbeat(self.heartbeat()))
+            await trio.sleep(self.heartbeat_interval)
+
+    async def _read_heartbeats(self, subscription: Subscription) -> None:
+        async for message in subscription:
+            if message.sender == self.network.peer_id:
+                continue
+            try:
+                beat = decode_heartbeat(message.data, task=self.task_hash)
+                if beat.peer != message.sender:
+                    raise WireError(f"heartbeat names {beat.peer} but was signed by {message.sender}")
+            except WireError as exc:
+                self.rejected_heartbeats += 1
+                log.debug("ignored a heartbeat from %s: %s", message.sender, exc)
+                continue
+            known = message.sender in self.peers
+            self.peers.saw(beat.peer, "pubsub", addresses=beat.addresses, member=True, step=beat.step, loss=beat.loss)
+            self.network.forget_failures(beat.peer)
+            if not known or beat.peer not in self.network.connected_peers():
+                self._dial_soon(PeerAddress(beat.peer, beat.addresses), "pubsub")
+
+    async def _query_dht(self) -> None:
+        # Announce and look quickly at first (a swarm is forming), then settle to the interval.
+        delay = 1.0
+        while True:
+            with trio.move_on_after(DIAL_TIMEOUT * 2) as provide_scope:
+                await self.network.provide(self.provider_key)
+            if provide_scope.cancelled_caught:
+                log.debug("announcing %s in the DHT timed out", self.provider_key)
+            with trio.move_on_after(DIAL_TIMEOUT * 2):
+                providers = await self.network.find_providers(self.provider_key)
+                log.debug("the DHT lists %d other providers of %s", len(providers), self.provider_key)
+                for provider in providers:
+                    # A provider record proves membership, not life: the dial decides that.
+                    self.peers.saw(provider.peer_id, "dht", addresses=provider.addresses, member=True, heard=False)
+                    if provider.peer_id not in self.network.connected_peers():
+                        self._dial_soon(provider, "dht")
+            await trio.sleep(delay)
+            delay = min(self.dht_interval, delay * 2)
+
+    async def _watch_lan(self) -> None:
+        while True:
+            for found in self.network.local_discoveries():
+                self.peers.saw(found.peer_id, "mdns", addresses=found.addresses, heard=False)
+                self._dial_soon(found, "mdns")
+            await trio.sleep(1.0)
+
+    def _dial_soon(self, peer: PeerAddress, source: str) -> None:
+        if self._nursery is None or peer.peer_id in self._dialling or peer.peer_id == self.network.peer_id:
+            return
+        self._dialling.add(peer.peer_id)
+        self._nursery.start_soon(self._dial, peer, source)
+
+    async def _dial(self, peer: PeerAddress, source: str) -> None:
+        try:
+            self.network.forget_failures(peer.peer_id)
+            with trio.move_on_after(DIAL_TIMEOUT):
+                await self.network.connect_peer(peer)
+                self.peers.saw(peer.peer_id, source, addresses=peer.addresses)
+        except DialError as exc:
+            log.debug("could not dial %s found through %s: %s", peer.peer_id, source, exc)
+        finally:
+            self._dialling.discard(peer.peer_id)
+
+    # -- the view --------------------------------------------------------------------------------------
+
+    async def _maintain_view(self) -> None:
+        since_rewire = 0.0
+        while True:
+            live = self.peers.live_members()
+            for member in [m for m in self.view.members if m not in set(live)]:
+                self.view.remove(member)
+                self.on_leave_view(member)
+            self.view.fill(live)
+            if self.rewire_interval > 0 and since_rewire >= self.rewire_interval:
+                swapped = self.view.rewire(live)
+                if swapped is not None and swapped[0] is not None:
+                    self.on_leave_view(swapped[0])
+                since_rewire = 0.0
+            self.peers.forget_stale(STALE_AFTER)
+            await trio.sleep(1.0)
+            since_rewire += 1.0

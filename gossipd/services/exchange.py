@@ -1,0 +1,324 @@
+"""Pairwise mixing over `/gossipd/mix/1.0.0`: starting exchanges with neighbours and answering theirs.
+
+Each exchange drives an `ExchangeSession` (the same one the simulator uses) over a framed stream, full
+duplex: every round this end sends its message while reading the peer's (Yamux resets a stream whose
+reader stalls for 5 s, and both ends write first). The whole exchange runs under one deadline, so a peer
+that hangs costs one timeout and a peer that dies costs a failed read, never a stall. A failure after the
+hello drops the edge state; the next exchange with that peer starts the edge afresh.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import random
+from collections import OrderedDict, deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from gossipd.mixing.algorithm import Algorithm
+from gossipd.mixing.edge import EdgeState
+from gossipd.mixing.layout import ParamLayout
+from gossipd.mixing.session import ExchangeResult, ExchangeSession, PeerAborted
+from gossipd.peering.table import PeerTable
+from gossipd.peering.view import PeerView
+from gossipd.services.network import DialError, FrameStream, FrameTooLarge, Network, StreamClosed
+from gossipd.services.trainer_service import TrainerService
+from gossipd.task.schema import GossipSection
+from gossipd.wire.errors import WireError
+from gossipd.wire.messages import Message, MessageType, decode_message, encode_message, framed_size
+
+if TYPE_CHECKING:
+    # trio-typing's stubs (pulled in by libp2p) shadow trio's own annotations and lack TaskStatus.
+    from trio_typing import TaskStatus
+
+MIX_PROTOCOL = "/gossipd/mix/1.0.0"
+HELLO_LIMIT = 4096  # a hello is ~80 bytes; the first frame of a stream is read with this cap
+MAX_CONCURRENT = 4  # exchanges in flight at once, started here or answered
+MAX_INITIATED = 2  # exchanges started here at once: a hung partner holds one, never the whole loop
+REJECTION_BACKOFF = 30.0  # seconds a peer that sent a message we had to reject is left alone
+SOFT_ABORTS = ("busy", "joining", "stopping")
+
+log = logging.getLogger("gossipd.exchange")
+
+
+@dataclass
+class ExchangeCounters:
+    exchanges: int = 0
+    failed: int = 0
+    bytes_sent: int = 0
+    bytes_received: int = 0
+    plain_bytes: int = 0  # what the same exchanges would have cost uncompressed
+    state_bytes_sent: int = 0  # full models served to joining peers (not exchanges: no compression ratio)
+    state_bytes_received: int = 0
+    rejections: dict[str, int] = field(default_factory=dict)
+    distances: deque[float] = field(default_factory=lambda: deque(maxlen=32))
+
+
+@dataclass(frozen=True)
+class ExchangeStatistics:
+    exchanges: int
+    failed: int
+    in_flight: int
+    bytes_sent: int
+    bytes_received: int
+    compression_ratio: float | None
+    consensus_distance: float | None
+    rejections: dict[str, int]
+
+
+class ExchangeService:
+    def __init__(
+        self,
+        *,
+        task_hash: bytes,
+        gossip: GossipSection,
+        algorithm: Algorithm[Any],
+        layout: ParamLayout,
+        max_message_bytes: int,
+        plain_exchange_bytes: int,
+        trainer: TrainerService,
+        network: Network,
+        peers: PeerTable,
+        view: PeerView[str],
+        ready: Callable[[], bool],
+        rng: random.Random,
+        device: Any,
+        edge_capacity: int = 16,
+    ) -> None:
+        self.task_hash = task_hash
+        self.gossip = gossip
+        self.algorithm = algorithm
+        self.layout = layout
+        self.max_bytes = max_message_bytes
+        self.plain_exchange_bytes = plain_exchange_bytes
+        self.trainer = trainer
+        self.network = network
+        self.peers = peers
+        self.view = view
+        self.ready = ready
+        self.rng = rng
+        self.device = device
+        self.edges: OrderedDict[str, EdgeState] = OrderedDict()
+        self.edge_capacity = edge_capacity
+        self.in_flight: set[str] = set()
+        self.counters = ExchangeCounters()
+        self.accepting = True
+        self._initiated = 0
+        self._idle = trio.Event()
+        self._idle.set()
+
+    # -- statistics and edge bookkeeping -----------------------------------------------------------
+
+    def statistics(self) -> ExchangeStatistics:
+        c = self.counters
+        spent = c.bytes_sent + c.bytes_received
+        return ExchangeStatistics(
+            exchanges=c.exchanges,
+            failed=c.failed,
+            in_flight=len(self.in_flight),
+            bytes_sent=c.bytes_sent + c.state_bytes_sent,
+            bytes_received=c.bytes_received + c.state_bytes_received,
+            compression_ratio=c.plain_bytes / spent if spent and c.exchanges else None,
+            consensus_distance=sum(c.distances) / len(c.distances) if c.distances else None,
+            rejections=dict(c.rejections),
+        )
+
+    def forget_edge(self, peer: str) -> None:
+        """Drop a neighbour's edge state (it left the view); not while an exchange with it runs."""
+        if peer not in self.in_flight:
+            self.edges.pop(peer, None)
+
+    def forget_all_edges(self) -> None:
+        """After the model was replaced wholesale, every edge must start afresh."""
+        self.edges.clear()
+
+    def _keep_edge(self, peer: str, edge: EdgeState) -> None:
+        self.edges[peer] = edge
+        self.edges.move_to_end(peer)
+        while len(self.edges) > self.edge_capacity:
+            oldest = next(iter(self.edges))
+            if oldest in self.in_flight:
+                break
+            del self.edges[oldest]
+
+    async def wait_idle(self) -> None:
+        """Return once no exchange is in flight (used when stopping)."""
+        while self.in_flight:
+            await self._idle.wait()
+
+    # -- starting exchanges ----------------------------------------------------------------------------
+
+    async def run(self, *, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Every `exchange_interval` seconds (jittered), start an exchange with a random live neighbour,
+        with at most MAX_INITIATED of this end's own exchanges running at once."""
+        task_status.started()
+        async with trio.open_nursery() as nursery:
+            while True:
+                interval = self.gossip.exchange_interval
+                # Back-to-back exchanges (interval 0) still yield a little, so a lone peer does not spin.
+                await trio.sleep(interval * self.rng.uniform(0.75, 1.25) if interval > 0 else 0.01)
+                if not (self.accepting and self.ready()) or len(self.in_flight) >= MAX_CONCURRENT:
+                    continue
+                if self._initiated >= MAX_INITIATED:
+                    continue
+                partner = self.view.sample(lambda p: self.peers.is_live(p) and p not in self.in_flight)
+                if partner is not None:
+                    self._initiated += 1
+                    nursery.start_soon(self._initiate_counted, partner)
+
+    async def _initiate_counted(self, peer: str) -> None:
+        try:
+            await self.initiate(peer)
+        finally:
+            self._initiated -= 1
+
+    async def initiate(self, peer: str) -> ExchangeResult | None:
+        """One exchange started by this end; None if it failed (already counted and logged)."""
+        self._begin(peer)
+        stream: FrameStream | None = None
+        session: ExchangeSession | None = None
+        try:
+            with trio.fail_after(self.gossip.exchange_timeout):
+                stream = await self.network.open_stream(peer, MIX_PROTOCOL)
+                session = await self._session(peer)
+                return await self._finish(peer, stream, session, first=None)
+        except (DialError, StreamClosed, FrameTooLarge, trio.TooSlowError, WireError) as exc:
+            await self._failed(peer, stream, session, exc)
+            return None
+        finally:
+            self._end(peer)
+
+    # -- answering exchanges -------------------------------------------------------------------------
+
+    async def respond(self, stream: FrameStream, hello: Message) -> None:
+        """Answer an exchange whose hello the daemon already read (it routed the stream by task hash)."""
+        peer = stream.peer_id
+        refusal = self._refusal(peer)
+        if refusal is not None:
+            await self._refuse(stream, hello, refusal)
+            return
+        self.peers.saw(peer, "inbound", member=True, addresses=self.network.known_addresses(peer))
+        self._begin(peer)
+        session: ExchangeSession | None = None
+        try:
+            with trio.fail_after(self.gossip.exchange_timeout):
+                session = await self._session(peer)
+                await self._finish(peer, stream, session, first=hello)
+        except (StreamClosed, FrameTooLarge, trio.TooSlowError, WireError) as exc:
+            await self._failed(peer, stream, session, exc)
+        finally:
+            self._end(peer)
+
+    def _refusal(self, peer: str) -> str | None:
+        if not self.accepting:
+            return "stopping"
+        if not self.ready():
+            return "joining"
+        if peer in self.in_flight or len(self.in_flight) >= MAX_CONCURRENT:
+            return "busy"
+        return None
+
+    async def _refuse(self, stream: FrameStream, hello: Message, reason: str) -> None:
+        abort = Message(type=MessageType.ABORT, task=self.task_hash, epoch=0, round=0, degree=1, reason=reason)
+        with trio.move_on_after(2):
+            with contextlib.suppress(StreamClosed):
+                await stream.send(encode_message(abort))
+        await stream.close()
+
+    # -- the exchange itself ---------------------------------------------------------------------------
+
+    async def _session(self, peer: str) -> ExchangeSession:
+        params = await self.trainer.snapshot()
+        return ExchangeSession(
+            algorithm=self.algorithm,
+            params=params,
+            layout=self.layout,
+            self_id=self.network.peer_id.encode(),
+            peer_id=peer.encode(),
+            edge=self.edges.get(peer),
+            degree=len(self.in_flight),  # this exchange included: its degree in the graph of live exchanges
+            task=self.task_hash,
+            fixed_weight=self.gossip.weight,
+            rng=self.rng,
+            device=self.device,
+        )
+
+    async def _finish(
+        self, peer: str, stream: FrameStream, session: ExchangeSession, first: Message | None
+    ) -> ExchangeResult:
+        outgoing: Message | None = session.start()
+        incoming = first
+        while outgoing is not None:
+            payload = encode_message(outgoing)
+            try:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(stream.send, payload)
+                    if incoming is None:
+                        raw = await stream.receive(self.max_bytes)
+                        self.counters.bytes_received += framed_size(len(raw))
+                        incoming = decode_message(raw, max_size=self.max_bytes, task=self.task_hash)
+            except BaseExceptionGroup as group:
+                # Both directions often fail together (a reset stream): report one error, as callers expect.
+                raise first_error(group) from None
+            self.counters.bytes_sent += framed_size(len(payload))
+            # Low-rank projections, compression and decoding run off the event loop.
+            outgoing = await trio.to_thread.run_sync(session.receive, incoming)
+            incoming = None
+        await stream.close()
+        result = session.result()
+        self.trainer.submit(result.delta)
+        self._keep_edge(peer, result.edge)
+        self.peers.exchange_succeeded(peer, result.distance)
+        self.network.forget_failures(peer)
+        self.counters.exchanges += 1
+        self.counters.plain_bytes += self.plain_exchange_bytes
+        self.counters.distances.append(result.distance)
+        return result
+
+    async def _failed(
+        self, peer: str, stream: FrameStream | None, session: ExchangeSession | None, error: BaseException
+    ) -> None:
+        soft = isinstance(error, PeerAborted) and any(r in str(error) for r in SOFT_ABORTS)
+        if session is not None and session.mixing_started:
+            # The two ends may now disagree about the edge: forget it; the next exchange resets it.
+            self.edges.pop(peer, None)
+        if isinstance(error, WireError) and not isinstance(error, PeerAborted):
+            reason = error.reason
+            self.counters.rejections[reason] = self.counters.rejections.get(reason, 0) + 1
+            self.peers.back_off(peer, REJECTION_BACKOFF)
+            log.warning("rejected a message from %s (%s): %s", peer, reason, error)
+            if stream is not None and session is not None:
+                with trio.move_on_after(1):
+                    with contextlib.suppress(StreamClosed, WireError):
+                        await stream.send(encode_message(session.abort(reason)))
+        elif soft:
+            log.debug("exchange with %s declined: %s", peer, error)
+        else:
+            log.info("exchange with %s failed: %s: %s", peer, type(error).__name__, error)
+        if not soft:
+            self.counters.failed += 1
+            self.peers.exchange_failed(peer)
+        if stream is not None:
+            await stream.reset()
+
+    def _begin(self, peer: str) -> None:
+        self.in_flight.add(peer)
+        self._idle = trio.Event()
+
+    def _end(self, peer: str) -> None:
+        self.in_flight.discard(peer)
+        if not self.in_flight:
+            self._idle.set()
+
+
+def first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The first exception in a group that is not a cancellation; the group itself if all are."""
+    for error in group.exceptions:
+        inner = first_error(error) if isinstance(error, BaseExceptionGroup) else error
+        if not isinstance(inner, trio.Cancelled | BaseExceptionGroup):
+            return inner
+    return group

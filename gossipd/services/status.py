@@ -1,0 +1,92 @@
+"""Frozen snapshots of what a daemon is doing, behind `gossipd status`, the control API and /metrics.
+
+Services keep their own mutable counters and hand out these records on request (trio's `statistics()`
+style), so readers never see half-updated state and the control API never reaches into a service.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+from dataclasses import dataclass, field
+from typing import Any
+
+
+class TaskState(enum.StrEnum):
+    LOADING = "loading"  # reading data, building the model
+    JOINING = "joining"  # looking for a neighbour to copy a full model from
+    TRAINING = "training"  # training and mixing
+    STOPPING = "stopping"  # leaving: finishing exchanges in flight, writing a checkpoint
+    FAILED = "failed"  # could not start (bad data, no device); `error` says why
+
+
+@dataclass(frozen=True, kw_only=True)
+class PeerStatus:
+    """A peer as one task of this daemon knows it."""
+
+    peer_id: str
+    addresses: tuple[str, ...]
+    sources: tuple[str, ...]  # how it was found: bootstrap, dht, pubsub, mdns, inbound
+    first_seen: float  # unix time
+    last_heard: float | None  # last heartbeat or exchange, unix time
+    in_view: bool  # one of the few neighbours this peer starts exchanges with
+    step: int | None  # its training step, from its heartbeats
+    loss: float | None
+    exchanges: int  # completed exchanges with it
+    failures: int  # failed exchanges with it
+    last_exchange: float | None
+    distance: float | None  # estimated ‖x_peer − x_self‖ at the last exchange
+    backoff_until: float | None  # no exchanges with it before this time (repeated failures or rejections)
+
+
+@dataclass(frozen=True, kw_only=True)
+class TaskStatus:
+    id: str
+    hash: str  # hex of the 16-byte task hash peers must share
+    state: TaskState
+    error: str | None
+    algorithm: str
+    settings: dict[str, Any]
+    device: str
+    step: int
+    samples: int
+    samples_per_second: float
+    loss: float | None  # recent mean training loss
+    accuracy: float | None  # on the held-out examples, at the last evaluation
+    validation_loss: float | None
+    evaluated_at_step: int | None
+    exchanges: int
+    failed_exchanges: int
+    exchanges_in_flight: int
+    bytes_sent: int
+    bytes_received: int
+    compression_ratio: float | None  # full-model bytes an exchange would take, over the bytes it took
+    consensus_distance: float | None  # recent mean of the estimated distances to neighbours
+    state_transfers: int  # full models copied from a neighbour
+    last_checkpoint: float | None
+    rejections: dict[str, int] = field(default_factory=dict)  # rejected messages by reason
+    peers: tuple[PeerStatus, ...] = ()
+
+
+@dataclass(frozen=True, kw_only=True)
+class DaemonStatus:
+    peer_id: str
+    addresses: tuple[str, ...]
+    version: str
+    uptime_s: float
+    state_dir: str
+    socket: str
+    tasks: tuple[TaskStatus, ...]
+
+
+def to_json(record: Any) -> Any:
+    """A snapshot as plain JSON-able data (enums as their values)."""
+    if dataclasses.is_dataclass(record) and not isinstance(record, type):
+        return {f.name: to_json(getattr(record, f.name)) for f in dataclasses.fields(record)}
+    if isinstance(record, enum.Enum):
+        return record.value
+    if isinstance(record, tuple | list):
+        return [to_json(item) for item in record]
+    if isinstance(record, dict):
+        return {str(k): to_json(v) for k, v in record.items()}
+    return record

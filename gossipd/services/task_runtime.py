@@ -1,0 +1,418 @@
+"""One task inside a daemon: its data, model and trainer, and the services that train, discover and mix.
+
+    loading -> (joining: copy a full model from a neighbour) -> training -> stopping
+
+A task resumes from its newest valid checkpoint. Without one (or with one older than `catch_up_after`) it
+first looks for a live neighbour that has trained and copies that neighbour's model, so compressed gossip
+never has to close a full-rank gap. It checkpoints on an interval and when it stops.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import logging
+import math
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+import trio
+
+from gossipd.adapters.checkpoint_store import CheckpointError, CheckpointStore
+from gossipd.adapters.export import model_to_safetensors
+from gossipd.data.registry import load_data, peer_shard
+from gossipd.data.spec import ArrayDataset, DataBundle
+from gossipd.mixing.edge_store import edges_from_state, edges_to_state
+from gossipd.mixing.layout import ParamLayout, max_message_bytes, mixed_parameters
+from gossipd.mixing.local import plain_exchange_bytes
+from gossipd.mixing.registry import make_algorithm
+from gossipd.mixing.state import state_specs
+from gossipd.models.registry import build_model
+from gossipd.peering.table import SOURCES, PeerRecord, PeerTable
+from gossipd.peering.view import PeerView
+from gossipd.services.discovery import DiscoveryService
+from gossipd.services.exchange import ExchangeService
+from gossipd.services.network import DialError, FrameStream, FrameTooLarge, Network, StreamClosed
+from gossipd.services.state_transfer import fetch_state, serve_state
+from gossipd.services.status import PeerStatus, TaskState, TaskStatus
+from gossipd.services.trainer_service import TrainerService
+from gossipd.task.loader import Task
+from gossipd.train.device import pick_device
+from gossipd.train.trainer import Trainer
+from gossipd.wire.errors import WireError
+from gossipd.wire.heartbeat import Heartbeat
+from gossipd.wire.messages import Message
+
+if TYPE_CHECKING:
+    # trio-typing's stubs (pulled in by libp2p) shadow trio's own annotations and lack TaskStatus.
+    from trio_typing import TaskStatus as StartStatus
+
+log = logging.getLogger("gossipd.task")
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunOptions:
+    """How this daemon runs a task (local choices, not part of the task file)."""
+
+    data_root: Path | None = None
+    peer_index: int | None = None
+    peer_count: int | None = None
+    bootstrap: tuple[str, ...] = ()
+    join_timeout: float = 10.0  # how long a fresh peer looks for a neighbour to copy a model from
+    catch_up_after: float = 600.0  # a checkpoint older than this is treated like a fresh start
+    checkpoint_interval: float = 60.0
+    keep_checkpoints: int = 3
+    state_timeout: float = 60.0
+    heartbeat_interval: float = 2.0
+    seed: int | None = None  # local randomness (exchange partners, compression); None: from the OS
+    init_seed: int | None = None  # start from another model than the task's (experiments); None: task seed
+
+
+@dataclass(frozen=True)
+class Services:
+    """A loaded task's working parts."""
+
+    trainer: TrainerService
+    exchange: ExchangeService
+    discovery: DiscoveryService
+    store: CheckpointStore
+    state_specs: dict[str, Any]
+    fresh: bool  # no usable checkpoint: copy a neighbour's model before mixing
+
+
+class TaskRuntime:
+    def __init__(self, task: Task, options: RunOptions, *, network: Network, state_dir: Path) -> None:
+        self.task = task
+        self.options = options
+        self.network = network
+        self.folder = state_dir / "tasks" / task.id
+        self.state = TaskState.LOADING
+        self.error: str | None = None
+        self.rng = random.Random(options.seed)
+        self.peers = PeerTable(
+            self_id=network.peer_id,
+            clock=trio.current_time,
+            liveness=max(15.0, 5 * options.heartbeat_interval),
+            wall_offset=time.time() - trio.current_time(),
+        )
+        self.view: PeerView[str] = PeerView(task.gossip.view_size, random.Random(self.rng.getrandbits(64)))
+        self.services: Services | None = None
+        self.device = torch.device("cpu")
+        self.state_transfers = 0
+        self.last_checkpoint: float | None = None
+        self._cancel = trio.CancelScope()
+
+    # -- lifecycle -------------------------------------------------------------------------------------
+
+    async def run(self, *, task_status: StartStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Load, start every service, signal `started`, then run until cancelled or stopped."""
+        with self._cancel:
+            try:
+                services = self.services = await self._load()
+            except (ValueError, OSError, RuntimeError) as exc:
+                self.state = TaskState.FAILED
+                self.error = f"{type(exc).__name__}: {exc}"
+                log.error("task %s could not start: %s", self.task.id, self.error)
+                task_status.started()
+                return
+            async with trio.open_nursery() as nursery:
+                await nursery.start(services.discovery.run)
+                await nursery.start(services.trainer.run)
+                await nursery.start(services.exchange.run)
+                nursery.start_soon(self._checkpoint_loop)
+                task_status.started()
+                await self._join_if_needed(services)
+
+    async def stop(self, grace: float) -> None:
+        """Stop gracefully: refuse new exchanges, give those in flight `grace` seconds to finish (then
+        abandon them), write a final checkpoint, then cancel every service."""
+        if self.state is TaskState.FAILED or self.services is None:
+            self._cancel.cancel()
+            return
+        self.state = TaskState.STOPPING
+        self.services.exchange.accepting = False
+        with trio.move_on_after(grace):
+            await self.services.exchange.wait_idle()
+        with trio.move_on_after(max(grace, 30.0)):
+            await self.checkpoint()
+        self._cancel.cancel()
+
+    # -- loading and joining ---------------------------------------------------------------------------
+
+    async def _load(self) -> Services:
+        task, options = self.task, self.options
+        section = task.data
+        if options.data_root is not None:
+            section = dataclasses.replace(section, base_dir=options.data_root)
+        data: DataBundle = await trio.to_thread.run_sync(load_data, section, task.task.seed)
+        train: ArrayDataset = data.train
+        if options.peer_count is not None:
+            train = peer_shard(data, section.partition, options.peer_index or 0, options.peer_count, task.task.seed)
+        self.device = pick_device(task.train.device)
+        init_seed = task.task.seed if options.init_seed is None else options.init_seed
+        model = build_model(task.model, data.spec, init_seed)
+        trainer = Trainer(
+            model, task.train, train, kind=data.spec.kind, device=self.device, seed=self.rng.getrandbits(31)
+        )
+        store = CheckpointStore(self.folder / "checkpoints", keep=options.keep_checkpoints)
+        loaded = await trio.to_thread.run_sync(store.load_latest)
+        algorithm = make_algorithm(task.gossip)
+        edges = {}
+        fresh = True
+        if loaded is not None:
+            try:
+                trainer.load_state_dict(loaded.state["trainer"])
+                edges = edges_from_state(loaded.state.get("edges", {}), algorithm)
+                self._restore_peers(loaded.state.get("peers", []))
+                fresh = time.time() - loaded.saved_at > options.catch_up_after
+                self.last_checkpoint = loaded.saved_at
+                log.info("task %s resumed at step %d from %s", task.id, trainer.step, loaded.path.name)
+            except (KeyError, RuntimeError, ValueError, TypeError) as exc:
+                log.warning("checkpoint %s does not fit this task (%s); starting afresh", loaded.path, exc)
+        params = mixed_parameters(trainer.model)
+        layout = ParamLayout.of(params)
+        trainer_service = TrainerService(
+            trainer, data.validation, eval_every=task.train.eval_every, eval_samples=task.train.eval_samples
+        )
+        exchange = ExchangeService(
+            task_hash=task.hash,
+            gossip=task.gossip,
+            algorithm=algorithm,
+            layout=layout,
+            max_message_bytes=max_message_bytes(layout),
+            plain_exchange_bytes=plain_exchange_bytes(params, task.hash),
+            trainer=trainer_service,
+            network=self.network,
+            peers=self.peers,
+            view=self.view,
+            ready=lambda: self.state is TaskState.TRAINING,
+            rng=random.Random(self.rng.getrandbits(64)),
+            device=self.device,
+            edge_capacity=2 * task.gossip.view_size + 4,
+        )
+        exchange.edges.update(edges)
+        discovery = DiscoveryService(
+            network=self.network,
+            task_hash=task.hash,
+            peers=self.peers,
+            view=self.view,
+            heartbeat=self._heartbeat,
+            on_leave_view=exchange.forget_edge,
+            bootstrap=options.bootstrap,
+            heartbeat_interval=options.heartbeat_interval,
+            rewire_interval=task.gossip.rewire_interval,
+        )
+        return Services(
+            trainer=trainer_service,
+            exchange=exchange,
+            discovery=discovery,
+            store=store,
+            state_specs=state_specs(trainer.model.state_dict()),
+            fresh=fresh,
+        )
+
+    async def _join_if_needed(self, services: Services) -> None:
+        if not services.fresh or self.options.join_timeout <= 0:
+            self.state = TaskState.TRAINING
+            return
+        self.state = TaskState.JOINING
+        services.trainer.pause()
+        with trio.move_on_after(self.options.join_timeout):
+            while True:
+                if await self._copy_from_a_neighbour(services):
+                    break
+                await trio.sleep(0.5)
+        services.trainer.resume()
+        if self.state is TaskState.JOINING:
+            self.state = TaskState.TRAINING
+
+    async def _copy_from_a_neighbour(self, services: Services) -> bool:
+        donors = sorted(
+            (r for r in self.peers.records.values() if self.peers.is_live(r.peer_id) and (r.step or 0) > 0),
+            key=lambda r: -(r.step or 0),
+        )
+        for donor in donors[:3]:
+            try:
+                with trio.fail_after(self.options.state_timeout):
+                    state, step, received = await fetch_state(
+                        self.network,
+                        donor.peer_id,
+                        task_hash=self.task.hash,
+                        specs=services.state_specs,
+                        device=self.device,
+                    )
+            except (DialError, StreamClosed, FrameTooLarge, WireError, trio.TooSlowError) as exc:
+                log.info("could not copy the model from %s: %s", donor.peer_id, exc)
+                self.peers.exchange_failed(donor.peer_id)
+                continue
+            await services.trainer.at_boundary(functools.partial(services.trainer.load_model_state, state, step))
+            services.exchange.forget_all_edges()
+            services.exchange.counters.state_bytes_received += received
+            self.state_transfers += 1
+            log.info("task %s copied the model of %s at step %d", self.task.id, donor.peer_id, step)
+            return True
+        return False
+
+    async def serve_state(self, stream: FrameStream, request: Message) -> None:
+        """Answer a neighbour's state request (the daemon routed it here by task hash)."""
+        services = self.services
+        if services is None or self.state not in (TaskState.TRAINING, TaskState.STOPPING):
+            await stream.reset()
+            return
+        try:
+            with trio.fail_after(self.options.state_timeout):
+                sent = await serve_state(stream, services.trainer, task_hash=self.task.hash)
+        except (StreamClosed, trio.TooSlowError, RuntimeError) as exc:
+            log.info("state transfer to %s failed: %s", stream.peer_id, exc)
+            await stream.reset()
+            return
+        services.exchange.counters.state_bytes_sent += sent
+
+    # -- checkpoints -----------------------------------------------------------------------------------
+
+    async def _checkpoint_loop(self) -> None:
+        while True:
+            await trio.sleep(self.options.checkpoint_interval)
+            if self.state is TaskState.TRAINING:
+                await self.checkpoint()
+
+    async def checkpoint(self) -> Path | None:
+        """Write a checkpoint now; a failure (full disk, I/O error) is logged and training goes on."""
+        if self.services is None:
+            return None
+        trainer, exchange, store = self.services.trainer, self.services.exchange, self.services.store
+
+        def capture() -> dict[str, Any]:
+            return {
+                "task_hash": self.task.hash.hex(),
+                "trainer": trainer.capture(),
+                "edges": edges_to_state({p: e for p, e in exchange.edges.items() if p not in exchange.in_flight}),
+                "peers": [self._peer_to_state(r) for r in self.peers.records.values()],
+            }
+
+        try:
+            state = await trainer.at_boundary(capture)
+        except RuntimeError:
+            return None  # the trainer has stopped
+        step = int(state["trainer"]["step"])
+        try:
+            path = await trio.to_thread.run_sync(lambda: store.save(state, step=step))
+        except CheckpointError as exc:
+            log.error("checkpoint of task %s failed, training goes on: %s", self.task.id, exc)
+            return None
+        self.last_checkpoint = time.time()
+        return path
+
+    @staticmethod
+    def _peer_to_state(record: PeerRecord) -> dict[str, Any]:
+        return {"peer_id": record.peer_id, "addresses": list(record.addresses), "sources": sorted(record.sources)}
+
+    def _restore_peers(self, records: list[Any]) -> None:
+        for entry in records:
+            try:
+                peer = self.peers.saw(
+                    str(entry["peer_id"]), "bootstrap", addresses=[str(a) for a in entry["addresses"]], heard=False
+                )
+            except (KeyError, TypeError):
+                continue
+            if peer is not None:
+                peer.sources = {s for s in entry.get("sources", []) if s in SOURCES} or {"bootstrap"}
+
+    # -- what others read ------------------------------------------------------------------------------
+
+    def _heartbeat(self) -> Heartbeat:
+        services = self.services
+        stats = services.trainer.statistics() if services is not None else None
+        return Heartbeat(
+            task=self.task.hash,
+            peer=self.network.peer_id,
+            addresses=tuple(self.network.addresses()),
+            step=stats.step if stats else 0,
+            loss=stats.loss if stats else None,
+            exchanges=services.exchange.counters.exchanges if services else 0,
+        )
+
+    async def export(self) -> bytes:
+        if self.services is None:
+            raise RuntimeError("the task has no model yet")
+        trainer = self.services.trainer
+        state = await trainer.at_boundary(trainer.model_state)
+        metadata = {
+            "task": self.task.id,
+            "task_hash": self.task.hash.hex(),
+            "step": str(trainer.trainer.step),
+            "algorithm": self.task.gossip.algorithm,
+            "model": self.task.model.name,
+        }
+        return await trio.to_thread.run_sync(model_to_safetensors, state, metadata)
+
+    def status(self) -> TaskStatus:
+        services = self.services
+        trainer = services.trainer.statistics() if services is not None else None
+        exchange = services.exchange.statistics() if services is not None else None
+        evaluation = trainer.evaluation if trainer else None
+        config = self.task.gossip.config
+        settings = (
+            dataclasses.asdict(config) if dataclasses.is_dataclass(config) and not isinstance(config, type) else {}
+        )
+        return TaskStatus(
+            id=self.task.id,
+            hash=self.task.hash.hex(),
+            state=self.state,
+            error=self.error,
+            algorithm=self.task.gossip.algorithm,
+            settings=settings,
+            device=str(self.device),
+            step=trainer.step if trainer else 0,
+            samples=trainer.samples if trainer else 0,
+            samples_per_second=trainer.samples_per_second if trainer else 0.0,
+            loss=_finite(trainer.loss) if trainer else None,
+            accuracy=_finite(evaluation.accuracy) if evaluation else None,
+            validation_loss=_finite(evaluation.loss) if evaluation else None,
+            evaluated_at_step=trainer.evaluated_at_step if trainer else None,
+            exchanges=exchange.exchanges if exchange else 0,
+            failed_exchanges=exchange.failed if exchange else 0,
+            exchanges_in_flight=exchange.in_flight if exchange else 0,
+            bytes_sent=exchange.bytes_sent if exchange else 0,
+            bytes_received=exchange.bytes_received if exchange else 0,
+            compression_ratio=exchange.compression_ratio if exchange else None,
+            consensus_distance=exchange.consensus_distance if exchange else None,
+            state_transfers=self.state_transfers,
+            last_checkpoint=self.last_checkpoint,
+            rejections=exchange.rejections if exchange else {},
+            peers=self._peer_statuses(),
+        )
+
+    def _peer_statuses(self) -> tuple[PeerStatus, ...]:
+        offset = self.peers.wall_offset
+
+        def wall(t: float | None) -> float | None:
+            return None if t is None else t + offset
+
+        view = set(self.view.members)
+        return tuple(
+            PeerStatus(
+                peer_id=r.peer_id,
+                addresses=r.addresses,
+                sources=tuple(s for s in SOURCES if s in r.sources),
+                first_seen=r.first_seen + offset,
+                last_heard=wall(r.last_heard),
+                in_view=r.peer_id in view,
+                step=r.step,
+                loss=r.loss,
+                exchanges=r.exchanges,
+                failures=r.failures,
+                last_exchange=wall(r.last_exchange),
+                distance=r.distance,
+                backoff_until=wall(r.backoff_until),
+            )
+            for r in sorted(self.peers.records.values(), key=lambda r: r.peer_id)
+        )
+
+
+def _finite(value: float | None) -> float | None:
+    return value if value is not None and math.isfinite(value) else None

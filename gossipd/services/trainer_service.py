@@ -1,0 +1,215 @@
+"""The trainer as a trio service: torch steps run in a worker thread, a chunk at a time, and the event loop
+stays free for the network. Between chunks (a *step boundary*) the service applies the deltas exchanges
+produced, runs anything that must see the model at rest (snapshots, checkpoints, loading a full state), and
+evaluates on schedule. Nothing else touches the model, so mixing never races with training.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import torch
+import trio
+
+from gossipd.data.spec import ArrayDataset
+from gossipd.mixing.algorithm import Delta
+from gossipd.mixing.layout import mixed_parameters
+from gossipd.train.trainer import Evaluation, Trainer
+
+if TYPE_CHECKING:
+    # trio-typing's stubs (pulled in by libp2p) shadow trio's own annotations and lack TaskStatus.
+    from trio_typing import TaskStatus
+
+log = logging.getLogger("gossipd.trainer")
+T = TypeVar("T")
+_MAX_PENDING = 64  # deltas queued beyond this are merged into one, so a stalled trainer cannot hoard memory
+
+
+@dataclass(frozen=True)
+class TrainerStatistics:
+    step: int
+    samples: int
+    loss: float | None
+    samples_per_second: float
+    evaluation: Evaluation | None
+    evaluated_at_step: int | None
+
+
+class TrainerService:
+    def __init__(
+        self,
+        trainer: Trainer,
+        validation: ArrayDataset,
+        *,
+        eval_every: int,
+        eval_samples: int,
+        chunk_seconds: float = 0.1,
+        limiter: trio.CapacityLimiter | None = None,
+    ) -> None:
+        self.trainer = trainer
+        self.validation = validation
+        self.eval_every = eval_every
+        self.eval_samples = eval_samples
+        self.chunk_seconds = chunk_seconds
+        self.limiter = limiter or trio.CapacityLimiter(1)
+        self._pending: list[Delta] = []
+        self._at_boundary: list[tuple[Callable[[], Any], trio.MemorySendChannel[tuple[bool, Any]]]] = []
+        self._wake = trio.Event()
+        self._running = trio.Event()
+        self._paused = False
+        self._steps_per_chunk = 1
+        self._loss: float | None = None
+        self._rate = 0.0
+        self._evaluation: Evaluation | None = None
+        self._evaluated_at: int | None = None
+        self._snapshot: dict[str, torch.Tensor] = self._clone_params()
+        self._snapshot_step = trainer.step
+
+    # -- what other services call ---------------------------------------------------------------------
+
+    def submit(self, delta: Delta) -> None:
+        """Queue a mixing result; it is added to the model at the next step boundary."""
+        if len(self._pending) >= _MAX_PENDING:
+            merged = self._pending.pop(0)
+            for name, change in delta.items():
+                merged[name] = merged[name] + change if name in merged else change
+            delta = merged
+        self._pending.append(delta)
+        self._wake.set()
+
+    async def snapshot(self) -> dict[str, torch.Tensor]:
+        """The mixed parameters as of the latest step boundary (a copy nothing will modify)."""
+        if self._snapshot_step != self.trainer.step or self._pending:
+            await self.at_boundary(self._publish)
+        return self._snapshot
+
+    async def at_boundary(self, action: Callable[[], T]) -> T:
+        """Run `action` in the event loop at the next step boundary, when the model is at rest."""
+        send, receive = trio.open_memory_channel[tuple[bool, Any]](1)
+        self._at_boundary.append((action, send))
+        self._wake.set()
+        async with receive:
+            ok, value = await receive.receive()
+        if not ok:
+            raise value
+        result: T = value
+        return result
+
+    def pause(self) -> None:
+        self._paused = True
+
+    def resume(self) -> None:
+        self._paused = False
+        self._wake.set()
+
+    def statistics(self) -> TrainerStatistics:
+        return TrainerStatistics(
+            step=self.trainer.step,
+            samples=self.trainer.samples,
+            loss=self._loss,
+            samples_per_second=self._rate,
+            evaluation=self._evaluation,
+            evaluated_at_step=self._evaluated_at,
+        )
+
+    # -- the loop --------------------------------------------------------------------------------------
+
+    async def run(self, *, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        task_status.started()
+        try:
+            while True:
+                self._boundary()
+                if self._paused:
+                    self._wake = trio.Event()
+                    await self._wake.wait()
+                    continue
+                await self._train_chunk()
+                await self._maybe_evaluate()
+        finally:
+            # Whoever waits on a boundary must not wait forever once the trainer is gone.
+            for _, send in self._at_boundary:
+                with contextlib.suppress(trio.BrokenResourceError):
+                    send.send_nowait((False, RuntimeError("the trainer stopped")))
+            self._at_boundary.clear()
+
+    def _boundary(self) -> None:
+        if self._pending:
+            for delta in self._pending:
+                self.trainer.apply_delta(delta)
+            self._pending.clear()
+        actions, self._at_boundary = self._at_boundary, []
+        for action, send in actions:
+            try:
+                outcome: tuple[bool, Any] = (True, action())
+            except Exception as exc:  # handed to the waiting caller, which re-raises it
+                outcome = (False, exc)
+            with contextlib.suppress(trio.BrokenResourceError):  # the caller gave up (its deadline passed)
+                send.send_nowait(outcome)
+
+    async def _train_chunk(self) -> None:
+        steps = self._steps_per_chunk
+        started = trio.current_time()
+        stats = await trio.to_thread.run_sync(self.trainer.train_steps, steps, limiter=self.limiter)
+        elapsed = max(trio.current_time() - started, 1e-6)
+        if math.isfinite(stats.loss):
+            self._loss = stats.loss if self._loss is None else 0.9 * self._loss + 0.1 * stats.loss
+        rate = stats.samples / elapsed
+        self._rate = rate if self._rate == 0 else 0.8 * self._rate + 0.2 * rate
+        # Aim each chunk at ~chunk_seconds: short enough to apply deltas promptly, long enough that the
+        # thread hand-off costs nothing measurable.
+        per_step = elapsed / steps
+        self._steps_per_chunk = max(1, min(1000, int(self.chunk_seconds / per_step)))
+
+    async def _maybe_evaluate(self) -> None:
+        due = self._evaluated_at is None or self.trainer.step - self._evaluated_at >= self.eval_every
+        if not due or len(self.validation) == 0:
+            return
+        step = self.trainer.step
+        self._evaluation = await trio.to_thread.run_sync(
+            self.trainer.evaluate, self.validation, self.eval_samples, limiter=self.limiter
+        )
+        self._evaluated_at = step
+
+    def _publish(self) -> None:
+        self._snapshot = self._clone_params()
+        self._snapshot_step = self.trainer.step
+
+    def _clone_params(self) -> dict[str, torch.Tensor]:
+        return {name: t.detach().clone() for name, t in mixed_parameters(self.trainer.model).items()}
+
+    # -- whole-state operations (run at a boundary) ----------------------------------------------------
+
+    def capture(self) -> dict[str, Any]:
+        """The trainer's full state, copied (for checkpoints)."""
+        state: dict[str, Any] = _clone_tree(self.trainer.state_dict())
+        return state
+
+    def model_state(self) -> dict[str, torch.Tensor]:
+        """The model's state dict (parameters and buffers), copied (for state transfer and export)."""
+        return {k: v.detach().clone() for k, v in self.trainer.model.state_dict().items()}
+
+    def load_model_state(self, state: dict[str, torch.Tensor], step: int) -> None:
+        """Replace the model by a neighbour's (a joining peer): pending deltas are void, the optimiser
+        restarts, and the step counter takes the donor's so status and catch-up compare like with like."""
+        self.trainer.model.load_state_dict(state)
+        self.trainer.reset_optimizer()
+        self.trainer.step = max(self.trainer.step, step)
+        self._pending.clear()
+        self._publish()
+
+
+def _clone_tree(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.detach().clone()
+    if isinstance(value, dict):
+        return {k: _clone_tree(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_clone_tree(v) for v in value]
+    if isinstance(value, tuple):
+        return tuple(_clone_tree(v) for v in value)
+    return value

@@ -1,0 +1,167 @@
+"""Launching a swarm of real daemons on one machine (loopback), polling them, and stopping them.
+
+Used by `make demo`, the benchmarks and the multi-process tests. Peer 0 starts first and is everyone's
+bootstrap; the others train on their own partition of the task's data (`--peer-index/--peer-count`).
+Every daemon gets its own state folder and control socket under the work folder.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from gossipd.client import ControlClient
+from gossipd.services.control import ControlError
+
+
+@dataclass
+class Daemon:
+    index: int
+    folder: Path
+    process: subprocess.Popen[bytes]
+    log_path: Path
+
+    @property
+    def socket(self) -> Path:
+        return self.folder / "sock"
+
+    @property
+    def state_dir(self) -> Path:
+        return self.folder / "state"
+
+    def client(self, timeout: float = 10.0) -> ControlClient:
+        return ControlClient(self.socket, timeout=timeout)
+
+    def status(self) -> dict[str, Any] | None:
+        try:
+            return self.client().status()
+        except ControlError:
+            return None
+
+    @property
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+
+@dataclass
+class Swarm:
+    """N daemons of one task. `extra` options go to every daemon; `env` adds environment variables."""
+
+    workdir: Path
+    task: str | None = None  # a task file; None: the embedded default task
+    size: int = 4
+    extra: Sequence[str] = ()
+    env: dict[str, str] = field(default_factory=dict)
+    partition: bool = True  # give each daemon its own share of the data
+    parts: int | None = None  # how many shares (default: the size; more leaves room for late joiners)
+    per_peer: Callable[[int], list[str]] | None = None  # more options for daemon i
+    daemons: list[Daemon] = field(default_factory=list)
+    bootstrap: str = ""
+
+    def command(self, index: int, folder: Path, *, bootstrap: str | None) -> list[str]:
+        args = [sys.executable, "-m", "gossipd", "run"]
+        if self.task is not None:
+            args.append(self.task)
+        args += ["--listen", "/ip4/127.0.0.1/tcp/0", "--state-dir", str(folder / "state")]
+        args += ["--socket", str(folder / "sock"), "--seed", str(index)]
+        if self.partition:
+            args += ["--peer-index", str(index), "--peer-count", str(self.parts or self.size)]
+        if bootstrap:
+            args += ["--bootstrap", bootstrap]
+        else:
+            args += ["--join-timeout", "0"]  # the first peer has no one to copy a model from
+        return [*args, *self.extra, *(self.per_peer(index) if self.per_peer else [])]
+
+    def start_one(self, index: int, *, wait: float = 120.0) -> Daemon:
+        folder = self.workdir / f"peer-{index}"
+        folder.mkdir(parents=True, exist_ok=True)
+        log_path = folder / "daemon.log"
+        environment = {**os.environ, "OMP_NUM_THREADS": "1", **self.env}
+        with log_path.open("ab") as log:
+            process = subprocess.Popen(
+                self.command(index, folder, bootstrap=self.bootstrap or None),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=environment,
+                start_new_session=True,
+            )
+        daemon = Daemon(index=index, folder=folder, process=process, log_path=log_path)
+        if index < len(self.daemons):
+            self.daemons[index] = daemon
+        else:
+            self.daemons.append(daemon)
+        self.wait_ready(daemon, wait)
+        return daemon
+
+    def wait_ready(self, daemon: Daemon, timeout: float) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not daemon.alive:
+                raise RuntimeError(f"daemon {daemon.index} exited early:\n{tail(daemon.log_path)}")
+            status = daemon.status()
+            # Ready once its task has loaded its data and model (or checkpoint).
+            if status is not None and status.get("tasks") and status["tasks"][0]["state"] != "loading":
+                return status
+            time.sleep(0.3)
+        raise TimeoutError(f"daemon {daemon.index} was not ready after {timeout:.0f} s:\n{tail(daemon.log_path)}")
+
+    def start(self, *, wait: float = 120.0) -> None:
+        first = self.start_one(0, wait=wait)
+        status = first.status() or {}
+        self.bootstrap = status["addresses"][0]
+        for index in range(1, self.size):
+            self.start_one(index, wait=wait)
+
+    def statuses(self) -> list[dict[str, Any] | None]:
+        return [d.status() if d.alive else None for d in self.daemons]
+
+    def signal(self, index: int, sig: int) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.daemons[index].process.pid, sig)
+
+    def stop_one(self, index: int, timeout: float = 60.0) -> int:
+        """SIGTERM, then SIGKILL after `timeout`; returns the exit status."""
+        if self.daemons[index].alive:
+            self.signal(index, signal.SIGCONT)  # a stopped process cannot handle SIGTERM
+            self.signal(index, signal.SIGTERM)
+        return self._reap(index, timeout)
+
+    def _reap(self, index: int, timeout: float) -> int:
+        try:
+            return self.daemons[index].process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.signal(index, signal.SIGKILL)
+            return self.daemons[index].process.wait(10)
+
+    def stop(self, timeout: float = 60.0) -> list[int]:
+        """Stop every daemon at once (SIGTERM each exactly once) and return their exit statuses."""
+        for index, daemon in enumerate(self.daemons):
+            if daemon.alive:
+                self.signal(index, signal.SIGCONT)
+                self.signal(index, signal.SIGTERM)
+        return [self._reap(index, timeout) for index in range(len(self.daemons))]
+
+
+@contextlib.contextmanager
+def running_swarm(swarm: Swarm, *, wait: float = 120.0) -> Iterator[Swarm]:
+    """Start the swarm, and stop every process it started whatever happens."""
+    try:
+        swarm.start(wait=wait)
+        yield swarm
+    finally:
+        swarm.stop()
+
+
+def tail(path: Path, lines: int = 30) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"

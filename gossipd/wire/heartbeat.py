@@ -1,0 +1,99 @@
+"""Discovery announcements on a task's GossipSub topic: who I am, where to dial me, how far I am.
+
+Small (well under GossipSub's 1 MiB cap) and strict: a heartbeat that is not exactly this shape is dropped.
+libp2p signs pubsub messages, so the receiver also checks that `peer` is the signer.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import msgpack
+
+from gossipd.wire.errors import MalformedMessage, UnsupportedVersion, WrongTask
+
+HEARTBEAT_VERSION = 1
+MAX_HEARTBEAT_BYTES = 8192
+MAX_ADDRESSES = 16
+MAX_ADDRESS_LENGTH = 256
+_KEYS = ("v", "task", "peer", "addrs", "step", "loss", "exchanges")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Heartbeat:
+    task: bytes
+    peer: str
+    addresses: tuple[str, ...]
+    step: int
+    loss: float | None
+    exchanges: int
+
+
+def encode_heartbeat(beat: Heartbeat) -> bytes:
+    packed: bytes = msgpack.packb(
+        {
+            "v": HEARTBEAT_VERSION,
+            "task": beat.task,
+            "peer": beat.peer,
+            "addrs": list(beat.addresses[:MAX_ADDRESSES]),
+            "step": beat.step,
+            "loss": beat.loss if beat.loss is not None and math.isfinite(beat.loss) else None,
+            "exchanges": beat.exchanges,
+        },
+        use_bin_type=True,
+    )
+    return packed
+
+
+def decode_heartbeat(data: bytes, *, task: bytes) -> Heartbeat:
+    if len(data) > MAX_HEARTBEAT_BYTES:
+        raise MalformedMessage(f"heartbeat of {len(data)} bytes")
+    try:
+        obj = msgpack.unpackb(
+            data,
+            raw=False,
+            strict_map_key=True,
+            max_str_len=MAX_ADDRESS_LENGTH,
+            max_bin_len=64,
+            max_array_len=MAX_ADDRESSES,
+            max_map_len=len(_KEYS),
+            max_ext_len=0,
+        )
+    except (ValueError, TypeError, msgpack.UnpackException) as exc:
+        raise MalformedMessage(f"heartbeat is not msgpack: {exc}") from None
+    if not isinstance(obj, dict) or set(obj) != set(_KEYS):
+        raise MalformedMessage("heartbeat does not have exactly the expected keys")
+    if obj["v"] != HEARTBEAT_VERSION or isinstance(obj["v"], bool):
+        raise UnsupportedVersion(f"heartbeat version {obj['v']!r}")
+    if obj["task"] != task:
+        raise WrongTask("heartbeat for another task")
+    peer, addresses = obj["peer"], obj["addrs"]
+    if not isinstance(peer, str) or not 0 < len(peer) <= 128:
+        raise MalformedMessage("heartbeat peer id is not a short string")
+    if not isinstance(addresses, list) or not all(isinstance(a, str) and a for a in addresses):
+        raise MalformedMessage("heartbeat addresses are not strings")
+    return Heartbeat(
+        task=task,
+        peer=peer,
+        addresses=tuple(addresses),
+        step=_count(obj, "step"),
+        loss=_loss(obj["loss"]),
+        exchanges=_count(obj, "exchanges"),
+    )
+
+
+def _count(obj: dict[str, Any], key: str) -> int:
+    value = obj[key]
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < 1 << 63:
+        raise MalformedMessage(f"heartbeat {key} is not a count")
+    return value
+
+
+def _loss(value: Any) -> float | None:
+    if value is None:
+        return None
+    if not isinstance(value, int | float) or isinstance(value, bool) or not math.isfinite(value):
+        raise MalformedMessage("heartbeat loss is not a finite number")
+    return float(value)

@@ -1,0 +1,183 @@
+"""The client commands (`gossipd status`, `peers`, `tasks`, `join`, `leave`, `export`) against an in-process
+server over a fake backend: their tables, their `--json`, and their exit codes."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import trio
+from click.testing import CliRunner, Result
+
+from gossipd.cli import main
+from gossipd.cli_client import human_bytes, human_duration
+from gossipd.services.control import JoinRequest
+from gossipd.services.status import to_json
+from tests.test_control_api import MODEL_BYTES, FakeBackend, names, short_socket_dir, start_server
+
+
+@pytest.fixture
+def sock_dir() -> Iterator[Path]:
+    with short_socket_dir() as folder:
+        yield folder
+
+
+@pytest.fixture
+def backend() -> FakeBackend:
+    return FakeBackend()
+
+
+@pytest.fixture
+async def socket_path(nursery: trio.Nursery, sock_dir: Path, backend: FakeBackend) -> Path:
+    path = sock_dir / "run" / "gossipd.sock"
+    await start_server(nursery, path, backend)
+    return path
+
+
+async def gossipd(*args: str, env: dict[str, str] | None = None) -> Result:
+    # The commands block on the socket, so they run in a thread while the server runs in this one.
+    return await trio.to_thread.run_sync(lambda: CliRunner().invoke(main, list(args), env=env))
+
+
+async def test_status_table(socket_path: Path) -> None:
+    result = await gossipd("status", "--socket", str(socket_path))
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert lines[0].split() == ["peer", "12D3KooWSelfSelfSelfSelfSelfSelfSelfSelfSelf"]
+    assert lines[1].split() == ["addresses", "/ip4/127.0.0.1/tcp/4001"]
+    assert lines[2].split() == ["/ip6/::1/tcp/4001"]
+    assert lines[3].split() == ["uptime", "1h", "02m"]
+    header = next(i for i, line in enumerate(lines) if line.startswith("TASK"))
+    assert lines[header + 1].split() == [
+        "mnist", "training", "1200", "0.25", "93.12%", "340", "12.3", "MB", "12.0", "MB", "31.5x", "0.0123", "1/2"
+    ]  # fmt: skip
+    assert lines[header + 2].split() == [
+        "cifar",
+        "failed",
+        "0",
+        "-",
+        "-",
+        "340",
+        "12.3",
+        "MB",
+        "12.0",
+        "MB",
+        "-",
+        "-",
+        "0/0",
+    ]
+    assert lines[header + 3] == "cifar: no CUDA device"
+    # Fixed width: text columns start under their title, numbers end under it.
+    assert lines[header].index("STATE") == lines[header + 1].index("training") == lines[header + 2].index("failed")
+    step_end = lines[header].index("STEP") + len("STEP")
+    assert lines[header + 1][step_end - 4 : step_end] == "1200" and lines[header + 2][step_end - 1] == "0"
+
+
+async def test_status_json_is_the_servers(socket_path: Path, backend: FakeBackend) -> None:
+    result = await gossipd("status", "--json", "--socket", str(socket_path))
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout) == to_json(backend.daemon)
+
+
+async def test_socket_from_the_environment(socket_path: Path) -> None:
+    result = await gossipd("tasks", "--json", env={"GOSSIPD_SOCKET": str(socket_path)})
+    assert result.exit_code == 0, result.output
+    assert [task["id"] for task in json.loads(result.stdout)["tasks"]] == ["mnist", "cifar"]
+
+
+async def test_peers_table_and_json(socket_path: Path) -> None:
+    result = await gossipd("peers", "--socket", str(socket_path))
+    assert result.exit_code == 0, result.output
+    header, first, second = result.stdout.splitlines()
+    assert header.split() == ["TASK", "PEER", "VIEW", "SOURCES", "HEARD", "STEP", "LOSS", "EXCH/FAIL", "DISTANCE"]
+    assert first.split()[:4] == ["mnist", "…AAAApeerone1", "*", "bootstrap,dht"]
+    assert first.split()[-4:] == ["1190", "0.31", "40/2", "0.0456"]
+    assert second.split() == ["mnist", "…BBBBpeertwo2", "bootstrap,dht", "-", "-", "-", "40/2", "-"]
+    result = await gossipd("peers", "--json", "--socket", str(socket_path))
+    peers = json.loads(result.stdout)["peers"]
+    assert [peer["task"] for peer in peers] == ["mnist", "mnist"]
+
+
+async def test_tasks_table(socket_path: Path) -> None:
+    result = await gossipd("tasks", "--socket", str(socket_path))
+    assert result.exit_code == 0, result.output
+    header, mnist, cifar = result.stdout.splitlines()
+    assert header.split() == ["TASK", "STATE", "ALGORITHM", "DEVICE", "STEP", "SAMPLES/S", "LOSS", "ACCURACY", "HASH"]
+    assert mnist.split() == [
+        "mnist",
+        "training",
+        "powergossip",
+        "cpu",
+        "1200",
+        "640.5",
+        "0.25",
+        "93.12%",
+        "001122334455",
+    ]
+    assert cifar.split()[:2] == ["cifar", "failed"]
+
+
+async def test_join_sends_absolute_paths(
+    socket_path: Path, backend: FakeBackend, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "task.toml").write_text("[task]\nid = 'mnist'\n")
+    (tmp_path / "data").mkdir()
+    monkeypatch.chdir(tmp_path)
+    args = ["join", "task.toml", "--data", "data", "--peer-index", "1", "--peer-count", "4"]
+    result = await gossipd(*args, "--socket", str(socket_path))
+    assert result.exit_code == 0, result.output
+    assert result.stdout == "joined joined (loading)\n"
+    expected = JoinRequest(path=str(tmp_path / "task.toml"), data=str(tmp_path / "data"), peer_index=1, peer_count=4)
+    assert backend.joined == [expected]
+
+
+async def test_join_needs_both_peer_options(socket_path: Path, backend: FakeBackend, tmp_path: Path) -> None:
+    (tmp_path / "task.toml").write_text("")
+    result = await gossipd("join", str(tmp_path / "task.toml"), "--peer-index", "1", "--socket", str(socket_path))
+    assert result.exit_code == 2 and backend.joined == []
+
+
+async def test_leave(socket_path: Path, backend: FakeBackend) -> None:
+    result = await gossipd("leave", "mnist", "--socket", str(socket_path))
+    assert (result.exit_code, result.stdout) == (0, "left mnist\n")
+    assert backend.left == ["mnist"]
+
+
+async def test_export_writes_the_model(socket_path: Path, tmp_path: Path) -> None:
+    out = tmp_path / "mnist.safetensors"
+    out.write_bytes(b"an older export")
+    result = await gossipd("export", "mnist", str(out), "--socket", str(socket_path))
+    assert result.exit_code == 0, result.output
+    assert out.read_bytes() == MODEL_BYTES
+    assert names(tmp_path) == ["mnist.safetensors"]  # no temporary file left
+
+
+async def test_unknown_task_exits_4(socket_path: Path, tmp_path: Path) -> None:
+    for args in (["leave", "nope"], ["export", "nope", str(tmp_path / "out.safetensors")]):
+        result = await gossipd(*args, "--socket", str(socket_path))
+        assert result.exit_code == 4
+        assert result.stderr == "error: no task 'nope'\n"
+    assert names(tmp_path) == []
+
+
+async def test_no_daemon_exits_6(sock_dir: Path) -> None:
+    path = sock_dir / "nobody.sock"
+    for command in ("status", "peers", "tasks"):
+        result = await gossipd(command, "--socket", str(path))
+        assert result.exit_code == 6
+        assert result.stderr == f"error: no daemon is listening on {path} (start one with `gossipd run`)\n"
+
+
+async def test_shutting_down_exits_7(socket_path: Path, backend: FakeBackend) -> None:
+    backend.stopping = True
+    result = await gossipd("leave", "mnist", "--socket", str(socket_path))
+    assert result.exit_code == 7 and "shutting down" in result.stderr
+
+
+def test_human_units() -> None:
+    assert [human_bytes(n) for n in (0, 999, 1000, 12_345_678, 3 * 10**9, 5 * 10**15)] == [
+        "0 B", "999 B", "1.0 kB", "12.3 MB", "3.0 GB", "5000.0 TB"
+    ]  # fmt: skip
+    assert [human_duration(s) for s in (5, 65, 3723, 90_000)] == ["5s", "1m 05s", "1h 02m", "1d 01h"]
