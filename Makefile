@@ -12,7 +12,7 @@ TORCH ?= torch==2.13.0
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --disable-pip-version-check "$(TORCH)"
-	$(BIN)/pip install --quiet --disable-pip-version-check -e ".[test]"
+	$(BIN)/pip install --quiet --disable-pip-version-check -e ".[test,plot]"
 	touch $(STAMP)
 
 setup: $(STAMP)
@@ -32,6 +32,9 @@ demo: setup
 
 bench-sim: setup
 	OMP_NUM_THREADS=1 $(BIN)/python scripts/bench_sim.py
+
+bench: setup
+	$(BIN)/python scripts/bench.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build *.egg-info

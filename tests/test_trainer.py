@@ -143,3 +143,15 @@ def test_a_checkpoint_still_resumes_when_the_local_data_changed_size() -> None:
     other.load_state_dict(saved)
     assert other.step == 5
     assert all(torch.equal(params(first)[k], params(other)[k]) for k in params(first))
+
+
+def test_steps_with_a_non_finite_loss_are_skipped_and_leave_the_model_intact() -> None:
+    model = build_model(ModelSection(name="mlp", options=MLPConfig(hidden=(32,))), SPEC, 0)
+    poisoned = ArrayDataset(torch.full((64, 20), float("nan")), torch.zeros(64, dtype=torch.long))
+    t = Trainer(model, TrainSection(), poisoned, kind="classification", device=CPU, seed=0)
+    before = params(t)
+    stats = t.train_steps(5)
+    assert t.skipped_steps == 5
+    assert stats.steps == 0
+    assert t.step == 0
+    assert all(torch.equal(before[k], params(t)[k]) for k in before)

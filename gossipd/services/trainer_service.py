@@ -153,8 +153,14 @@ class TrainerService:
 
     async def _train_chunk(self) -> None:
         steps = self._steps_per_chunk
+        skipped = self.trainer.skipped_steps
         started = trio.current_time()
         stats = await trio.to_thread.run_sync(self.trainer.train_steps, steps, limiter=self.limiter)
+        if self.trainer.skipped_steps > skipped:
+            log.warning(
+                "skipped %d training steps whose loss was not finite (is the learning rate too high?)",
+                self.trainer.skipped_steps - skipped,
+            )
         elapsed = max(trio.current_time() - started, 1e-6)
         if math.isfinite(stats.loss):
             self._loss = stats.loss if self._loss is None else 0.9 * self._loss + 0.1 * stats.loss

@@ -63,6 +63,7 @@ class Swarm:
     partition: bool = True  # give each daemon its own share of the data
     parts: int | None = None  # how many shares (default: the size; more leaves room for late joiners)
     per_peer: Callable[[int], list[str]] | None = None  # more options for daemon i
+    affinity: Callable[[int], set[int]] | None = None  # CPUs daemon i may run on (benchmarks pin them)
     daemons: list[Daemon] = field(default_factory=list)
     bootstrap: str = ""
 
@@ -85,6 +86,7 @@ class Swarm:
         folder.mkdir(parents=True, exist_ok=True)
         log_path = folder / "daemon.log"
         environment = {**os.environ, "OMP_NUM_THREADS": "1", **self.env}
+        cpus = self.affinity(index) if self.affinity else None
         with log_path.open("ab") as log:
             process = subprocess.Popen(
                 self.command(index, folder, bootstrap=self.bootstrap or None),
@@ -92,6 +94,7 @@ class Swarm:
                 stderr=subprocess.STDOUT,
                 env=environment,
                 start_new_session=True,
+                preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None,
             )
         daemon = Daemon(index=index, folder=folder, process=process, log_path=log_path)
         if index < len(self.daemons):

@@ -139,12 +139,14 @@ class Trainer:
         self.optimizer = build_optimizer(section, self.model.parameters())
         self.step = 0
         self.samples = 0
+        self.skipped_steps = 0  # steps whose loss was not finite
 
     def train_steps(self, steps: int) -> StepStats:
         """Run `steps` optimiser steps; returns their mean loss."""
         self.model.train()
         total = 0.0
         samples = 0
+        taken = 0
         for _ in range(steps):
             for group in self.optimizer.param_groups:
                 group["lr"] = learning_rate(self.section, self.step)
@@ -152,15 +154,22 @@ class Trainer:
             x, y = self.data.x[index], self.data.y[index]
             loss, _ = loss_and_hits(self.kind, self.model(x), y)
             self.optimizer.zero_grad(set_to_none=True)
+            value = float(loss.detach())
+            if not math.isfinite(value):
+                # A diverging step would put NaN into the model (and, through gossip, be rejected by every
+                # neighbour): skip it, as mixed-precision training does, and let mixing pull the model back.
+                self.skipped_steps += 1
+                continue
             loss.backward()  # type: ignore[no-untyped-call]
             if self.section.grad_clip is not None:
                 nn.utils.clip_grad_norm_(self.model.parameters(), self.section.grad_clip)
             self.optimizer.step()
-            total += float(loss.detach())
+            total += value
+            taken += 1
             samples += int(index.numel())
             self.step += 1
         self.samples += samples
-        return StepStats(steps=steps, samples=samples, loss=total / max(steps, 1))
+        return StepStats(steps=taken, samples=samples, loss=total / taken if taken else float("nan"))
 
     def reset_optimizer(self) -> None:
         """Forget momentum and adaptive statistics (after the model was replaced by another's)."""
