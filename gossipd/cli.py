@@ -88,6 +88,9 @@ def _deep_summary(task: Any) -> str:
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--churn", default=0.0, show_default=True, type=click.FloatRange(0, 1), help="Leave chance per round.")
 @click.option("--downtime", default=10, show_default=True, type=click.IntRange(1), help="Rounds a leaver is away.")
+@click.option("--byzantine", default=0, type=click.IntRange(0), help="How many peers attack instead of training.")
+@click.option("--attack", default="sign-flip", type=click.Choice(["sign-flip", "scale", "noise", "nan"]))
+@click.option("--no-clip", is_flag=True, help="Turn self-centred clipping off ([robust] clip = false).")
 @click.option("--no-train", is_flag=True, help="Only mix (with --independent-init: a pure consensus run).")
 @click.option("--independent-init", is_flag=True, help="Each peer starts from its own random model.")
 @click.option("--eval-every", default=0, type=click.IntRange(0), help="Rounds between evaluations.")
@@ -109,6 +112,9 @@ def simulate(
     seed: int,
     churn: float,
     downtime: int,
+    byzantine: int,
+    attack: str,
+    no_clip: bool,
     no_train: bool,
     independent_init: bool,
     eval_every: int,
@@ -135,6 +141,8 @@ def simulate(
             task = with_gossip(task, algorithm, options)
         if weight is not None:
             task = dataclasses.replace(task, gossip=dataclasses.replace(task.gossip, weight=weight))
+        if no_clip:
+            task = dataclasses.replace(task, robust=dataclasses.replace(task.robust, clip=False))
         data = load_data(task.data, task.task.seed)
         config = SimulationConfig(
             peers=peers,
@@ -149,6 +157,8 @@ def simulate(
             eval_every=eval_every,
             eval_samples=eval_samples,
             centralised=not no_centralised,
+            byzantine=byzantine,
+            attack=attack,
         )
         simulation = Simulation(task, data, config)
     except (TaskError, ValueError) as exc:

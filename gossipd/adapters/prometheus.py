@@ -25,6 +25,8 @@ _COUNTERS: tuple[tuple[str, str, _Getter], ...] = (
     ("gossipd_bytes_sent_total", "Bytes sent in exchanges and state transfers.", lambda t: t.bytes_sent),
     ("gossipd_bytes_received_total", "Bytes received in exchanges and state transfers.", lambda t: t.bytes_received),
     ("gossipd_state_transfers_total", "Full models copied from a neighbour.", lambda t: t.state_transfers),
+    ("gossipd_clipped_exchanges_total", "Exchanges scaled down to the clipping radius.", lambda t: t.clipped_exchanges),
+    ("gossipd_suspects_total", "Neighbours backed off for being clipped again and again.", lambda t: t.suspects),
 )
 _GAUGES: tuple[tuple[str, str, _Getter], ...] = (
     ("gossipd_training_loss", "Recent mean training loss.", lambda t: t.loss),

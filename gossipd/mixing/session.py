@@ -23,6 +23,7 @@ from typing import Any
 import torch
 
 from gossipd.mixing.algorithm import Algorithm, Delta, ExchangeContext, MixOutcome, Outgoing, Rounds
+from gossipd.mixing.clipping import Clipper
 from gossipd.mixing.edge import EdgeState, derive_epoch
 from gossipd.mixing.layout import ParamLayout, Params
 from gossipd.mixing.weights import edge_weight
@@ -54,6 +55,8 @@ class ExchangeResult:
     peer_degree: int
     reset: bool  # the edge was (re)started in this exchange
     rounds: int
+    clipped: bool  # the delta was scaled down to the clipping radius
+    suspect: bool  # the peer has been clipped too many exchanges in a row: leave it alone for a while
 
 
 class ExchangeSession:
@@ -71,6 +74,7 @@ class ExchangeSession:
         fixed_weight: float | None,
         rng: random.Random,
         device: torch.device,
+        clipper: Clipper | None = None,
     ) -> None:
         if self_id == peer_id:
             raise ValueError("a peer cannot exchange with itself")
@@ -78,12 +82,15 @@ class ExchangeSession:
         self.params = params
         self.layout = layout
         self.sign = -1.0 if self_id < peer_id else 1.0
+        self.peer_id = peer_id
         self.edge = edge if edge is not None else EdgeState.fresh(rng)
         self.degree = degree
         self.task = task
         self.fixed_weight = fixed_weight
         self.rng = rng
         self.device = device
+        self.clipper = clipper
+        self.clipped = False
         self.phase = Phase.NEW
         self.rounds_done = 0
         self.reset = False
@@ -129,6 +136,8 @@ class ExchangeSession:
             peer_degree=self.peer_degree,
             reset=self.reset,
             rounds=self.rounds_done,
+            clipped=self.clipped,
+            suspect=self.clipper is not None and self.clipper.is_suspect(self.peer_id),
         )
 
     @property
@@ -179,13 +188,23 @@ class ExchangeSession:
         try:
             outgoing: Outgoing = step(self._rounds)
         except StopIteration as stop:
-            self._outcome = stop.value
+            self._outcome = self._clip(stop.value)
             self._outgoing = None
             self.edge.round += 1
             self.phase = Phase.DONE
             return None
         self._outgoing = outgoing
         return self._message(outgoing.type, phase=outgoing.phase, tensors=outgoing.tensors)
+
+    def _clip(self, outcome: MixOutcome) -> MixOutcome:
+        """Self-centred clipping: the move towards the peer is at most w·τ (only this end decides)."""
+        if self.clipper is None:
+            return outcome
+        factor = self.clipper.factor(outcome.distance, self.peer_id)
+        if factor >= 1.0:
+            return outcome
+        self.clipped = True
+        return MixOutcome({name: d * factor for name, d in outcome.delta.items()}, outcome.distance)
 
     def _message(self, kind: MessageType, **body: Any) -> Message:
         return Message(

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from gossipd.mixing.algorithm import Algorithm
+from gossipd.mixing.clipping import Clipper
 from gossipd.mixing.edge import EdgeState
 from gossipd.mixing.layout import ParamLayout
 from gossipd.mixing.session import ExchangeResult, ExchangeSession, PeerAborted
@@ -40,7 +41,7 @@ HELLO_LIMIT = 4096  # a hello is ~80 bytes; the first frame of a stream is read 
 MAX_CONCURRENT = 4  # exchanges in flight at once, started here or answered
 MAX_INITIATED = 2  # exchanges started here at once: a hung partner holds one, never the whole loop
 REJECTION_BACKOFF = 30.0  # seconds a peer that sent a message we had to reject is left alone
-SOFT_ABORTS = ("busy", "joining", "stopping")
+SOFT_ABORTS = ("busy", "joining", "stopping", "backoff")
 
 log = logging.getLogger("gossipd.exchange")
 
@@ -52,6 +53,8 @@ class ExchangeCounters:
     bytes_sent: int = 0
     bytes_received: int = 0
     plain_bytes: int = 0  # what the same exchanges would have cost uncompressed
+    clipped: int = 0  # exchanges whose move was scaled down to the clipping radius
+    suspects: int = 0  # times a neighbour was backed off for being clipped exchange after exchange
     state_bytes_sent: int = 0  # full models served to joining peers (not exchanges: no compression ratio)
     state_bytes_received: int = 0
     rejections: dict[str, int] = field(default_factory=dict)
@@ -68,6 +71,8 @@ class ExchangeStatistics:
     compression_ratio: float | None
     consensus_distance: float | None
     rejections: dict[str, int]
+    clipped: int
+    suspects: int
 
 
 class ExchangeService:
@@ -88,6 +93,7 @@ class ExchangeService:
         rng: random.Random,
         device: Any,
         edge_capacity: int = 16,
+        clipper: Clipper | None = None,
     ) -> None:
         self.task_hash = task_hash
         self.gossip = gossip
@@ -104,6 +110,7 @@ class ExchangeService:
         self.device = device
         self.edges: OrderedDict[str, EdgeState] = OrderedDict()
         self.edge_capacity = edge_capacity
+        self.clipper = clipper
         self.in_flight: set[str] = set()
         self.counters = ExchangeCounters()
         self.accepting = True
@@ -125,6 +132,8 @@ class ExchangeService:
             compression_ratio=c.plain_bytes / spent if spent and c.exchanges else None,
             consensus_distance=sum(c.distances) / len(c.distances) if c.distances else None,
             rejections=dict(c.rejections),
+            clipped=c.clipped,
+            suspects=c.suspects,
         )
 
     def forget_edge(self, peer: str) -> None:
@@ -220,6 +229,9 @@ class ExchangeService:
             return "joining"
         if peer in self.in_flight or len(self.in_flight) >= MAX_CONCURRENT:
             return "busy"
+        record = self.peers.get(peer)
+        if record is not None and record.backoff_until is not None and record.backoff_until > self.peers.clock():
+            return "backoff"  # it failed, sent messages we rejected, or looks Byzantine: not now
         return None
 
     async def _refuse(self, stream: FrameStream, hello: Message, reason: str) -> None:
@@ -245,6 +257,7 @@ class ExchangeService:
             fixed_weight=self.gossip.weight,
             rng=self.rng,
             device=self.device,
+            clipper=self.clipper,
         )
 
     async def _finish(
@@ -277,6 +290,17 @@ class ExchangeService:
         self.counters.exchanges += 1
         self.counters.plain_bytes += self.plain_exchange_bytes
         self.counters.distances.append(result.distance)
+        self.counters.clipped += int(result.clipped)
+        if result.suspect and self.clipper is not None:
+            log.warning(
+                "%s was clipped %d exchanges in a row: leaving it alone for %.0f s",
+                peer,
+                self.clipper.section.suspect_after,
+                self.clipper.section.suspect_backoff,
+            )
+            self.peers.back_off(peer, self.clipper.section.suspect_backoff)
+            self.clipper.forgive(peer.encode())
+            self.counters.suspects += 1
         return result
 
     async def _failed(

@@ -65,6 +65,8 @@ class TaskStatus:
     state_transfers: int  # full models copied from a neighbour
     last_checkpoint: float | None
     rejections: dict[str, int] = field(default_factory=dict)  # rejected messages by reason
+    clipped_exchanges: int = 0  # exchanges whose move was scaled down to the clipping radius ([robust])
+    suspects: int = 0  # neighbours backed off for being clipped exchange after exchange
     peers: tuple[PeerStatus, ...] = ()
 
 

@@ -26,6 +26,7 @@ from gossipd.adapters.checkpoint_store import CheckpointError, CheckpointStore
 from gossipd.adapters.export import model_to_safetensors
 from gossipd.data.registry import load_data, peer_shard
 from gossipd.data.spec import ArrayDataset, DataBundle
+from gossipd.mixing.clipping import Clipper
 from gossipd.mixing.edge_store import edges_from_state, edges_to_state
 from gossipd.mixing.layout import ParamLayout, max_message_bytes, mixed_parameters
 from gossipd.mixing.local import plain_exchange_bytes
@@ -193,6 +194,7 @@ class TaskRuntime:
             rng=random.Random(self.rng.getrandbits(64)),
             device=self.device,
             edge_capacity=2 * task.gossip.view_size + 4,
+            clipper=Clipper(task.robust),
         )
         exchange.edges.update(edges)
         discovery = DiscoveryService(
@@ -384,6 +386,8 @@ class TaskRuntime:
             state_transfers=self.state_transfers,
             last_checkpoint=self.last_checkpoint,
             rejections=exchange.rejections if exchange else {},
+            clipped_exchanges=exchange.clipped if exchange else 0,
+            suspects=exchange.suspects if exchange else 0,
             peers=self._peer_statuses(),
         )
 

@@ -46,6 +46,9 @@ class SimulationReport:
     total_exchange_bytes: int
     joins: int
     state_transfer_bytes: int
+    byzantine: int
+    attack: str | None
+    clipped_exchanges: int  # exchanges whose delta an honest peer scaled down to its clipping radius
     train_seconds_per_step: float
     mix_seconds_per_exchange: float
     wall_seconds: float
@@ -91,6 +94,9 @@ class SimulationReport:
             total_exchange_bytes=simulation.exchange_bytes,
             joins=simulation.joins,
             state_transfer_bytes=simulation.state_bytes,
+            byzantine=simulation.config.byzantine,
+            attack=simulation.config.attack if simulation.config.byzantine else None,
+            clipped_exchanges=simulation.clipped,
             train_seconds_per_step=simulation.train_seconds / max(simulation.train_steps, 1),
             mix_seconds_per_exchange=simulation.mix_seconds / max(simulation.exchanges, 1),
             wall_seconds=wall_seconds,

@@ -20,6 +20,7 @@ import torch
 from gossipd.data.registry import peer_shard
 from gossipd.data.spec import DataBundle
 from gossipd.metrics import consensus_distance
+from gossipd.mixing.clipping import Clipper
 from gossipd.mixing.edge import EdgeState
 from gossipd.mixing.layout import ParamLayout, max_message_bytes, mixed_parameters
 from gossipd.mixing.local import plain_exchange_bytes, run_pair
@@ -50,6 +51,34 @@ class SimulationConfig:
     eval_every: int = 0  # rounds between progress evaluations; 0: only at the end
     eval_samples: int | None = None  # cap on validation examples per evaluation; None: all
     centralised: bool = True  # also train one model on the union of the shards, same samples
+    byzantine: int = 0  # the last `byzantine` peers attack instead of training
+    attack: str = "sign-flip"  # what they send: see ATTACKS
+
+
+def _sign_flip(params: dict[str, torch.Tensor], rng: torch.Generator) -> dict[str, torch.Tensor]:
+    return {name: -t for name, t in params.items()}
+
+
+def _scale(params: dict[str, torch.Tensor], rng: torch.Generator) -> dict[str, torch.Tensor]:
+    return {name: t * 100.0 for name, t in params.items()}
+
+
+def _noise(params: dict[str, torch.Tensor], rng: torch.Generator) -> dict[str, torch.Tensor]:
+    return {name: t + torch.randn(t.shape, generator=rng) for name, t in params.items()}
+
+
+def _nan(params: dict[str, torch.Tensor], rng: torch.Generator) -> dict[str, torch.Tensor]:
+    return {name: torch.full_like(t, float("nan")) for name, t in params.items()}
+
+
+# A Byzantine peer follows the protocol but presents a corrupted model in every exchange. It still applies
+# the deltas it receives, so its corruption tracks the swarm (the most damaging variant for sign flips).
+ATTACKS: dict[str, Callable[[dict[str, torch.Tensor], torch.Generator], dict[str, torch.Tensor]]] = {
+    "sign-flip": _sign_flip,
+    "scale": _scale,
+    "noise": _noise,
+    "nan": _nan,
+}
 
 
 @dataclass(eq=False)
@@ -60,6 +89,9 @@ class SimPeer:
     view: PeerView[int]
     edges: dict[int, EdgeState] = field(default_factory=dict)
     online: bool = True
+    byzantine: bool = False
+    clipper: Clipper | None = None
+    blocked: dict[int, int] = field(default_factory=dict)  # suspects left alone, until this round
     returns_at: int = -1
     exchanges: int = 0
     bytes_sent: int = 0
@@ -72,6 +104,10 @@ class Simulation:
     def __init__(self, task: Task, data: DataBundle, config: SimulationConfig) -> None:
         if config.peers < 2:
             raise ValueError("a swarm needs at least 2 peers")
+        if not 0 <= config.byzantine < config.peers:
+            raise ValueError(f"{config.byzantine} Byzantine peers out of {config.peers}: at least one must be honest")
+        if config.attack not in ATTACKS:
+            raise ValueError(f"unknown attack {config.attack!r}; expected one of: {', '.join(ATTACKS)}")
         self.task = task
         self.data = data
         self.config = config
@@ -85,6 +121,11 @@ class Simulation:
         self.peers = [self._new_peer(i) for i in range(config.peers)]
         for peer in self.peers:
             peer.view.fill(p.index for p in self.peers if p is not peer)
+        for peer in self.peers[config.peers - config.byzantine :]:
+            peer.byzantine = True
+        self.attack_rng = torch.Generator().manual_seed(config.seed)
+        self.clipped = 0
+        self.round = 0
         self.layout = ParamLayout.of(self.peers[0].params())
         self.max_bytes = max_message_bytes(self.layout)
         self.exchange_bytes = 0
@@ -108,7 +149,13 @@ class Simulation:
             seed=self.config.seed * 1000 + index,
         )
         view: PeerView[int] = PeerView(self.task.gossip.view_size, random.Random(self.rng.getrandbits(64)))
-        return SimPeer(index=index, id=f"sim-peer-{index:04d}".encode(), trainer=trainer, view=view)
+        return SimPeer(
+            index=index,
+            id=f"sim-peer-{index:04d}".encode(),
+            trainer=trainer,
+            view=view,
+            clipper=Clipper(self.task.robust),
+        )
 
     # -- the run ---------------------------------------------------------------------------------------
 
@@ -117,12 +164,14 @@ class Simulation:
         history: list[RoundRecord] = []
         distance_start: float | None = None
         for round_index in range(self.config.rounds):
+            self.round = round_index
             self._churn(round_index)
             online = [p for p in self.peers if p.online]
             if self.config.train:
                 tick = time.perf_counter()
                 for peer in online:
-                    peer.trainer.train_steps(self.task.train.local_steps)
+                    if not peer.byzantine:
+                        peer.trainer.train_steps(self.task.train.local_steps)
                 self.train_seconds += time.perf_counter() - tick
                 self.train_steps += len(online) * self.task.train.local_steps
             if distance_start is None:
@@ -153,10 +202,12 @@ class Simulation:
         )
 
     def _exchange_from(self, peer: SimPeer) -> None:
-        partner_index = peer.view.sample(lambda i: self.peers[i].online)
+        partner_index = peer.view.sample(lambda i: self.peers[i].online and peer.blocked.get(i, -1) < self.round)
         if partner_index is None:
             return
         partner = self.peers[partner_index]
+        if partner.blocked.get(peer.index, -1) >= self.round:
+            return  # the partner refuses a suspect, as a daemon does
         ends = [self._session(peer, partner), self._session(partner, peer)]
         try:
             traffic = run_pair(ends[0], ends[1], max_message_bytes=self.max_bytes)
@@ -168,6 +219,11 @@ class Simulation:
             return
         for end, owner, other in ((ends[0], peer, partner), (ends[1], partner, peer)):
             result = end.result()
+            self.clipped += int(result.clipped and not owner.byzantine)
+            if result.suspect and owner.clipper is not None:
+                # The simulator counts the back-off in rounds.
+                owner.blocked[other.index] = self.round + int(self.task.robust.suspect_backoff)
+                owner.clipper.forgive(other.id)
             owner.trainer.apply_delta(result.delta)
             owner.edges[other.index] = result.edge
             owner.exchanges += 1
@@ -177,9 +233,12 @@ class Simulation:
         self.exchanges += 1
 
     def _session(self, me: SimPeer, other: SimPeer) -> ExchangeSession:
+        params = me.params()
+        if me.byzantine:
+            params = ATTACKS[self.config.attack](params, self.attack_rng)
         return ExchangeSession(
             algorithm=self.algorithm,
-            params=me.params(),
+            params=params,
             layout=self.layout,
             self_id=me.id,
             peer_id=other.id,
@@ -189,6 +248,7 @@ class Simulation:
             fixed_weight=self.task.gossip.weight,
             rng=self.rng,
             device=self.device,
+            clipper=me.clipper,
         )
 
     def _rewire(self, round_index: int) -> None:
@@ -245,11 +305,14 @@ class Simulation:
 
     # -- measures --------------------------------------------------------------------------------------
 
+    def _honest(self) -> list[SimPeer]:
+        return [p for p in self.peers if p.online and not p.byzantine]
+
     def _consensus(self) -> float:
-        return consensus_distance([p.params() for p in self.peers if p.online])
+        return consensus_distance([p.params() for p in self._honest()])
 
     def _evaluate_all(self) -> list[Any]:
-        return [p.trainer.evaluate(self.data.validation, self.config.eval_samples) for p in self.peers if p.online]
+        return [p.trainer.evaluate(self.data.validation, self.config.eval_samples) for p in self._honest()]
 
     def _record(self, round_index: int, *, evaluate: bool) -> RoundRecord:
         accuracies = [e.accuracy for e in self._evaluate_all()] if evaluate else []

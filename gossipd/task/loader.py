@@ -8,13 +8,14 @@ import json
 import re
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from gossipd.compress.registry import parse_compressor
 from gossipd.data.partition import parse_partition
 from gossipd.data.registry import FORMATS, resolve_root
+from gossipd.mixing.clipping import RobustSection
 from gossipd.mixing.registry import ALGORITHMS
 from gossipd.models.registry import MODELS
 from gossipd.task.fields import TaskError, Where, describe, read_table
@@ -22,7 +23,7 @@ from gossipd.task.schema import DataSection, GossipSection, ModelSection, TaskSe
 
 TASK_ID = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 MAX_TASK_FILE_BYTES = 1 << 20
-SECTIONS = ("task", "data", "model", "train", "gossip")
+SECTIONS = ("task", "data", "model", "train", "gossip", "robust")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -35,6 +36,7 @@ class Task:
     model: ModelSection
     train: TrainSection
     gossip: GossipSection
+    robust: RobustSection = field(default_factory=RobustSection)
     hash: bytes
 
     @property
@@ -90,6 +92,7 @@ def parse_task(
     model = _read_variant(ModelSection, doc["model"], top.child("model"), "name", "options", MODELS)
     train = read_table(TrainSection, doc.get("train", {}), top.child("train"))
     gossip = _read_gossip(doc.get("gossip", {}), top.child("gossip"))
+    robust = read_table(RobustSection, doc.get("robust", {}), top.child("robust"))
     return Task(
         file=file,
         task=task,
@@ -97,6 +100,7 @@ def parse_task(
         model=model,
         train=train,
         gossip=gossip,
+        robust=robust,
         hash=task_hash(task, model, gossip),
     )
 

@@ -64,6 +64,7 @@ class Swarm:
     parts: int | None = None  # how many shares (default: the size; more leaves room for late joiners)
     per_peer: Callable[[int], list[str]] | None = None  # more options for daemon i
     affinity: Callable[[int], set[int]] | None = None  # CPUs daemon i may run on (benchmarks pin them)
+    use_bootstrap: bool = True  # False: daemons must find each other otherwise (mDNS)
     daemons: list[Daemon] = field(default_factory=list)
     bootstrap: str = ""
 
@@ -119,7 +120,8 @@ class Swarm:
     def start(self, *, wait: float = 120.0) -> None:
         first = self.start_one(0, wait=wait)
         status = first.status() or {}
-        self.bootstrap = status["addresses"][0]
+        if self.use_bootstrap:
+            self.bootstrap = status["addresses"][0]
         for index in range(1, self.size):
             self.start_one(index, wait=wait)
 
