@@ -75,6 +75,24 @@ def _deep_summary(task: Any) -> str:
 
 
 @main.command()
+@click.argument("key_file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--force", is_flag=True, help="Overwrite an existing file.")
+def keygen(key_file: Path, force: bool) -> None:
+    """Write a new random task key to KEY_FILE (mode 0600), for a task's [access] key_file."""
+    from gossipd.task.access import write_key_file
+
+    try:
+        write_key_file(key_file, force=force)
+    except FileExistsError:
+        click.echo(f"error: {key_file} exists (use --force to replace it)", err=True)
+        sys.exit(EXIT_ERROR)
+    except OSError as exc:
+        click.echo(f"error: {key_file}: {exc.strerror or exc}", err=True)
+        sys.exit(EXIT_ERROR)
+    click.echo(f"wrote a task key to {key_file}; share it only with the task's members")
+
+
+@main.command()
 @click.argument("task_file", required=False, type=click.Path(dir_okay=False))
 @click.option("--peers", default=8, show_default=True, type=click.IntRange(2, 4096))
 @click.option("--algorithm", type=click.Choice(["plain", "powergossip", "choco", "local"]))

@@ -132,8 +132,8 @@ class Daemon:
             with trio.fail_after(FIRST_FRAME_TIMEOUT):
                 raw = await stream.receive(HELLO_LIMIT)
             message = decode_message(raw, max_size=HELLO_LIMIT)
-            if message.type is not MessageType.HELLO:
-                raise WireError(f"a stream must open with hello, not {message.type}")
+            if message.type not in (MessageType.HELLO, MessageType.AUTH):
+                raise WireError(f"a stream must open with hello or auth, not {message.type}")
         except (StreamClosed, FrameTooLarge, trio.TooSlowError, WireError) as exc:
             log.info("dropped a stream from %s: %s", stream.peer_id, exc)
             await stream.reset()

@@ -37,6 +37,7 @@ def describe(message: Message) -> dict[str, Any]:
         "degree": message.degree,
         "phase": message.phase,
         "reason": message.reason,
+        "proof": message.proof.hex(),
         "tensors": [
             {"name": t.name, "dtype": t.dtype, "shape": list(t.shape), "data": t.data.hex()} for t in message.tensors
         ],
@@ -71,6 +72,7 @@ def main() -> None:
             **common,
         ),
         "abort": Message(type=MessageType.ABORT, reason="busy", **common),
+        "auth": Message(type=MessageType.AUTH, phase=1, proof=bytes(range(32, 64)), **common),
     }
     manifest: list[dict[str, Any]] = []
     for name, message in valid.items():

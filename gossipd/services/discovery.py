@@ -18,6 +18,8 @@ import trio
 from gossipd.peering.table import PeerTable
 from gossipd.peering.view import PeerView
 from gossipd.services.network import DialError, Network, PeerAddress, Subscription
+from gossipd.task.access import OPEN, Access
+from gossipd.wire.auth import derived_name
 from gossipd.wire.errors import WireError
 from gossipd.wire.heartbeat import Heartbeat, decode_heartbeat, encode_heartbeat
 
@@ -26,15 +28,26 @@ if TYPE_CHECKING:
     from trio_typing import TaskStatus
 
 log = logging.getLogger("gossipd.discovery")
+
+
+class NotAllowed(WireError):
+    reason = "not-allowed"
+
+
 DIAL_TIMEOUT = 5.0
 STALE_AFTER = 600.0  # peers not heard for this long leave the table
 
 
-def topic_for(task_hash: bytes) -> str:
+def topic_for(task_hash: bytes, key: bytes | None = None) -> str:
+    """The task's heartbeat topic; for a closed task a name only key holders can compute."""
+    if key is not None:
+        return f"/gossipd/closed/{derived_name(key, task_hash, 'topic')}/heartbeat"
     return f"/gossipd/task/{task_hash.hex()}/heartbeat"
 
 
-def provider_key_for(task_hash: bytes) -> str:
+def provider_key_for(task_hash: bytes, key: bytes | None = None) -> str:
+    if key is not None:
+        return f"/gossipd/closed/{derived_name(key, task_hash, 'provider')}"
     return f"/gossipd/task/{task_hash.hex()}"
 
 
@@ -52,6 +65,7 @@ class DiscoveryService:
         heartbeat_interval: float = 2.0,
         dht_interval: float = 15.0,
         rewire_interval: float = 30.0,
+        access: Access = OPEN,
     ) -> None:
         self.network = network
         self.task_hash = task_hash
@@ -63,9 +77,10 @@ class DiscoveryService:
         self.heartbeat_interval = heartbeat_interval
         self.dht_interval = dht_interval
         self.rewire_interval = rewire_interval
-        self.topic = topic_for(task_hash)
-        self.provider_key = provider_key_for(task_hash)
-        self.rejected_heartbeats = 0
+        self.access = access
+        self.topic = topic_for(task_hash, access.key)
+        self.provider_key = provider_key_for(task_hash, access.key)
+        self.rejections: dict[str, int] = {}  # heartbeats ignored, by reason
         self._dialling: set[str] = set()
         self._nursery: trio.Nursery | None = None
 
@@ -109,7 +124,7 @@ class DiscoveryService:
 
     async def _announce(self) -> None:
         while True:
-            await self.network.publish(self.topic, encode_heartbeat(self.heartbeat()))
+            await self.network.publish(self.topic, encode_heartbeat(self.heartbeat(), key=self.access.key))
             await trio.sleep(self.heartbeat_interval)
 
     async def _read_heartbeats(self, subscription: Subscription) -> None:
@@ -117,11 +132,14 @@ class DiscoveryService:
             if message.sender == self.network.peer_id:
                 continue
             try:
-                beat = decode_heartbeat(message.data, task=self.task_hash)
+                beat = decode_heartbeat(message.data, task=self.task_hash, key=self.access.key)
                 if beat.peer != message.sender:
                     raise WireError(f"heartbeat names {beat.peer} but was signed by {message.sender}")
+                if not self.access.admits(beat.peer):
+                    raise NotAllowed(f"{beat.peer} is not on the task's allow-list")
             except WireError as exc:
-                self.rejected_heartbeats += 1
+                reason = f"heartbeat-{exc.reason}"
+                self.rejections[reason] = self.rejections.get(reason, 0) + 1
                 log.debug("ignored a heartbeat from %s: %s", message.sender, exc)
                 continue
             known = message.sender in self.peers
@@ -158,6 +176,8 @@ class DiscoveryService:
 
     def _dial_soon(self, peer: PeerAddress, source: str) -> None:
         if self._nursery is None or peer.peer_id in self._dialling or peer.peer_id == self.network.peer_id:
+            return
+        if not self.access.admits(peer.peer_id):
             return
         self._dialling.add(peer.peer_id)
         self._nursery.start_soon(self._dial, peer, source)

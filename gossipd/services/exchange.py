@@ -27,9 +27,12 @@ from gossipd.mixing.session import ExchangeResult, ExchangeSession, PeerAborted
 from gossipd.peering.table import PeerTable
 from gossipd.peering.view import PeerView
 from gossipd.services.network import DialError, FrameStream, FrameTooLarge, Network, StreamClosed
+from gossipd.services.streams import authenticate, duplex
 from gossipd.services.trainer_service import TrainerService
+from gossipd.task.access import OPEN, Access
 from gossipd.task.schema import GossipSection
-from gossipd.wire.errors import WireError
+from gossipd.wire.auth import AuthHandshake
+from gossipd.wire.errors import ProtocolViolation, WireError
 from gossipd.wire.messages import Message, MessageType, decode_message, encode_message, framed_size
 
 if TYPE_CHECKING:
@@ -44,6 +47,12 @@ REJECTION_BACKOFF = 30.0  # seconds a peer that sent a message we had to reject 
 SOFT_ABORTS = ("busy", "joining", "stopping", "backoff")
 
 log = logging.getLogger("gossipd.exchange")
+
+
+class Unauthenticated(WireError):
+    """A stream for a closed task that did not start with the key handshake."""
+
+    reason = "unauthenticated"
 
 
 @dataclass
@@ -94,6 +103,7 @@ class ExchangeService:
         device: Any,
         edge_capacity: int = 16,
         clipper: Clipper | None = None,
+        access: Access = OPEN,
     ) -> None:
         self.task_hash = task_hash
         self.gossip = gossip
@@ -111,6 +121,7 @@ class ExchangeService:
         self.edges: OrderedDict[str, EdgeState] = OrderedDict()
         self.edge_capacity = edge_capacity
         self.clipper = clipper
+        self.access = access
         self.in_flight: set[str] = set()
         self.counters = ExchangeCounters()
         self.accepting = True
@@ -174,7 +185,9 @@ class ExchangeService:
                     continue
                 if self._initiated >= MAX_INITIATED:
                     continue
-                partner = self.view.sample(lambda p: self.peers.is_live(p) and p not in self.in_flight)
+                partner = self.view.sample(
+                    lambda p: self.peers.is_live(p) and p not in self.in_flight and self.access.admits(p)
+                )
                 if partner is not None:
                     self._initiated += 1
                     nursery.start_soon(self._initiate_counted, partner)
@@ -193,6 +206,9 @@ class ExchangeService:
         try:
             with trio.fail_after(self.gossip.exchange_timeout):
                 stream = await self.network.open_stream(peer, MIX_PROTOCOL)
+                handshake = self.handshake(peer)
+                if handshake is not None:
+                    await authenticate(stream, handshake)
                 session = await self._session(peer)
                 return await self._finish(peer, stream, session, first=None)
         except (DialError, StreamClosed, FrameTooLarge, trio.TooSlowError, WireError) as exc:
@@ -203,18 +219,20 @@ class ExchangeService:
 
     # -- answering exchanges -------------------------------------------------------------------------
 
-    async def respond(self, stream: FrameStream, hello: Message) -> None:
-        """Answer an exchange whose hello the daemon already read (it routed the stream by task hash)."""
+    async def respond(self, stream: FrameStream, first: Message) -> None:
+        """Answer an exchange whose first message the daemon already read to route the stream here: the
+        hello, or for a closed task the key challenge."""
         peer = stream.peer_id
         refusal = self._refusal(peer)
         if refusal is not None:
-            await self._refuse(stream, hello, refusal)
+            await self._refuse(stream, refusal)
             return
-        self.peers.saw(peer, "inbound", member=True, addresses=self.network.known_addresses(peer))
         self._begin(peer)
         session: ExchangeSession | None = None
         try:
             with trio.fail_after(self.gossip.exchange_timeout):
+                hello = await self.admit(stream, first)
+                self.peers.saw(peer, "inbound", member=True, addresses=self.network.known_addresses(peer))
                 session = await self._session(peer)
                 await self._finish(peer, stream, session, first=hello)
         except (StreamClosed, FrameTooLarge, trio.TooSlowError, WireError) as exc:
@@ -222,7 +240,32 @@ class ExchangeService:
         finally:
             self._end(peer)
 
+    async def admit(self, stream: FrameStream, first: Message) -> Message:
+        """For a closed task, the stream must open with the key handshake; returns the hello that follows."""
+        handshake = self.handshake(stream.peer_id)
+        if handshake is None:
+            if first.type is not MessageType.HELLO:
+                raise ProtocolViolation(f"expected hello, received {first.type}")
+            return first
+        if first.type is not MessageType.AUTH:
+            raise Unauthenticated("this task is closed: a stream must start by proving the task key")
+        await authenticate(stream, handshake, first=first)
+        hello = decode_message(await stream.receive(HELLO_LIMIT), max_size=HELLO_LIMIT, task=self.task_hash)
+        return hello
+
+    def handshake(self, peer: str) -> AuthHandshake | None:
+        """The key handshake for a stream with `peer`, or None for an open task."""
+        if self.access.key is None:
+            return None
+        return AuthHandshake(self.access.key, self.task_hash, self.network.peer_id.encode(), peer.encode())
+
+    def count_rejection(self, reason: str) -> None:
+        self.counters.rejections[reason] = self.counters.rejections.get(reason, 0) + 1
+
     def _refusal(self, peer: str) -> str | None:
+        if not self.access.admits(peer):
+            self.count_rejection("not-allowed")
+            return "not-allowed"
         if not self.accepting:
             return "stopping"
         if not self.ready():
@@ -234,7 +277,7 @@ class ExchangeService:
             return "backoff"  # it failed, sent messages we rejected, or looks Byzantine: not now
         return None
 
-    async def _refuse(self, stream: FrameStream, hello: Message, reason: str) -> None:
+    async def _refuse(self, stream: FrameStream, reason: str) -> None:
         abort = Message(type=MessageType.ABORT, task=self.task_hash, epoch=0, round=0, degree=1, reason=reason)
         with trio.move_on_after(2):
             with contextlib.suppress(StreamClosed):
@@ -267,16 +310,12 @@ class ExchangeService:
         incoming = first
         while outgoing is not None:
             payload = encode_message(outgoing)
-            try:
-                async with trio.open_nursery() as nursery:
-                    nursery.start_soon(stream.send, payload)
-                    if incoming is None:
-                        raw = await stream.receive(self.max_bytes)
-                        self.counters.bytes_received += framed_size(len(raw))
-                        incoming = decode_message(raw, max_size=self.max_bytes, task=self.task_hash)
-            except BaseExceptionGroup as group:
-                # Both directions often fail together (a reset stream): report one error, as callers expect.
-                raise first_error(group) from None
+            if incoming is None:
+                raw = await duplex(stream, payload, self.max_bytes)
+                self.counters.bytes_received += framed_size(len(raw))
+                incoming = decode_message(raw, max_size=self.max_bytes, task=self.task_hash)
+            else:
+                await stream.send(payload)
             self.counters.bytes_sent += framed_size(len(payload))
             # Low-rank projections, compression and decoding run off the event loop.
             outgoing = await trio.to_thread.run_sync(session.receive, incoming)
@@ -312,7 +351,7 @@ class ExchangeService:
             self.edges.pop(peer, None)
         if isinstance(error, WireError) and not isinstance(error, PeerAborted):
             reason = error.reason
-            self.counters.rejections[reason] = self.counters.rejections.get(reason, 0) + 1
+            self.count_rejection(reason)
             self.peers.back_off(peer, REJECTION_BACKOFF)
             log.warning("rejected a message from %s (%s): %s", peer, reason, error)
             if stream is not None and session is not None:
@@ -337,12 +376,3 @@ class ExchangeService:
         self.in_flight.discard(peer)
         if not self.in_flight:
             self._idle.set()
-
-
-def first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
-    """The first exception in a group that is not a cancellation; the group itself if all are."""
-    for error in group.exceptions:
-        inner = first_error(error) if isinstance(error, BaseExceptionGroup) else error
-        if not isinstance(inner, trio.Cancelled | BaseExceptionGroup):
-            return inner
-    return group

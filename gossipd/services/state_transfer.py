@@ -11,7 +11,9 @@ import trio
 
 from gossipd.mixing.state import read_state, state_message
 from gossipd.services.network import FrameStream, Network
+from gossipd.services.streams import authenticate
 from gossipd.services.trainer_service import TrainerService
+from gossipd.wire.auth import AuthHandshake
 from gossipd.wire.messages import Message, MessageType, decode_message, encode_message, framed_size
 from gossipd.wire.tensors import DTYPES, TensorSpec
 
@@ -41,12 +43,15 @@ async def fetch_state(
     task_hash: bytes,
     specs: Mapping[str, TensorSpec],
     device: torch.device,
+    handshake: AuthHandshake | None = None,
 ) -> tuple[dict[str, torch.Tensor], int, int]:
     """A neighbour's model state, its training step and the bytes received. Raises the network's errors or
     a `WireError` if the state does not match this peer's model exactly. The caller bounds it with a deadline."""
     limit = max_state_bytes(specs)
     stream = await network.open_stream(peer, STATE_PROTOCOL)
     try:
+        if handshake is not None:
+            await authenticate(stream, handshake)
         request = Message(type=MessageType.HELLO, task=task_hash, epoch=0, round=0, degree=1)
         await stream.send(encode_message(request))
         raw = await stream.receive(limit)

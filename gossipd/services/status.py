@@ -67,6 +67,8 @@ class TaskStatus:
     rejections: dict[str, int] = field(default_factory=dict)  # rejected messages by reason
     clipped_exchanges: int = 0  # exchanges whose move was scaled down to the clipping radius ([robust])
     suspects: int = 0  # neighbours backed off for being clipped exchange after exchange
+    privacy_epsilon: float | None = None  # ε spent so far by DP-SGD on this peer's examples ([privacy])
+    privacy_delta: float | None = None  # the δ that ε is reported at
     peers: tuple[PeerStatus, ...] = ()
 
 

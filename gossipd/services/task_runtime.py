@@ -41,6 +41,7 @@ from gossipd.services.network import DialError, FrameStream, FrameTooLarge, Netw
 from gossipd.services.state_transfer import fetch_state, serve_state
 from gossipd.services.status import PeerStatus, TaskState, TaskStatus
 from gossipd.services.trainer_service import TrainerService
+from gossipd.task.access import resolve_access
 from gossipd.task.loader import Task
 from gossipd.train.device import pick_device
 from gossipd.train.trainer import Trainer
@@ -157,7 +158,13 @@ class TaskRuntime:
         init_seed = task.task.seed if options.init_seed is None else options.init_seed
         model = build_model(task.model, data.spec, init_seed)
         trainer = Trainer(
-            model, task.train, train, kind=data.spec.kind, device=self.device, seed=self.rng.getrandbits(31)
+            model,
+            task.train,
+            train,
+            kind=data.spec.kind,
+            device=self.device,
+            seed=self.rng.getrandbits(31),
+            privacy=task.privacy,
         )
         store = CheckpointStore(self.folder / "checkpoints", keep=options.keep_checkpoints)
         loaded = await trio.to_thread.run_sync(store.load_latest)
@@ -174,6 +181,7 @@ class TaskRuntime:
                 log.info("task %s resumed at step %d from %s", task.id, trainer.step, loaded.path.name)
             except (KeyError, RuntimeError, ValueError, TypeError) as exc:
                 log.warning("checkpoint %s does not fit this task (%s); starting afresh", loaded.path, exc)
+        access = resolve_access(task.access, task.folder)
         params = mixed_parameters(trainer.model)
         layout = ParamLayout.of(params)
         trainer_service = TrainerService(
@@ -195,6 +203,7 @@ class TaskRuntime:
             device=self.device,
             edge_capacity=2 * task.gossip.view_size + 4,
             clipper=Clipper(task.robust),
+            access=access,
         )
         exchange.edges.update(edges)
         discovery = DiscoveryService(
@@ -207,6 +216,7 @@ class TaskRuntime:
             bootstrap=options.bootstrap,
             heartbeat_interval=options.heartbeat_interval,
             rewire_interval=task.gossip.rewire_interval,
+            access=access,
         )
         return Services(
             trainer=trainer_service,
@@ -246,6 +256,7 @@ class TaskRuntime:
                         task_hash=self.task.hash,
                         specs=services.state_specs,
                         device=self.device,
+                        handshake=services.exchange.handshake(donor.peer_id),
                     )
             except (DialError, StreamClosed, FrameTooLarge, WireError, trio.TooSlowError) as exc:
                 log.info("could not copy the model from %s: %s", donor.peer_id, exc)
@@ -267,8 +278,11 @@ class TaskRuntime:
             return
         try:
             with trio.fail_after(self.options.state_timeout):
+                if not services.exchange.access.admits(stream.peer_id):
+                    raise WireError(f"{stream.peer_id} is not on the task's allow-list")
+                await services.exchange.admit(stream, request)
                 sent = await serve_state(stream, services.trainer, task_hash=self.task.hash)
-        except (StreamClosed, trio.TooSlowError, RuntimeError) as exc:
+        except (StreamClosed, FrameTooLarge, trio.TooSlowError, RuntimeError, WireError) as exc:
             log.info("state transfer to %s failed: %s", stream.peer_id, exc)
             await stream.reset()
             return
@@ -385,8 +399,13 @@ class TaskRuntime:
             consensus_distance=exchange.consensus_distance if exchange else None,
             state_transfers=self.state_transfers,
             last_checkpoint=self.last_checkpoint,
-            rejections=exchange.rejections if exchange else {},
+            rejections={
+                **(exchange.rejections if exchange else {}),
+                **(services.discovery.rejections if services else {}),
+            },
             clipped_exchanges=exchange.clipped if exchange else 0,
+            privacy_epsilon=services.trainer.trainer.epsilon() if services is not None else None,
+            privacy_delta=self.task.privacy.delta if self.task.privacy is not None else None,
             suspects=exchange.suspects if exchange else 0,
             peers=self._peer_statuses(),
         )

@@ -147,6 +147,7 @@ class Simulation:
             kind=self.data.spec.kind,
             device=self.device,
             seed=self.config.seed * 1000 + index,
+            privacy=self.task.privacy,
         )
         view: PeerView[int] = PeerView(self.task.gossip.view_size, random.Random(self.rng.getrandbits(64)))
         return SimPeer(

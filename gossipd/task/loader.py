@@ -18,12 +18,14 @@ from gossipd.data.registry import FORMATS, resolve_root
 from gossipd.mixing.clipping import RobustSection
 from gossipd.mixing.registry import ALGORITHMS
 from gossipd.models.registry import MODELS
+from gossipd.task.access import AccessSection
 from gossipd.task.fields import TaskError, Where, describe, read_table
 from gossipd.task.schema import DataSection, GossipSection, ModelSection, TaskSection, TrainSection
+from gossipd.train.privacy import PrivacySection
 
 TASK_ID = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 MAX_TASK_FILE_BYTES = 1 << 20
-SECTIONS = ("task", "data", "model", "train", "gossip", "robust")
+SECTIONS = ("task", "data", "model", "train", "gossip", "robust", "privacy", "access")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -37,6 +39,9 @@ class Task:
     train: TrainSection
     gossip: GossipSection
     robust: RobustSection = field(default_factory=RobustSection)
+    privacy: PrivacySection | None = None
+    access: AccessSection | None = None
+    folder: Path = Path(".")  # where the file was: relative key files resolve against it
     hash: bytes
 
     @property
@@ -93,6 +98,10 @@ def parse_task(
     train = read_table(TrainSection, doc.get("train", {}), top.child("train"))
     gossip = _read_gossip(doc.get("gossip", {}), top.child("gossip"))
     robust = read_table(RobustSection, doc.get("robust", {}), top.child("robust"))
+    privacy = read_table(PrivacySection, doc["privacy"], top.child("privacy")) if "privacy" in doc else None
+    access = read_table(AccessSection, doc["access"], top.child("access")) if "access" in doc else None
+    if access is not None and access.key_file is not None and access.key_env is not None:
+        raise top.child("access").error("key_env", "found both key_file and key_env, expected one of them")
     return Task(
         file=file,
         task=task,
@@ -101,6 +110,9 @@ def parse_task(
         train=train,
         gossip=gossip,
         robust=robust,
+        privacy=privacy,
+        access=access,
+        folder=base_dir,
         hash=task_hash(task, model, gossip),
     )
 

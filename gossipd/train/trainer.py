@@ -18,6 +18,7 @@ from torch import nn
 
 from gossipd.data.spec import ArrayDataset, Kind
 from gossipd.task.schema import TrainSection
+from gossipd.train.privacy import DPState, PrivacySection, check_model, private_gradients, steps_within_budget
 
 EVAL_BATCH = 512
 log = logging.getLogger("gossipd.trainer")
@@ -127,9 +128,12 @@ class Trainer:
         kind: Kind,
         device: torch.device,
         seed: int,
+        privacy: PrivacySection | None = None,
     ) -> None:
         if section.lr_schedule == "cosine" and section.total_steps is None:
             raise ValueError("[train] lr_schedule = 'cosine' needs total_steps")
+        if privacy is not None:
+            check_model(model)
         self.section = section
         self.kind = kind
         self.device = device
@@ -140,9 +144,35 @@ class Trainer:
         self.step = 0
         self.samples = 0
         self.skipped_steps = 0  # steps whose loss was not finite
+        self.privacy = privacy
+        self.dp = DPState()
+        # Poisson sampling: each example joins a step's batch with probability q = batch size / examples.
+        self.sample_rate = min(1.0, section.batch_size / max(len(data), 1))
+        self.noise = torch.Generator().manual_seed(seed + 1)
+        self._steps_left: int | None = None  # private steps left before target_epsilon (computed once)
+
+    @property
+    def budget_spent(self) -> bool:
+        """Whether another private step would exceed `[privacy] target_epsilon`."""
+        if self.privacy is None or self.privacy.target_epsilon is None:
+            return False
+        if self._steps_left is None:
+            self._steps_left = steps_within_budget(
+                self.dp,
+                self.privacy.noise_multiplier,
+                self.sample_rate,
+                self.privacy.target_epsilon,
+                self.privacy.delta,
+            )
+        return self._steps_left <= 0
+
+    def epsilon(self) -> float | None:
+        return None if self.privacy is None else self.dp.epsilon(self.privacy.delta)
 
     def train_steps(self, steps: int) -> StepStats:
         """Run `steps` optimiser steps; returns their mean loss."""
+        if self.privacy is not None:
+            return self._private_steps(steps, self.privacy)
         self.model.train()
         total = 0.0
         samples = 0
@@ -165,6 +195,45 @@ class Trainer:
                 nn.utils.clip_grad_norm_(self.model.parameters(), self.section.grad_clip)
             self.optimizer.step()
             total += value
+            taken += 1
+            samples += int(index.numel())
+            self.step += 1
+        self.samples += samples
+        return StepStats(steps=taken, samples=samples, loss=total / taken if taken else float("nan"))
+
+    def _private_steps(self, steps: int, privacy: PrivacySection) -> StepStats:
+        self.model.train()
+        total = 0.0
+        samples = taken = 0
+        size = len(self.data)
+        for _ in range(steps):
+            if self.budget_spent:
+                break
+            for group in self.optimizer.param_groups:
+                group["lr"] = learning_rate(self.section, self.step)
+            chosen = torch.rand(size, generator=self.sampler.generator) < self.sample_rate
+            index = torch.nonzero(chosen).reshape(-1).to(self.device)
+            x, y = self.data.x[index], self.data.y[index]
+            grads = private_gradients(
+                self.model,
+                lambda logits, target: loss_and_hits(self.kind, logits, target)[0],
+                x,
+                y,
+                section=privacy,
+                expected_batch=self.sample_rate * size,
+                generator=self.noise,
+            )
+            for name, parameter in self.model.named_parameters():
+                if name in grads:
+                    parameter.grad = grads[name]
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            self.dp.record(privacy.noise_multiplier, self.sample_rate)
+            if self._steps_left is not None:
+                self._steps_left -= 1
+            if x.shape[0]:
+                with torch.no_grad():
+                    total += float(loss_and_hits(self.kind, self.model(x), y)[0])
             taken += 1
             samples += int(index.numel())
             self.step += 1
@@ -209,6 +278,7 @@ class Trainer:
             "sampler": self.sampler.state_dict(),
             "step": self.step,
             "samples": self.samples,
+            "privacy": self.dp.to_state(),
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -222,3 +292,5 @@ class Trainer:
             log.warning("this peer's training data changed since the checkpoint: its shuffling starts afresh")
         self.step = int(state["step"])
         self.samples = int(state["samples"])
+        self.dp = DPState.from_state(state.get("privacy", []))
+        self._steps_left = None

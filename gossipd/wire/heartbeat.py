@@ -12,6 +12,7 @@ from typing import Any
 
 import msgpack
 
+from gossipd.wire.auth import AuthFailed, heartbeat_mac, same
 from gossipd.wire.errors import MalformedMessage, UnsupportedVersion, WrongTask
 
 HEARTBEAT_VERSION = 1
@@ -31,7 +32,16 @@ class Heartbeat:
     exchanges: int
 
 
-def encode_heartbeat(beat: Heartbeat) -> bytes:
+def encode_heartbeat(beat: Heartbeat, key: bytes | None = None) -> bytes:
+    """The heartbeat; for a closed task, wrapped with a MAC under the task key so non-members' are dropped."""
+    body = _encode_body(beat)
+    if key is None:
+        return body
+    wrapped: bytes = msgpack.packb({"hb": body, "mac": heartbeat_mac(key, body)}, use_bin_type=True)
+    return wrapped
+
+
+def _encode_body(beat: Heartbeat) -> bytes:
     packed: bytes = msgpack.packb(
         {
             "v": HEARTBEAT_VERSION,
@@ -47,9 +57,11 @@ def encode_heartbeat(beat: Heartbeat) -> bytes:
     return packed
 
 
-def decode_heartbeat(data: bytes, *, task: bytes) -> Heartbeat:
+def decode_heartbeat(data: bytes, *, task: bytes, key: bytes | None = None) -> Heartbeat:
     if len(data) > MAX_HEARTBEAT_BYTES:
         raise MalformedMessage(f"heartbeat of {len(data)} bytes")
+    if key is not None:
+        data = _unwrap(data, key)
     try:
         obj = msgpack.unpackb(
             data,
@@ -97,3 +109,16 @@ def _loss(value: Any) -> float | None:
     if not isinstance(value, int | float) or isinstance(value, bool) or not math.isfinite(value):
         raise MalformedMessage("heartbeat loss is not a finite number")
     return float(value)
+
+
+def _unwrap(data: bytes, key: bytes) -> bytes:
+    try:
+        obj = msgpack.unpackb(data, raw=False, max_bin_len=MAX_HEARTBEAT_BYTES, max_map_len=2, max_array_len=0)
+    except (ValueError, TypeError, msgpack.UnpackException) as exc:
+        raise MalformedMessage(f"heartbeat is not msgpack: {exc}") from None
+    if not isinstance(obj, dict) or set(obj) != {"hb", "mac"}:
+        raise AuthFailed("heartbeat of a closed task without its MAC")
+    body, mac = obj["hb"], obj["mac"]
+    if not isinstance(body, bytes) or not isinstance(mac, bytes) or not same(mac, heartbeat_mac(key, body)):
+        raise AuthFailed("heartbeat MAC does not match the task key")
+    return body

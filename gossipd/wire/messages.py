@@ -37,6 +37,7 @@ class MessageType(enum.StrEnum):
     POWER = "power"  # PowerGossip: projections q of each matrix, plus uncompressed small tensors
     CHOCO = "choco"  # Choco: compressed differences to the public copy
     ABORT = "abort"  # the sender gives up on this exchange; `reason` says why
+    AUTH = "auth"  # closed tasks: a challenge nonce (phase 0), then a proof of the task key (phase 1)
 
 
 _HEADER_KEYS = ("v", "type", "task", "epoch", "round", "deg")
@@ -46,7 +47,9 @@ _BODY_KEYS: dict[MessageType, tuple[str, ...]] = {
     MessageType.POWER: ("phase", "tensors"),
     MessageType.CHOCO: ("phase", "tensors"),
     MessageType.ABORT: ("reason",),
+    MessageType.AUTH: ("phase", "proof"),
 }
+AUTH_BYTES = 32
 _TENSOR_KEYS = ("name", "dtype", "shape", "data")
 
 
@@ -62,6 +65,7 @@ class Message:
     phase: int = 0
     tensors: tuple[WireTensor, ...] = ()
     reason: str = ""
+    proof: bytes = b""
 
 
 def encode_message(message: Message) -> bytes:
@@ -77,9 +81,12 @@ def encode_message(message: Message) -> bytes:
     keys = _BODY_KEYS[message.type]
     if "phase" in keys:
         body["phase"] = message.phase
+    if "tensors" in keys:
         body["tensors"] = [
             {"name": t.name, "dtype": t.dtype, "shape": list(t.shape), "data": t.data} for t in message.tensors
         ]
+    if "proof" in keys:
+        body["proof"] = message.proof
     if "reason" in keys:
         body["reason"] = message.reason
     packed: bytes = msgpack.packb(body, use_bin_type=True)
@@ -136,6 +143,7 @@ def decode_message(data: bytes, *, max_size: int, task: bytes | None = None) -> 
         if not isinstance(raw_tensors, list):
             raise MalformedMessage("'tensors' is not an array")
         tensors = tuple(_tensor(t) for t in raw_tensors)
+    proof = _bytes(obj, "proof", AUTH_BYTES) if "proof" in obj else b""
     reason = ""
     if "reason" in obj:
         reason = obj["reason"]
@@ -150,6 +158,7 @@ def decode_message(data: bytes, *, max_size: int, task: bytes | None = None) -> 
         phase=_int(obj, "phase", MAX_PHASE) if "phase" in obj else 0,
         tensors=tensors,
         reason=reason,
+        proof=proof,
     )
 
 
