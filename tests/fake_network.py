@@ -12,17 +12,22 @@ The fault model, modelled on what the services see of py-libp2p:
 - *loss*: each frame is lost with probability `loss`, and its direction of the stream then stalls for good
   (nothing after it arrives, end of stream included), as a connection that lost its packets hangs until the
   reader's deadline. Each pubsub delivery to another peer is dropped with the same probability.
-- `hang(peer)` is SIGSTOP: frames from or to the peer are held, its handlers and its own sends and dials wait,
-  and dials to it hang; nothing fails. `revive(peer)` (SIGCONT) lets everything held go on.
-- `kill(peer)` is the process dying: every stream it has open is reset (both ends raise `StreamClosed`, at
-  once), its stream handlers are cancelled, dials to it and from it raise `DialError` after one latency,
-  and pubsub skips it. `revive(peer)` brings it back with the same id and handlers, as a restarted daemon
-  (the services' state is the test's to keep or rebuild).
+- `hang(peer)` is SIGSTOP: frames from or to the peer are held, its handlers, sends, closes, resets and dials
+  wait, and dials to it hang; nothing fails. `revive(peer)` (SIGCONT) lets everything held go on.
+- `kill(peer)` is the process dying: every stream it has open fails at both ends at once (`StreamClosed`),
+  its stream handlers are cancelled, dials to it and from it raise `DialError` after one latency, and pubsub
+  skips it. `revive(peer)` brings it back with the same id and handlers, as a restarted daemon would be (the
+  services' state is the test's to keep or rebuild).
 
-Closing a stream half-closes it (the reader sees end of stream after the frames sent before it); resetting
-it aborts both directions at once; `receive(max_bytes)` resets the stream and raises `FrameTooLarge` on a
-frame above the limit. The services' own tasks (an `ExchangeService.run`, say) are the test's: a hung or
-killed peer's loops keep running unless the test cancels them, but all they can do is wait or fail.
+Closing a stream half-closes it: the reader sees end of stream after the frames sent before it. Resetting it
+fails this end at once and the other end once the frames sent before the reset have arrived (Yamux's RST
+travels behind them). `receive(max_bytes)` resets the stream and raises `FrameTooLarge` on a frame above the
+limit. An exception escaping a handler escapes the hub's nursery too, failing the test.
+
+The services' own tasks (an `ExchangeService.run`, say) belong to the test, and unlike a stopped process a
+hung peer's timers still run: its deadlines pass while it hangs, and what it does about them (an abort, a
+reset) waits until it is revived. A killed peer's loops keep running unless the test cancels them, but all
+they can do is fail.
 """
 
 from __future__ import annotations
@@ -45,7 +50,15 @@ from gossipd.services.network import (
     StreamHandler,
 )
 
-_Frame = tuple[float, "bytes | _Signal"]  # (virtual time it may be delivered, frame or signal)
+
+class _Signal(enum.Enum):
+    """What travels down a pipe besides frames, in order with them."""
+
+    EOF = "end of stream"
+    RESET = "stream reset"
+
+
+_Frame = tuple[float, bytes | _Signal]  # (virtual time it may be delivered, a frame or a signal)
 
 
 class PeerState(enum.Enum):
@@ -72,16 +85,9 @@ class HubStatistics:
     frames_sent: int
     frames_lost: int
     streams_opened: int
-    streams_reset: int
+    streams_reset: int  # by either end (kills not included)
     pubsub_delivered: int
     pubsub_dropped: int
-
-
-class _Signal(enum.Enum):
-    """What travels down a pipe besides frames, in order with them."""
-
-    EOF = "end of stream"
-    RESET = "stream reset"
 
 
 @dataclass
@@ -130,17 +136,16 @@ class FakeStream:
 
     async def receive(self, max_bytes: int) -> bytes:
         payload = await self._next()
+        if isinstance(payload, bytes):
+            if len(payload) > max_bytes:
+                await self.reset()
+                raise FrameTooLarge(f"frame of {len(payload)} bytes from {self._remote} exceeds {max_bytes}")
+            return payload
         if payload is _Signal.RESET:
             self._reset = True
         elif payload is _Signal.EOF:
             self._eof = True
-        if self._reset or self._eof:
-            raise StreamClosed(f"receiving from {self._remote}: {'stream reset' if self._reset else 'end of stream'}")
-        assert isinstance(payload, bytes)
-        if len(payload) > max_bytes:
-            await self.reset()
-            raise FrameTooLarge(f"frame of {len(payload)} bytes from {self._remote} exceeds {max_bytes}")
-        return payload
+        raise StreamClosed(f"receiving from {self._remote}: {'stream reset' if self._reset else 'end of stream'}")
 
     async def _next(self) -> bytes | _Signal | None:
         """The next due frame or signal, or None once this end is reset or at end of stream."""

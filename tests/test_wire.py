@@ -62,6 +62,7 @@ def test_golden_vectors(entry: dict[str, Any]) -> None:
     )
     assert message.phase == expected["phase"]
     assert message.reason == expected["reason"]
+    assert message.proof.hex() == expected["proof"]
     assert [(t.name, t.dtype, list(t.shape), t.data.hex()) for t in message.tensors] == [
         (t["name"], t["dtype"], t["shape"], t["data"]) for t in expected["tensors"]
     ]

@@ -103,7 +103,8 @@ class PeerTable:
         record.failures += 1
         record.consecutive_failures += 1
         delay = min(self.max_backoff, self.base_backoff * 2.0 ** (record.consecutive_failures - 1))
-        record.backoff_until = self.clock() + delay
+        # A longer back-off already set (a rejection, a suspect) stands.
+        record.backoff_until = max(record.backoff_until or 0.0, self.clock() + delay)
         return delay
 
     def back_off(self, peer_id: str, seconds: float) -> None:

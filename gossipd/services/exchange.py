@@ -199,7 +199,11 @@ class ExchangeService:
             self._initiated -= 1
 
     async def initiate(self, peer: str) -> ExchangeResult | None:
-        """One exchange started by this end; None if it failed (already counted and logged)."""
+        """One exchange started by this end; None if it failed (already counted and logged) or could not
+        start (an exchange with that peer is already running, or this end is stopping)."""
+        # Checked and reserved with no await in between: nothing can slip in between the two.
+        if peer in self.in_flight or not self.accepting:
+            return None
         self._begin(peer)
         stream: FrameStream | None = None
         session: ExchangeSession | None = None
@@ -370,7 +374,8 @@ class ExchangeService:
 
     def _begin(self, peer: str) -> None:
         self.in_flight.add(peer)
-        self._idle = trio.Event()
+        if self._idle.is_set():  # keep an unset event: someone may already wait on it
+            self._idle = trio.Event()
 
     def _end(self, peer: str) -> None:
         self.in_flight.discard(peer)

@@ -67,8 +67,11 @@ class TrainerService:
         self._rate = 0.0
         self._evaluation: Evaluation | None = None
         self._evaluated_at: int | None = None
+        # The model's version counts every change (a chunk of steps, applied deltas, a loaded state), so a
+        # snapshot is republished whenever the model moved, even while training is paused.
+        self._version = 0
         self._snapshot: dict[str, torch.Tensor] = self._clone_params()
-        self._snapshot_step = trainer.step
+        self._snapshot_version = 0
 
     # -- what other services call ---------------------------------------------------------------------
 
@@ -84,7 +87,7 @@ class TrainerService:
 
     async def snapshot(self) -> dict[str, torch.Tensor]:
         """The mixed parameters as of the latest step boundary (a copy nothing will modify)."""
-        if self._snapshot_step != self.trainer.step or self._pending:
+        if self._snapshot_version != self._version or self._pending:
             await self.at_boundary(self._publish)
         return self._snapshot
 
@@ -142,6 +145,7 @@ class TrainerService:
             for delta in self._pending:
                 self.trainer.apply_delta(delta)
             self._pending.clear()
+            self._version += 1
         actions, self._at_boundary = self._at_boundary, []
         for action, send in actions:
             try:
@@ -156,6 +160,7 @@ class TrainerService:
         skipped = self.trainer.skipped_steps
         started = trio.current_time()
         stats = await trio.to_thread.run_sync(self.trainer.train_steps, steps, limiter=self.limiter)
+        self._version += 1
         if self.trainer.skipped_steps > skipped:
             log.warning(
                 "skipped %d training steps whose loss was not finite (is the learning rate too high?)",
@@ -183,7 +188,7 @@ class TrainerService:
 
     def _publish(self) -> None:
         self._snapshot = self._clone_params()
-        self._snapshot_step = self.trainer.step
+        self._snapshot_version = self._version
 
     def _clone_params(self) -> dict[str, torch.Tensor]:
         return {name: t.detach().clone() for name, t in mixed_parameters(self.trainer.model).items()}
@@ -206,6 +211,7 @@ class TrainerService:
         self.trainer.reset_optimizer()
         self.trainer.step = max(self.trainer.step, step)
         self._pending.clear()
+        self._version += 1
         self._publish()
 
 
