@@ -36,5 +36,12 @@ bench-sim: setup
 bench: setup
 	$(BIN)/python scripts/bench.py
 
+soak: setup
+	$(BIN)/python scripts/soak.py
+
+fuzz: setup
+	mkdir -p out
+	$(BIN)/python -m gossipd.tools.fuzz --inputs 100000 --json out/fuzz.json
+
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build *.egg-info
