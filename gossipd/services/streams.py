@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import trio
 
+from gossipd.mixing.session import PeerAborted
 from gossipd.services.network import FrameStream
 from gossipd.wire.auth import AuthHandshake
-from gossipd.wire.messages import Message, decode_message, encode_message
+from gossipd.wire.messages import Message, MessageType, decode_message, encode_message
 
 AUTH_LIMIT = 1024  # an auth message is ~100 bytes
 
@@ -44,9 +45,17 @@ async def authenticate(stream: FrameStream, handshake: AuthHandshake, *, first: 
     Raises `AuthFailed` (or the stream's errors)."""
     challenge = encode_message(handshake.challenge())
     if first is None:
-        first = decode_message(await duplex(stream, challenge, AUTH_LIMIT), max_size=AUTH_LIMIT, task=handshake.task)
+        first = _not_aborted(decode_message(await duplex(stream, challenge, AUTH_LIMIT), max_size=AUTH_LIMIT))
     else:
         await stream.send(challenge)
     proof = encode_message(handshake.prove(first))
-    reply = decode_message(await duplex(stream, proof, AUTH_LIMIT), max_size=AUTH_LIMIT, task=handshake.task)
+    reply = _not_aborted(decode_message(await duplex(stream, proof, AUTH_LIMIT), max_size=AUTH_LIMIT))
     handshake.verify(reply)
+
+
+def _not_aborted(message: Message) -> Message:
+    # A refusal (busy, not allowed, stopping) may come instead of a challenge: it is the peer's answer, not a
+    # failed proof.
+    if message.type is MessageType.ABORT:
+        raise PeerAborted(f"peer aborted the exchange: {message.reason or 'no reason given'}")
+    return message
