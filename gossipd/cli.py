@@ -276,8 +276,12 @@ def run(
         raise click.UsageError("--peer-index and --peer-count go together")
     if peer_index is not None and peer_count is not None and peer_index >= peer_count:
         raise click.UsageError(f"--peer-index {peer_index} must be below --peer-count {peer_count}")
+    # force: a library may have configured the root logger on import (opacus does), which would silence ours.
     logging.basicConfig(
-        level=log_level.upper(), format="%(asctime)s %(levelname)-7s %(name)s: %(message)s", stream=sys.stderr
+        level=log_level.upper(),
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+        stream=sys.stderr,
+        force=True,
     )
     # libp2p logs routine network noise (failed DHT reads, dial retries) at INFO/WARNING.
     logging.getLogger("libp2p").setLevel(logging.CRITICAL)

@@ -35,7 +35,7 @@ BEGIN, END = "<!-- bench-daemon:begin -->", "<!-- bench-daemon:end -->"
 PYTHON = sys.executable
 ALGORITHMS = {
     "plain": 'algorithm = "plain"',
-    "PowerGossip r1": 'algorithm = "powergossip"\nrank = 1\niterations = 2',
+    "PowerGossip r2": 'algorithm = "powergossip"\nrank = 2\niterations = 1',
     "Choco sign": 'algorithm = "choco"\ncompressor = "sign"\ngamma = 0.45',
 }
 

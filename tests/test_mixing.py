@@ -125,7 +125,7 @@ def logistic_task(algorithm: str, **options: Any) -> Any:
     [
         ("plain", {}, 30),
         ("powergossip", {"rank": 1}, 150),
-        ("choco", {"compressor": "top-k:10%", "gamma": 0.1}, 150),
+        ("choco", {"compressor": "qsgd:8", "gamma": 0.45}, 100),
     ],
 )
 def test_consensus_without_training_falls_a_hundredfold_on_16_peers(

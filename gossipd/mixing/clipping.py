@@ -26,14 +26,16 @@ class RobustSection:
     window: int = field(default=64, metadata=bounds(min=4, max=10000))
     min_samples: int = field(default=8, metadata=bounds(min=1))
     suspect_after: int = field(default=3, metadata=bounds(min=1))
+    suspect_ratio: float = field(default=4.0, metadata=bounds(min=1.0))
     suspect_backoff: float = field(default=60.0, metadata=bounds(min=0.0))
 
 
 class Clipper:
     """A peer's clipping radius, fed with the distance estimate of every exchange it makes. A neighbour
-    clipped `suspect_after` exchanges in a row is a suspect: honest neighbours sit inside the radius almost
-    always, while a sign-flipping or scaling attacker is clipped every time and, clipped or not, keeps
-    pulling the same wrong way. The caller leaves suspects alone for `suspect_backoff`."""
+    found `suspect_ratio` times beyond the radius `suspect_after` exchanges in a row is a suspect: honest
+    neighbours rarely stray that far even while distances grow or compressed estimates fluctuate, while a
+    sign-flipping or scaling attacker is far out every time and, clipped or not, keeps pulling the same wrong
+    way. The caller leaves suspects alone for `suspect_backoff`."""
 
     def __init__(self, section: RobustSection) -> None:
         self.section = section
@@ -60,8 +62,10 @@ class Clipper:
             self._streak.pop(peer, None)
             return 1.0
         # A warm-up exchange (τ = 0) says nothing about the neighbour: only count real clips against it.
-        if tau > 0 or not math.isfinite(distance):
+        if not math.isfinite(distance) or (tau > 0 and distance > self.section.suspect_ratio * tau):
             self._streak[peer] = self._streak.get(peer, 0) + 1
+        else:
+            self._streak.pop(peer, None)
         self.clipped += 1
         return tau / distance if math.isfinite(distance) else 0.0
 

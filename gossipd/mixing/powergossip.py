@@ -122,7 +122,12 @@ class PowerGossip(Algorithm[PowerGossipEdge]):
     def _orthogonalise(self, edge: PowerGossipEdge, name: str, device: torch.device) -> torch.Tensor:
         """Gram-Schmidt on the factor's columns; a column that vanishes (the models already agree along
         it) is redrawn from the shared seed, so both ends redraw the same one."""
-        p = edge.vectors[name].clone()
+        p = edge.vectors[name]
+        if p.shape[1] == 1:  # the common case, without the general loop's per-column overhead
+            norm = float(torch.linalg.vector_norm(p))
+            if norm > _EPS:
+                return p / norm
+        p = p.clone()
         for i in range(p.shape[1]):
             for attempt in range(3):
                 column = p[:, i]

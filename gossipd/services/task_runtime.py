@@ -201,7 +201,7 @@ class TaskRuntime:
             ready=lambda: self.state is TaskState.TRAINING,
             rng=random.Random(self.rng.getrandbits(64)),
             device=self.device,
-            edge_capacity=2 * task.gossip.view_size + 4,
+            edge_capacity=task.gossip.view_size + 4,
             clipper=Clipper(task.robust),
             access=access,
         )
@@ -212,7 +212,9 @@ class TaskRuntime:
             peers=self.peers,
             view=self.view,
             heartbeat=self._heartbeat,
-            on_leave_view=exchange.forget_edge,
+            # A neighbour rewired out of the view keeps its edge state (bounded by edge_capacity) for when the
+            # two meet again; one that stopped being live loses it.
+            on_leave_view=lambda peer: None if self.peers.is_live(peer) else exchange.forget_edge(peer),
             bootstrap=options.bootstrap,
             heartbeat_interval=options.heartbeat_interval,
             rewire_interval=task.gossip.rewire_interval,

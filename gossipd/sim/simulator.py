@@ -253,9 +253,10 @@ class Simulation:
         )
 
     def _rewire(self, round_index: int) -> None:
-        """Departed neighbours leave the view, the view refills, and every 10 rounds one member is swapped
-        (a slowly changing random graph). A peer forgets the edge state of a neighbour that leaves its view,
-        as the daemon does: a stale edge revived much later would pull the models back toward old copies."""
+        """Departed neighbours leave the view (and their edge state goes: an exchange with them would fail),
+        the view refills, and every 10 rounds one member is swapped (a slowly changing random graph). The edge
+        state of a neighbour swapped out is kept, as the daemon keeps it (up to a bound), for when the two
+        meet again: resynchronising Choco's copies from scratch at every rewiring destabilised training."""
         for peer in self.peers:
             if not peer.online:
                 continue
@@ -265,9 +266,7 @@ class Simulation:
             candidates = [p.index for p in self.peers if p.online and p is not peer]
             peer.view.fill(candidates)
             if round_index % 10 == 9:
-                swapped = peer.view.rewire(candidates)
-                if swapped is not None and swapped[0] is not None:
-                    peer.edges.pop(swapped[0], None)
+                peer.view.rewire(candidates)
 
     # -- churn -----------------------------------------------------------------------------------------
 
