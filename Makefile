@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # a multi-GB CUDA build to satisfy the project's torch range.
 TORCH ?= torch==2.13.0
 
-.PHONY: setup test lint unit demo bench-sim bench soak fuzz clean
+.PHONY: setup test lint unit demo bench-sim bench bench-peers soak fuzz clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +35,10 @@ bench-sim: setup
 
 bench: setup
 	$(BIN)/python scripts/bench.py
+
+# gossipd against hivemind, Flower, DDP and single-model baselines (creates their virtualenvs under build/).
+bench-peers: setup
+	$(BIN)/python scripts/bench_peers.py
 
 soak: setup
 	$(BIN)/python scripts/soak.py

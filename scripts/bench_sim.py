@@ -12,8 +12,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import os
-import platform
 import random
 import statistics
 import sys
@@ -22,10 +20,11 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from gossipd.tools.reporting import machine, replace_section
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED_MNIST = REPO.parent / "shared" / "datasets" / "mnist"
 OUT = REPO / "out"
-BEGIN, END = "<!-- bench-sim:begin -->", "<!-- bench-sim:end -->"
 
 CONFIGS: list[tuple[str, str, dict[str, Any]]] = [
     ("plain", "plain", {}),
@@ -140,18 +139,6 @@ def mixing_cost(task_path: Path, data_root: str | None, repeats: int) -> dict[st
     return result
 
 
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, {platform.system()}"
-
-
 def table(reports: list[dict[str, Any]], partition: str) -> list[str]:
     rows = [r for r in reports if r["partition"] == partition]
     centralised = next((r["centralised_accuracy"] for r in rows if r["centralised_accuracy"] is not None), None)
@@ -210,7 +197,6 @@ def main() -> None:
     (OUT / "bench-sim.json").write_text(json.dumps({"reports": reports, "mixing_cost": cost}, indent=1))
     dataset = "full MNIST (60k train / 10k test)" if data_root else "embedded MNIST 10k (85% train / 15% test)"
     lines = [
-        BEGIN,
         f"Measured {datetime.date.today().isoformat()} on {machine()}; `make bench-sim` "
         f"({elapsed / 60:.0f} min, {args.workers} runs in parallel, one torch thread each).",
         f"8 peers, small CNN (114k parameters), {dataset}, SGD lr 0.05 momentum 0.9, batch 32 per peer, "
@@ -233,19 +219,13 @@ def main() -> None:
     lines += [
         "Mixing cost per peer on the CNN: one end of a PowerGossip exchange, codec included, against "
         f"{step * 1e3:.2f} ms for one local training step — " + "; ".join(parts) + " (medians of 200, one thread).",
-        END,
     ]
     text = "\n".join(lines)
     print(text)
     if not args.no_write:
-        bench = REPO / "BENCHMARKS.md"
-        current = bench.read_text() if bench.exists() else "# Benchmarks\n\n## Simulator: mixing algorithms\n\n"
-        if BEGIN in current:
-            head, rest = current.split(BEGIN, 1)
-            current = head + text + rest.split(END, 1)[1]
-        else:
-            current = current.rstrip() + "\n\n" + text + "\n"
-        bench.write_text(current)
+        replace_section(
+            REPO / "BENCHMARKS.md", "bench-sim", text, title="Benchmarks", heading="## Simulator: mixing algorithms"
+        )
 
 
 if __name__ == "__main__":

@@ -23,11 +23,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from gossipd.tools.reporting import machine, replace_section
 from gossipd.tools.swarm import Swarm, tail
 
 REPO = Path(__file__).resolve().parents[1]
 OUT = REPO / "out"
-BEGIN, END = "<!-- soak:begin -->", "<!-- soak:end -->"
 TASK = (
     (REPO / "gossipd" / "embedded" / "default.toml")
     .read_text()
@@ -153,8 +153,7 @@ def main() -> None:
     accuracy = churn["mean_accuracy"]
     reference = baseline["mean_accuracy"] if baseline else None
     lines = [
-        BEGIN,
-        f"Measured {datetime.date.today().isoformat()}; `make soak` ({peers} daemons on loopback, "
+        f"Measured {datetime.date.today().isoformat()} on {machine()}; `make soak` ({peers} daemons on loopback, "
         f"{duration / 60:.0f} min, SIGKILL and restart of a random daemon every {args.kill_every:.0f} s, "
         "embedded MNIST CNN task, checkpoints every 10 s).",
         "",
@@ -174,18 +173,10 @@ def main() -> None:
             f"| same run without churn | {reference:.4f} "
             f"(difference {100 * (accuracy - reference):+.2f} points) | within 1 point |"
         )
-    lines.append(END)
     text = "\n".join(lines)
     print(text)
     if not args.no_write and not args.quick:
-        bench = REPO / "RELIABILITY.md"
-        current = bench.read_text() if bench.exists() else "# Reliability\n"
-        if BEGIN in current:
-            head, rest = current.split(BEGIN, 1)
-            current = head + text + rest.split(END, 1)[1]
-        else:
-            current = current.rstrip() + "\n\n## Soak: churn by SIGKILL\n\n" + text + "\n"
-        bench.write_text(current)
+        replace_section(REPO / "RELIABILITY.md", "soak", text, title="Reliability", heading="## Soak: churn by SIGKILL")
     raise SystemExit(0 if churn["survivor_crashes"] == 0 else 1)
 
 

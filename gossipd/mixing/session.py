@@ -127,7 +127,8 @@ class ExchangeSession:
 
     def result(self) -> ExchangeResult:
         self._expect_phase(Phase.DONE)
-        assert self._outcome is not None
+        if self._outcome is None:  # pragma: no cover - DONE always sets it
+            raise ProtocolViolation("the exchange finished without an outcome")
         return ExchangeResult(
             delta=self._outcome.delta,
             distance=self._outcome.distance,
@@ -170,7 +171,8 @@ class ExchangeSession:
 
     def _on_round(self, message: Message) -> Message | None:
         expected = self._outgoing
-        assert expected is not None
+        if expected is None:  # pragma: no cover - ROUNDS always has an outgoing round
+            raise ProtocolViolation("no round is in progress")
         if message.type is not expected.type or message.phase != expected.phase:
             raise ProtocolViolation(
                 f"expected {expected.type} phase {expected.phase}, received {message.type} phase {message.phase}"
@@ -184,7 +186,8 @@ class ExchangeSession:
         return self._advance(lambda rounds: rounds.send(records))
 
     def _advance(self, step: Callable[[Rounds], Outgoing]) -> Message | None:
-        assert self._rounds is not None
+        if self._rounds is None:  # pragma: no cover - set before the first round
+            raise ProtocolViolation("the exchange's rounds have not started")
         try:
             outgoing: Outgoing = step(self._rounds)
         except StopIteration as stop:

@@ -63,8 +63,9 @@ class TrainSection:
     total_steps: int | None = field(default=None, metadata=bounds(min=1))
     grad_clip: float | None = field(default=None, metadata=bounds(min=0.0, exclusive_min=True))
     device: str = "auto"
-    eval_every: int = field(default=200, metadata=bounds(min=1))
-    eval_samples: int = field(default=2000, metadata=bounds(min=1))
+    # Evaluating is not training: 1000 held-out examples every 500 steps costs ~2% of a CNN peer's time.
+    eval_every: int = field(default=500, metadata=bounds(min=1))
+    eval_samples: int = field(default=1000, metadata=bounds(min=1))
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -1,0 +1,41 @@
+"""What the benchmark and soak scripts share: a line naming the machine a figure was measured on, and the
+rewrite of one generated section of a Markdown file (BENCHMARKS.md, RELIABILITY.md) between its markers,
+leaving everything written by hand around it untouched."""
+
+from __future__ import annotations
+
+import os
+import platform
+from pathlib import Path
+
+
+def machine() -> str:
+    """CPU model, core count, Python version: the context every measured figure is printed with."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return f"{cpu}, {cores} cores, Python {platform.python_version()}, {platform.system()}"
+
+
+def markers(name: str) -> tuple[str, str]:
+    return f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
+
+
+def replace_section(path: Path, name: str, body: str, *, title: str, heading: str = "") -> None:
+    """Put `body` between the `name` markers of `path`; when the markers are absent, append them at the end
+    under `heading` (a Markdown heading line, or nothing). A missing file starts with `title`."""
+    begin, end = markers(name)
+    section = f"{begin}\n{body.strip()}\n{end}"
+    current = path.read_text() if path.exists() else f"# {title}\n"
+    if begin in current and end in current:
+        head, rest = current.split(begin, 1)
+        current = head + section + rest.split(end, 1)[1]
+    else:
+        current = current.rstrip() + "\n\n" + (f"{heading}\n\n" if heading else "") + section + "\n"
+    path.write_text(current)

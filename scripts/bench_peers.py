@@ -1,0 +1,453 @@
+"""`make bench-peers`: gossipd against hivemind, Flower, DDP all-reduce and the two single-model baselines,
+on one workload, side by side. Not part of `make test`.
+
+Workload: MNIST (../shared/datasets/mnist), 4 peers, IID and Dirichlet(0.5) shards (fixed seed), the small CNN
+and an MLP 784-200-200-10, SGD lr 0.05 momentum 0.9, batch 32 per peer, one torch thread per peer process.
+
+Each run happens inside its own network namespace (`unshare -n`, loopback up) so the loopback byte counters
+count that run only; the counters are sampled every second. Every peer saves model snapshots stamped with time
+and samples; afterwards each snapshot is evaluated on the full 10k test set, giving, per system: seconds and
+bytes to 97% and 98% (mean peer and worst peer), accuracy after the same number of samples per peer, and
+peak RSS per peer. Results: out/bench-peers/, PNG plots, and a section of BENCHMARKS.md.
+
+    python scripts/bench_peers.py [--quick] [--systems gossipd-plain,ddp,...] [--models cnn,mlp]
+                                  [--splits iid,dirichlet:0.5] [--repeats 1] [--steps 3000]
+    python scripts/bench_peers.py --inside RUN.json      # one run, called by the above inside a namespace
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from gossipd.tools.bench_peers_report import plot, report, summarise
+from gossipd.tools.reporting import machine, replace_section
+
+REPO = Path(__file__).resolve().parents[1]
+RUNNERS = REPO / "scripts" / "peers"
+SHARED_MNIST = REPO.parent / "shared" / "datasets" / "mnist"
+OUT = REPO / "out" / "bench-peers"
+BUILD = REPO / "build" / "bench-peers"
+DOCS = REPO / "docs"
+RUN_LIMIT_S = 3600  # no single run may take longer
+FLOWER_LOCAL_STEPS = 15_000 // 32  # one epoch of a 15k-image shard
+HEADING = "## Side by side: gossipd, hivemind, Flower, all-reduce"
+PEERS = 4
+SYSTEMS = ("gossipd-plain", "gossipd-powergossip", "gossipd-choco", "hivemind", "flower", "ddp", "alone", "centralised")
+GOSSIP = {
+    "gossipd-plain": 'algorithm = "plain"',
+    "gossipd-powergossip": 'algorithm = "powergossip"\nrank = 1\niterations = 1',
+    "gossipd-choco": 'algorithm = "choco"\ncompressor = "sign"\ngamma = 0.45',
+}
+
+
+@dataclass(frozen=True)
+class Run:
+    system: str
+    model: str
+    split: str
+    repeat: int
+    steps: int  # training steps per peer
+    snapshot_every: int
+    workdir: str
+
+    @property
+    def name(self) -> str:
+        return f"{self.system}-{self.model}-{self.split.replace(':', '')}-{self.repeat}"
+
+
+# -- data ------------------------------------------------------------------------------------------------
+
+
+def write_shards(workdir: Path, split: str) -> None:
+    """The 4 peers' shards of MNIST's 60k training images, as gossipd itself splits them."""
+    import numpy as np
+
+    from gossipd.data.registry import load_data, peer_shard
+    from gossipd.task.loader import load_task
+
+    task = load_task(REPO / "tasks" / "mnist-cnn.toml", data_root=SHARED_MNIST)
+    data = load_data(task.data, task.task.seed)
+    folder = workdir / "data"
+    folder.mkdir(parents=True, exist_ok=True)
+    for peer in range(PEERS):
+        shard = peer_shard(data, split, peer, PEERS, task.task.seed)
+        np.savez(folder / f"shard-{peer}.npz", x=shard.x.numpy(), y=shard.y.numpy())
+    np.savez(folder / "test.npz", x=data.validation.x.numpy(), y=data.validation.y.numpy())
+
+
+# -- inside a namespace: one run -------------------------------------------------------------------------
+
+
+def loopback_bytes() -> int:
+    for line in Path("/proc/net/dev").read_text().splitlines():
+        if line.strip().startswith("lo:"):
+            return int(line.split(":", 1)[1].split()[0])  # received bytes (= sent, on loopback)
+    return 0
+
+
+class ByteMeter(threading.Thread):
+    """Samples this namespace's loopback counter every second: [(seconds since start, bytes)]."""
+
+    def __init__(self, start: float) -> None:
+        super().__init__(daemon=True)
+        self.start_time = start
+        self.base = loopback_bytes()
+        self.samples: list[tuple[float, int]] = [(0.0, 0)]
+        self.stopping = threading.Event()
+
+    def run(self) -> None:
+        while not self.stopping.wait(1.0):
+            self.samples.append((time.time() - self.start_time, loopback_bytes() - self.base))
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def runner_env(run: Run, start: float) -> dict[str, str]:
+    return {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "BENCH_START": f"{start:.6f}",
+        "PYTHONPATH": f"{REPO}:{RUNNERS}",
+    }
+
+
+def venv_python(name: str) -> str:
+    python = BUILD / f"venv-{name}" / "bin" / "python"
+    if not python.exists():
+        raise SystemExit(f"{python} is missing: run `python scripts/bench_peers.py --setup` first")
+    return str(python)
+
+
+def run_torch(run: Run, start: float) -> None:
+    script = str(RUNNERS / "torch_runner.py")
+    base = [str(run.workdir), run.model, str(run.steps), str(run.snapshot_every)]
+    env = runner_env(run, start)
+    if run.system in ("alone", "centralised"):
+        subprocess.run([sys.executable, script, run.system, *base], env=env, check=True, timeout=7200)
+        return
+    port = free_port()
+    processes = [
+        subprocess.Popen([sys.executable, script, "ddp", *base, str(rank), str(PEERS), str(port)], env=env)
+        for rank in range(PEERS)
+    ]
+    for process in processes:
+        if process.wait(7200) != 0:
+            raise RuntimeError(f"a DDP rank failed with {process.returncode}")
+
+
+def run_hivemind(run: Run, start: float) -> None:
+    python = venv_python("hivemind")
+    target = PEERS * 32 * 10  # average the swarm's parameters every ~10 local steps
+    processes = [
+        subprocess.Popen(
+            [
+                python,
+                str(RUNNERS / "hivemind_runner.py"),
+                run.workdir,
+                run.model,
+                str(run.steps),
+                str(run.snapshot_every),
+                str(peer),
+                str(PEERS),
+                str(target),
+            ],
+            env=runner_env(run, start),
+        )
+        for peer in range(PEERS)
+    ]
+    for process in processes:
+        if process.wait(7200) != 0:
+            raise RuntimeError(f"a hivemind peer failed with {process.returncode}")
+
+
+def run_flower_fedavg(run: Run, start: float) -> None:
+    """FedAvg over all 4 peers each round, one local epoch of the shard per round: the usual FedAvg setting
+    (E = 1), and Flower's fixed cost per round (~10 s of polling and process start-up) is paid once per epoch."""
+    sys.path.insert(0, str(RUNNERS))
+    from flower_launch import run_flower
+
+    run_flower(
+        Path(run.workdir),
+        run.model,
+        run.steps,
+        FLOWER_LOCAL_STEPS,
+        PEERS,
+        venv_python("flower"),
+        runner_env(run, start),
+        timeout=RUN_LIMIT_S - 60,
+    )
+
+
+def run_gossipd(run: Run, start: float) -> None:
+    """4 daemons, each on its share of MNIST (`--peer-index/--peer-count`, the same split the other systems'
+    shards were cut by); the model of each is fetched every second through its control API."""
+    from gossipd.tools.swarm import Swarm
+
+    workdir = Path(run.workdir)
+    task = workdir / "task.toml"
+    task.write_text(gossipd_task(run))
+    swarm = Swarm(workdir=workdir / "swarm", task=str(task), size=PEERS, extra=["--data", str(SHARED_MNIST)])
+    snapshots = workdir / "snapshots"
+    snapshots.mkdir(exist_ok=True)
+    milestone = run.snapshot_every * 32  # samples between snapshots, as the other runners take them
+    swarm.start(wait=300)
+    next_due = [0] * PEERS
+    try:
+        while True:
+            statuses = swarm.statuses()
+            done = True
+            for daemon, status in zip(swarm.daemons, statuses, strict=True):
+                if status is None:
+                    continue
+                samples = status["tasks"][0]["samples"]
+                done = done and samples >= run.steps * 32
+                if samples >= next_due[daemon.index]:
+                    model = daemon.client().model(status["tasks"][0]["id"])
+                    seconds = time.time() - start
+                    (snapshots / f"{daemon.index}-{samples:010d}-{seconds:012.3f}.safetensors").write_bytes(model)
+                    next_due[daemon.index] = (samples // milestone + 1) * milestone
+            if done:
+                break
+            time.sleep(0.5)
+        with (workdir / "rss.jsonl").open("a") as handle:
+            for daemon in swarm.daemons:
+                handle.write(json.dumps({"peer": daemon.index, "max_rss_mb": peak_rss_mb(daemon.process.pid)}) + "\n")
+    finally:
+        swarm.stop()
+        for index in range(PEERS):
+            log = swarm.daemons[index].log_path if index < len(swarm.daemons) else None
+            if log is not None and log.exists():
+                shutil.copy(log, workdir / f"daemon-{index}.log")
+
+
+def peak_rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def gossipd_task(run: Run) -> str:
+    """tasks/mnist-cnn.toml with the run's model, split and algorithm; held-out evaluation off (the
+    orchestrator evaluates snapshots)."""
+    text = (REPO / "tasks" / "mnist-cnn.toml").read_text()
+    text = text.replace('partition = "iid"', f'partition = "{run.split}"')
+    if run.model == "mlp":
+        head, rest = text.split("[model]", 1)
+        text = head + '[model]\nname = "mlp"\nhidden = [200, 200]\n\n[train]' + rest.split("[train]", 1)[1]
+    text = text.replace("[train]", "[train]\neval_every = 1000000000", 1)
+    return text.split("[gossip]")[0] + "[gossip]\n" + GOSSIP[run.system] + "\n"
+
+
+def inside(spec_path: Path) -> None:
+    """One run, in the current (fresh) network namespace."""
+    subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
+    run = Run(**json.loads(spec_path.read_text()))
+    start = time.time()
+    meter = ByteMeter(start)
+    meter.start()
+    try:
+        if run.system.startswith("gossipd-"):
+            run_gossipd(run, start)
+        elif run.system == "hivemind":
+            run_hivemind(run, start)
+        elif run.system == "flower":
+            run_flower_fedavg(run, start)
+        else:
+            run_torch(run, start)
+    finally:
+        meter.stopping.set()
+        meter.join(5)
+        (Path(run.workdir) / "bytes.json").write_text(json.dumps(meter.samples))
+        (Path(run.workdir) / "wall.json").write_text(json.dumps({"seconds": time.time() - start}))
+
+
+# -- outside: set-up, runs, evaluation, report --------------------------------------------------------------
+
+
+# Pinned so reruns compare like with like; the versions the published figures were measured with.
+VENVS = {"hivemind": ["hivemind==1.1.12"], "flower": ["flwr[simulation]==1.41.0"]}
+
+
+def setup_venvs(systems: list[str]) -> None:
+    """hivemind and Flower in virtualenvs of their own (their protobuf pins conflict with each other), each with
+    the CPU torch build that lies on this machine installed first, so no CUDA build is downloaded."""
+    for name, packages in VENVS.items():
+        venv = BUILD / f"venv-{name}"
+        stamp = venv / ".installed"
+        if name not in systems or stamp.exists():
+            continue
+        print(f"bench-peers: creating {venv} ({', '.join(packages)})", flush=True)
+        subprocess.run([sys.executable, "-m", "venv", "--clear", str(venv)], check=True)
+        pip = [str(venv / "bin" / "pip"), "install", "--quiet", "--disable-pip-version-check"]
+        subprocess.run([*pip, "torch==2.13.0", "numpy", "safetensors"], check=True)
+        subprocess.run([*pip, *packages], check=True)
+        stamp.touch()
+
+
+def namespace_prefix() -> list[str]:
+    for command in (["unshare", "-n"], ["unshare", "-rn"]):
+        if subprocess.run([*command, "true"], capture_output=True).returncode == 0:
+            return command
+    raise SystemExit("bench-peers needs network namespaces (unshare -n) to count each run's bytes")
+
+
+def execute(run: Run) -> bool:
+    spec = Path(run.workdir) / "run.json"
+    spec.write_text(json.dumps(run.__dict__))
+    command = [*namespace_prefix(), sys.executable, str(Path(__file__).resolve()), "--inside", str(spec)]
+    started = time.monotonic()
+    log = OUT / "logs" / f"{run.name}.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("w") as output:
+        # A session of its own, so a run past its bound goes down with every process it started.
+        process = subprocess.Popen(command, cwd=REPO, stdout=output, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            code = process.wait(RUN_LIMIT_S)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            code = process.wait()
+            output.write(f"\nbench-peers: killed after {RUN_LIMIT_S} s\n")
+    status = "ok" if code == 0 else f"FAILED ({code}, see {log})"
+    print(f"  {run.name}: {status} in {time.monotonic() - started:.0f} s", flush=True)
+    return code == 0
+
+
+def evaluate(run: Run) -> dict[str, Any]:
+    """Every snapshot of a run on the 10k test set, then the run's figures."""
+    import numpy as np
+    import torch
+    from safetensors.torch import load as load_safetensors
+
+    sys.path.insert(0, str(RUNNERS))
+    from common import model as build
+
+    workdir = Path(run.workdir)
+    with np.load(workdir / "data" / "test.npz") as arrays:
+        x, y = torch.from_numpy(arrays["x"]), torch.from_numpy(arrays["y"])
+    net = build(run.model)
+    points: list[dict[str, Any]] = []
+    for path in sorted((workdir / "snapshots").glob("*")):
+        peer, samples, seconds = path.stem.split("-")
+        raw = path.read_bytes()
+        state = load_safetensors(raw) if path.suffix == ".safetensors" else torch.load(path, weights_only=True)
+        net.load_state_dict(state)
+        net.eval()
+        with torch.inference_mode():
+            hits = sum(int((net(x[i : i + 2000]).argmax(1) == y[i : i + 2000]).sum()) for i in range(0, len(y), 2000))
+        points.append(
+            {"peer": int(peer), "samples": int(samples), "seconds": float(seconds), "accuracy": hits / len(y)}
+        )
+    byte_samples = json.loads((workdir / "bytes.json").read_text()) if (workdir / "bytes.json").exists() else []
+    rss = (
+        [json.loads(line) for line in (workdir / "rss.jsonl").read_text().splitlines()]
+        if (workdir / "rss.jsonl").exists()
+        else []
+    )
+    meta = {k: v for k, v in run.__dict__.items() if k != "workdir"}
+    return summarise({"run": run.name, **meta}, points, byte_samples, rss)
+
+
+def write_report(out: Path) -> str:
+    """Plots and the BENCHMARKS.md section from every run recorded in `out`."""
+    results = [json.loads(path.read_text()) for path in sorted(out.glob("*.json")) if path.name != "results.json"]
+    if not results:
+        raise SystemExit(f"no runs recorded in {out}")
+    plots = {}
+    for model, split in dict.fromkeys((r["model"], r["split"]) for r in results):
+        name = f"bench-peers-{model}-{split.replace(':', '')}.png"
+        plot(results, model, split, DOCS / name)
+        plots[(model, split)] = f"docs/{name}"
+    steps = sorted({r["steps"] for r in results})
+    dates = sorted({r.get("date", "") for r in results} - {""})
+    header = [
+        f"Measured {', '.join(dates) or 'on an unknown date'} on {machine()}; `make bench-peers`.",
+        "",
+        f"MNIST (60k train, full 10k test set), {PEERS} peers each on its own shard (fixed seed), SGD lr 0.05 "
+        "momentum 0.9, batch 32 per peer, one torch thread per peer process, all peers on this one machine. "
+        f"Every run trains {' / '.join(str(s) for s in steps)} steps per peer inside its own network "
+        "namespace, so the loopback counter (sampled every second, framing and protocol overhead included) "
+        "counts that run's bytes only. Peers save a snapshot every 200 steps, evaluated afterwards on the "
+        "10k test set: seconds count from the launch of the first process (start-up included) to the first "
+        "moment the mean (or worst) peer's newest snapshot reaches the target. DDP and centralised training "
+        "hold one model, so their mean and worst are that model. gossipd's snapshots are pulled over its "
+        "control API, so its points are stamped up to half a second late.",
+    ]
+    return report(results, header=header, plots=plots)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--inside", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--setup", action="store_true", help="only create the hivemind and Flower virtualenvs")
+    parser.add_argument("--report-only", action="store_true", help="rebuild plots and BENCHMARKS.md from out/")
+    parser.add_argument("--systems", default=",".join(SYSTEMS))
+    parser.add_argument("--models", default="cnn,mlp")
+    parser.add_argument("--splits", default="iid,dirichlet:0.5")
+    parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--steps", type=int, default=3000, help="training steps per peer")
+    parser.add_argument("--snapshot-every", type=int, default=200, help="steps between model snapshots")
+    parser.add_argument("--quick", action="store_true", help="CNN, IID, 600 steps; results in out/bench-peers/quick")
+    parser.add_argument("--no-write", action="store_true", help="do not update BENCHMARKS.md")
+    args = parser.parse_args()
+    if args.inside is not None:
+        inside(args.inside)
+        return
+    out = OUT / "quick" if args.quick else OUT
+    if args.report_only:
+        text = write_report(out)
+        print(text)
+        if not args.no_write and not args.quick:
+            replace_section(REPO / "BENCHMARKS.md", "bench-peers", text, title="Benchmarks", heading=HEADING)
+        return
+    if not (SHARED_MNIST / "train-images-idx3-ubyte.gz").exists():
+        raise SystemExit(f"bench-peers needs the full MNIST in {SHARED_MNIST}")
+    setup_venvs(list(VENVS) if args.setup else args.systems.split(","))
+    if args.setup:
+        return
+    models, splits, steps = args.models.split(","), args.splits.split(","), args.steps
+    if args.quick:
+        models, splits, steps = ["cnn"], ["iid"], 600
+    out.mkdir(parents=True, exist_ok=True)
+    today = datetime.date.today().isoformat()
+    for split in splits:
+        shards = Path(tempfile.mkdtemp(prefix="gossipd-peers-data-", dir="/tmp"))
+        write_shards(shards, split)
+        for model in models:
+            for system in args.systems.split(","):
+                for repeat in range(args.repeats):
+                    workdir = Path(tempfile.mkdtemp(prefix="gossipd-peers-", dir="/tmp"))
+                    shutil.copytree(shards / "data", workdir / "data")
+                    run = Run(system, model, split, repeat, steps, args.snapshot_every, str(workdir))
+                    if execute(run):
+                        summary = {**evaluate(run), "date": today}
+                        (out / f"{run.name}.json").write_text(json.dumps(summary, indent=1))
+                        print(json.dumps({k: v for k, v in summary.items() if k != "curve"}), flush=True)
+                    shutil.rmtree(workdir, ignore_errors=True)
+        shutil.rmtree(shards, ignore_errors=True)
+    text = write_report(out)
+    print(text)
+    if not args.no_write and not args.quick:
+        replace_section(REPO / "BENCHMARKS.md", "bench-peers", text, title="Benchmarks", heading=HEADING)
+
+
+if __name__ == "__main__":
+    main()

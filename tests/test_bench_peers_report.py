@@ -1,0 +1,129 @@
+"""What `make bench-peers` reports is computed, not typed in: the figures follow from synthetic runs here."""
+
+import math
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gossipd.tools.bench_peers_report import aggregate, bytes_at, goals, plot, report, summarise
+
+
+def run(system: str, repeat: int = 0) -> dict[str, Any]:
+    return {"system": system, "model": "cnn", "split": "iid", "repeat": repeat, "steps": 100}
+
+
+def points(accuracies: dict[int, list[tuple[float, int, float]]]) -> list[dict[str, Any]]:
+    """{peer: [(seconds, samples, accuracy)]} → snapshot points."""
+    return [
+        {"peer": peer, "seconds": seconds, "samples": samples, "accuracy": accuracy}
+        for peer, series in accuracies.items()
+        for seconds, samples, accuracy in series
+    ]
+
+
+BYTES = [[0.0, 0], [1.0, 1000], [2.0, 5000], [3.0, 9000], [4.0, 20000]]
+
+
+def test_bytes_at_takes_the_last_sample_not_after() -> None:
+    assert bytes_at(BYTES, 2.5) == 5000
+    assert bytes_at(BYTES, 0.5) == 0
+    assert bytes_at(BYTES, 10) == 20000
+
+
+def test_targets_wait_for_every_peer_and_worst_lags_mean() -> None:
+    summary = summarise(
+        run("gossipd-plain"),
+        points(
+            {
+                0: [(0.5, 0, 0.1), (1.5, 1600, 0.975), (3.5, 3200, 0.985)],
+                1: [(0.6, 0, 0.1), (2.2, 1600, 0.979), (3.2, 3200, 0.981)],
+            }
+        ),
+        BYTES,
+        [{"max_rss_mb": 300.0}, {"max_rss_mb": 310.0}],
+    )
+    reached = summary["reached"]
+    # mean first ≥ 0.97 when peer 1's 0.979 lands at 2.2 s (peer 0 already 0.975)
+    assert reached["mean_97"] == {"seconds": 2.2, "bytes": 5000}
+    assert reached["worst_97"]["seconds"] == 2.2
+    # mean (0.975+0.981)/2 < 0.98 at 3.2 s; reaches it at 3.5 s with (0.985+0.981)/2
+    assert reached["mean_98"] == {"seconds": 3.5, "bytes": 9000}
+    assert reached["worst_98"]["seconds"] == 3.5
+    assert summary["final_accuracy"] == pytest.approx((0.985 + 0.981) / 2)
+    assert summary["final_worst"] == pytest.approx(0.981)
+    assert summary["peak_rss_mb"] == 310.0
+    assert summary["total_bytes"] == 20000
+
+
+def test_final_accuracy_ignores_snapshots_past_the_sample_budget() -> None:
+    summary = summarise(run("alone"), points({0: [(1, 3200, 0.9), (2, 6400, 0.99)]}), BYTES, [])
+    assert summary["final_accuracy"] == pytest.approx(0.9)  # budget is 100 steps × 32 samples
+    assert summary["reached"]["mean_98"]["seconds"] == 2
+
+
+def test_median_counts_a_repeat_that_never_arrived_as_infinitely_slow() -> None:
+    def result(seconds: float | None, repeat: int) -> dict[str, Any]:
+        hit = None if seconds is None else {"seconds": seconds, "bytes": 10 * seconds}
+        reached = {key: hit for key in ("mean_97", "worst_97", "mean_98", "worst_98")}
+        base = {"final_accuracy": 0.98, "final_worst": 0.97, "total_bytes": 5, "peak_rss_mb": 1.0}
+        return {**run("hivemind", repeat), **base, "reached": reached, "curve": []}
+
+    (row,) = aggregate([result(30, 0), result(None, 1), result(10, 2)])
+    assert row.seconds["mean_98"] == 30 and row.bytes["mean_98"] == 300
+    (row,) = aggregate([result(None, 0), result(None, 1), result(10, 2)])
+    assert math.isinf(row.seconds["mean_98"])
+
+
+def synthetic(system: str, seconds: float | None, sent: float, final: float) -> dict[str, Any]:
+    hit = None if seconds is None else {"seconds": seconds, "bytes": sent}
+    reached = {key: hit for key in ("mean_97", "worst_97", "mean_98", "worst_98")}
+    return {
+        **run(system),
+        "reached": reached,
+        "final_accuracy": final,
+        "final_worst": final - 0.001,
+        "total_bytes": sent * 2,
+        "peak_rss_mb": 400.0,
+        "curve": [(1.0, 0.5, 0.4, 0.0), (seconds or 50.0, final, final - 0.001, sent)],
+    }
+
+
+def test_goal_verdicts_follow_the_figures() -> None:
+    rows = aggregate(
+        [
+            synthetic("gossipd-plain", 40, 500e6, 0.985),
+            synthetic("gossipd-powergossip", 60, 5e6, 0.983),
+            synthetic("hivemind", 100, 50e6, 0.982),
+            synthetic("flower", 80, 400e6, 0.984),
+        ]
+    )
+    lines = goals(rows)
+    assert "0.50×" in lines[0] and "met)" in lines[0]  # 40 s against Flower's 80 s
+    assert "100× fewer" in lines[1] and "met)" in lines[1]
+    assert "80× fewer" in lines[2]
+    assert "+0.20 points behind" in lines[3] and "(goal ≤ 0.3, met)" in lines[3]
+
+    rows = aggregate(
+        [
+            synthetic("gossipd-plain", None, 500e6, 0.975),
+            synthetic("gossipd-powergossip", 200, 50e6, 0.97),
+            synthetic("flower", 100, 400e6, 0.984),
+        ]
+    )
+    lines = goals(rows)
+    assert "2.00×" in lines[0] and "not met" in lines[0]
+    assert "not reached" in lines[1] and "not met" in lines[1]
+    assert "8× fewer" in lines[2] and "not met" in lines[2]
+    assert "not met" in lines[3]
+
+
+def test_report_and_plot(tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    results = [synthetic("gossipd-plain", 40, 500e6, 0.985), synthetic("ddp", 20, 0.0, 0.99)]
+    text = report(results, header=["head"], plots={("cnn", "iid"): "docs/x.png"})
+    assert text.startswith("head\n")
+    assert "| gossipd, plain gossip | 40 | 40 | 40 | 500 | 98.50 / 98.40 | 1,000 | 400 |" in text
+    assert "![accuracy against time and bytes, cnn, iid](docs/x.png)" in text
+    plot(results, "cnn", "iid", tmp_path / "p.png")
+    assert (tmp_path / "p.png").stat().st_size > 1000
