@@ -208,7 +208,7 @@ def run_gossipd(run: Run, start: float) -> None:
     snapshots = workdir / "snapshots"
     snapshots.mkdir(exist_ok=True)
     milestone = run.snapshot_every * 32  # samples between snapshots, as the other runners take them
-    swarm.start(wait=300)
+    swarm.start(wait=300, all_at_once=True)
     next_due = [0] * PEERS
     try:
         while True:
@@ -407,6 +407,7 @@ def main() -> None:
     parser.add_argument("--snapshot-every", type=int, default=200, help="steps between model snapshots")
     parser.add_argument("--quick", action="store_true", help="CNN, IID, 600 steps; results in out/bench-peers/quick")
     parser.add_argument("--no-write", action="store_true", help="do not update BENCHMARKS.md")
+    parser.add_argument("--keep", action="store_true", help="keep each run's folder (logs, snapshots) in /tmp")
     args = parser.parse_args()
     if args.inside is not None:
         inside(args.inside)
@@ -441,7 +442,10 @@ def main() -> None:
                         summary = {**evaluate(run), "date": today}
                         (out / f"{run.name}.json").write_text(json.dumps(summary, indent=1))
                         print(json.dumps({k: v for k, v in summary.items() if k != "curve"}), flush=True)
-                    shutil.rmtree(workdir, ignore_errors=True)
+                    if args.keep:
+                        print(f"  kept {workdir}", flush=True)
+                    else:
+                        shutil.rmtree(workdir, ignore_errors=True)
         shutil.rmtree(shards, ignore_errors=True)
     text = write_report(out)
     print(text)

@@ -113,7 +113,7 @@ def test_goal_verdicts_follow_the_figures() -> None:
     )
     lines = goals(rows)
     assert "2.00×" in lines[0] and "not met" in lines[0]
-    assert "not reached" in lines[1] and "not met" in lines[1]
+    assert "plain gossip did not reach 98%" in lines[1] and "not comparable" in lines[1]
     assert "8× fewer" in lines[2] and "not met" in lines[2]
     assert "not met" in lines[3]
 

@@ -184,12 +184,16 @@ def goals(rows: list[Row]) -> list[str]:
             other = by.get(name)
             if other is None:
                 continue
-            ratio = other.bytes["mean_98"] / power.bytes["mean_98"]
-            shown = "n/a (not reached)" if math.isnan(ratio) or math.isinf(ratio) else f"{ratio:,.0f}×"
-            verdict = "met" if not math.isnan(ratio) and not math.isinf(ratio) and ratio >= 50 else "not met"
+            mine, theirs = power.bytes["mean_98"], other.bytes["mean_98"]
+            if math.isinf(mine):
+                shown, verdict = "PowerGossip did not reach 98%", "not met"
+            elif math.isinf(theirs):
+                shown, verdict = f"{LABELS[name]} did not reach 98%", "not comparable"
+            else:
+                shown, verdict = f"{theirs / mine:,.0f}× fewer", "met" if theirs / mine >= 50 else "not met"
             lines.append(
                 f"- Bytes to 98%: PowerGossip {_megabytes(power.bytes['mean_98'])} MB against {LABELS[name]} "
-                f"{_megabytes(other.bytes['mean_98'])} MB: **{shown} fewer** (goal ≥ 50×, {verdict})."
+                f"{_megabytes(other.bytes['mean_98'])} MB: **{shown}** (goal ≥ 50×, {verdict})."
             )
         if plain is not None and power.final_accuracy is not None and plain.final_accuracy is not None:
             gap = 100 * (plain.final_accuracy - power.final_accuracy)
@@ -215,10 +219,12 @@ def plot(results: list[dict[str, Any]], model: str, split: str, path: Path) -> N
         seconds = [c[0] for c in result["curve"]]
         accuracy = [100 * c[1] for c in result["curve"]]
         label = LABELS.get(result["system"], result["system"])
-        by_time.plot(seconds, accuracy, label=label)
+        # One colour per system in both panels, though systems that send nothing are absent from the second.
+        colour = f"C{list(LABELS).index(result['system']) % 10}" if result["system"] in LABELS else None
+        by_time.plot(seconds, accuracy, label=label, color=colour)
         sent = [(c[3] / 1e6, 100 * c[1]) for c in result["curve"] if c[3] > 0]
         if sent:
-            by_bytes.plot([s for s, _ in sent], [a for _, a in sent], label=label)
+            by_bytes.plot([s for s, _ in sent], [a for _, a in sent], label=label, color=colour)
     for axes in (by_time, by_bytes):
         axes.set_ylim(90, 100)
         axes.axhline(98, color="grey", linewidth=0.6, linestyle="--")

@@ -82,7 +82,9 @@ class Swarm:
             args += ["--join-timeout", "0"]  # the first peer has no one to copy a model from
         return [*args, *self.extra, *(self.per_peer(index) if self.per_peer else [])]
 
-    def start_one(self, index: int, *, wait: float = 120.0) -> Daemon:
+    def start_one(self, index: int, *, wait: float = 120.0, ready: bool | None = True) -> Daemon:
+        """Launch daemon `index`; wait until its task is ready (True), until it answers (False), or not at all
+        (None)."""
         folder = self.workdir / f"peer-{index}"
         folder.mkdir(parents=True, exist_ok=True)
         log_path = folder / "daemon.log"
@@ -102,28 +104,37 @@ class Swarm:
             self.daemons[index] = daemon
         else:
             self.daemons.append(daemon)
-        self.wait_ready(daemon, wait)
+        if ready is not None:
+            self.wait_ready(daemon, wait, loaded=ready)
         return daemon
 
-    def wait_ready(self, daemon: Daemon, timeout: float) -> dict[str, Any]:
+    def wait_ready(self, daemon: Daemon, timeout: float, *, loaded: bool = True) -> dict[str, Any]:
+        """Wait until the daemon answers and (`loaded`) its task has loaded its data and model or checkpoint."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if not daemon.alive:
                 raise RuntimeError(f"daemon {daemon.index} exited early:\n{tail(daemon.log_path)}")
             status = daemon.status()
-            # Ready once its task has loaded its data and model (or checkpoint).
-            if status is not None and status.get("tasks") and status["tasks"][0]["state"] != "loading":
+            if status is not None and (
+                not loaded or (status.get("tasks") and status["tasks"][0]["state"] != "loading")
+            ):
                 return status
-            time.sleep(0.3)
+            time.sleep(0.1 if not loaded else 0.3)
         raise TimeoutError(f"daemon {daemon.index} was not ready after {timeout:.0f} s:\n{tail(daemon.log_path)}")
 
-    def start(self, *, wait: float = 120.0) -> None:
-        first = self.start_one(0, wait=wait)
+    def start(self, *, wait: float = 120.0, all_at_once: bool = False) -> None:
+        """Start peer 0, then the others with peer 0 as their bootstrap. One by one, each ready before the
+        next starts (tests rely on that order); or `all_at_once`: the others launched together as soon as
+        peer 0 answers, as a benchmark's peers would be, then all awaited."""
+        first = self.start_one(0, wait=wait, ready=not all_at_once)
         status = first.status() or {}
         if self.use_bootstrap:
             self.bootstrap = status["addresses"][0]
         for index in range(1, self.size):
-            self.start_one(index, wait=wait)
+            self.start_one(index, wait=wait, ready=None if all_at_once else True)
+        if all_at_once:
+            for daemon in self.daemons:
+                self.wait_ready(daemon, wait)
 
     def statuses(self) -> list[dict[str, Any] | None]:
         return [d.status() if d.alive else None for d in self.daemons]

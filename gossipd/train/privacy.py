@@ -17,11 +17,25 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from opacus.accountants.analysis.rdp import compute_rdp, get_privacy_spent
 from torch import nn
 from torch.func import functional_call, grad, vmap
 
 from gossipd.task.fields import bounds
+
+
+# Opacus (through scipy and sympy) costs ~2 s of import; only tasks with [privacy] pay it, when first used.
+def compute_rdp(*, q: float, noise_multiplier: float, steps: int, orders: list[float]) -> Any:
+    from opacus.accountants.analysis.rdp import compute_rdp as opacus_compute_rdp
+
+    return opacus_compute_rdp(q=q, noise_multiplier=noise_multiplier, steps=steps, orders=orders)
+
+
+def get_privacy_spent(*, orders: list[float], rdp: Any, delta: float) -> tuple[float, float]:
+    from opacus.accountants.analysis.rdp import get_privacy_spent as opacus_privacy_spent
+
+    eps, order = opacus_privacy_spent(orders=orders, rdp=rdp, delta=delta)
+    return float(eps), float(order)
+
 
 # The Rényi orders the accountant optimises over (Opacus's and TF Privacy's default set).
 ORDERS = tuple([1 + x / 10.0 for x in range(1, 100)] + list(range(12, 64)))
