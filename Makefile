@@ -45,7 +45,7 @@ soak: setup
 
 fuzz: setup
 	mkdir -p out
-	$(BIN)/python -m gossipd.tools.fuzz --inputs 100000 --json out/fuzz.json
+	$(BIN)/python -m gossipd.tools.fuzz --inputs 100000 --json out/fuzz.json --record RELIABILITY.md
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build *.egg-info

@@ -51,6 +51,10 @@ GOSSIP = {
     "gossipd-plain": 'algorithm = "plain"',
     "gossipd-powergossip": 'algorithm = "powergossip"\nrank = 1\niterations = 1',
     "gossipd-choco": 'algorithm = "choco"\ncompressor = "sign"\ngamma = 0.45',
+    # Not in the list (run with --systems): the daemon's default rank, and rank 1 with two power
+    # iterations per exchange, which buys accuracy with rounds on an open stream rather than new exchanges.
+    "gossipd-powergossip-r2": 'algorithm = "powergossip"\nrank = 2\niterations = 1',
+    "gossipd-powergossip-2it": 'algorithm = "powergossip"\nrank = 1\niterations = 2',
 }
 
 
@@ -63,6 +67,7 @@ class Run:
     steps: int  # training steps per peer
     snapshot_every: int
     workdir: str
+    gossip_extra: str = ""  # lines added to gossipd's [gossip] section (experiments, --gossip-extra)
 
     @property
     def name(self) -> str:
@@ -155,7 +160,9 @@ def run_torch(run: Run, start: float) -> None:
 
 def run_hivemind(run: Run, start: float) -> None:
     python = venv_python("hivemind")
-    target = PEERS * 32 * 10  # average the swarm's parameters every ~10 local steps
+    # Average the swarm's parameters every ~100 local steps per peer: about the 10,000-sample target batch of
+    # hivemind's own quickstart. Every 10 steps was tried first and spent most of its time in matchmaking.
+    target = PEERS * 32 * 100
     processes = [
         subprocess.Popen(
             [
@@ -254,7 +261,7 @@ def gossipd_task(run: Run) -> str:
         head, rest = text.split("[model]", 1)
         text = head + '[model]\nname = "mlp"\nhidden = [200, 200]\n\n[train]' + rest.split("[train]", 1)[1]
     text = text.replace("[train]", "[train]\neval_every = 1000000000", 1)
-    return text.split("[gossip]")[0] + "[gossip]\n" + GOSSIP[run.system] + "\n"
+    return text.split("[gossip]")[0] + "[gossip]\n" + GOSSIP[run.system] + "\n" + run.gossip_extra + "\n"
 
 
 def inside(spec_path: Path) -> None:
@@ -390,6 +397,15 @@ def write_report(out: Path) -> str:
         "moment the mean (or worst) peer's newest snapshot reaches the target. DDP and centralised training "
         "hold one model, so their mean and worst are that model. gossipd's snapshots are pulled over its "
         "control API, so its points are stamped up to half a second late.",
+        "",
+        "Settings: gossipd mixes every 0.2 s (jittered) with a random neighbour of a 6-peer view, held-out "
+        "evaluation off; hivemind averages parameters in groups every 100 local steps per peer (target batch "
+        f"{PEERS * 32 * 100:,} samples, about the 10,000 of its quickstart), matchmaking 1 s; Flower runs FedAvg "
+        f"over all {PEERS} peers each round with one local epoch ({FLOWER_LOCAL_STEPS} steps) per round, through "
+        "its SuperLink/SuperNode deployment runtime. Flower's loopback bytes also count each SuperNode talking "
+        "to its ClientApp process and the ServerApp to the SuperLink: each model sent crosses loopback three "
+        "times (ServerApp, SuperLink, SuperNode, ClientApp) where a real deployment sends it once over the "
+        "network, so divide Flower's figures by about 3 for its network traffic.",
     ]
     return report(results, header=header, plots=plots)
 
@@ -408,15 +424,21 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="CNN, IID, 600 steps; results in out/bench-peers/quick")
     parser.add_argument("--no-write", action="store_true", help="do not update BENCHMARKS.md")
     parser.add_argument("--keep", action="store_true", help="keep each run's folder (logs, snapshots) in /tmp")
+    parser.add_argument(
+        "--tag", help="an experiment: results in out/bench-peers/TAG, BENCHMARKS.md left alone (with --gossip-extra)"
+    )
+    parser.add_argument("--gossip-extra", default="", help="TOML lines added to gossipd's [gossip] section")
     args = parser.parse_args()
     if args.inside is not None:
         inside(args.inside)
         return
-    out = OUT / "quick" if args.quick else OUT
+    out = OUT / "quick" if args.quick else OUT / args.tag if args.tag else OUT
+    if args.tag or args.quick:
+        args.no_write = True
     if args.report_only:
         text = write_report(out)
         print(text)
-        if not args.no_write and not args.quick:
+        if not args.no_write:
             replace_section(REPO / "BENCHMARKS.md", "bench-peers", text, title="Benchmarks", heading=HEADING)
         return
     if not (SHARED_MNIST / "train-images-idx3-ubyte.gz").exists():
@@ -437,7 +459,7 @@ def main() -> None:
                 for repeat in range(args.repeats):
                     workdir = Path(tempfile.mkdtemp(prefix="gossipd-peers-", dir="/tmp"))
                     shutil.copytree(shards / "data", workdir / "data")
-                    run = Run(system, model, split, repeat, steps, args.snapshot_every, str(workdir))
+                    run = Run(system, model, split, repeat, steps, args.snapshot_every, str(workdir), args.gossip_extra)
                     if execute(run):
                         summary = {**evaluate(run), "date": today}
                         (out / f"{run.name}.json").write_text(json.dumps(summary, indent=1))
@@ -449,7 +471,7 @@ def main() -> None:
         shutil.rmtree(shards, ignore_errors=True)
     text = write_report(out)
     print(text)
-    if not args.no_write and not args.quick:
+    if not args.no_write:
         replace_section(REPO / "BENCHMARKS.md", "bench-peers", text, title="Benchmarks", heading=HEADING)
 
 

@@ -15,10 +15,16 @@ from pathlib import Path
 from typing import Any
 
 TARGETS = (0.97, 0.98)
+POWERGOSSIP = ("gossipd-powergossip", "gossipd-powergossip-r2", "gossipd-powergossip-2it")
+# A Flower model crosses loopback three times per direction (ServerApp-SuperLink, SuperLink-SuperNode,
+# SuperNode-ClientApp) where a deployment sends it once over the network (measured: 3.5x for one round).
+FLOWER_LOOPBACK_COPIES = 3
 LABELS = {
     "gossipd-plain": "gossipd, plain gossip",
     "gossipd-powergossip": "gossipd, PowerGossip r1",
     "gossipd-choco": "gossipd, Choco sign",
+    "gossipd-powergossip-r2": "gossipd, PowerGossip r2",
+    "gossipd-powergossip-2it": "gossipd, PowerGossip r1, 2 iterations",
     "hivemind": "hivemind (Optimizer, local updates)",
     "flower": "Flower FedAvg (deployment runtime)",
     "ddp": "torch DDP all-reduce (gloo)",
@@ -178,28 +184,37 @@ def goals(rows: list[Row]) -> list[str]:
             f"- Time to 98%: best gossipd ({LABELS[best.system]}) {_seconds(best.seconds['mean_98'])} s against "
             f"{LABELS[rival.system]} {_seconds(rival.seconds['mean_98'])} s: **{shown}** (goal ≤ 0.7×, {verdict})."
         )
-    power, plain = by.get("gossipd-powergossip"), by.get("gossipd-plain")
-    if power is not None:
+    plain = by.get("gossipd-plain")
+    for power in (by.get(name) for name in POWERGOSSIP):
+        if power is None:
+            continue
+        short = LABELS[power.system].removeprefix("gossipd, ")
         for name in ("gossipd-plain", "flower"):
             other = by.get(name)
             if other is None:
                 continue
             mine, theirs = power.bytes["mean_98"], other.bytes["mean_98"]
+            # Flower's loopback counter sees each model three times (see FLOWER_LOOPBACK_COPIES): judge
+            # against its network share, the figure a real deployment would send.
+            share = theirs / FLOWER_LOOPBACK_COPIES if name == "flower" else theirs
             if math.isinf(mine):
-                shown, verdict = "PowerGossip did not reach 98%", "not met"
+                shown, verdict = f"{short} did not reach 98%", "not met"
             elif math.isinf(theirs):
                 shown, verdict = f"{LABELS[name]} did not reach 98%", "not comparable"
             else:
-                shown, verdict = f"{theirs / mine:,.0f}× fewer", "met" if theirs / mine >= 50 else "not met"
+                ratio = share / mine
+                shown = f"{ratio:,.1f}× fewer" if ratio >= 1 else f"{1 / ratio:,.1f}× more"
+                verdict = "met" if ratio >= 50 else "not met"
+            network = f", about {_megabytes(share)} MB of it over the network" if name == "flower" else ""
             lines.append(
-                f"- Bytes to 98%: PowerGossip {_megabytes(power.bytes['mean_98'])} MB against {LABELS[name]} "
-                f"{_megabytes(other.bytes['mean_98'])} MB: **{shown}** (goal ≥ 50×, {verdict})."
+                f"- Bytes to 98%: {short} {_megabytes(power.bytes['mean_98'])} MB against {LABELS[name]} "
+                f"{_megabytes(other.bytes['mean_98'])} MB{network}: **{shown}** (goal ≥ 50×, {verdict})."
             )
         if plain is not None and power.final_accuracy is not None and plain.final_accuracy is not None:
             gap = 100 * (plain.final_accuracy - power.final_accuracy)
             verdict = "met" if gap <= 0.3 else "not met"
             lines.append(
-                f"- Final accuracy: PowerGossip {_accuracy(power.final_accuracy)}% against plain gossip "
+                f"- Final accuracy: {short} {_accuracy(power.final_accuracy)}% against plain gossip "
                 f"{_accuracy(plain.final_accuracy)}%: **{gap:+.2f} points behind** (goal ≤ 0.3, {verdict})."
             )
     return lines

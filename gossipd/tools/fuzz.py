@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import datetime
 import json
 import random
 import resource
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import msgpack
@@ -38,6 +40,7 @@ from gossipd.services.control_api import handle_request
 from gossipd.services.status import DaemonStatus, TaskStatus
 from gossipd.task.fields import TaskError
 from gossipd.task.loader import parse_task
+from gossipd.tools.reporting import machine, replace_section
 from gossipd.wire.errors import WireError
 from gossipd.wire.heartbeat import decode_heartbeat
 from gossipd.wire.messages import Message, MessageType, decode_message, encode_message
@@ -327,6 +330,7 @@ def main() -> None:
     parser.add_argument("--inputs", type=int, default=100_000)
     parser.add_argument("--target", choices=list(TARGETS))
     parser.add_argument("--json", help="write the results here")
+    parser.add_argument("--record", type=Path, help="put the results table in this Markdown file's fuzz section")
     args = parser.parse_args()
     outcomes = fuzz(args.inputs, args.target)
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -351,7 +355,27 @@ def main() -> None:
                 handle,
                 indent=1,
             )
+    if args.record is not None:
+        replace_section(args.record, "fuzz", record(outcomes, peak_mb), title="Reliability")
     raise SystemExit(1 if crashes else 0)
+
+
+def record(outcomes: list[Outcome], peak_mb: float) -> str:
+    """The Markdown table RELIABILITY.md carries: inputs, crashes and time per target, with date and machine."""
+    lines = [
+        f"Measured {datetime.date.today().isoformat()} on {machine()}; `make fuzz`.",
+        "",
+        "| target | inputs | crashes | seconds |",
+        "| --- | ---: | ---: | ---: |",
+    ]
+    for o in outcomes:
+        crash = f" ({o.first_crash[:120]})" if o.crashes else ""
+        lines.append(f"| {o.target} | {o.inputs:,} | {o.crashes}{crash} | {o.seconds:.0f} |")
+    total = sum(o.inputs for o in outcomes)
+    crashes = sum(o.crashes for o in outcomes)
+    lines.append(f"| **all** | **{total:,}** | **{crashes}** (goal 0) | {sum(o.seconds for o in outcomes):.0f} |")
+    lines += ["", f"Peak memory of the fuzzing process: {peak_mb:.0f} MB RSS."]
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
