@@ -8,7 +8,8 @@ Each run happens inside its own network namespace (`unshare -n`, loopback up) so
 count that run only; the counters are sampled every second. Every peer saves model snapshots stamped with time
 and samples; afterwards each snapshot is evaluated on the full 10k test set, giving, per system: seconds and
 bytes to 97% and 98% (mean peer and worst peer), accuracy after the same number of samples per peer, and
-peak RSS per peer. Results: out/bench-peers/, PNG plots, and a section of BENCHMARKS.md.
+peak RSS per peer. Results: one JSON per run in docs/bench-peers/ (kept in the repository, so the report can
+be rebuilt and extended run by run), PNG plots in docs/, and a section of BENCHMARKS.md; logs in out/bench-peers/.
 
     python scripts/bench_peers.py [--quick] [--systems gossipd-plain,ddp,...] [--models cnn,mlp]
                                   [--splits iid,dirichlet:0.5] [--repeats 1] [--steps 3000]
@@ -42,6 +43,7 @@ SHARED_MNIST = REPO.parent / "shared" / "datasets" / "mnist"
 OUT = REPO / "out" / "bench-peers"
 BUILD = REPO / "build" / "bench-peers"
 DOCS = REPO / "docs"
+RESULTS = DOCS / "bench-peers"  # the published runs; experiments (--tag, --quick) stay under OUT
 RUN_LIMIT_S = 3600  # no single run may take longer
 FLOWER_LOCAL_STEPS = 15_000 // 32  # one epoch of a 15k-image shard
 HEADING = "## Side by side: gossipd, hivemind, Flower, all-reduce"
@@ -379,10 +381,11 @@ def write_report(out: Path) -> str:
     if not results:
         raise SystemExit(f"no runs recorded in {out}")
     plots = {}
+    folder = DOCS if out == RESULTS else out  # an experiment's plots must not replace the published ones
     for model, split in dict.fromkeys((r["model"], r["split"]) for r in results):
         name = f"bench-peers-{model}-{split.replace(':', '')}.png"
-        plot(results, model, split, DOCS / name)
-        plots[(model, split)] = f"docs/{name}"
+        plot(results, model, split, folder / name)
+        plots[(model, split)] = str((folder / name).relative_to(REPO))
     steps = sorted({r["steps"] for r in results})
     dates = sorted({r.get("date", "") for r in results} - {""})
     header = [
@@ -414,7 +417,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--inside", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--setup", action="store_true", help="only create the hivemind and Flower virtualenvs")
-    parser.add_argument("--report-only", action="store_true", help="rebuild plots and BENCHMARKS.md from out/")
+    parser.add_argument("--report-only", action="store_true", help="rebuild plots and BENCHMARKS.md from recorded runs")
     parser.add_argument("--systems", default=",".join(SYSTEMS))
     parser.add_argument("--models", default="cnn,mlp")
     parser.add_argument("--splits", default="iid,dirichlet:0.5")
@@ -432,7 +435,7 @@ def main() -> None:
     if args.inside is not None:
         inside(args.inside)
         return
-    out = OUT / "quick" if args.quick else OUT / args.tag if args.tag else OUT
+    out = OUT / "quick" if args.quick else OUT / args.tag if args.tag else RESULTS
     if args.tag or args.quick:
         args.no_write = True
     if args.report_only:
