@@ -51,6 +51,15 @@ class Daemon:
         return self.process.poll() is None
 
 
+def listen_port(status: dict[str, Any]) -> int:
+    """The TCP port of a daemon's first /ip4/…/tcp/PORT address (0 when it reports none)."""
+    for address in status.get("addresses", []):
+        parts = str(address).split("/")
+        if "tcp" in parts and parts.index("tcp") + 1 < len(parts):
+            return int(parts[parts.index("tcp") + 1])
+    return 0
+
+
 @dataclass
 class Swarm:
     """N daemons of one task. `extra` options go to every daemon; `env` adds environment variables."""
@@ -67,12 +76,15 @@ class Swarm:
     use_bootstrap: bool = True  # False: daemons must find each other otherwise (mDNS)
     daemons: list[Daemon] = field(default_factory=list)
     bootstrap: str = ""
+    # The port each daemon bound at its first start: a restart listens there again, as a daemon with a
+    # configured address would, so the addresses its peers (and the bootstrap list) hold stay valid.
+    ports: dict[int, int] = field(default_factory=dict)
 
     def command(self, index: int, folder: Path, *, bootstrap: str | None) -> list[str]:
         args = [sys.executable, "-m", "gossipd", "run"]
         if self.task is not None:
             args.append(self.task)
-        args += ["--listen", "/ip4/127.0.0.1/tcp/0", "--state-dir", str(folder / "state")]
+        args += ["--listen", f"/ip4/127.0.0.1/tcp/{self.ports.get(index, 0)}", "--state-dir", str(folder / "state")]
         args += ["--socket", str(folder / "sock"), "--seed", str(index)]
         if self.partition:
             args += ["--peer-index", str(index), "--peer-count", str(self.parts or self.size)]
@@ -115,6 +127,8 @@ class Swarm:
             if not daemon.alive:
                 raise RuntimeError(f"daemon {daemon.index} exited early:\n{tail(daemon.log_path)}")
             status = daemon.status()
+            if status is not None and daemon.index not in self.ports:
+                self.ports[daemon.index] = listen_port(status)
             if status is not None and (
                 not loaded or (status.get("tasks") and status["tasks"][0]["state"] != "loading")
             ):
