@@ -103,7 +103,7 @@ def test_goal_verdicts_follow_the_figures() -> None:
     assert "100.0× fewer" in lines[1] and "met)" in lines[1]
     # Flower is judged by its network share: a third of its loopback bytes.
     assert "about 133 MB of it over the network" in lines[2] and "26.7× fewer" in lines[2]
-    assert "+0.20 points behind" in lines[3] and "(goal ≤ 0.3, met)" in lines[3]
+    assert "**0.20 points behind**" in lines[3] and "(goal ≤ 0.3 behind, met)" in lines[3]
 
     rows = aggregate(
         [
@@ -117,6 +117,17 @@ def test_goal_verdicts_follow_the_figures() -> None:
     assert "plain gossip did not reach 98%" in lines[1] and "not comparable" in lines[1]
     assert "5.0× more" in lines[2] and "not met" in lines[2]
     assert "not met" in lines[3]
+
+
+def test_when_nobody_reaches_98_the_time_line_compares_97_instead() -> None:
+    def only_97(system: str, seconds: float) -> dict[str, Any]:
+        result = synthetic(system, seconds, 1e6, 0.975)
+        result["reached"] = {**result["reached"], "mean_98": None, "worst_98": None}
+        return result
+
+    lines = goals(aggregate([only_97("gossipd-plain", 16), only_97("gossipd-choco", 15), only_97("flower", 60)]))
+    assert "goal not judged" in lines[0]
+    assert "(gossipd, Choco sign) 15 s against Flower FedAvg (deployment runtime) 60 s: **0.25×**" in lines[0]
 
 
 def test_report_and_plot(tmp_path: Path) -> None:
