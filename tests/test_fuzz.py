@@ -23,3 +23,9 @@ def test_the_recorded_table_counts_every_input_and_names_a_crash() -> None:
     assert "| **all** | **100,000** | **1** (goal 0) | 20 |" in table
     assert "| task-toml | 40,000 | 1 (KeyError: 'x') | 8 |" in table
     assert "321 MB" in table
+
+
+def test_a_crash_message_cannot_break_the_recorded_table() -> None:
+    outcome = Outcome(target="wire-maps", inputs=10, crashes=1, seconds=1.0, first_crash="ValueError: a|b\nc")
+    row = next(line for line in record([outcome], peak_mb=1.0).splitlines() if line.startswith("| wire-maps"))
+    assert row == "| wire-maps | 10 | 1 (ValueError: a/b c) | 1 |"

@@ -198,13 +198,13 @@ def goals(rows: list[Row]) -> list[str]:
         mine, theirs = best.seconds["mean_98"], rival.seconds["mean_98"]
         if math.isinf(mine) and math.isinf(theirs):
             lines.append(_time_to_97(gossip, rivals))
-        elif math.isinf(mine):
-            shown, verdict = "gossipd did not reach 98%", "not met"
-        elif math.isinf(theirs):
-            shown, verdict = "neither rival reached 98%", "met"
         else:
-            shown, verdict = f"{mine / theirs:.2f}×", "met" if mine / theirs <= 0.7 else "not met"
-        if not (math.isinf(mine) and math.isinf(theirs)):
+            if math.isinf(mine):
+                shown, verdict = "gossipd did not reach 98%", "not met"
+            elif math.isinf(theirs):
+                shown, verdict = "neither rival reached 98%", "met"
+            else:
+                shown, verdict = f"{mine / theirs:.2f}×", "met" if mine / theirs <= 0.7 else "not met"
             lines.append(
                 f"- Time to 98%: best gossipd ({LABELS[best.system]}) {_seconds(mine)} s against "
                 f"{LABELS[rival.system]} {_seconds(theirs)} s: **{shown}** (goal ≤ 0.7×, {verdict})."

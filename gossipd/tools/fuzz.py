@@ -369,7 +369,9 @@ def record(outcomes: list[Outcome], peak_mb: float) -> str:
         "| --- | ---: | ---: | ---: |",
     ]
     for o in outcomes:
-        crash = f" ({o.first_crash[:120]})" if o.crashes else ""
+        # A crash message may hold newlines or pipes, which would break the Markdown row.
+        first = " ".join(o.first_crash.split()).replace("|", "/")[:120]
+        crash = f" ({first})" if o.crashes else ""
         lines.append(f"| {o.target} | {o.inputs:,} | {o.crashes}{crash} | {o.seconds:.0f} |")
     total = sum(o.inputs for o in outcomes)
     crashes = sum(o.crashes for o in outcomes)
