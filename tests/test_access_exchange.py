@@ -3,6 +3,7 @@ by reason, and never touches a member's model."""
 
 from __future__ import annotations
 
+import torch
 import trio
 import trio.testing
 
@@ -45,7 +46,7 @@ async def closed_swarm(hub: object, rules: dict[str, Access]) -> dict[str, Peer]
     return named
 
 
-async def params_of(peer: Peer) -> dict[str, object]:
+async def params_of(peer: Peer) -> dict[str, torch.Tensor]:
     return await peer.params()
 
 

@@ -144,7 +144,12 @@ def test_a_late_joiner_is_found_through_the_dht_and_copies_a_full_model(swarm: S
     def joined() -> bool:
         task = task_of(joiner.status())
         found_by_dht = [p for p in task["peers"] if "dht" in p["sources"] and p["peer_id"] != bootstrap_id]
-        return task["state"] == "training" and task["state_transfers"] >= 1 and task["exchanges"] >= 2 and found_by_dht
+        return (
+            task["state"] == "training"
+            and task["state_transfers"] >= 1
+            and task["exchanges"] >= 2
+            and bool(found_by_dht)
+        )
 
     bootstrap_id = swarm.bootstrap.rsplit("/p2p/", 1)[-1]
     wait_for(joined, 90, "the joiner to find peers in the DHT, copy a model and start exchanging", swarm)

@@ -35,6 +35,7 @@ from gossipd.data.spec import ArrayDataset, InputSpec
 from gossipd.mixing.algorithm import Algorithm
 from gossipd.mixing.layout import ParamLayout, max_message_bytes, mixed_parameters
 from gossipd.mixing.local import plain_exchange_bytes
+from gossipd.mixing.pacing import StepPacer
 from gossipd.mixing.plain import PlainConfig
 from gossipd.mixing.powergossip import PowerGossipConfig
 from gossipd.mixing.registry import make_algorithm
@@ -70,11 +71,28 @@ FIRST_FRAME_TIMEOUT = 10.0  # as in gossipd.daemon
 Trainers = Literal["stepping", "paused"]
 
 
-def gossip(algorithm: str = "plain") -> GossipSection:
+def gossip(algorithm: str = "plain", steps_per_exchange: int | None = None) -> GossipSection:
     config = {"plain": PlainConfig(), "powergossip": PowerGossipConfig(rank=1)}[algorithm]
     return GossipSection(
-        algorithm=algorithm, config=config, view_size=4, exchange_interval=INTERVAL, exchange_timeout=TIMEOUT
+        algorithm=algorithm,
+        config=config,
+        view_size=4,
+        exchange_interval=INTERVAL,
+        exchange_timeout=TIMEOUT,
+        steps_per_exchange=steps_per_exchange,
     )
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """A training chunk that ended: whose trainer, when (virtual time), at which step."""
+
+    trainer: Trainer
+    ended: float
+    step: int
+
+
+CHUNKS: list[Chunk] = []  # every training chunk of the current test, in order
 
 
 @pytest.fixture(autouse=True)
@@ -83,11 +101,16 @@ def torch_work_inline(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     these models are far too small for more, and on a busy machine a second thread made each step 100× slower."""
 
     async def run_inline(fn: Callable[..., Any], *args: Any, **_options: Any) -> Any:
-        if getattr(fn, "__name__", "") == "train_steps":
-            await trio.sleep(TRAIN_CHUNK_SECONDS)
-        else:
+        if getattr(fn, "__name__", "") != "train_steps":
             await trio.lowlevel.checkpoint()
-        return fn(*args)
+            return fn(*args)
+        await trio.sleep(TRAIN_CHUNK_SECONDS)
+        result = fn(*args)
+        trainer: Trainer = getattr(fn, "__self__")  # noqa: B009 (a bound method's object; mypy sees Callable)
+        CHUNKS.append(Chunk(trainer, trio.current_time(), trainer.step))
+        return result
+
+    CHUNKS.clear()
 
     monkeypatch.setattr(trio.to_thread, "run_sync", run_inline)
     threads = torch.get_num_threads()
@@ -651,6 +674,128 @@ async def test_wait_idle_returns_even_when_another_exchange_began_while_it_waite
 
     assert a.exchange.statistics().exchanges == 2
     assert returned == [pytest.approx(idle_at, abs=0.02)]
+
+
+# -- step pacing ---------------------------------------------------------------------------------------------
+
+
+class RecordingPacer(StepPacer):
+    """The pacer unchanged, noting any chunk the trainer asked for from beyond the lag of its last mix."""
+
+    def __init__(self, every: int) -> None:
+        super().__init__(every)
+        self.overruns: list[tuple[int, int]] = []
+        self.mixes = 0
+
+    def chunk(self, step: int, wanted: int) -> int:
+        if step > self.last_mix + self.lag:
+            self.overruns.append((step, self.last_mix))
+        return super().chunk(step, wanted)
+
+    def mixed(self, step: int) -> None:
+        self.mixes += 1
+        super().mixed(step)
+
+
+def paced(peer: Peer, every: int) -> RecordingPacer:
+    """Swap the pacer the exchange service installed for a recording one."""
+    pacer = RecordingPacer(every)
+    assert peer.trainer.pacer is not None
+    peer.trainer.pace(pacer, may_hold=peer.exchange.can_mix, hold_limit=TIMEOUT)
+    return pacer
+
+
+def steps_of(peer: Peer) -> list[Chunk]:
+    return [c for c in CHUNKS if c.trainer is peer.trainer.trainer]
+
+
+async def test_a_step_paced_swarm_starts_an_exchange_every_n_steps_and_never_trains_past_the_lag(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    every = 3
+    with trio.fail_after(120):
+        async with fake_swarm(seed=7, latency=0.02, jitter=0.01) as hub:
+            peers = await start_peers(hub, "ABC", section=gossip(steps_per_exchange=every), trainer="stepping")
+            pacers = [paced(p, every) for p in peers]
+            before = [await p.params() for p in peers]
+            for peer in peers:
+                await hub.nursery.start(peer.exchange.run)
+            await trio.sleep(30)
+            await stop_mixing(peers)
+            after = [await p.params() for p in peers]
+
+    for peer, pacer in zip(peers, pacers, strict=True):
+        steps = peer.trainer.trainer.step
+        succeeded = len([t for t in peer.exchange.attempts if t.succeeded])
+        attempts = len(peer.exchange.attempts)
+        assert steps >= 200, steps  # ~10 steps per virtual second: mixing this fast barely holds training
+        # The trainers run in lock-step here, so two peers often start exchanges with each other at once and
+        # both are declined as busy; each then retries after a random wait, and the next is due 3 steps on.
+        assert 0.6 * steps / every <= succeeded <= steps / every + 1, (steps, succeeded, attempts)
+        assert attempts <= 1.5 * steps / every, (steps, succeeded, attempts)
+        assert pacer.overruns == [] and pacer.mixes >= succeeded
+        assert peer.exchange.statistics().failed == 0
+    assert spread(after) < 1e-3 * spread(before)
+    assert sum_drift(before, after) <= 1e-5
+
+
+async def test_exchanges_slower_than_training_hold_a_step_paced_trainer_to_the_pace_of_mixing(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # An exchange takes ~4 latencies (1.2 s) against 0.1 s per training step: an unpaced peer takes a dozen
+    # steps per mix, a step-paced one (1 step per exchange, lag 2) waits for its mixes.
+    every, latency, seconds = 1, 0.3, 30.0
+    with trio.fail_after(120):
+        async with fake_swarm(seed=8, latency=latency) as hub:
+            steady = await start_peers(hub, "AB", section=gossip(), trainer="stepping")
+            held = await start_peers(hub, "CD", section=gossip(steps_per_exchange=every), trainer="stepping")
+            pacers = [paced(p, every) for p in held]
+            for peer in [*steady, *held]:
+                await hub.nursery.start(peer.exchange.run)
+            await trio.sleep(seconds)
+            await stop_mixing([*steady, *held])
+
+    for peer in steady:
+        assert peer.trainer.statistics().held_seconds == 0
+        assert peer.trainer.trainer.step >= 0.9 * seconds / TRAIN_CHUNK_SECONDS
+    for peer, pacer in zip(held, pacers, strict=True):
+        stats = peer.trainer.statistics()
+        mixes = peer.exchange.statistics().exchanges
+        assert pacer.overruns == []
+        assert stats.held_seconds >= seconds / 3, stats.held_seconds
+        assert mixes >= 10 and stats.step <= 3 * mixes, (stats.step, mixes)
+        assert stats.step < 0.2 * steady[0].trainer.trainer.step
+
+
+async def test_a_lone_step_paced_peer_trains_without_waiting(autojump_clock: trio.testing.MockClock) -> None:
+    with trio.fail_after(60):
+        async with fake_swarm(seed=9) as hub:
+            (alone,) = await start_peers(hub, "A", section=gossip(steps_per_exchange=2), trainer="stepping")
+            await hub.nursery.start(alone.exchange.run)
+            await trio.sleep(10)
+
+    assert alone.trainer.statistics().held_seconds == 0
+    assert alone.trainer.trainer.step >= 95 and alone.exchange.attempts == []
+
+
+async def test_a_hung_neighbour_holds_a_step_paced_trainer_no_longer_than_one_exchange_timeout(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    with trio.fail_after(200):
+        async with fake_swarm(seed=10, latency=0.02) as hub:
+            a, b = await start_peers(hub, "AB", section=gossip(steps_per_exchange=2), trainer="stepping")
+            await hub.nursery.start(a.exchange.run)
+            await trio.sleep(3)
+            hung_at = trio.current_time()
+            hub.hang(b.id)
+            await trio.sleep(60)
+            hub.revive(b.id)
+
+    chunks = [c.ended for c in steps_of(a) if c.ended >= hung_at]
+    gaps = [later - earlier for earlier, later in itertools.pairwise([hung_at, *chunks])]
+    assert max(gaps) <= TIMEOUT + 2 * TRAIN_CHUNK_SECONDS, max(gaps)  # the failed exchange released it
+    assert len(chunks) >= 60 / (TIMEOUT + 1)  # and it went on training
+    assert a.exchange.statistics().failed >= 2
 
 
 # -- the fake itself -----------------------------------------------------------------------------------------

@@ -27,6 +27,11 @@ _COUNTERS: tuple[tuple[str, str, _Getter], ...] = (
     ("gossipd_state_transfers_total", "Full models copied from a neighbour.", lambda t: t.state_transfers),
     ("gossipd_clipped_exchanges_total", "Exchanges scaled down to the clipping radius.", lambda t: t.clipped_exchanges),
     ("gossipd_suspects_total", "Neighbours backed off for being clipped again and again.", lambda t: t.suspects),
+    (
+        "gossipd_mix_wait_seconds_total",
+        "Seconds the trainer waited for a mix (step pacing).",
+        lambda t: t.mix_wait_seconds,
+    ),
 )
 _GAUGES: tuple[tuple[str, str, _Getter], ...] = (
     ("gossipd_training_loss", "Recent mean training loss.", lambda t: t.loss),

@@ -23,6 +23,7 @@ from gossipd.mixing.algorithm import Algorithm
 from gossipd.mixing.clipping import Clipper
 from gossipd.mixing.edge import EdgeState
 from gossipd.mixing.layout import ParamLayout
+from gossipd.mixing.pacing import StepPacer
 from gossipd.mixing.session import ExchangeResult, ExchangeSession, PeerAborted
 from gossipd.peering.table import PeerTable
 from gossipd.peering.view import PeerView
@@ -44,6 +45,7 @@ HELLO_LIMIT = 4096  # a hello is ~80 bytes; the first frame of a stream is read 
 MAX_CONCURRENT = 4  # exchanges in flight at once, started here or answered
 MAX_INITIATED = 2  # exchanges started here at once: a hung partner holds one, never the whole loop
 REJECTION_BACKOFF = 30.0  # seconds a peer that sent a message we had to reject is left alone
+RETRY = 0.01  # seconds a step-paced peer with no free partner waits before looking again
 SOFT_ABORTS = ("busy", "joining", "stopping", "backoff")
 
 log = logging.getLogger("gossipd.exchange")
@@ -126,8 +128,13 @@ class ExchangeService:
         self.counters = ExchangeCounters()
         self.accepting = True
         self._initiated = 0
+        self._not_before = 0.0  # a step-paced peer whose exchange was declined as busy waits until then
         self._idle = trio.Event()
         self._idle.set()
+        if gossip.steps_per_exchange is not None:
+            trainer.pace(
+                StepPacer(gossip.steps_per_exchange), may_hold=self.can_mix, hold_limit=gossip.exchange_timeout
+            )
 
     # -- statistics and edge bookkeeping -----------------------------------------------------------
 
@@ -173,24 +180,45 @@ class ExchangeService:
     # -- starting exchanges ----------------------------------------------------------------------------
 
     async def run(self, *, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Every `exchange_interval` seconds (jittered), start an exchange with a random live neighbour,
-        with at most MAX_INITIATED of this end's own exchanges running at once."""
+        """Every `exchange_interval` seconds (jittered), or every `steps_per_exchange` training steps when the
+        trainer is step-paced, start an exchange with a random live neighbour, with at most MAX_INITIATED of
+        this end's own exchanges running at once."""
         task_status.started()
+        pacer = self.trainer.pacer
         async with trio.open_nursery() as nursery:
             while True:
-                interval = self.gossip.exchange_interval
-                # Back-to-back exchanges (interval 0) still yield a little, so a lone peer does not spin.
-                await trio.sleep(interval * self.rng.uniform(0.75, 1.25) if interval > 0 else 0.01)
-                if not (self.accepting and self.ready()) or len(self.in_flight) >= MAX_CONCURRENT:
+                if pacer is not None:
+                    await self.trainer.exchange_due()
+                    await trio.sleep_until(self._not_before)
+                else:
+                    interval = self.gossip.exchange_interval
+                    # Back-to-back exchanges (interval 0) still yield a little, so a lone peer does not spin.
+                    await trio.sleep(interval * self.rng.uniform(0.75, 1.25) if interval > 0 else 0.01)
+                partner = self._partner() if self._may_start() else None
+                if partner is None:
+                    if pacer is not None:
+                        await trio.sleep(RETRY)  # still due: try again shortly
                     continue
-                if self._initiated >= MAX_INITIATED:
-                    continue
-                partner = self.view.sample(
-                    lambda p: self.peers.is_live(p) and p not in self.in_flight and self.access.admits(p)
-                )
-                if partner is not None:
-                    self._initiated += 1
-                    nursery.start_soon(self._initiate_counted, partner)
+                if pacer is not None:
+                    pacer.started(self.trainer.trainer.step)
+                self._initiated += 1
+                nursery.start_soon(self._initiate_counted, partner)
+
+    def can_mix(self) -> bool:
+        """Whether there is a neighbour to mix with now (a step-paced trainer only waits for mixes then)."""
+        return (
+            self.accepting
+            and self.ready()
+            and any(self.peers.is_live(p) and self.access.admits(p) for p in self.view.members)
+        )
+
+    def _may_start(self) -> bool:
+        return (
+            self.accepting and self.ready() and len(self.in_flight) < MAX_CONCURRENT and self._initiated < MAX_INITIATED
+        )
+
+    def _partner(self) -> str | None:
+        return self.view.sample(lambda p: self.peers.is_live(p) and p not in self.in_flight and self.access.admits(p))
 
     async def _initiate_counted(self, peer: str) -> None:
         try:
@@ -205,6 +233,7 @@ class ExchangeService:
         if peer in self.in_flight or not self.accepting:
             return None
         self._begin(peer)
+        started = trio.current_time()
         stream: FrameStream | None = None
         session: ExchangeSession | None = None
         try:
@@ -216,7 +245,7 @@ class ExchangeService:
                 session = await self._session(peer)
                 return await self._finish(peer, stream, session, first=None)
         except (DialError, StreamClosed, FrameTooLarge, trio.TooSlowError, WireError) as exc:
-            await self._failed(peer, stream, session, exc)
+            await self._failed(peer, stream, session, exc, elapsed=trio.current_time() - started)
             return None
         finally:
             self._end(peer)
@@ -347,7 +376,12 @@ class ExchangeService:
         return result
 
     async def _failed(
-        self, peer: str, stream: FrameStream | None, session: ExchangeSession | None, error: BaseException
+        self,
+        peer: str,
+        stream: FrameStream | None,
+        session: ExchangeSession | None,
+        error: BaseException,
+        elapsed: float = 0.0,
     ) -> None:
         soft = isinstance(error, PeerAborted) and any(r in str(error) for r in SOFT_ABORTS)
         if session is not None and session.mixing_started:
@@ -369,6 +403,15 @@ class ExchangeService:
         if not soft:
             self.counters.failed += 1
             self.peers.exchange_failed(peer)
+        # A busy neighbour frees up in moments: a step-paced peer tries again after a random wait of up to
+        # two attempts' time, so two peers that started exchanges with each other at once (each declines
+        # the other) do not collide forever. Otherwise its held trainer goes on, rather than wait for a mix
+        # that may not come.
+        if soft and "busy" in str(error):
+            self._not_before = trio.current_time() + self.rng.uniform(0, 2 * elapsed)
+            self.trainer.mix_declined()
+        else:
+            self.trainer.mix_failed()
         if stream is not None:
             await stream.reset()
 

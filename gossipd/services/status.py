@@ -69,6 +69,7 @@ class TaskStatus:
     suspects: int = 0  # neighbours backed off for being clipped exchange after exchange
     privacy_epsilon: float | None = None  # ε spent so far by DP-SGD on this peer's examples ([privacy])
     privacy_delta: float | None = None  # the δ that ε is reported at
+    mix_wait_seconds: float = 0.0  # time the trainer waited for a mix ([gossip] steps_per_exchange)
     peers: tuple[PeerStatus, ...] = ()
 
 

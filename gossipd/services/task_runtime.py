@@ -409,6 +409,7 @@ class TaskRuntime:
             privacy_epsilon=services.trainer.trainer.epsilon() if services is not None else None,
             privacy_delta=self.task.privacy.delta if self.task.privacy is not None else None,
             suspects=exchange.suspects if exchange else 0,
+            mix_wait_seconds=trainer.held_seconds if trainer else 0.0,
             peers=self._peer_statuses(),
         )
 

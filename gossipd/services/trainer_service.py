@@ -2,6 +2,10 @@
 stays free for the network. Between chunks (a *step boundary*) the service applies the deltas exchanges
 produced, runs anything that must see the model at rest (snapshots, checkpoints, loading a full state), and
 evaluates on schedule. Nothing else touches the model, so mixing never races with training.
+
+With step pacing (`[gossip] steps_per_exchange`) a chunk also stops where the next exchange is due, and the
+trainer holds at a boundary once it is the pacer's lag ahead of its last mix, until an exchange finishes or
+fails, or `hold_limit` seconds pass; it never holds while the peer has no neighbour to mix with.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import trio
 from gossipd.data.spec import ArrayDataset
 from gossipd.mixing.algorithm import Delta
 from gossipd.mixing.layout import mixed_parameters
+from gossipd.mixing.pacing import StepPacer
 from gossipd.train.trainer import Evaluation, Trainer
 
 if TYPE_CHECKING:
@@ -38,6 +43,7 @@ class TrainerStatistics:
     samples_per_second: float
     evaluation: Evaluation | None
     evaluated_at_step: int | None
+    held_seconds: float  # time spent waiting for a mix (step pacing)
 
 
 class TrainerService:
@@ -72,11 +78,26 @@ class TrainerService:
         self._version = 0
         self._snapshot: dict[str, torch.Tensor] = self._clone_params()
         self._snapshot_version = 0
+        self._stepped = trio.Event()
+        self.pacer: StepPacer | None = None
+        self._may_hold: Callable[[], bool] = lambda: False
+        self._hold_limit = 0.0
+        self._held_since: float | None = None
+        self._held_seconds = 0.0
+
+    def pace(self, pacer: StepPacer, *, may_hold: Callable[[], bool], hold_limit: float) -> None:
+        """Pace training by mixing: `may_hold` says whether there is anyone to mix with right now."""
+        pacer.reset(self.trainer.step)
+        self.pacer = pacer
+        self._may_hold = may_hold
+        self._hold_limit = hold_limit
 
     # -- what other services call ---------------------------------------------------------------------
 
     def submit(self, delta: Delta) -> None:
-        """Queue a mixing result; it is added to the model at the next step boundary."""
+        """Queue the result of a finished exchange; it is added to the model at the next step boundary."""
+        if self.pacer is not None:
+            self.pacer.mixed(self.trainer.step)
         if len(self._pending) >= _MAX_PENDING:
             merged = self._pending.pop(0)
             for name, change in delta.items():
@@ -103,6 +124,29 @@ class TrainerService:
         result: T = value
         return result
 
+    def mix_failed(self) -> None:
+        """An exchange failed: a held trainer goes on rather than wait for a mix that may not come."""
+        if self.pacer is not None:
+            self.pacer.release(self.trainer.step)
+            self._wake.set()
+
+    def mix_declined(self) -> None:
+        """A neighbour declined an exchange this peer started (it was busy): the exchange is due again now."""
+        if self.pacer is not None:
+            self.pacer.retry(self.trainer.step)
+            self._moved()
+
+    async def exchange_due(self) -> None:
+        """Return once the pacer says this peer should start an exchange."""
+        assert self.pacer is not None
+        while not self.pacer.due(self.trainer.step):
+            await self._stepped.wait()
+
+    def _moved(self) -> None:
+        """The step or the pacer changed: wake whoever waits for an exchange to fall due."""
+        self._stepped.set()
+        self._stepped = trio.Event()
+
     def pause(self) -> None:
         self._paused = True
 
@@ -118,6 +162,7 @@ class TrainerService:
             samples_per_second=self._rate,
             evaluation=self._evaluation,
             evaluated_at_step=self._evaluated_at,
+            held_seconds=self._held_seconds + self._holding_for(),
         )
 
     # -- the loop --------------------------------------------------------------------------------------
@@ -131,7 +176,12 @@ class TrainerService:
                     self._wake = trio.Event()
                     await self._wake.wait()
                     continue
-                await self._train_chunk()
+                steps = self._chunk_steps()
+                if steps == 0:
+                    await self._hold()
+                    continue
+                self._end_hold()
+                await self._train_chunk(steps)
                 await self._maybe_evaluate()
         finally:
             # Whoever waits on a boundary must not wait forever once the trainer is gone.
@@ -155,12 +205,43 @@ class TrainerService:
             with contextlib.suppress(trio.BrokenResourceError):  # the caller gave up (its deadline passed)
                 send.send_nowait(outcome)
 
-    async def _train_chunk(self) -> None:
-        steps = self._steps_per_chunk
+    def _chunk_steps(self) -> int:
+        if self.pacer is None or not self._may_hold():
+            return self._steps_per_chunk
+        return self.pacer.chunk(self.trainer.step, self._steps_per_chunk)
+
+    async def _hold(self) -> None:
+        """Wait for a mix (the pacer's lag is used up): until an exchange ends, the model must be looked at,
+        or the hold limit passes; then the caller looks again."""
+        now = trio.current_time()
+        if self._held_since is None:
+            self._held_since = now
+        remaining = self._held_since + self._hold_limit - now
+        if remaining <= 0:
+            assert self.pacer is not None
+            log.debug("no mix for %.1f s: training on", self._hold_limit)
+            self.pacer.release(self.trainer.step)
+            self._end_hold()
+            return
+        self._wake = trio.Event()
+        # Woken by a mix, a failure or a boundary action; otherwise looked at again every 0.5 s, in case
+        # the last neighbour went away.
+        with trio.move_on_after(min(remaining, 0.5)):
+            await self._wake.wait()
+
+    def _holding_for(self) -> float:
+        return 0.0 if self._held_since is None else trio.current_time() - self._held_since
+
+    def _end_hold(self) -> None:
+        self._held_seconds += self._holding_for()
+        self._held_since = None
+
+    async def _train_chunk(self, steps: int) -> None:
         skipped = self.trainer.skipped_steps
         started = trio.current_time()
         stats = await trio.to_thread.run_sync(self.trainer.train_steps, steps, limiter=self.limiter)
         self._version += 1
+        self._moved()
         if self.trainer.skipped_steps > skipped:
             log.warning(
                 "skipped %d training steps whose loss was not finite (is the learning rate too high?)",
@@ -213,6 +294,9 @@ class TrainerService:
         self._pending.clear()
         self._version += 1
         self._publish()
+        if self.pacer is not None:
+            self.pacer.reset(self.trainer.step)
+        self._moved()
 
 
 def _clone_tree(value: Any) -> Any:

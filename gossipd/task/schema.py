@@ -81,6 +81,9 @@ class GossipSection:
     weight: float | None = field(default=None, metadata=bounds(min=0.0, max=0.5, exclusive_min=True))
     view_size: int = field(default=6, metadata=bounds(min=1, max=64))
     exchange_interval: float = field(default=0.2, metadata=bounds(min=0.0))
+    # Set, it replaces exchange_interval: an exchange every this many local steps, and training waits for a
+    # mix once twice as many steps have passed without one (see gossipd.mixing.pacing).
+    steps_per_exchange: int | None = field(default=None, metadata=bounds(min=1, max=100000))
     exchange_timeout: float = field(default=15.0, metadata=bounds(min=0.1))
     rewire_interval: float = field(default=30.0, metadata=bounds(min=0.0))
     config: Any = None

@@ -53,6 +53,9 @@ def main() -> None:
         use_local_updates=True,
         matchmaking_time=1.0,
         averaging_timeout=10.0,
+        # hivemind's averager requires request_timeout < matchmaking time "to avoid potential deadlocks"; its
+        # default (3 s) is not, and the MLP runs (a round every ~1 s) stalled in matchmaking with it.
+        averager_opts={"request_timeout": 0.5},
         verbose=False,
     )
     x, y = shard(workdir, peer)

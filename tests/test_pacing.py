@@ -1,0 +1,60 @@
+"""StepPacer: when a step-paced peer starts exchanges and how far its trainer may run ahead of its mixes."""
+
+from __future__ import annotations
+
+import pytest
+
+from gossipd.mixing.pacing import StepPacer
+
+
+def test_an_exchange_falls_due_every_interval_counted_from_when_the_last_one_started() -> None:
+    pacer = StepPacer(4, step=10)
+    assert [s for s in range(10, 20) if pacer.due(s)] == [14, 15, 16, 17, 18, 19]
+    pacer.started(15)  # started a step late (no partner was free at 14): the next is due 4 steps on
+    assert not pacer.due(18) and pacer.due(19)
+
+
+def test_chunks_stop_where_the_next_exchange_is_due_and_where_the_lag_runs_out() -> None:
+    pacer = StepPacer(4, lag=10, step=0)
+    assert pacer.chunk(0, 100) == 4  # up to the exchange due at 4
+    assert pacer.chunk(2, 1) == 1  # never more than the trainer wanted
+    pacer.started(4)
+    assert pacer.chunk(4, 100) == 4  # next due at 8
+    pacer.started(8)
+    assert pacer.chunk(8, 100) == 2  # due at 12, but 10 steps past the last mix (at 0) is as far as it goes
+    assert pacer.allowance(10) == 0 and pacer.chunk(10, 100) == 0  # hold: no mix yet
+    pacer.mixed(9)  # a mix finished while the trainer was at step 9
+    assert pacer.allowance(10) == 9 and pacer.chunk(10, 100) == 2
+
+
+def test_a_due_exchange_that_could_not_start_does_not_stop_training_short_of_the_lag() -> None:
+    pacer = StepPacer(4, step=0)  # lag 8
+    assert pacer.due(4)
+    assert pacer.chunk(4, 100) == 4  # due but not started: train on, up to the lag
+    assert pacer.chunk(8, 100) == 0
+
+
+def test_a_mix_never_moves_the_last_mix_back_and_release_lets_a_held_trainer_run_a_full_lag() -> None:
+    pacer = StepPacer(2, step=0)  # lag 4
+    pacer.mixed(6)
+    pacer.mixed(3)  # an older exchange finishing late
+    assert pacer.last_mix == 6
+    assert pacer.allowance(10) == 0
+    pacer.release(10)
+    assert pacer.allowance(10) == 4
+
+
+def test_a_declined_exchange_is_due_again_at_once_and_reset_starts_afresh() -> None:
+    pacer = StepPacer(5, step=0)
+    pacer.started(5)
+    assert not pacer.due(7)
+    pacer.retry(7)
+    assert pacer.due(7)
+    pacer.reset(1000)  # a neighbour's model (and its step count) was loaded
+    assert not pacer.due(1004) and pacer.due(1005) and pacer.allowance(1000) == 10
+
+
+@pytest.mark.parametrize(("every", "lag"), [(0, None), (4, 3)])
+def test_nonsense_settings_are_refused(every: int, lag: int | None) -> None:
+    with pytest.raises(ValueError, match="at least"):
+        StepPacer(every, lag)
