@@ -119,6 +119,21 @@ def test_goal_verdicts_follow_the_figures() -> None:
     assert "not met" in lines[3]
 
 
+def test_a_step_paced_powergossip_is_judged_against_step_paced_plain_gossip() -> None:
+    rows = aggregate(
+        [
+            synthetic("gossipd-plain", 40, 500e6, 0.985),
+            synthetic("gossipd-plain-paced", 20, 800e6, 0.981),
+            synthetic("gossipd-powergossip-paced", 50, 40e6, 0.979),
+            synthetic("flower", 80, 400e6, 0.984),
+        ]
+    )
+    lines = goals(rows)
+    assert "best gossipd (gossipd, plain gossip, step-paced) 20 s" in lines[0]
+    assert "against gossipd, plain gossip, step-paced 800 MB: **20.0× fewer**" in lines[1]
+    assert "against plain gossip, step-paced 98.10%: **0.20 points behind**" in lines[3]
+
+
 def test_when_nobody_reaches_98_the_time_line_compares_97_instead() -> None:
     def only_97(system: str, seconds: float) -> dict[str, Any]:
         result = synthetic(system, seconds, 1e6, 0.975)

@@ -15,7 +15,15 @@ from pathlib import Path
 from typing import Any
 
 TARGETS = (0.97, 0.98)
-POWERGOSSIP = ("gossipd-powergossip", "gossipd-powergossip-r2", "gossipd-powergossip-2it", "gossipd-powergossip-fast")
+POWERGOSSIP = (
+    "gossipd-powergossip",
+    "gossipd-powergossip-r2",
+    "gossipd-powergossip-2it",
+    "gossipd-powergossip-fast",
+    "gossipd-powergossip-paced",
+    "gossipd-powergossip-2it-paced",
+)
+PACED = "-paced"  # a step-paced variant ([gossip] steps_per_exchange), judged against step-paced plain gossip
 # A Flower model crosses loopback three times per direction (ServerApp-SuperLink, SuperLink-SuperNode,
 # SuperNode-ClientApp) where a deployment sends it once over the network (measured: 3.5x for one round).
 FLOWER_LOOPBACK_COPIES = 3
@@ -26,6 +34,10 @@ LABELS = {
     "gossipd-powergossip-r2": "gossipd, PowerGossip r2",
     "gossipd-powergossip-2it": "gossipd, PowerGossip r1, 2 iterations",
     "gossipd-powergossip-fast": "gossipd, PowerGossip r1, every 0.1 s",
+    "gossipd-plain-paced": "gossipd, plain gossip, step-paced",
+    "gossipd-powergossip-paced": "gossipd, PowerGossip r1, step-paced",
+    "gossipd-powergossip-2it-paced": "gossipd, PowerGossip r1, 2 iterations, step-paced",
+    "gossipd-choco-paced": "gossipd, Choco sign, step-paced",
     "hivemind": "hivemind (Optimizer, local updates)",
     "flower": "Flower FedAvg (deployment runtime)",
     "ddp": "torch DDP all-reduce (gloo)",
@@ -209,12 +221,13 @@ def goals(rows: list[Row]) -> list[str]:
                 f"- Time to 98%: best gossipd ({LABELS[best.system]}) {_seconds(mine)} s against "
                 f"{LABELS[rival.system]} {_seconds(theirs)} s: **{shown}** (goal ≤ 0.7×, {verdict})."
             )
-    plain = by.get("gossipd-plain")
     for power in (by.get(name) for name in POWERGOSSIP):
         if power is None:
             continue
         short = LABELS[power.system].removeprefix("gossipd, ")
-        for name in ("gossipd-plain", "flower"):
+        reference = "gossipd-plain-paced" if power.system.endswith(PACED) else "gossipd-plain"
+        plain = by.get(reference)
+        for name in (reference, "flower"):
             other = by.get(name)
             if other is None:
                 continue
@@ -240,8 +253,9 @@ def goals(rows: list[Row]) -> list[str]:
             verdict = "met" if gap <= 0.3 else "not met"
             where = f"{gap:.2f} points behind" if gap >= 0 else f"{-gap:.2f} points ahead"
             lines.append(
-                f"- Final accuracy: {short} {_accuracy(power.final_accuracy)}% against plain gossip "
-                f"{_accuracy(plain.final_accuracy)}%: **{where}** (goal ≤ 0.3 behind, {verdict})."
+                f"- Final accuracy: {short} {_accuracy(power.final_accuracy)}% against "
+                f"{LABELS[reference].removeprefix('gossipd, ')} {_accuracy(plain.final_accuracy)}%: **{where}** "
+                f"(goal ≤ 0.3 behind, {verdict})."
             )
     return lines
 
@@ -262,9 +276,10 @@ def plot(results: list[dict[str, Any]], model: str, split: str, path: Path) -> N
         label = LABELS.get(result["system"], result["system"])
         # One colour per system in both panels, though systems that send nothing are absent from the second;
         # gossipd's variants dashed, so that more than ten systems stay apart.
-        colour = f"C{list(LABELS).index(result['system']) % 10}" if result["system"] in LABELS else None
-        colour = "black" if result["system"] == "centralised" else colour  # the eleventh system
-        style = "--" if result["system"] in POWERGOSSIP[1:] else "-"
+        system = result["system"]
+        colour: Any = plt.get_cmap("tab20")(list(LABELS).index(system) % 20) if system in LABELS else None
+        colour = "black" if system == "centralised" else colour
+        style = ":" if system.endswith(PACED) else "--" if system in POWERGOSSIP[1:] else "-"
         by_time.plot(seconds, accuracy, label=label, color=colour, linestyle=style)
         sent = [(c[3] / 1e6, 100 * c[1]) for c in result["curve"] if c[3] > 0]
         if sent:
