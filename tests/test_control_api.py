@@ -83,6 +83,9 @@ def make_task(task_id: str, **changes: Any) -> TaskStatus:
         state_transfers=1,
         last_checkpoint=1_699_999_900.0,
         rejections={"wrong-task": 3, "too-large": 1},
+        clipped_exchanges=12,
+        suspects=1,
+        mix_wait_seconds=4.5,
         peers=(
             make_peer("12D3KooWAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAApeerone1", in_view=True),
             make_peer(
@@ -348,6 +351,9 @@ async def test_metrics(client: ControlClient, socket_path: Path) -> None:
     assert value("gossipd_state_transfers", task="mnist") == 1
     assert value("gossipd_rejections", task="mnist", reason="wrong-task") == 3
     assert value("gossipd_samples_per_second", task="mnist") == 640.5
+    assert value("gossipd_clipped_exchanges", task="mnist") == 12
+    assert value("gossipd_suspects", task="mnist") == 1
+    assert value("gossipd_mix_wait_seconds", task="mnist") == 4.5
     assert value("gossipd_training_steps", task="cifar") == 0
     # None is left out, not exported as 0 or NaN.
     assert all(s.labels["task"] != "cifar" for s in families["gossipd_training_loss"].samples)
