@@ -2,7 +2,7 @@
 the model and data helpers): `hivemind.Optimizer` with local updates, i.e. local SGD steps with periodic
 parameter averaging in groups found through hivemind's own DHT, on loopback, NAT traversal and UPnP off.
 
-    python hivemind_runner.py WORKDIR MODEL STEPS SNAPSHOT_EVERY PEER PEERS TARGET_BATCH
+    python hivemind_runner.py WORKDIR MODEL STEPS SNAPSHOT_EVERY PEER PEERS TARGET_BATCH REQUEST_TIMEOUT
 Peer 0 writes its DHT address to WORKDIR/hivemind-boot; the others read it.
 """
 
@@ -23,6 +23,7 @@ def main() -> None:
     torch.set_num_threads(1)
     workdir, name = Path(sys.argv[1]), sys.argv[2]
     steps, every, peer, _peers, target = (int(v) for v in sys.argv[3:8])
+    request_timeout = float(sys.argv[8])
     boot = workdir / "hivemind-boot"
     initial = []
     if peer > 0:
@@ -53,9 +54,9 @@ def main() -> None:
         use_local_updates=True,
         matchmaking_time=1.0,
         averaging_timeout=10.0,
-        # hivemind's averager requires request_timeout < matchmaking time "to avoid potential deadlocks"; its
-        # default (3 s) is not, and the MLP runs (a round every ~1 s) stalled in matchmaking with it.
-        averager_opts={"request_timeout": 0.5},
+        # hivemind's averager asks for request_timeout < matchmaking time "to avoid potential deadlocks"; its
+        # default (3 s) is not. The benchmark picks it per split (see HIVEMIND_REQUEST_TIMEOUT there).
+        averager_opts={"request_timeout": request_timeout},
         verbose=False,
     )
     x, y = shard(workdir, peer)
