@@ -47,7 +47,7 @@ RESULTS = DOCS / "bench-peers"  # the published runs; experiments (--tag, --quic
 RUN_LIMIT_S = 3600  # no single run may take longer
 FLOWER_LOCAL_STEPS = 15_000 // 32  # one epoch of a 15k-image shard
 # hivemind's averager request timeout, per split: the better of the two settings measured on the CNN
-# (2026-11-29). 0.5 s (below the 1 s matchmaking time, as hivemind asks) took IID to 98% in 53-55 s against
+# (2026-11-29). 0.5 s (below the 1 s matchmaking time, as hivemind asks) took IID to 98% in 53-74 s against
 # 85 s with its default 3 s; on Dirichlet 0.5 it ended at 93.0% where the default reached 98% in 124 s.
 HIVEMIND_REQUEST_TIMEOUT = {"iid": 0.5, "dirichlet:0.5": 3.0}
 HEADING = "## Side by side: gossipd, hivemind, Flower, all-reduce"
