@@ -279,6 +279,19 @@ async def stop_mixing(peers: list[Peer]) -> None:
         await peer.exchange.wait_idle()
 
 
+async def mix_for(
+    hub: FakeHub, peers: list[Peer], seconds: float
+) -> tuple[list[dict[str, torch.Tensor]], list[dict[str, torch.Tensor]]]:
+    """Every peer's parameters, then their run loops mix for `seconds`, then (mixing stopped) the parameters
+    again."""
+    before = [await p.params() for p in peers]
+    for peer in peers:
+        await hub.nursery.start(peer.exchange.run)
+    await trio.sleep(seconds)
+    await stop_mixing(peers)
+    return before, [await p.params() for p in peers]
+
+
 def declines(caplog: pytest.LogCaptureFixture) -> list[str]:
     """What the exchange service logged as declined (a soft abort: neither a failure nor a rejection)."""
     return [r.getMessage() for r in caplog.records if r.name == "gossipd.exchange" and "declined" in r.getMessage()]
@@ -321,12 +334,7 @@ async def test_three_peers_mix_to_consensus_and_keep_the_swarm_average(
     with trio.fail_after(120):
         async with fake_swarm(seed=1, latency=0.02, jitter=0.01) as hub:
             peers = await start_peers(hub, "ABC", section=gossip(algorithm), trainer=trainer)
-            before = [await p.params() for p in peers]
-            for peer in peers:
-                await hub.nursery.start(peer.exchange.run)
-            await trio.sleep(30)
-            await stop_mixing(peers)
-            after = [await p.params() for p in peers]
+            before, after = await mix_for(hub, peers, 30)
 
     for peer in peers:
         stats = peer.exchange.statistics()
@@ -717,12 +725,7 @@ async def test_a_step_paced_swarm_starts_an_exchange_every_n_steps_and_never_tra
         async with fake_swarm(seed=7, latency=0.02, jitter=0.01) as hub:
             peers = await start_peers(hub, "ABC", section=gossip(steps_per_exchange=every), trainer="stepping")
             pacers = [paced(p, every) for p in peers]
-            before = [await p.params() for p in peers]
-            for peer in peers:
-                await hub.nursery.start(peer.exchange.run)
-            await trio.sleep(30)
-            await stop_mixing(peers)
-            after = [await p.params() for p in peers]
+            before, after = await mix_for(hub, peers, 30)
 
     for peer, pacer in zip(peers, pacers, strict=True):
         steps = peer.trainer.trainer.step
