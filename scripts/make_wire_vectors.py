@@ -63,6 +63,16 @@ def main() -> None:
             tensors=(tensor("fc.weight", "float32", [0.25, -1, 8], (3, 1)),),
             **common,
         ),
+        # A float16 task (`wire_dtype = "float16"`): the same projection at half precision, plus a bias whole.
+        "power-float16": Message(
+            type=MessageType.POWER,
+            phase=0,
+            tensors=(
+                tensor("fc.weight", "float16", [0.25, -1, 8], (3, 1)),
+                tensor("fc.bias", "float16", [0.5, -65504], (2,)),
+            ),
+            **common,
+        ),
         "choco-sign": Message(
             type=MessageType.CHOCO,
             tensors=(

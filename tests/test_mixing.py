@@ -36,6 +36,7 @@ ALGORITHMS: dict[str, Algorithm[Any]] = {
     "powergossip-r1": PowerGossip(PowerGossipConfig()),
     "powergossip-r2-i2": PowerGossip(PowerGossipConfig(rank=2, iterations=2, alpha=1.3)),
     "powergossip-cold": PowerGossip(PowerGossipConfig(warm_start=False)),
+    "powergossip-float16": PowerGossip(PowerGossipConfig(iterations=2, wire_dtype="float16")),
     "choco-sign": ChocoGossip(ChocoConfig()),
     "choco-top-k": ChocoGossip(ChocoConfig(compressor="top-k:5%", gamma=0.3)),
     "choco-random-k": ChocoGossip(ChocoConfig(compressor="random-k:5%")),
@@ -152,6 +153,40 @@ def test_powergossip_rank_1_sends_30_times_fewer_bytes_than_plain_on_the_cnn() -
         sizes[name] = exchange(algorithm, a, b)
     assert sizes["plain"] > 4 * 100_000  # the CNN's ~114k float32 parameters, both directions
     assert sizes["plain"] / sizes["pg"] >= 30, sizes
+
+
+def test_powergossip_in_float16_sends_half_the_bytes_and_mixes_as_well_as_in_float32() -> None:
+    sizes, gaps = {}, {}
+    for dtype in ("float32", "float16"):
+        algorithm = PowerGossip(PowerGossipConfig(wire_dtype=dtype))
+        a, b = Peer(0, cnn_params(0)), Peer(1, cnn_params(1))
+        start = sum(float((a.params[k] - b.params[k]).norm() ** 2) for k in a.params) ** 0.5
+        sizes[dtype] = [exchange(algorithm, a, b) for _ in range(30)]
+        gaps[dtype] = sum(float((a.params[k] - b.params[k]).norm() ** 2) for k in a.params) ** 0.5 / start
+    ratio = sum(sizes["float32"]) / sum(sizes["float16"])
+    assert 1.8 <= ratio <= 2.0, ratio  # the data halves; names, shapes and headers do not
+    assert gaps["float32"] < 0.9  # 30 rank-1 exchanges close a real part of the gap ...
+    assert abs(gaps["float16"] - gaps["float32"]) < 0.03 * gaps["float32"], gaps  # ... rounding barely slows it
+
+
+def test_powergossip_in_float16_carries_half_precision_and_clamps_to_its_range() -> None:
+    algorithm = PowerGossip(PowerGossipConfig(wire_dtype="float16"))
+    big = model(0)
+    big["fc.weight"] = big["fc.weight"] * 1e6  # projections far beyond float16's ±65504
+    a, b = Peer(0, big), Peer(1, model(1))
+    before = total([a, b])
+    ends = (a.session(algorithm, b), b.session(algorithm, a))
+    hello = [end.start() for end in ends]
+    sent: list[Message] = [ends[0].receive(hello[1]), ends[1].receive(hello[0])]
+    assert {t.dtype for m in sent for t in m.tensors} == {"float16"}
+    assert ends[0].receive(sent[1]) is None and ends[1].receive(sent[0]) is None
+    for end, peer in zip(ends, (a, b), strict=True):
+        result = end.result()
+        assert all(bool(torch.isfinite(d).all()) for d in result.delta.values())
+        peer.params = {k: v + result.delta[k] for k, v in peer.params.items()}
+    after = total([a, b])
+    for key in before:  # clamped alike on both ends: still nothing created or lost
+        assert float((after[key] - before[key]).norm() / before[key].norm()) <= 1e-6
 
 
 def test_powergossip_compresses_every_weight_matrix_of_the_cnn_and_sends_biases_whole() -> None:

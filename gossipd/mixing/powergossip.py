@@ -6,11 +6,16 @@ d = q_low − q_high, the difference of their models projected on p, and move by
 iterations). With warm start, d becomes the next p, so repeated exchanges run a power iteration on the
 slowly changing difference. What a rank-r step misses stays in the next difference: no error feedback.
 1-D tensors and matrices too thin to compress are averaged uncompressed in the first iteration.
+
+With `wire_dtype = "float16"` everything is sent at half precision and each end computes with its *own value
+as sent*, not the one it had: both ends then hold the same two rounded vectors, so the pair's sum is still
+unchanged and only the step's direction carries rounding noise (hivemind averages in float16 by default too).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
 import torch
 
@@ -22,17 +27,21 @@ from gossipd.wire.messages import MessageType
 from gossipd.wire.tensors import TensorSpec, WireTensor, from_wire, to_wire
 
 _EPS = 1e-8
+_WIRE_DTYPES = {"float32": torch.float32, "float16": torch.float16}
+_FLOAT16_MAX = float(torch.finfo(torch.float16).max)
 
 
 @dataclass(frozen=True, kw_only=True)
 class PowerGossipConfig:
     """`rank` and `iterations` (power iterations, i.e. message rounds, per exchange) trade bytes for
-    mixing speed; the reference settings are rank 1 with 1-2 iterations. `alpha` scales the low-rank step."""
+    mixing speed; the reference settings are rank 1 with 1-2 iterations. `alpha` scales the low-rank step.
+    `wire_dtype = "float16"` halves the bytes of every message."""
 
     rank: int = field(default=1, metadata=bounds(min=1, max=64))
     iterations: int = field(default=1, metadata=bounds(min=1, max=16))
     warm_start: bool = True
     alpha: float = field(default=1.0, metadata=bounds(min=0.0, max=2.0, exclusive_min=True))
+    wire_dtype: Literal["float32", "float16"] = "float32"
 
 
 @dataclass
@@ -70,26 +79,32 @@ class PowerGossip(Algorithm[PowerGossipEdge]):
         whole = [name for name in ctx.layout.shapes if name not in set(compressed)]
         delta: Delta = {}
         distance_squared = 0.0
+        half = self.config.wire_dtype == "float16"
         for iteration in range(self.config.iterations):
             even = edge.iterations % 2 == 0
             p: dict[str, torch.Tensor] = {}
             q: dict[str, torch.Tensor] = {}
+            sent: list[WireTensor] = []
+            expect: dict[str, TensorSpec] = {}
             for name in compressed:
                 matrix = self._current(ctx, delta, name)
                 p[name] = self._orthogonalise(edge, name, ctx.device)
-                q[name] = matrix.T @ p[name] if even else matrix @ p[name]
-            projections = {name: to_wire(name, q[name]) for name in compressed}
-            sent: list[WireTensor] = list(projections.values())
-            expect = {name: TensorSpec("float32", tuple(q[name].shape)) for name in compressed}
+                wire = _as_sent(matrix.T @ p[name] if even else matrix @ p[name], half)
+                sent.append(to_wire(name, wire))
+                expect[name] = TensorSpec(sent[-1].dtype, tuple(wire.shape))
+                q[name] = wire.float()  # exactly what the peer decodes: both ends hold the same two vectors
+            mine: dict[str, torch.Tensor] = {}
             if iteration == 0:
-                sent += [to_wire(name, ctx.params[name]) for name in whole]
-                expect |= {name: TensorSpec(ctx.layout.dtypes[name], ctx.layout.shapes[name]) for name in whole}
+                for name in whole:
+                    wire = _as_sent(ctx.params[name], half)
+                    sent.append(to_wire(name, wire))
+                    expect[name] = TensorSpec(sent[-1].dtype, ctx.layout.shapes[name])
+                    mine[name] = wire.to(ctx.params[name].dtype)
             records = yield Outgoing(MessageType.POWER, iteration, tuple(sent), expect)
 
             scale = ctx.sign * ctx.weight * self.config.alpha
             for name in compressed:
-                # q is float32, so its wire form decodes to exactly q: both ends hold the same two vectors.
-                theirs = from_wire(records[name], ctx.device)
+                theirs = from_wire(records[name], ctx.device).float()
                 d = q[name] - theirs if ctx.sign < 0 else theirs - q[name]  # q_low − q_high on both ends
                 # ±w·α times the rank-r estimate of M_low − M_high; scaling the thin factor, not the matrix.
                 step = (p[name] * scale) @ d.T if even else d @ (p[name] * scale).T  # (m, n)
@@ -104,7 +119,8 @@ class PowerGossip(Algorithm[PowerGossipEdge]):
                 )
             if iteration == 0:
                 for name in whole:
-                    difference = from_wire(records[name], ctx.device) - ctx.params[name]
+                    # Against this end's value as sent: with float16 the pair's sum is still unchanged.
+                    difference = from_wire(records[name], ctx.device).to(mine[name].dtype) - mine[name]
                     distance_squared += float(difference.pow(2).sum())
                     delta[name] = difference * ctx.weight
             edge.iterations += 1
@@ -140,3 +156,11 @@ class PowerGossip(Algorithm[PowerGossipEdge]):
                 fresh = self._draw(edge.epoch, f"{name}#redraw{attempt}", edge.iterations, p.shape[0], device)
                 p[:, i] = fresh[:, i % fresh.shape[1]]
         return p
+
+
+def _as_sent(tensor: torch.Tensor, half: bool) -> torch.Tensor:
+    """The tensor as it goes on the wire: float16 (clamped to its range, so a large but finite value stays
+    finite and both ends clamp alike) or unchanged."""
+    if not half or not tensor.is_floating_point():
+        return tensor
+    return tensor.clamp(-_FLOAT16_MAX, _FLOAT16_MAX).to(torch.float16)
