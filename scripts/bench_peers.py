@@ -63,6 +63,8 @@ SYSTEMS = (
     "gossipd-powergossip-paced",
     "gossipd-powergossip-2it-paced",
     "gossipd-choco-paced",
+    "gossipd-powergossip-f16-paced",
+    "gossipd-powergossip-2it-f16-paced",
     "hivemind",
     "flower",
     "ddp",
@@ -88,6 +90,13 @@ PACED = "\nsteps_per_exchange = 2"
 GOSSIP |= {
     f"{name}-paced": GOSSIP[name] + PACED
     for name in ("gossipd-plain", "gossipd-powergossip", "gossipd-powergossip-2it", "gossipd-choco")
+}
+# PowerGossip sending float16 (`wire_dtype`): half the bytes of every message, both ends computing with the
+# values as sent.
+HALF = '\nwire_dtype = "float16"'
+GOSSIP |= {
+    "gossipd-powergossip-f16-paced": GOSSIP["gossipd-powergossip"] + HALF + PACED,
+    "gossipd-powergossip-2it-f16-paced": GOSSIP["gossipd-powergossip-2it"] + HALF + PACED,
 }
 
 

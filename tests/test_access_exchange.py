@@ -86,3 +86,8 @@ async def test_key_holders_mix_and_everyone_else_is_refused_by_reason(autojump_c
             assert peers["C"].exchange.statistics().rejections.get("auth-failed") == 1  # A's proof failed for C too
 
             assert await peers["E"].exchange.initiate("A") is not None  # the handshake itself still works
+            await wait_until(lambda: "E" not in a.exchange.in_flight)
+            opened = hub.statistics().streams_opened
+            assert await peers["E"].exchange.initiate("A") is not None  # on E's authenticated stream, no new proof
+            assert hub.statistics().streams_opened == opened
+            assert a.exchange.statistics().rejections == rejections

@@ -48,6 +48,7 @@ from gossipd.services.exchange import (
     HELLO_LIMIT,
     MIX_PROTOCOL,
     REJECTION_BACKOFF,
+    STREAM_REUSE,
     ExchangeService,
     ExchangeStatistics,
 )
@@ -682,6 +683,65 @@ async def test_wait_idle_returns_even_when_another_exchange_began_while_it_waite
 
     assert a.exchange.statistics().exchanges == 2
     assert returned == [pytest.approx(idle_at, abs=0.02)]
+
+
+# -- one stream, many exchanges ------------------------------------------------------------------------------
+
+
+async def test_a_pair_runs_its_exchanges_on_one_stream_until_it_is_too_old_to_reuse(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    with trio.fail_after(120):
+        async with fake_swarm(seed=7, latency=0.01) as hub:
+            a, b = await start_peers(hub, "AB", section=gossip(), trainer="paused")
+            for _ in range(5):
+                assert await exchange(a, b) is not None
+            assert hub.statistics().streams_opened == 1  # opened, negotiated once; four exchanges reused it
+            assert await exchange(b, a) is not None  # the other end starts on a stream of its own
+            assert hub.statistics().streams_opened == 2
+            await trio.sleep(STREAM_REUSE)
+            assert await exchange(a, b) is not None  # idle too long to reuse: a fresh stream
+            assert hub.statistics().streams_opened == 3
+    assert a.exchange.statistics().exchanges == b.exchange.statistics().exchanges == 7
+    assert a.exchange.statistics().failed == b.exchange.statistics().failed == 0
+
+
+async def test_a_busy_refusal_on_a_used_stream_leaves_it_open_for_the_next_try(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    with trio.fail_after(60):
+        async with fake_swarm(seed=9, latency=0.01) as hub:
+            a, b = await start_peers(hub, "AB", section=gossip(), trainer="paused")
+            assert await exchange(a, b) is not None
+            b.exchange.in_flight.add(a.id)  # B is (as far as it knows) already mixing with A
+            assert await a.exchange.initiate(b.id) is None  # declined as busy ...
+            b.exchange.in_flight.discard(a.id)
+            assert await exchange(a, b) is not None  # ... on a stream both ends kept
+            assert hub.statistics().streams_opened == 1
+            assert hub.statistics().streams_reset == 0
+    assert a.exchange.statistics().exchanges == 2
+    assert a.exchange.statistics().failed == 0
+
+
+async def test_a_stream_the_peer_let_go_is_replaced_at_once_and_not_counted_as_a_failure(
+    autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("gossipd.services.exchange.STREAM_IDLE", 1.0)  # B gives idle streams up before A would
+    with trio.fail_after(60):
+        async with fake_swarm(seed=8, latency=0.01) as hub:
+            a, b = await start_peers(hub, "AB", section=gossip(), trainer="paused")
+            assert await exchange(a, b) is not None
+            await trio.sleep(2.0)  # B has reset the stream A keeps for its next exchange
+            assert hub.statistics().streams_reset == 1
+            assert await exchange(a, b) is not None
+            assert hub.statistics().streams_opened == 2
+            await b.exchange.stop_accepting()  # B lets its idle stream go at once ...
+            await trio.sleep(0.1)
+            assert hub.statistics().streams_reset == 2
+            assert await exchange(a, b) is None  # ... and refuses A's fresh one: a decline, not a failure
+    assert a.exchange.statistics().exchanges == 2
+    assert a.exchange.statistics().failed == b.exchange.statistics().failed == 0
+    assert not b.exchange.in_flight and not a.exchange.in_flight
 
 
 # -- step pacing ---------------------------------------------------------------------------------------------

@@ -5,6 +5,10 @@ duplex: every round this end sends its message while reading the peer's (Yamux r
 reader stalls for 5 s, and both ends write first). The whole exchange runs under one deadline, so a peer
 that hangs costs one timeout and a peer that dies costs a failed read, never a stall. A failure after the
 hello drops the edge state; the next exchange with that peer starts the edge afresh.
+
+A stream outlives its exchange: the end that opened it starts its next exchange with that peer on it (within
+STREAM_REUSE seconds), so a steady pair pays for opening, negotiating and authenticating a stream once, not
+per exchange (those frames outweighed a float16 rank-1 PowerGossip message on the wire).
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from gossipd.mixing.clipping import Clipper
 from gossipd.mixing.edge import EdgeState
 from gossipd.mixing.layout import ParamLayout
 from gossipd.mixing.pacing import StepPacer
-from gossipd.mixing.session import ExchangeResult, ExchangeSession, PeerAborted
+from gossipd.mixing.session import ExchangeResult, ExchangeSession, PeerAborted, Phase
 from gossipd.peering.table import PeerTable
 from gossipd.peering.view import PeerView
 from gossipd.services.network import DialError, FrameStream, FrameTooLarge, Network, StreamClosed
@@ -47,6 +51,12 @@ MAX_INITIATED = 2  # exchanges started here at once: a hung partner holds one, n
 REJECTION_BACKOFF = 30.0  # seconds a peer that sent a message we had to reject is left alone
 RETRY = 0.01  # seconds a step-paced peer with no free partner waits before looking again
 SOFT_ABORTS = ("busy", "joining", "stopping", "backoff")
+# Refusals after which a stream that already carried an exchange stays open for the next one ("stopping" ends it).
+PASSING_REFUSALS = ("busy", "joining", "backoff")
+# An opener reuses an idle stream for this long; the answering end waits longer than that for the next hello
+# (then resets the stream), so a stream is only given up by the end that would have reused it.
+STREAM_REUSE = 10.0
+STREAM_IDLE = 30.0
 
 log = logging.getLogger("gossipd.exchange")
 
@@ -131,6 +141,8 @@ class ExchangeService:
         self._not_before = 0.0  # a step-paced peer whose exchange was declined as busy waits until then
         self._idle = trio.Event()
         self._idle.set()
+        self._parked: dict[str, tuple[FrameStream, float]] = {}  # streams this end opened, idle, by peer
+        self._idle_waits: set[trio.CancelScope] = set()  # answering ends waiting for a peer's next hello
         if gossip.steps_per_exchange is not None:
             trainer.pace(
                 StepPacer(gossip.steps_per_exchange), may_hold=self.can_mix, hold_limit=gossip.exchange_timeout
@@ -176,6 +188,15 @@ class ExchangeService:
         """Return once no exchange is in flight (used when stopping)."""
         while self.in_flight:
             await self._idle.wait()
+
+    async def stop_accepting(self) -> None:
+        """Start and answer no more exchanges; let go of idle streams (those in an exchange finish it)."""
+        self.accepting = False
+        for scope in self._idle_waits:
+            scope.cancel()
+        parked, self._parked = self._parked, {}
+        for stream, _ in parked.values():
+            await stream.reset()
 
     # -- starting exchanges ----------------------------------------------------------------------------
 
@@ -236,47 +257,132 @@ class ExchangeService:
         started = trio.current_time()
         stream: FrameStream | None = None
         session: ExchangeSession | None = None
+        reused = False
         try:
             with trio.fail_after(self.gossip.exchange_timeout):
-                stream = await self.network.open_stream(peer, MIX_PROTOCOL)
-                handshake = self.handshake(peer)
-                if handshake is not None:
-                    await authenticate(stream, handshake)
+                stream, reused = await self._stream_to(peer)
                 session = await self._session(peer)
-                return await self._finish(peer, stream, session, first=None)
+                try:
+                    result = await self._finish(peer, stream, session, first=None)
+                except StreamClosed:
+                    if not (reused and session.phase is Phase.HELLO):
+                        raise
+                    # The peer let the idle stream go before reading our hello (it stopped, restarted or
+                    # timed the stream out): nothing was exchanged, so this is no failure; start afresh.
+                    await stream.reset()
+                    stream, reused = None, False
+                    stream = await self._open(peer)
+                    session = await self._session(peer)
+                    result = await self._finish(peer, stream, session, first=None)
+                await self._park(peer, stream)
+                return result
         except (DialError, StreamClosed, FrameTooLarge, trio.TooSlowError, WireError) as exc:
+            if reused and stream is not None and isinstance(exc, PeerAborted) and _passing(exc):
+                await self._park(peer, stream)  # the peer keeps it too: the next try goes on it
+                stream = None
             await self._failed(peer, stream, session, exc, elapsed=trio.current_time() - started)
             return None
         finally:
             self._end(peer)
 
+    async def _stream_to(self, peer: str) -> tuple[FrameStream, bool]:
+        """An idle stream this end opened to `peer` recently, or a new one; and whether it was reused."""
+        parked = self._parked.pop(peer, None)
+        if parked is not None:
+            stream, since = parked
+            if trio.current_time() - since < STREAM_REUSE:
+                return stream, True
+            await stream.reset()
+        return await self._open(peer), False
+
+    async def _open(self, peer: str) -> FrameStream:
+        stream = await self.network.open_stream(peer, MIX_PROTOCOL)
+        handshake = self.handshake(peer)
+        if handshake is not None:
+            try:
+                await authenticate(stream, handshake)
+            except BaseException:
+                await trio.lowlevel.cancel_shielded_checkpoint()
+                await stream.reset()
+                raise
+        return stream
+
+    async def _park(self, peer: str, stream: FrameStream) -> None:
+        """Keep a stream whose exchange succeeded for the next exchange with that peer; drop stale ones."""
+        now = trio.current_time()
+        stale = [p for p, (_, since) in self._parked.items() if now - since >= STREAM_REUSE]
+        for other in stale:
+            await self._parked.pop(other)[0].reset()
+        if self.accepting:
+            self._parked[peer] = (stream, now)
+        else:
+            await stream.reset()
+
     # -- answering exchanges -------------------------------------------------------------------------
 
     async def respond(self, stream: FrameStream, first: Message) -> None:
-        """Answer an exchange whose first message the daemon already read to route the stream here: the
-        hello, or for a closed task the key challenge."""
+        """Answer the exchanges a peer runs on a stream it opened: the first, whose first message the daemon
+        already read to route the stream here (the hello, or for a closed task the key challenge), then each
+        one it starts on the same stream, until the stream fails, idles STREAM_IDLE seconds or this end stops."""
+        authenticated = False
+        while True:
+            if not await self._answer(stream, first, authenticated=authenticated):
+                return
+            authenticated = True
+            try:
+                next_hello = await self._next_hello(stream)
+            except WireError as exc:
+                await self._failed(stream.peer_id, stream, None, exc)
+                return
+            if next_hello is None:
+                await stream.reset()
+                return
+            first = next_hello
+
+    async def _next_hello(self, stream: FrameStream) -> Message | None:
+        """The first message of the peer's next exchange on this stream, or None once the stream ends,
+        idles STREAM_IDLE seconds or this end stops. Raises WireError for a message that is not for us."""
+        raw: bytes | None = None  # stays None if the wait idles out or stop_accepting cancels it
+        with trio.CancelScope(deadline=trio.current_time() + STREAM_IDLE) as scope:
+            self._idle_waits.add(scope)
+            try:
+                if self.accepting:
+                    raw = await stream.receive(HELLO_LIMIT)
+            except (StreamClosed, FrameTooLarge) as exc:
+                log.debug("idle stream from %s ended: %s", stream.peer_id, exc)
+            finally:
+                self._idle_waits.discard(scope)
+        return None if raw is None else decode_message(raw, max_size=HELLO_LIMIT, task=self.task_hash)
+
+    async def _answer(self, stream: FrameStream, first: Message, *, authenticated: bool) -> bool:
+        """One exchange the peer started; whether the stream may carry another: it succeeded, or a stream
+        that already carried one was refused for a passing reason (busy: the opener will try again on it)."""
         peer = stream.peer_id
         refusal = self._refusal(peer)
         if refusal is not None:
-            await self._refuse(stream, refusal)
-            return
+            keep = authenticated and refusal in PASSING_REFUSALS
+            await self._refuse(stream, refusal, close=not keep)
+            return keep
         self._begin(peer)
         session: ExchangeSession | None = None
         try:
             with trio.fail_after(self.gossip.exchange_timeout):
-                hello = await self.admit(stream, first)
+                hello = await self.admit(stream, first, authenticated=authenticated)
                 self.peers.saw(peer, "inbound", member=True, addresses=self.network.known_addresses(peer))
                 session = await self._session(peer)
                 await self._finish(peer, stream, session, first=hello)
+                return True
         except (StreamClosed, FrameTooLarge, trio.TooSlowError, WireError) as exc:
             await self._failed(peer, stream, session, exc)
+            return False
         finally:
             self._end(peer)
 
-    async def admit(self, stream: FrameStream, first: Message) -> Message:
-        """For a closed task, the stream must open with the key handshake; returns the hello that follows."""
+    async def admit(self, stream: FrameStream, first: Message, *, authenticated: bool = False) -> Message:
+        """For a closed task, a new stream must open with the key handshake; returns the hello that follows.
+        On a stream that already carried an exchange (`authenticated`), the next exchange opens with its hello."""
         handshake = self.handshake(stream.peer_id)
-        if handshake is None:
+        if handshake is None or authenticated:
             if first.type is not MessageType.HELLO:
                 raise ProtocolViolation(f"expected hello, received {first.type}")
             return first
@@ -310,12 +416,13 @@ class ExchangeService:
             return "backoff"  # it failed, sent messages we rejected, or looks Byzantine: not now
         return None
 
-    async def _refuse(self, stream: FrameStream, reason: str) -> None:
+    async def _refuse(self, stream: FrameStream, reason: str, *, close: bool = True) -> None:
         abort = Message(type=MessageType.ABORT, task=self.task_hash, epoch=0, round=0, degree=1, reason=reason)
         with trio.move_on_after(2):
             with contextlib.suppress(StreamClosed):
                 await stream.send(encode_message(abort))
-        await stream.close()
+        if close:
+            await stream.close()
 
     # -- the exchange itself ---------------------------------------------------------------------------
 
@@ -353,7 +460,6 @@ class ExchangeService:
             # Low-rank projections, compression and decoding run off the event loop.
             outgoing = await trio.to_thread.run_sync(session.receive, incoming)
             incoming = None
-        await stream.close()
         result = session.result()
         self.trainer.submit(result.delta)
         self._keep_edge(peer, result.edge)
@@ -424,3 +530,7 @@ class ExchangeService:
         self.in_flight.discard(peer)
         if not self.in_flight:
             self._idle.set()
+
+
+def _passing(refusal: PeerAborted) -> bool:
+    return any(reason in str(refusal) for reason in PASSING_REFUSALS)

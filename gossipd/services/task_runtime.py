@@ -136,7 +136,7 @@ class TaskRuntime:
             self._cancel.cancel()
             return
         self.state = TaskState.STOPPING
-        self.services.exchange.accepting = False
+        await self.services.exchange.stop_accepting()
         with trio.move_on_after(grace):
             await self.services.exchange.wait_idle()
         with trio.move_on_after(max(grace, 30.0)):

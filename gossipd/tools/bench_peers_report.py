@@ -22,6 +22,8 @@ POWERGOSSIP = (
     "gossipd-powergossip-fast",
     "gossipd-powergossip-paced",
     "gossipd-powergossip-2it-paced",
+    "gossipd-powergossip-f16-paced",
+    "gossipd-powergossip-2it-f16-paced",
 )
 PACED = "-paced"  # a step-paced variant ([gossip] steps_per_exchange), judged against step-paced plain gossip
 # A Flower model crosses loopback three times per direction (ServerApp-SuperLink, SuperLink-SuperNode,
@@ -38,6 +40,8 @@ LABELS = {
     "gossipd-powergossip-paced": "gossipd, PowerGossip r1, step-paced",
     "gossipd-powergossip-2it-paced": "gossipd, PowerGossip r1, 2 iterations, step-paced",
     "gossipd-choco-paced": "gossipd, Choco sign, step-paced",
+    "gossipd-powergossip-f16-paced": "gossipd, PowerGossip r1, float16, step-paced",
+    "gossipd-powergossip-2it-f16-paced": "gossipd, PowerGossip r1, 2 iterations, float16, step-paced",
     "hivemind": "hivemind (Optimizer, local updates)",
     "flower": "Flower FedAvg (deployment runtime)",
     "ddp": "torch DDP all-reduce (gloo)",
