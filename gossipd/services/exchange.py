@@ -302,8 +302,10 @@ class ExchangeService:
             try:
                 await authenticate(stream, handshake)
             except BaseException:
-                await trio.lowlevel.cancel_shielded_checkpoint()
-                await stream.reset()
+                # Also when the exchange's deadline cancelled the handshake: the reset must still go out.
+                with trio.move_on_after(1) as cleanup:
+                    cleanup.shield = True
+                    await stream.reset()
                 raise
         return stream
 
