@@ -35,7 +35,7 @@ _FLOAT16_MAX = float(torch.finfo(torch.float16).max)
 class PowerGossipConfig:
     """`rank` and `iterations` (power iterations, i.e. message rounds, per exchange) trade bytes for
     mixing speed; the reference settings are rank 1 with 1-2 iterations. `alpha` scales the low-rank step.
-    `wire_dtype = "float16"` halves the bytes of every message."""
+    `wire_dtype = "float16"` sends every tensor at half the bytes."""
 
     rank: int = field(default=1, metadata=bounds(min=1, max=64))
     iterations: int = field(default=1, metadata=bounds(min=1, max=16))
