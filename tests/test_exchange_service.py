@@ -723,6 +723,22 @@ async def test_a_busy_refusal_on_a_used_stream_leaves_it_open_for_the_next_try(
     assert a.exchange.statistics().failed == 0
 
 
+async def test_a_message_for_another_task_on_a_used_stream_is_rejected_counted_and_ends_the_stream(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    with trio.fail_after(60):
+        async with fake_swarm(seed=10, latency=0.01) as hub:
+            a, b = await start_peers(hub, "AB", section=gossip(), trainer="paused")
+            assert await exchange(a, b) is not None
+            stream, _ = a.exchange._parked[b.id]  # the stream A keeps for its next exchange with B
+            hello = Message(type=MessageType.HELLO, task=OTHER_TASK, epoch=1, round=0, degree=1)
+            await stream.send(encode_message(hello))
+            with pytest.raises(StreamClosed):
+                await stream.receive(HELLO_LIMIT)  # B reset it
+    assert b.exchange.statistics().rejections == {"wrong-task": 1}
+    assert b.table.get(a.id).backoff_until is not None  # type: ignore[union-attr]
+
+
 async def test_a_stream_the_peer_let_go_is_replaced_at_once_and_not_counted_as_a_failure(
     autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -27,7 +27,6 @@ from gossipd.wire.messages import MessageType
 from gossipd.wire.tensors import TensorSpec, WireTensor, from_wire, to_wire
 
 _EPS = 1e-8
-_WIRE_DTYPES = {"float32": torch.float32, "float16": torch.float16}
 _FLOAT16_MAX = float(torch.finfo(torch.float16).max)
 
 

@@ -277,7 +277,7 @@ class ExchangeService:
                 await self._park(peer, stream)
                 return result
         except (DialError, StreamClosed, FrameTooLarge, trio.TooSlowError, WireError) as exc:
-            if reused and stream is not None and isinstance(exc, PeerAborted) and _passing(exc):
+            if reused and stream is not None and _refused_for(exc, PASSING_REFUSALS):
                 await self._park(peer, stream)  # the peer keeps it too: the next try goes on it
                 stream = None
             await self._failed(peer, stream, session, exc, elapsed=trio.current_time() - started)
@@ -491,7 +491,7 @@ class ExchangeService:
         error: BaseException,
         elapsed: float = 0.0,
     ) -> None:
-        soft = isinstance(error, PeerAborted) and any(r in str(error) for r in SOFT_ABORTS)
+        soft = _refused_for(error, SOFT_ABORTS)
         if session is not None and session.mixing_started:
             # The two ends may now disagree about the edge: forget it; the next exchange resets it.
             self.edges.pop(peer, None)
@@ -534,5 +534,6 @@ class ExchangeService:
             self._idle.set()
 
 
-def _passing(refusal: PeerAborted) -> bool:
-    return any(reason in str(refusal) for reason in PASSING_REFUSALS)
+def _refused_for(error: BaseException, reasons: tuple[str, ...]) -> bool:
+    """Whether the peer aborted the exchange for one of `reasons` (its ABORT's reason is in the message)."""
+    return isinstance(error, PeerAborted) and any(reason in str(error) for reason in reasons)
