@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import pytest
+import trio
+from libp2p.crypto.ed25519 import create_new_key_pair as new_ed25519
 from libp2p.io.exceptions import IncompleteReadError
+from libp2p.peer.id import ID
 from libp2p.utils.varint import encode_varint_prefixed, read_varint_prefixed_bytes_limited
 
-from gossipd.adapters.libp2p_network import BufferedReader
+from gossipd.adapters.libp2p_network import BufferedReader, Libp2pNetwork, Libp2pStream
+from gossipd.services.network import FrameStream
 
 
 class ChunkedStream:
@@ -48,3 +52,40 @@ async def test_a_stream_ending_inside_a_frame_is_an_incomplete_read() -> None:
     stream = ChunkedStream([encode_varint_prefixed(b"x" * 100)[:50]])
     with pytest.raises(IncompleteReadError):
         await read_varint_prefixed_bytes_limited(BufferedReader(stream), 1000)
+
+
+async def test_small_messages_on_a_real_stream_send_no_window_update_per_read(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Two hosts on loopback; 30 request/reply round trips of a few hundred bytes each. With py-libp2p's
+    # default ("release on read") every read answers with its own window-update frame; batched, none of
+    # these ~10 KB comes near half the 256 KiB window.
+    monkeypatch.delenv("PY_YAMUX_RELEASE_ON_READ", raising=False)
+    received: list[bytes] = []
+    served: list[FrameStream] = []
+
+    async def echo(stream: FrameStream) -> None:
+        served.append(stream)
+        for _ in range(30):
+            message = await stream.receive(1000)
+            received.append(message)
+            await stream.send(message)
+
+    with trio.fail_after(30):
+        async with (
+            Libp2pNetwork.running(new_ed25519(), listen=["/ip4/127.0.0.1/tcp/0"]) as a,
+            Libp2pNetwork.running(new_ed25519(), listen=["/ip4/127.0.0.1/tcp/0"]) as b,
+        ):
+            b.set_handler("/gossipd/test/1.0.0", echo)
+            await a.connect(b.addresses()[0])
+            stream = await a.open_stream(b.peer_id, "/gossipd/test/1.0.0")
+            for i in range(30):
+                await stream.send(bytes([i]) * 300)
+                assert await stream.receive(1000) == bytes([i]) * 300
+            await stream.close()
+            assert len(received) == 30
+            for end in (stream, served[0]):
+                assert isinstance(end, Libp2pStream)
+                # py-libp2p's own count of the window updates that returned one read's credit each
+                assert end._stream.muxed_stream._window_update_bytes_read_only == 0
+            await a._host.disconnect(ID.from_base58(b.peer_id))
