@@ -14,17 +14,18 @@ from gossipd.compress.registry import parse_compressor
 from gossipd.compress.sign import SignCompressor
 from gossipd.compress.sparse import RandomK, TopK
 from gossipd.wire.errors import MalformedMessage, NonFiniteTensor
-from gossipd.wire.tensors import WireTensor, check_tensors
+from gossipd.wire.tensors import WireTensor, pack_tensors, unpack_tensors
 
 SIZES = [1, 7, 100, 4097]
 CPU = torch.device("cpu")
 
 
 def round_trip(compressor: Compressor, x: torch.Tensor, seed: int = 0) -> tuple[torch.Tensor, int]:
-    """Q(x) as the receiver rebuilds it, and the data bytes sent."""
+    """Q(x) as the receiver rebuilds it from the packed bytes, and the data bytes sent."""
     parts = compressor.compress("p", x, torch.Generator().manual_seed(seed))
-    records = check_tensors(parts, compressor.parts("p", tuple(x.shape)))
-    return compressor.decompress("p", tuple(x.shape), records, CPU), sum(len(p.data) for p in parts)
+    layout = compressor.parts("p", tuple(x.shape))
+    data = pack_tensors(parts, layout)  # also checks that compress() and parts() agree, in order
+    return compressor.decompress("p", tuple(x.shape), unpack_tensors(data, layout), CPU), len(data)
 
 
 def vector(d: int, seed: int = 0) -> torch.Tensor:

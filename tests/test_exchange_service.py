@@ -510,8 +510,8 @@ def bad_round(kind: str, session: ExchangeSession, victim_hello: Message) -> byt
     outgoing = session.receive(victim_hello)
     assert outgoing is not None
     if kind == "wrong-task":
-        finite = tuple(dataclasses.replace(t, data=bytes(len(t.data))) for t in outgoing.tensors)
-        return encode_message(dataclasses.replace(outgoing, task=OTHER_TASK, tensors=finite))
+        finite = bytes(len(outgoing.data))  # zeros: only the task is wrong
+        return encode_message(dataclasses.replace(outgoing, task=OTHER_TASK, data=finite))
     return encode_message(outgoing)  # NaN tensors, otherwise in order
 
 

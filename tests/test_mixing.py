@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 from typing import Any
 
@@ -178,7 +179,10 @@ def test_powergossip_in_float16_carries_half_precision_and_clamps_to_its_range()
     ends = (a.session(algorithm, b), b.session(algorithm, a))
     hello = [end.start() for end in ends]
     sent: list[Message] = [ends[0].receive(hello[1]), ends[1].receive(hello[0])]
-    assert {t.dtype for m in sent for t in m.tensors} == {"float16"}
+    for end, message in zip(ends, sent, strict=True):
+        layout = end._outgoing.expect if end._outgoing else {}
+        assert {spec.dtype for spec in layout.values()} == {"float16"}
+        assert len(message.data) == sum(2 * math.prod(spec.shape) for spec in layout.values())
     assert ends[0].receive(sent[1]) is None and ends[1].receive(sent[0]) is None
     for end, peer in zip(ends, (a, b), strict=True):
         result = end.result()

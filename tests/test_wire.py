@@ -1,4 +1,4 @@
-"""The mix-v1 codec: golden vectors, round trips, and strict bounded rejection of everything else."""
+"""The mix-v2 codec: golden vectors, round trips, and strict bounded rejection of everything else."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from gossipd.wire.errors import (
     WrongTask,
 )
 from gossipd.wire.messages import Message, MessageType, decode_message, encode_message, framed_size
-from gossipd.wire.tensors import TensorSpec, WireTensor, check_tensors, from_wire, to_wire
+from gossipd.wire.tensors import TensorSpec, WireTensor, from_wire, pack_tensors, to_wire, unpack_tensors
 from tests.conftest import REPO
 
 VECTORS = REPO / "protocols" / "vectors"
@@ -30,12 +30,20 @@ TASK = bytes(range(16))
 LIMIT = 1 << 20
 
 
-def receive(data: bytes) -> Message:
-    """What a receiver does with a frame: decode it, then materialise every tensor."""
+def receive(data: bytes, layout: dict[str, TensorSpec] | None = None) -> tuple[Message, dict[str, WireTensor]]:
+    """What a receiver does with a frame: decode it, then split its data by the layout it expects and
+    materialise every tensor."""
     message = decode_message(data, max_size=LIMIT)
-    for record in message.tensors:
+    records = unpack_tensors(message.data, layout) if layout is not None else {}
+    for record in records.values():
         from_wire(record)
-    return message
+    return message, records
+
+
+def layout_of(entry: dict[str, Any]) -> dict[str, TensorSpec] | None:
+    if "layout" not in entry:
+        return None
+    return {t["name"]: TensorSpec(t["dtype"], tuple(t["shape"])) for t in entry["layout"]}
 
 
 def manifest() -> list[dict[str, Any]]:
@@ -48,10 +56,10 @@ def test_golden_vectors(entry: dict[str, Any]) -> None:
     data = (VECTORS / entry["file"]).read_bytes()
     if not entry["valid"]:
         with pytest.raises(WireError) as caught:
-            receive(data)
+            receive(data, layout_of(entry))
         assert caught.value.reason == entry["reason"]
         return
-    message = receive(data)
+    message, records = receive(data, layout_of(entry))
     expected = entry["message"]
     assert message.type.value == expected["type"]
     assert message.task.hex() == expected["task"]
@@ -63,7 +71,8 @@ def test_golden_vectors(entry: dict[str, Any]) -> None:
     assert message.phase == expected["phase"]
     assert message.reason == expected["reason"]
     assert message.proof.hex() == expected["proof"]
-    assert [(t.name, t.dtype, list(t.shape), t.data.hex()) for t in message.tensors] == [
+    assert message.data.hex() == expected["data"]
+    assert [(t.name, t.dtype, list(t.shape), t.data.hex()) for t in records.values()] == [
         (t["name"], t["dtype"], t["shape"], t["data"]) for t in expected["tensors"]
     ]
     assert encode_message(message) == data, "encoding is canonical: it reproduces the vector byte for byte"
@@ -75,8 +84,9 @@ def test_the_vectors_cover_every_message_type() -> None:
 
 
 def test_full_vector_values() -> None:
-    message = receive((VECTORS / "full.bin").read_bytes())
-    weight = from_wire(message.tensors[0])
+    entry = next(e for e in manifest() if e["file"] == "full.bin")
+    _, records = receive((VECTORS / "full.bin").read_bytes(), layout_of(entry))
+    weight = from_wire(records["fc.weight"])
     assert weight.tolist() == [[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]]
 
 
@@ -97,7 +107,7 @@ def test_message_round_trip_and_framed_size() -> None:
         round=3,
         degree=65535,
         phase=2,
-        tensors=(to_wire("w", torch.randn(5, 2)),),
+        data=to_wire("w", torch.randn(5, 2)).data,
     )
     data = encode_message(message)
     assert decode_message(data, max_size=LIMIT, task=TASK) == message
@@ -114,35 +124,38 @@ def test_rejections_before_allocation() -> None:
         decode_message(data, max_size=LIMIT, task=bytes(16))
 
 
-def test_a_declared_huge_shape_is_rejected_by_the_length_check() -> None:
-    raw = {
-        "v": 1,
-        "type": "full",
-        "task": TASK,
-        "epoch": 1,
-        "round": 1,
-        "deg": 1,
-        "phase": 0,
-        "tensors": [{"name": "x", "dtype": "float32", "shape": [1 << 40, 1 << 20], "data": b"\0" * 4}],
-    }
-    with pytest.raises(MalformedMessage, match="data bytes"):
-        decode_message(msgpack.packb(raw), max_size=LIMIT)
+def test_packed_tensors_split_by_the_receivers_layout() -> None:
+    records = [to_wire("a", torch.arange(6.0).reshape(2, 3)), to_wire("b", torch.tensor([7, 8], dtype=torch.int32))]
+    specs = {"a": TensorSpec("float32", (2, 3)), "b": TensorSpec("int32", (2,))}
+    data = pack_tensors(records, specs)
+    assert len(data) == 6 * 4 + 2 * 4  # the elements and nothing else
+    back = unpack_tensors(data, specs)
+    assert list(back) == ["a", "b"]
+    assert from_wire(back["a"]).tolist() == [[0.0, 1.0, 2.0], [3.0, 4.0, 5.0]]
+    assert from_wire(back["b"]).tolist() == [7, 8]
+    # The receiver's own layout decides; any other total length is rejected before a tensor is allocated.
+    for other in (
+        {"a": TensorSpec("float32", (2, 3))},
+        {**specs, "c": TensorSpec("float16", (1,))},
+        {"a": TensorSpec("float64", (2, 3)), "b": specs["b"]},
+    ):
+        with pytest.raises(ShapeMismatch, match="bytes of tensor data"):
+            unpack_tensors(data, other)
 
 
-def test_expected_tensors_are_checked_by_name_dtype_and_shape() -> None:
+def test_packing_refuses_tensors_that_differ_from_their_layout() -> None:
     records = [to_wire("a", torch.zeros(2, 3)), to_wire("b", torch.zeros(3))]
     specs = {"a": TensorSpec("float32", (2, 3)), "b": TensorSpec("float32", (3,))}
-    assert set(check_tensors(records, specs)) == {"a", "b"}
-    with pytest.raises(ShapeMismatch, match="expected"):
-        check_tensors(records, {"a": TensorSpec("float32", (3, 2)), "b": specs["b"]})
-    with pytest.raises(BadDtype):
-        check_tensors(records, {"a": TensorSpec("float16", (2, 3)), "b": specs["b"]})
-    with pytest.raises(ShapeMismatch, match="missing"):
-        check_tensors(records[:1], specs)
-    with pytest.raises(ShapeMismatch, match="unexpected"):
-        check_tensors([*records, to_wire("c", torch.zeros(1))], specs)
-    with pytest.raises(MalformedMessage, match="twice"):
-        check_tensors([records[0], records[0]], specs)
+    for bad in (records[::-1], records[:1], [records[0], to_wire("b", torch.zeros(3, dtype=torch.float16))]):
+        with pytest.raises(ValueError, match="do not match their layout"):
+            pack_tensors(bad, specs)
+
+
+def test_a_huge_expected_layout_costs_nothing_before_the_length_check() -> None:
+    data = encode_message(Message(type=MessageType.FULL, task=TASK, epoch=1, round=1, degree=1, data=b"\0" * 4))
+    message = decode_message(data, max_size=LIMIT)
+    with pytest.raises(ShapeMismatch):
+        unpack_tensors(message.data, {"x": TensorSpec("float32", (1 << 40, 1 << 20))})
 
 
 def test_non_finite_values_are_rejected() -> None:
@@ -164,13 +177,13 @@ def test_wire_tensor_refuses_inconsistent_records() -> None:
 @given(st.binary(max_size=512))
 def test_arbitrary_bytes_only_ever_raise_wire_errors(data: bytes) -> None:
     with contextlib.suppress(WireError):
-        receive(data)
+        receive(data, {"w": TensorSpec("float32", (2, 2))})
 
 
 @settings(max_examples=200, deadline=None)
 @given(
     st.dictionaries(
-        st.sampled_from(["v", "type", "task", "epoch", "round", "deg", "phase", "tensors", "reason", "zz"]),
+        st.sampled_from(["v", "type", "task", "epoch", "round", "deg", "phase", "data", "reason", "zz"]),
         st.one_of(
             st.integers(-(1 << 63), (1 << 64) - 1),
             st.booleans(),
@@ -183,10 +196,10 @@ def test_arbitrary_bytes_only_ever_raise_wire_errors(data: bytes) -> None:
 )
 def test_arbitrary_maps_only_ever_raise_wire_errors(fields: dict[str, Any]) -> None:
     with contextlib.suppress(WireError):
-        receive(msgpack.packb(fields))
+        receive(msgpack.packb(fields), {"w": TensorSpec("float16", (2,))})
 
 
 def test_spec_documents_the_protocol() -> None:
-    spec = (REPO / "protocols" / "mix-v1.md").read_text()
+    spec = (REPO / "protocols" / "mix-v2.md").read_text()
     for word in ("hello", "full", "power", "choco", "abort", "varint", "float32", "vectors.json"):
         assert word in spec

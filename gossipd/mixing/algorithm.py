@@ -25,7 +25,8 @@ Records = Mapping[str, WireTensor]
 
 @dataclass(frozen=True)
 class Outgoing:
-    """One round: what this end sends, and the message type, phase and tensors it must receive."""
+    """One round: what this end sends, and the message type, phase and tensors it must receive. Both ends
+    send the same layout, so `tensors` match `expect` name for name, in order (the wire carries no names)."""
 
     type: MessageType
     phase: int

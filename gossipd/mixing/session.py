@@ -29,7 +29,7 @@ from gossipd.mixing.layout import ParamLayout, Params
 from gossipd.mixing.weights import edge_weight
 from gossipd.wire.errors import ProtocolViolation, WireError
 from gossipd.wire.messages import Message, MessageType
-from gossipd.wire.tensors import check_tensors
+from gossipd.wire.tensors import pack_tensors, unpack_tensors
 
 
 class PeerAborted(WireError):
@@ -181,7 +181,7 @@ class ExchangeSession:
             raise ProtocolViolation(
                 f"message for edge state {(message.epoch, message.round)}, expected {self.edge.key}"
             )
-        records = check_tensors(message.tensors, expected.expect)
+        records = unpack_tensors(message.data, expected.expect)
         self.rounds_done += 1
         return self._advance(lambda rounds: rounds.send(records))
 
@@ -197,7 +197,8 @@ class ExchangeSession:
             self.phase = Phase.DONE
             return None
         self._outgoing = outgoing
-        return self._message(outgoing.type, phase=outgoing.phase, tensors=outgoing.tensors)
+        # Both ends send the same layout in every round, so what we expect back is also what we send.
+        return self._message(outgoing.type, phase=outgoing.phase, data=pack_tensors(outgoing.tensors, outgoing.expect))
 
     def _clip(self, outcome: MixOutcome) -> MixOutcome:
         """Self-centred clipping: the move towards the peer is at most w·τ (only this end decides)."""

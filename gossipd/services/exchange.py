@@ -1,4 +1,4 @@
-"""Pairwise mixing over `/gossipd/mix/1.0.0`: starting exchanges with neighbours and answering theirs.
+"""Pairwise mixing over `/gossipd/mix/2.0.0`: starting exchanges with neighbours and answering theirs.
 
 Each exchange drives an `ExchangeSession` (the same one the simulator uses) over a framed stream, full
 duplex: every round this end sends its message while reading the peer's (Yamux resets a stream whose
@@ -44,7 +44,7 @@ if TYPE_CHECKING:
     # trio-typing's stubs (pulled in by libp2p) shadow trio's own annotations and lack TaskStatus.
     from trio_typing import TaskStatus
 
-MIX_PROTOCOL = "/gossipd/mix/1.0.0"
+MIX_PROTOCOL = "/gossipd/mix/2.0.0"
 HELLO_LIMIT = 4096  # a hello is ~80 bytes; the first frame of a stream is read with this cap
 MAX_CONCURRENT = 4  # exchanges in flight at once, started here or answered
 MAX_INITIATED = 2  # exchanges started here at once: a hung partner holds one, never the whole loop

@@ -1,4 +1,4 @@
-"""`/gossipd/state/1.0.0`: a joining peer copies a neighbour's whole model before compressed gossip starts
+"""`/gossipd/state/2.0.0`: a joining peer copies a neighbour's whole model before compressed gossip starts
 (a low-rank or sparse correction per exchange cannot close a full-rank gap)."""
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from gossipd.wire.auth import AuthHandshake
 from gossipd.wire.messages import Message, MessageType, decode_message, encode_message, framed_size
 from gossipd.wire.tensors import DTYPES, TensorSpec
 
-STATE_PROTOCOL = "/gossipd/state/1.0.0"
+STATE_PROTOCOL = "/gossipd/state/2.0.0"
 
 
 def max_state_bytes(specs: Mapping[str, TensorSpec]) -> int:

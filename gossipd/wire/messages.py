@@ -1,6 +1,6 @@
-"""The messages of `/gossipd/mix/1.0.0` and `/gossipd/state/1.0.0`, and their strict msgpack codec.
+"""The messages of `/gossipd/mix/2.0.0` and `/gossipd/state/2.0.0`, and their strict msgpack codec.
 
-See protocols/mix-v1.md. A message is a msgpack map with a fixed key order; decoding accepts exactly the
+See protocols/mix-v2.md. A message is a msgpack map with a fixed key order; decoding accepts exactly the
 keys of the message's type and bounds every length before trusting it.
 """
 
@@ -13,21 +13,18 @@ from typing import Any
 import msgpack
 
 from gossipd.wire.errors import (
-    BadDtype,
     FrameTooLarge,
     MalformedMessage,
     UnknownMessageType,
     UnsupportedVersion,
     WrongTask,
 )
-from gossipd.wire.tensors import DTYPES, MAX_NAME_LENGTH, WireTensor
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
 TASK_HASH_BYTES = 16
 MAX_U64 = (1 << 64) - 1
 MAX_DEGREE = 65535
 MAX_PHASE = 1024
-MAX_TENSORS = 4096
 MAX_REASON_LENGTH = 256
 
 
@@ -43,19 +40,19 @@ class MessageType(enum.StrEnum):
 _HEADER_KEYS = ("v", "type", "task", "epoch", "round", "deg")
 _BODY_KEYS: dict[MessageType, tuple[str, ...]] = {
     MessageType.HELLO: (),
-    MessageType.FULL: ("phase", "tensors"),
-    MessageType.POWER: ("phase", "tensors"),
-    MessageType.CHOCO: ("phase", "tensors"),
+    MessageType.FULL: ("phase", "data"),
+    MessageType.POWER: ("phase", "data"),
+    MessageType.CHOCO: ("phase", "data"),
     MessageType.ABORT: ("reason",),
     MessageType.AUTH: ("phase", "proof"),
 }
 AUTH_BYTES = 32
-_TENSOR_KEYS = ("name", "dtype", "shape", "data")
 
 
 @dataclass(frozen=True, kw_only=True)
 class Message:
-    """One message of an exchange. `epoch`/`round` name the edge state the sender is at."""
+    """One message of an exchange. `epoch`/`round` name the edge state the sender is at. `data` holds the
+    round's tensors packed back to back (`pack_tensors`); the receiver splits it by the layout it expects."""
 
     type: MessageType
     task: bytes
@@ -63,7 +60,7 @@ class Message:
     round: int
     degree: int
     phase: int = 0
-    tensors: tuple[WireTensor, ...] = ()
+    data: bytes = b""
     reason: str = ""
     proof: bytes = b""
 
@@ -81,10 +78,8 @@ def encode_message(message: Message) -> bytes:
     keys = _BODY_KEYS[message.type]
     if "phase" in keys:
         body["phase"] = message.phase
-    if "tensors" in keys:
-        body["tensors"] = [
-            {"name": t.name, "dtype": t.dtype, "shape": list(t.shape), "data": t.data} for t in message.tensors
-        ]
+    if "data" in keys:
+        body["data"] = message.data
     if "proof" in keys:
         body["proof"] = message.proof
     if "reason" in keys:
@@ -111,9 +106,9 @@ def decode_message(data: bytes, *, max_size: int, task: bytes | None = None) -> 
             raw=False,
             strict_map_key=True,
             use_list=True,
-            max_str_len=max(MAX_NAME_LENGTH, MAX_REASON_LENGTH, 16),
+            max_str_len=max(MAX_REASON_LENGTH, 16),
             max_bin_len=len(data),
-            max_array_len=MAX_TENSORS,
+            max_array_len=0,  # no message has an array
             max_map_len=16,
             max_ext_len=0,
         )
@@ -137,12 +132,9 @@ def decode_message(data: bytes, *, max_size: int, task: bytes | None = None) -> 
     task_hash = _bytes(obj, "task", TASK_HASH_BYTES)
     if task is not None and task_hash != task:
         raise WrongTask(f"message for task {task_hash.hex()}, expected {task.hex()}")
-    tensors: tuple[WireTensor, ...] = ()
-    if "tensors" in obj:
-        raw_tensors = obj["tensors"]
-        if not isinstance(raw_tensors, list):
-            raise MalformedMessage("'tensors' is not an array")
-        tensors = tuple(_tensor(t) for t in raw_tensors)
+    data = obj.get("data", b"")
+    if not isinstance(data, bytes):
+        raise MalformedMessage("'data' is not bin")
     proof = _bytes(obj, "proof", AUTH_BYTES) if "proof" in obj else b""
     reason = ""
     if "reason" in obj:
@@ -156,7 +148,7 @@ def decode_message(data: bytes, *, max_size: int, task: bytes | None = None) -> 
         round=_int(obj, "round", MAX_U64),
         degree=_int(obj, "deg", MAX_DEGREE),
         phase=_int(obj, "phase", MAX_PHASE) if "phase" in obj else 0,
-        tensors=tensors,
+        data=data,
         reason=reason,
         proof=proof,
     )
@@ -174,22 +166,3 @@ def _bytes(obj: dict[str, Any], key: str, length: int) -> bytes:
     if not isinstance(value, bytes) or len(value) != length:
         raise MalformedMessage(f"{key!r} is not {length} bytes")
     return value
-
-
-def _tensor(raw: Any) -> WireTensor:
-    if not isinstance(raw, dict) or set(raw) != set(_TENSOR_KEYS):
-        raise MalformedMessage(f"a tensor must be a map with exactly the keys {list(_TENSOR_KEYS)}")
-    name, dtype, shape, data = raw["name"], raw["dtype"], raw["shape"], raw["data"]
-    if not isinstance(name, str) or not 0 < len(name) <= MAX_NAME_LENGTH:
-        raise MalformedMessage("tensor name must be a string of 1-256 characters")
-    if not isinstance(dtype, str) or dtype not in DTYPES:
-        raise BadDtype(f"tensor {name!r}: dtype {dtype!r} is not allowed")
-    if (
-        not isinstance(shape, list)
-        or len(shape) > 8
-        or not all(isinstance(d, int) and not isinstance(d, bool) and 0 <= d <= MAX_U64 for d in shape)
-    ):
-        raise MalformedMessage(f"tensor {name!r}: shape must be at most 8 non-negative integers")
-    if not isinstance(data, bytes):
-        raise MalformedMessage(f"tensor {name!r}: data must be bytes")
-    return WireTensor(name, dtype, tuple(shape), data)

@@ -1,9 +1,10 @@
-"""Tensors on the wire: `{name, dtype, shape, data}` records, checked before any tensor is allocated."""
+"""Tensors on the wire: the element bytes of a message's tensors back to back, split by the receiver's own
+copy of their layout (names, dtypes, shapes) and checked before any tensor is allocated."""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -89,21 +90,28 @@ def from_wire(record: WireTensor, device: torch.device | str = "cpu") -> torch.T
     return torch.from_numpy(native).to(device)
 
 
-def check_tensors(records: Iterable[WireTensor], expected: Mapping[str, TensorSpec]) -> dict[str, WireTensor]:
-    """The records keyed by name, if they are exactly the expected names, dtypes and shapes."""
-    found: dict[str, WireTensor] = {}
-    for record in records:
-        if record.name in found:
-            raise MalformedMessage(f"tensor {record.name!r} appears twice")
-        spec = expected.get(record.name)
-        if spec is None:
-            raise ShapeMismatch(f"unexpected tensor {record.name!r}")
-        if record.dtype != spec.dtype:
-            raise BadDtype(f"tensor {record.name!r}: dtype {record.dtype}, expected {spec.dtype}")
-        if record.shape != spec.shape:
-            raise ShapeMismatch(f"tensor {record.name!r}: shape {list(record.shape)}, expected {list(spec.shape)}")
-        found[record.name] = record
-    missing = [name for name in expected if name not in found]
-    if missing:
-        raise ShapeMismatch(f"missing tensor {missing[0]!r} ({len(missing)} missing)")
-    return found
+def pack_tensors(records: Sequence[WireTensor], layout: Mapping[str, TensorSpec]) -> bytes:
+    """The records' data back to back. They must be exactly `layout`, in its order: the message carries no
+    names, dtypes or shapes, because the receiver derives the same layout from its own model and settings."""
+    sent = [(r.name, r.dtype, r.shape) for r in records]
+    declared = [(name, spec.dtype, spec.shape) for name, spec in layout.items()]
+    if sent != declared:  # a sender-side bug: the peer would misread every byte after the first difference
+        raise ValueError(f"tensors {sent[:3]}... do not match their layout {declared[:3]}...")
+    return b"".join(r.data for r in records)
+
+
+def unpack_tensors(data: bytes, expected: Mapping[str, TensorSpec]) -> dict[str, WireTensor]:
+    """Split packed tensor data by the receiver's expected layout; the length must match it exactly."""
+    sizes = [math.prod(spec.shape) * DTYPES[spec.dtype].itemsize for spec in expected.values()]
+    if len(data) != sum(sizes):
+        raise ShapeMismatch(
+            f"{len(data)} bytes of tensor data, expected {sum(sizes)} for {len(expected)} tensors "
+            f"({', '.join(list(expected)[:4])}{', ...' if len(expected) > 4 else ''})"
+        )
+    view = memoryview(data)
+    records: dict[str, WireTensor] = {}
+    offset = 0
+    for (name, spec), size in zip(expected.items(), sizes, strict=True):
+        records[name] = WireTensor(name, spec.dtype, spec.shape, bytes(view[offset : offset + size]))
+        offset += size
+    return records
