@@ -24,10 +24,9 @@ from gossipd.mixing.edge import seed_for
 from gossipd.mixing.layout import ParamLayout, low_rank_pays, matrix_shape
 from gossipd.task.fields import bounds
 from gossipd.wire.messages import MessageType
-from gossipd.wire.tensors import TensorSpec, WireTensor, from_wire, to_wire
+from gossipd.wire.tensors import TensorSpec, WireTensor, as_float16, from_wire, to_wire
 
 _EPS = 1e-8
-_FLOAT16_MAX = float(torch.finfo(torch.float16).max)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -158,8 +157,5 @@ class PowerGossip(Algorithm[PowerGossipEdge]):
 
 
 def _as_sent(tensor: torch.Tensor, half: bool) -> torch.Tensor:
-    """The tensor as it goes on the wire: float16 (clamped to its range, so a large but finite value stays
-    finite and both ends clamp alike) or unchanged."""
-    if not half or not tensor.is_floating_point():
-        return tensor
-    return tensor.clamp(-_FLOAT16_MAX, _FLOAT16_MAX).to(torch.float16)
+    """The tensor as it goes on the wire: float16 (clamped) or unchanged."""
+    return as_float16(tensor) if half else tensor

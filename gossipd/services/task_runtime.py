@@ -31,7 +31,7 @@ from gossipd.mixing.edge_store import edges_from_state, edges_to_state
 from gossipd.mixing.layout import ParamLayout, max_message_bytes, mixed_parameters
 from gossipd.mixing.local import plain_exchange_bytes
 from gossipd.mixing.registry import make_algorithm
-from gossipd.mixing.state import state_specs
+from gossipd.mixing.state import half_state, state_specs
 from gossipd.models.registry import build_model
 from gossipd.peering.table import SOURCES, PeerRecord, PeerTable
 from gossipd.peering.view import PeerView
@@ -107,6 +107,7 @@ class TaskRuntime:
         self.state_transfers = 0
         self.last_checkpoint: float | None = None
         self._cancel = trio.CancelScope()
+        self.half_state = half_state(task.gossip.config)
 
     # -- lifecycle -------------------------------------------------------------------------------------
 
@@ -225,7 +226,7 @@ class TaskRuntime:
             exchange=exchange,
             discovery=discovery,
             store=store,
-            state_specs=state_specs(trainer.model.state_dict()),
+            state_specs=state_specs(trainer.model.state_dict(), half=self.half_state),
             fresh=fresh,
         )
 
@@ -283,7 +284,7 @@ class TaskRuntime:
                 if not services.exchange.access.admits(stream.peer_id):
                     raise WireError(f"{stream.peer_id} is not on the task's allow-list")
                 await services.exchange.admit(stream, request)
-                sent = await serve_state(stream, services.trainer, task_hash=self.task.hash)
+                sent = await serve_state(stream, services.trainer, task_hash=self.task.hash, half=self.half_state)
         except (StreamClosed, FrameTooLarge, trio.TooSlowError, RuntimeError, WireError) as exc:
             log.info("state transfer to %s failed: %s", stream.peer_id, exc)
             await stream.reset()

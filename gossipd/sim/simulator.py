@@ -26,7 +26,7 @@ from gossipd.mixing.layout import ParamLayout, max_message_bytes, mixed_paramete
 from gossipd.mixing.local import plain_exchange_bytes, run_pair
 from gossipd.mixing.registry import make_algorithm
 from gossipd.mixing.session import ExchangeSession
-from gossipd.mixing.state import read_state, state_message, state_specs
+from gossipd.mixing.state import half_state, read_state, state_message, state_specs
 from gossipd.models.registry import build_model
 from gossipd.peering.view import PeerView
 from gossipd.sim.report import RoundRecord, SimulationReport
@@ -286,12 +286,15 @@ class Simulation:
         donors = [p for p in self.peers if p.online]
         donor = self.rng.choice(donors)
         state = donor.trainer.model.state_dict()
+        half = half_state(self.task.gossip.config)
         wire = encode_message(
-            state_message(state, task=self.task.hash, step=donor.trainer.step, degree=donor.view.degree)
+            state_message(state, task=self.task.hash, step=donor.trainer.step, degree=donor.view.degree, half=half)
         )
         self.state_bytes += framed_size(len(wire))
         received = read_state(
-            decode_message(wire, max_size=2 * len(wire), task=self.task.hash), state_specs(state), self.device
+            decode_message(wire, max_size=2 * len(wire), task=self.task.hash),
+            state_specs(state, half=half),
+            self.device,
         )
         fresh = self._new_peer(peer.index)
         fresh.trainer.model.load_state_dict(received)

@@ -80,6 +80,17 @@ def to_wire(name: str, tensor: torch.Tensor) -> WireTensor:
     return WireTensor(name, dtype, tuple(int(d) for d in tensor.shape), data)
 
 
+_FLOAT16_MAX = float(torch.finfo(torch.float16).max)
+
+
+def as_float16(tensor: torch.Tensor) -> torch.Tensor:
+    """A floating tensor as float16, clamped to its range first (so a large but finite value stays finite,
+    and two ends clamp alike); any other tensor unchanged."""
+    if not tensor.is_floating_point():
+        return tensor
+    return tensor.clamp(-_FLOAT16_MAX, _FLOAT16_MAX).to(torch.float16)
+
+
 def from_wire(record: WireTensor, device: torch.device | str = "cpu") -> torch.Tensor:
     """Allocate the tensor a (checked) record describes; floating data must be finite."""
     array = np.frombuffer(record.data, dtype=DTYPES[record.dtype]).reshape(record.shape)
