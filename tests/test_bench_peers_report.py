@@ -150,7 +150,14 @@ def test_report_and_plot(tmp_path: Path) -> None:
     results = [synthetic("gossipd-plain", 40, 500e6, 0.985), synthetic("ddp", 20, 0.0, 0.99)]
     text = report(results, header=["head"], plots={("cnn", "iid"): "docs/x.png"})
     assert text.startswith("head\n")
-    assert "| gossipd, plain gossip | 40 | 40 | 40 | 500 | 98.50 / 98.40 | 1,000 | 400 |" in text
+    assert "### CNN, iid split (one run each)" in text
+    assert "| gossipd, plain gossip | 1 | 40 | 40 | 40 | 500 | 98.50 / 98.40 | 1,000 | 400 |" in text
     assert "![accuracy against time and bytes, cnn, iid](docs/x.png)" in text
     plot(results, "cnn", "iid", tmp_path / "p.png")
+    repeated = [*results, {**results[0], "repeat": 1}, {**results[0], "repeat": 2}]
+    mixed = report(repeated, header=["head"], plots={})
+    assert "### CNN, iid split (each figure the median of the runs counted in its row)" in mixed
+    assert "| gossipd, plain gossip | 3 |" in mixed and "| torch DDP all-reduce (gloo) | 1 |" in mixed
+    same = report([*repeated, {**results[1], "repeat": 1}, {**results[1], "repeat": 2}], header=["h"], plots={})
+    assert "### CNN, iid split (median of 3 runs each)" in same
     assert (tmp_path / "p.png").stat().st_size > 1000

@@ -167,13 +167,13 @@ def _accuracy(value: float | None) -> str:
 
 def table(rows: list[Row]) -> list[str]:
     lines = [
-        "| system | s to 97% | s to 98% | s to 98% (worst peer) | MB to 98% | accuracy % (mean / worst) after "
-        "the same samples | MB in all | peak RSS per peer, MB |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| system | runs | s to 97% | s to 98% | s to 98% (worst peer) | MB to 98% | accuracy % (mean / worst) "
+        "after the same samples | MB in all | peak RSS per peer, MB |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for row in rows:
         lines.append(
-            f"| {LABELS.get(row.system, row.system)} | {_seconds(row.seconds['mean_97'])} | "
+            f"| {LABELS.get(row.system, row.system)} | {row.repeats} | {_seconds(row.seconds['mean_97'])} | "
             f"{_seconds(row.seconds['mean_98'])} | {_seconds(row.seconds['worst_98'])} | "
             f"{_megabytes(row.bytes['mean_98'])} | {_accuracy(row.final_accuracy)} / {_accuracy(row.final_worst)} | "
             f"{_megabytes(row.total_bytes)} | {'—' if row.peak_rss_mb is None else f'{row.peak_rss_mb:,.0f}'} |"
@@ -304,6 +304,14 @@ def plot(results: list[dict[str, Any]], model: str, split: str, path: Path) -> N
     plt.close(figure)
 
 
+def _runs_label(counts: set[int]) -> str:
+    if counts == {1}:
+        return "one run each"
+    if len(counts) == 1:
+        return f"median of {counts.pop()} runs each"
+    return "each figure the median of the runs counted in its row"
+
+
 def report(results: list[dict[str, Any]], *, header: list[str], plots: dict[tuple[str, str], str]) -> str:
     """The BENCHMARKS.md section: the header lines, then per (model, split) a table, the goal verdicts and
     a link to its plot."""
@@ -312,10 +320,8 @@ def report(results: list[dict[str, Any]], *, header: list[str], plots: dict[tupl
     combos = list(dict.fromkeys((r.model, r.split) for r in rows))
     for model, split in combos:
         mine = [r for r in rows if (r.model, r.split) == (model, split)]
-        repeats = max(r.repeats for r in mine)
         lines += [
-            f"### {model.upper()}, {split} split ({'median of ' + str(repeats) if repeats > 1 else 'one'} run"
-            f"{'s' if repeats > 1 else ''} each)",
+            f"### {model.upper()}, {split} split ({_runs_label({r.repeats for r in mine})})",
             "",
             *table(mine),
             "",
