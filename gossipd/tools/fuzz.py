@@ -43,7 +43,7 @@ from gossipd.task.loader import parse_task
 from gossipd.tools.reporting import machine, replace_section
 from gossipd.wire.errors import WireError
 from gossipd.wire.heartbeat import decode_heartbeat
-from gossipd.wire.messages import Message, MessageType, decode_message, encode_message
+from gossipd.wire.messages import PROTOCOL_VERSION, Message, MessageType, decode_message, encode_message
 from gossipd.wire.tensors import TensorSpec, WireTensor, from_wire, unpack_tensors
 
 TASK = bytes(range(16))
@@ -73,7 +73,7 @@ _VALUES = st.one_of(
 )
 _MESSAGE_MAPS = st.fixed_dictionaries(
     {
-        "v": st.one_of(st.just(1), _VALUES),
+        "v": st.one_of(st.just(PROTOCOL_VERSION), _VALUES),
         "type": st.one_of(st.sampled_from([t.value for t in MessageType]), _VALUES),
         "task": st.one_of(st.just(TASK), st.binary(max_size=20)),
         "epoch": st.one_of(st.integers(0, 5), _VALUES),
