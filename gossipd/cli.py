@@ -103,6 +103,9 @@ def keygen(key_file: Path, force: bool) -> None:
 @click.option("--weight", type=click.FloatRange(0, 0.5, min_open=True), help="Fixed mixing weight (default: MH).")
 @click.option("--partition", help="iid, dirichlet:ALPHA or shards:S (default: the task's).")
 @click.option("--steps", default=200, show_default=True, type=click.IntRange(1), help="Rounds to run.")
+@click.option(
+    "--finish-rounds", default=0, type=click.IntRange(0), help="Rounds of mixing alone after the last (the finish)."
+)
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--churn", default=0.0, show_default=True, type=click.FloatRange(0, 1), help="Leave chance per round.")
 @click.option("--downtime", default=10, show_default=True, type=click.IntRange(1), help="Rounds a leaver is away.")
@@ -127,6 +130,7 @@ def simulate(
     weight: float | None,
     partition: str | None,
     steps: int,
+    finish_rounds: int,
     seed: int,
     churn: float,
     downtime: int,
@@ -177,6 +181,7 @@ def simulate(
             centralised=not no_centralised,
             byzantine=byzantine,
             attack=attack,
+            finish_rounds=finish_rounds,
         )
         simulation = Simulation(task, data, config)
     except (TaskError, ValueError) as exc:
@@ -204,7 +209,12 @@ def _summary(report: Any) -> str:
         f"task {report.task}: {report.peers} peers, {report.algorithm} {report.settings}, "
         f"partition {report.partition}, {report.steps} rounds",
         f"  accuracy     mean {report.mean_accuracy:.4f}  worst {report.worst_accuracy:.4f}"
-        + (f"  centralised {report.centralised_accuracy:.4f}" if report.centralised_accuracy is not None else ""),
+        + (f"  centralised {report.centralised_accuracy:.4f}" if report.centralised_accuracy is not None else "")
+        + (
+            f"  (before {report.finish_rounds} finish rounds: mean {report.stopped_mean_accuracy:.4f})"
+            if report.stopped_mean_accuracy is not None
+            else ""
+        ),
         f"  consensus    {report.consensus_distance_start:.4g} -> {report.consensus_distance_end:.4g}",
         f"  bytes/exch.  {report.bytes_per_exchange:,.0f} (plain {report.plain_bytes_per_exchange:,}, "
         f"ratio {report.compression_ratio:.1f}x) over {report.exchanges} exchanges",

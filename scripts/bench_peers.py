@@ -87,6 +87,7 @@ GOSSIP = {
 # Step-paced: an exchange every 2 local steps, training held 4 steps past the last mix (`steps_per_exchange`),
 # so peers mix as often per step whatever a step costs (an MLP step is ~10x cheaper than a CNN step).
 PACED = "\nsteps_per_exchange = 2"
+FINISH_WAIT = 60.0  # seconds gossipd's peers get to finish once the last one reached its budget
 GOSSIP |= {
     f"{name}-paced": GOSSIP[name] + PACED
     for name in ("gossipd-plain", "gossipd-powergossip", "gossipd-powergossip-2it", "gossipd-choco")
@@ -255,29 +256,47 @@ def run_gossipd(run: Run, start: float) -> None:
     workdir = Path(run.workdir)
     task = workdir / "task.toml"
     task.write_text(gossipd_task(run))
-    swarm = Swarm(workdir=workdir / "swarm", task=str(task), size=PEERS, extra=["--data", str(SHARED_MNIST)])
+    # All four start at once from the task's model, as the other systems' peers do, so none copies a
+    # neighbour's: a copy carries the donor's step count, and a peer stopping at its step budget would then
+    # have trained on fewer samples than the others.
+    swarm = Swarm(
+        workdir=workdir / "swarm",
+        task=str(task),
+        size=PEERS,
+        extra=["--data", str(SHARED_MNIST), "--join-timeout", "0"],
+    )
     snapshots = workdir / "snapshots"
     snapshots.mkdir(exist_ok=True)
     milestone = run.snapshot_every * 32  # samples between snapshots, as the other runners take them
     swarm.start(wait=300, all_at_once=True)
     next_due = [0] * PEERS
+    finished = [False] * PEERS
+    trained_at: float | None = None  # when the last peer reached its budget
     try:
         while True:
             statuses = swarm.statuses()
-            done = True
             for daemon, status in zip(swarm.daemons, statuses, strict=True):
                 if status is None:
                     continue
-                samples = status["tasks"][0]["samples"]
-                done = done and samples >= run.steps * 32
-                if samples >= next_due[daemon.index]:
-                    model = daemon.client().model(status["tasks"][0]["id"])
+                task = status["tasks"][0]
+                samples = task["samples"]
+                # A milestone snapshot, and the finished model: both at the budget's sample count, the
+                # later one counted as the peer's final model.
+                final = task["state"] == "finished" and not finished[daemon.index]
+                if samples >= next_due[daemon.index] or final:
+                    model = daemon.client().model(task["id"])
                     seconds = time.time() - start
                     (snapshots / f"{daemon.index}-{samples:010d}-{seconds:012.3f}.safetensors").write_bytes(model)
                     next_due[daemon.index] = (samples // milestone + 1) * milestone
-            if done:
+                    finished[daemon.index] = finished[daemon.index] or final
+            trained = all(s is not None and s["tasks"][0]["samples"] >= run.steps * 32 for s in statuses)
+            if trained_at is None and trained:
+                trained_at = time.time()
+            if all(finished) or (trained_at is not None and time.time() - trained_at > FINISH_WAIT):
                 break
             time.sleep(0.5)
+        if not all(finished):
+            print(f"  {run.name}: peers {[i for i, f in enumerate(finished) if not f]} did not finish", flush=True)
         with (workdir / "rss.jsonl").open("a") as handle:
             for daemon in swarm.daemons:
                 handle.write(json.dumps({"peer": daemon.index, "max_rss_mb": peak_rss_mb(daemon.process.pid)}) + "\n")
@@ -304,7 +323,8 @@ def gossipd_task(run: Run) -> str:
     if run.model == "mlp":
         head, rest = text.split("[model]", 1)
         text = head + '[model]\nname = "mlp"\nhidden = [200, 200]\n\n[train]' + rest.split("[train]", 1)[1]
-    text = text.replace("[train]", "[train]\neval_every = 1000000000", 1)
+    # The budget ends training at exactly the run's steps; each peer then finishes ([gossip] finish_exchanges).
+    text = text.replace("[train]", f"[train]\neval_every = 1000000000\ntotal_steps = {run.steps}", 1)
     return text.split("[gossip]")[0] + "[gossip]\n" + GOSSIP[run.system] + "\n" + run.gossip_extra + "\n"
 
 
@@ -510,7 +530,8 @@ def main() -> None:
                     shutil.copytree(shards / "data", workdir / "data")
                     run = Run(system, model, split, repeat, steps, args.snapshot_every, str(workdir), args.gossip_extra)
                     if execute(run):
-                        summary = {**evaluate(run), "date": today}
+                        # gossipd's peers stop at the step budget and finish (see gossipd_task).
+                        summary = {**evaluate(run), "date": today, "finish": system.startswith("gossipd-")}
                         (out / f"{run.name}.json").write_text(json.dumps(summary, indent=1))
                         print(json.dumps({k: v for k, v in summary.items() if k != "curve"}), flush=True)
                     if args.keep:

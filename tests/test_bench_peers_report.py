@@ -62,6 +62,17 @@ def test_final_accuracy_ignores_snapshots_past_the_sample_budget() -> None:
     assert summary["reached"]["mean_98"]["seconds"] == 2
 
 
+def test_a_finished_peer_is_scored_on_its_last_snapshot_at_the_budget_and_the_first_is_kept_apart() -> None:
+    # Peer 0 stopped at the budget (3,200 samples) at 2 s and finished at 3 s; peer 1 has one snapshot there.
+    series: dict[int, list[tuple[float, int, float]]] = {
+        0: [(1, 1600, 0.9), (2, 3200, 0.95), (3, 3200, 0.99)],
+        1: [(1, 1600, 0.9), (2.5, 3200, 0.97)],
+    }
+    summary = summarise(run("gossipd-plain"), points(series), BYTES, [])
+    assert summary["final_accuracy"] == pytest.approx((0.99 + 0.97) / 2)
+    assert summary["stopped_accuracy"] == pytest.approx((0.95 + 0.97) / 2)
+
+
 def test_median_counts_a_repeat_that_never_arrived_as_infinitely_slow() -> None:
     def result(seconds: float | None, repeat: int) -> dict[str, Any]:
         hit = None if seconds is None else {"seconds": seconds, "bytes": 10 * seconds}
@@ -151,13 +162,17 @@ def test_report_and_plot(tmp_path: Path) -> None:
     text = report(results, header=["head"], plots={("cnn", "iid"): "docs/x.png"})
     assert text.startswith("head\n")
     assert "### CNN, iid split (one run each)" in text
-    assert "| gossipd, plain gossip | 1 | 40 | 40 | 40 | 500 | 98.50 / 98.40 | 1,000 | 400 |" in text
+    # A gossipd run from before the training budget is marked, and the mark explained.
+    assert "| gossipd, plain gossip † | 1 | 40 | 40 | 40 | 500 | 98.50 / 98.40 | 1,000 | 400 |" in text
+    assert "| torch DDP all-reduce (gloo) | 1 |" in text and text.count("†") == 2
+    finished = report([{**results[0], "finish": True}, results[1]], header=["head"], plots={})
+    assert "| gossipd, plain gossip | 1 |" in finished and "†" not in finished
     assert "![accuracy against time and bytes, cnn, iid](docs/x.png)" in text
     plot(results, "cnn", "iid", tmp_path / "p.png")
     repeated = [*results, {**results[0], "repeat": 1}, {**results[0], "repeat": 2}]
     mixed = report(repeated, header=["head"], plots={})
     assert "### CNN, iid split (each figure the median of the runs counted in its row)" in mixed
-    assert "| gossipd, plain gossip | 3 |" in mixed and "| torch DDP all-reduce (gloo) | 1 |" in mixed
+    assert "| gossipd, plain gossip † | 3 |" in mixed and "| torch DDP all-reduce (gloo) | 1 |" in mixed
     same = report([*repeated, {**results[1], "repeat": 1}, {**results[1], "repeat": 2}], header=["h"], plots={})
     assert "### CNN, iid split (median of 3 runs each)" in same
     assert (tmp_path / "p.png").stat().st_size > 1000

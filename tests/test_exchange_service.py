@@ -45,6 +45,7 @@ from gossipd.models.registry import build_model
 from gossipd.peering.table import PeerTable
 from gossipd.peering.view import PeerView
 from gossipd.services.exchange import (
+    FINISH_CAP,
     HELLO_LIMIT,
     MIX_PROTOCOL,
     REJECTION_BACKOFF,
@@ -72,7 +73,9 @@ FIRST_FRAME_TIMEOUT = 10.0  # as in gossipd.daemon
 Trainers = Literal["stepping", "paused"]
 
 
-def gossip(algorithm: str = "plain", steps_per_exchange: int | None = None) -> GossipSection:
+def gossip(
+    algorithm: str = "plain", steps_per_exchange: int | None = None, finish_exchanges: int = 20
+) -> GossipSection:
     config = {"plain": PlainConfig(), "powergossip": PowerGossipConfig(rank=1)}[algorithm]
     return GossipSection(
         algorithm=algorithm,
@@ -81,6 +84,7 @@ def gossip(algorithm: str = "plain", steps_per_exchange: int | None = None) -> G
         exchange_interval=INTERVAL,
         exchange_timeout=TIMEOUT,
         steps_per_exchange=steps_per_exchange,
+        finish_exchanges=finish_exchanges,
     )
 
 
@@ -196,9 +200,11 @@ def route_mix_streams(network: FakeNetwork, exchanges: dict[bytes, ExchangeServi
     network.set_handler(MIX_PROTOCOL, on_stream)
 
 
-async def start_peer(hub: FakeHub, name: str, *, seed: int, section: GossipSection, trainer: Trainers) -> Peer:
-    """A peer with its own initial model (drawn from `seed`) and a running trainer service. Its exchange
-    loop is the caller's to start."""
+async def start_peer(
+    hub: FakeHub, name: str, *, seed: int, section: GossipSection, trainer: Trainers, budget: int | None = None
+) -> Peer:
+    """A peer with its own initial model (drawn from `seed`) and a running trainer service, stopping at
+    `budget` steps if given. Its exchange loop is the caller's to start."""
     network = hub.add_peer(name)
     model = build_model(ModelSection(name="logistic", options=LogisticConfig()), SPEC, seed)
     service = TrainerService(
@@ -209,6 +215,7 @@ async def start_peer(hub: FakeHub, name: str, *, seed: int, section: GossipSecti
         eval_every=10**9,
         eval_samples=1,
         chunk_seconds=TRAIN_CHUNK_SECONDS,
+        budget=budget,
     )
     if trainer == "paused":
         service.pause()
@@ -237,9 +244,15 @@ async def start_peer(hub: FakeHub, name: str, *, seed: int, section: GossipSecti
     return Peer(network, service, exchange, table, view)
 
 
-async def start_peers(hub: FakeHub, names: str, *, section: GossipSection, trainer: Trainers) -> list[Peer]:
+async def start_peers(
+    hub: FakeHub, names: str, *, section: GossipSection, trainer: Trainers, budgets: list[int | None] | None = None
+) -> list[Peer]:
     """Peers that all know each other as live members of the task, in their views."""
-    peers = [await start_peer(hub, name, seed=i, section=section, trainer=trainer) for i, name in enumerate(names)]
+    budgets = budgets or [None] * len(names)
+    peers = [
+        await start_peer(hub, name, seed=i, section=section, trainer=trainer, budget=budget)
+        for i, (name, budget) in enumerate(zip(names, budgets, strict=True))
+    ]
     for peer in peers:
         others = [p.id for p in peers if p is not peer]
         for other in others:
@@ -875,6 +888,93 @@ async def test_a_hung_neighbour_holds_a_step_paced_trainer_no_longer_than_one_ex
     assert max(gaps) <= TIMEOUT + 2 * TRAIN_CHUNK_SECONDS, max(gaps)  # the failed exchange released it
     assert len(chunks) >= 60 / (TIMEOUT + 1)  # and it went on training
     assert a.exchange.statistics().failed >= 2
+
+
+# -- a training budget and the finish ------------------------------------------------------------------------
+
+
+async def heartbeats(peers: list[Peer], every: float = 1.0) -> None:
+    """What discovery's GossipSub heartbeats do for the finish: each peer learns the others' training steps."""
+    while True:
+        for peer in peers:
+            for other in peers:
+                if other is not peer:
+                    peer.table.saw(other.id, "pubsub", member=True, step=other.trainer.trainer.step)
+        await trio.sleep(every)
+
+
+@pytest.mark.parametrize("steps_per_exchange", [None, 2])
+async def test_peers_stop_at_their_budget_then_finish_in_agreement_and_start_no_more_exchanges(
+    autojump_clock: trio.testing.MockClock, steps_per_exchange: int | None
+) -> None:
+    budget, finish = 40, 12
+    section = gossip("powergossip", steps_per_exchange=steps_per_exchange, finish_exchanges=finish)
+    with trio.fail_after(300):
+        async with fake_swarm(seed=11, latency=0.02) as hub:
+            peers = await start_peers(hub, "ABC", section=section, trainer="stepping", budgets=[budget] * 3)
+            late = peers[2]
+            late.trainer.pause()  # C starts 5 s late, so A and B finish while it still trains
+            hub.nursery.start_soon(heartbeats, peers)
+            before = [await p.params() for p in peers]
+            for peer in peers:
+                await hub.nursery.start(peer.exchange.run)
+            await trio.sleep(5)
+            late.trainer.resume()
+            await wait_until(lambda: all(p.trainer.training_done for p in peers))
+            await wait_until(lambda: all(p.exchange.finished for p in peers))
+            done = trio.current_time()
+            await wait_until(lambda: not any(p.exchange.in_flight for p in peers))  # the last one's answer
+            started = [len(p.exchange.attempts) for p in peers]
+            answered = [p.exchange.statistics().exchanges for p in peers]
+            await trio.sleep(20)
+            await stop_mixing(peers)
+            after = [await p.params() for p in peers]
+
+    for peer in peers:
+        assert peer.trainer.trainer.step == budget  # exactly its budget: never a step past it
+        stats = peer.exchange.statistics()
+        assert stats.finished and stats.finish_exchanges == finish
+    assert peers[0].exchange.past_budget > finish  # A also mixed with C while C still trained
+    # Finished peers start nothing: in the 20 s after the last one finished, no exchange at all.
+    assert [len(p.exchange.attempts) for p in peers] == started
+    assert all(a.started <= done for p in peers for a in p.exchange.attempts)
+    assert answered == [p.exchange.statistics().exchanges for p in peers]
+    # Training never moves these models (lr 1e-30): their spread is what rank-1 mixing has not yet removed.
+    assert spread(after) < 0.05 * spread(before), (spread(before), spread(after))
+    assert sum_drift(before, after) <= 1e-5
+
+
+async def test_only_exchanges_with_neighbours_past_the_budget_count_and_the_cap_ends_a_finish_that_cannot(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # A and B stop at 10 steps; C never trains (paused at step 0): exchanges with C do not count, so A and B
+    # finish on their exchanges with each other. D stops at 10 too, alone with C: it stops at the cap.
+    finish = 6
+    with trio.fail_after(300):
+        async with fake_swarm(seed=12, latency=0.02) as hub:
+            peers = await start_peers(
+                hub, "ABCD", section=gossip(finish_exchanges=finish), trainer="stepping", budgets=[10] * 4
+            )
+            a, b, c, d = peers
+            c.trainer.pause()
+            d.view.members.clear()
+            d.view.fill([c.id])
+            for peer in (a, b):
+                peer.view.members.remove(d.id)
+            c.view.members.clear()
+            hub.nursery.start_soon(heartbeats, peers)
+            for peer in peers:
+                await hub.nursery.start(peer.exchange.run)
+            await wait_until(lambda: a.exchange.finished and b.exchange.finished and d.exchange.finished)
+            await trio.sleep(5)
+            await stop_mixing(peers)
+
+    for peer in (a, b):
+        assert peer.exchange.settled == finish
+        with_c = peer.table.get(c.id)
+        assert with_c is not None and with_c.exchanges > 0  # it did mix with the peer below the budget
+    assert d.exchange.settled == 0 and d.exchange.past_budget == FINISH_CAP * finish
+    assert not c.trainer.training_done and not c.exchange.finished and c.exchange.past_budget == 0
 
 
 # -- the fake itself -----------------------------------------------------------------------------------------

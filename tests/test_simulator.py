@@ -71,6 +71,26 @@ def test_partition_and_seed_change_the_run_but_repeat_exactly() -> None:
     assert run(seed=1, partition="shards:2").mean_accuracy != first.mean_accuracy
 
 
+def test_finish_rounds_mix_without_training_and_bring_the_copies_together() -> None:
+    task = small_task()
+    data = load_data(task.data, task.task.seed)
+
+    def run(finish: int) -> Any:
+        config = SimulationConfig(
+            peers=6, rounds=30, partition="dirichlet:0.5", centralised=False, seed=4, finish_rounds=finish
+        )
+        return Simulation(task, data, config).run()
+
+    plain, finished = run(0), run(40)
+    assert plain.stopped_mean_accuracy is None and plain.finish_rounds == 0
+    # The same training (same seed), then 40 rounds of rank-2 exchanges and no steps.
+    assert finished.stopped_mean_accuracy == plain.mean_accuracy
+    assert finished.exchanges == plain.exchanges + 6 * 40
+    assert finished.consensus_distance_end < 0.1 * plain.consensus_distance_end  # measured: 0.47 → 0.005
+    assert finished.mean_accuracy > plain.mean_accuracy + 0.02  # measured: 84.1% → 89.9%
+    assert finished.finish_rounds == 40
+
+
 def test_simulate_command_prints_the_json_contract(tmp_path: Path) -> None:
     task_file = tmp_path / "t.toml"
     task_file.write_text(DEFAULT_TASK.read_text().replace('name = "cnn"', 'name = "logistic"'))

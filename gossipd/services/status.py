@@ -16,6 +16,8 @@ class TaskState(enum.StrEnum):
     LOADING = "loading"  # reading data, building the model
     JOINING = "joining"  # looking for a neighbour to copy a full model from
     TRAINING = "training"  # training and mixing
+    FINISHING = "finishing"  # past the training budget ([train] total_steps): mixing until the copies agree
+    FINISHED = "finished"  # done finishing: answers neighbours' exchanges, starts none
     STOPPING = "stopping"  # leaving: finishing exchanges in flight, writing a checkpoint
     FAILED = "failed"  # could not start (bad data, no device); `error` says why
 
@@ -70,6 +72,9 @@ class TaskStatus:
     privacy_epsilon: float | None = None  # ε spent so far by DP-SGD on this peer's examples ([privacy])
     privacy_delta: float | None = None  # the δ that ε is reported at
     mix_wait_seconds: float = 0.0  # time the trainer waited for a mix ([gossip] steps_per_exchange)
+    divergences: int = 0  # times the model blew up and was replaced by a neighbour's
+    total_steps: int | None = None  # the training budget ([train] total_steps); None: no end
+    finish_exchanges: int = 0  # exchanges with finished neighbours since the budget was reached
     peers: tuple[PeerStatus, ...] = ()
 
 

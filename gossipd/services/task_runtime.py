@@ -54,6 +54,8 @@ if TYPE_CHECKING:
     from trio_typing import TaskStatus as StartStatus
 
 log = logging.getLogger("gossipd.task")
+RECOVERY_RETRY = 2.0  # seconds between attempts to copy a neighbour's model over a diverged one
+RECOVERY_BACKOFF_MAX = 60.0
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -105,6 +107,7 @@ class TaskRuntime:
         self.services: Services | None = None
         self.device = torch.device("cpu")
         self.state_transfers = 0
+        self.divergences = 0  # times the model blew up and was replaced by a neighbour's
         self.last_checkpoint: float | None = None
         self._cancel = trio.CancelScope()
         self.half_state = half_state(task.gossip.config)
@@ -129,6 +132,7 @@ class TaskRuntime:
                 nursery.start_soon(self._checkpoint_loop)
                 task_status.started()
                 await self._join_if_needed(services)
+                nursery.start_soon(self._recover_when_diverged, services)
 
     async def stop(self, grace: float) -> None:
         """Stop gracefully: refuse new exchanges, give those in flight `grace` seconds to finish (then
@@ -186,7 +190,11 @@ class TaskRuntime:
         params = mixed_parameters(trainer.model)
         layout = ParamLayout.of(params)
         trainer_service = TrainerService(
-            trainer, data.validation, eval_every=task.train.eval_every, eval_samples=task.train.eval_samples
+            trainer,
+            data.validation,
+            eval_every=task.train.eval_every,
+            eval_samples=task.train.eval_samples,
+            budget=task.train.total_steps,
         )
         exchange = ExchangeService(
             task_hash=task.hash,
@@ -244,6 +252,28 @@ class TaskRuntime:
         services.trainer.resume()
         if self.state is TaskState.JOINING:
             self.state = TaskState.TRAINING
+
+    async def _recover_when_diverged(self, services: Services) -> None:
+        """A model that blew up cannot be mixed back (see gossipd.services.trainer_service): replace it with a
+        neighbour's, as a joining peer does. Meanwhile the task is `joining` again: it neither mixes nor serves
+        its model, and writes no checkpoint over the last good one."""
+        while True:
+            await services.trainer.diverged.wait()
+            if self.state is not TaskState.TRAINING:
+                return  # stopping: the checkpoint it writes is skipped (see checkpoint), nothing to recover
+            self.state = TaskState.JOINING
+            self.divergences += 1
+            # A model that keeps blowing up (a learning rate far too high) must not hammer its neighbours
+            # for copies: the wait doubles with every divergence.
+            delay = min(RECOVERY_BACKOFF_MAX, RECOVERY_RETRY * 2 ** (self.divergences - 1))
+            while True:
+                await trio.sleep(delay)
+                if await self._copy_from_a_neighbour(services):
+                    break
+                delay = RECOVERY_RETRY
+            services.trainer.recovered()
+            if self.state is TaskState.JOINING:
+                self.state = TaskState.TRAINING
 
     async def _copy_from_a_neighbour(self, services: Services) -> bool:
         donors = sorted(
@@ -304,6 +334,9 @@ class TaskRuntime:
         if self.services is None:
             return None
         trainer, exchange, store = self.services.trainer, self.services.exchange, self.services.store
+        if trainer.diverged.is_set():
+            log.warning("task %s: not checkpointing a diverged model over the last good checkpoint", self.task.id)
+            return None
 
         def capture() -> dict[str, Any]:
             return {
@@ -378,10 +411,13 @@ class TaskRuntime:
         settings = (
             dataclasses.asdict(config) if dataclasses.is_dataclass(config) and not isinstance(config, type) else {}
         )
+        state = self.state
+        if state is TaskState.TRAINING and services is not None and services.trainer.training_done:
+            state = TaskState.FINISHED if services.exchange.finished else TaskState.FINISHING
         return TaskStatus(
             id=self.task.id,
             hash=self.task.hash.hex(),
-            state=self.state,
+            state=state,
             error=self.error,
             algorithm=self.task.gossip.algorithm,
             settings=settings,
@@ -411,6 +447,9 @@ class TaskRuntime:
             privacy_delta=self.task.privacy.delta if self.task.privacy is not None else None,
             suspects=exchange.suspects if exchange else 0,
             mix_wait_seconds=trainer.held_seconds if trainer else 0.0,
+            divergences=self.divergences,
+            total_steps=self.task.train.total_steps,
+            finish_exchanges=exchange.finish_exchanges if exchange else 0,
             peers=self._peer_statuses(),
         )
 

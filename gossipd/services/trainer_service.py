@@ -6,6 +6,15 @@ evaluates on schedule. Nothing else touches the model, so mixing never races wit
 With step pacing (`[gossip] steps_per_exchange`) a chunk also stops where the next exchange is due, and the
 trainer holds at a boundary once it is the pacer's lag ahead of its last mix, until an exchange finishes or
 fails, or `hold_limit` seconds pass; it never holds while the peer has no neighbour to mix with.
+
+With a training budget (`[train] total_steps`) the trainer stops at that step for good; it still applies the
+deltas of exchanges and serves the model at boundaries, so mixing goes on (the exchange service's finish).
+
+A model can blow up (lr 0.05 with momentum 0.9 is at the edge of stability for the MNIST CNN: a peer training
+alone for a few hundred steps sometimes does). Its weights are then finite but so large that every batch's
+loss overflows, every step is skipped, and no exchange can pull it back (the pull per exchange is clipped). The
+trainer stops after DIVERGED_AFTER skipped steps in a row and sets `diverged`; the task runtime replaces the
+model with a neighbour's and calls `recovered`.
 """
 
 from __future__ import annotations
@@ -33,6 +42,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("gossipd.trainer")
 T = TypeVar("T")
 _MAX_PENDING = 64  # deltas queued beyond this are merged into one, so a stalled trainer cannot hoard memory
+DIVERGED_AFTER = 50  # skipped steps in a row (non-finite loss) that mean the model itself is broken
 
 
 @dataclass(frozen=True)
@@ -56,8 +66,10 @@ class TrainerService:
         eval_samples: int,
         chunk_seconds: float = 0.1,
         limiter: trio.CapacityLimiter | None = None,
+        budget: int | None = None,
     ) -> None:
         self.trainer = trainer
+        self.budget = budget
         self.validation = validation
         self.eval_every = eval_every
         self.eval_samples = eval_samples
@@ -84,6 +96,14 @@ class TrainerService:
         self._hold_limit = 0.0
         self._held_since: float | None = None
         self._held_seconds = 0.0
+        self._evaluate_now = False
+        self._budget_logged = False
+        self.diverged = trio.Event()  # set when the model blew up; the runtime replaces it
+
+    @property
+    def training_done(self) -> bool:
+        """Whether the trainer has taken its budget of steps (it takes no more)."""
+        return self.budget is not None and self.trainer.step >= self.budget
 
     def pace(self, pacer: StepPacer, *, may_hold: Callable[[], bool], hold_limit: float) -> None:
         """Pace training by mixing: `may_hold` says whether there is anyone to mix with right now."""
@@ -137,15 +157,27 @@ class TrainerService:
             self._moved()
 
     async def exchange_due(self) -> None:
-        """Return once the pacer says this peer should start an exchange."""
+        """Return once the pacer says this peer should start an exchange, or training is done (the pacer's
+        steps will not come: the caller paces the rest by the clock)."""
         assert self.pacer is not None
-        while not self.pacer.due(self.trainer.step):
+        while not (self.pacer.due(self.trainer.step) or self.training_done):
             await self._stepped.wait()
+
+    def evaluate_soon(self) -> None:
+        """Evaluate on the held-out examples at the next boundary, due or not (the finished model)."""
+        self._evaluate_now = True
+        self._wake.set()
 
     def _moved(self) -> None:
         """The step or the pacer changed: wake whoever waits for an exchange to fall due."""
         self._stepped.set()
         self._stepped = trio.Event()
+
+    def recovered(self) -> None:
+        """The runtime replaced the diverged model (see `load_model_state`): train on."""
+        self.trainer.skipped_in_a_row = 0
+        self.diverged = trio.Event()
+        self._wake.set()
 
     def pause(self) -> None:
         self._paused = True
@@ -172,7 +204,12 @@ class TrainerService:
         try:
             while True:
                 self._boundary()
-                if self._paused:
+                if self._paused or self.training_done or self.diverged.is_set():
+                    if self.training_done:
+                        self._reached_budget()
+                        if self._evaluate_now:
+                            await self._evaluate()
+                            continue  # deltas may have come in meanwhile: back to a boundary first
                     self._wake = trio.Event()
                     await self._wake.wait()
                     continue
@@ -206,9 +243,19 @@ class TrainerService:
                 send.send_nowait(outcome)
 
     def _chunk_steps(self) -> int:
+        steps = self._steps_per_chunk
+        if self.budget is not None:
+            steps = min(steps, self.budget - self.trainer.step)
         if self.pacer is None or not self._may_hold():
-            return self._steps_per_chunk
-        return self.pacer.chunk(self.trainer.step, self._steps_per_chunk)
+            return steps
+        return self.pacer.chunk(self.trainer.step, steps)
+
+    def _reached_budget(self) -> None:
+        if not self._budget_logged:
+            self._budget_logged = True
+            self._end_hold()
+            self._moved()  # an exchange loop waiting for the pacer's next step: it will not come
+            log.info("training budget of %d steps reached: training stops, mixing goes on", self.budget)
 
     async def _hold(self) -> None:
         """Wait for a mix (the pacer's lag is used up): until an exchange ends, the model must be looked at,
@@ -242,7 +289,14 @@ class TrainerService:
         stats = await trio.to_thread.run_sync(self.trainer.train_steps, steps, limiter=self.limiter)
         self._version += 1
         self._moved()
-        if self.trainer.skipped_steps > skipped:
+        if self.trainer.skipped_in_a_row >= DIVERGED_AFTER:
+            log.error(
+                "the model diverged: %d training steps in a row had a non-finite loss (is the learning rate too "
+                "high?); training stops until it is replaced by a neighbour's",
+                self.trainer.skipped_in_a_row,
+            )
+            self.diverged.set()
+        elif self.trainer.skipped_steps > skipped:
             log.warning(
                 "skipped %d training steps whose loss was not finite (is the learning rate too high?)",
                 self.trainer.skipped_steps - skipped,
@@ -259,7 +313,12 @@ class TrainerService:
 
     async def _maybe_evaluate(self) -> None:
         due = self._evaluated_at is None or self.trainer.step - self._evaluated_at >= self.eval_every
-        if not due or len(self.validation) == 0:
+        if due:
+            await self._evaluate()
+
+    async def _evaluate(self) -> None:
+        self._evaluate_now = False
+        if len(self.validation) == 0:
             return
         step = self.trainer.step
         self._evaluation = await trio.to_thread.run_sync(

@@ -35,6 +35,8 @@ class SimulationReport:
     mean_accuracy: float
     worst_accuracy: float
     mean_loss: float
+    finish_rounds: int  # rounds of mixing alone after the last training round
+    stopped_mean_accuracy: float | None  # with finish rounds: the mean accuracy as training stopped
     centralised_accuracy: float | None
     consensus_distance_start: float
     consensus_distance_end: float
@@ -64,6 +66,7 @@ class SimulationReport:
         distance_start: float,
         distance_end: float,
         plain_bytes: int,
+        stopped: Sequence[Evaluation] | None = None,
         history: Sequence[RoundRecord],
         wall_seconds: float,
     ) -> SimulationReport:
@@ -83,6 +86,8 @@ class SimulationReport:
             mean_accuracy=sum(e.accuracy for e in final) / len(final),
             worst_accuracy=min(e.accuracy for e in final),
             mean_loss=sum(e.loss for e in final) / len(final),
+            finish_rounds=simulation.config.finish_rounds if stopped is not None else 0,
+            stopped_mean_accuracy=sum(e.accuracy for e in stopped) / len(stopped) if stopped else None,
             centralised_accuracy=centralised,
             consensus_distance_start=distance_start,
             consensus_distance_end=distance_end,

@@ -3,7 +3,8 @@ mixing by random pairwise exchanges through the same sessions and wire codec the
 
 One round: every online peer runs `local_steps` training steps, then every online peer (in random order)
 starts one exchange with a random online member of its view. Churn takes peers away and brings them back;
-a returning peer first copies a full model from a neighbour, as a joining daemon does.
+a returning peer first copies a full model from a neighbour, as a joining daemon does. `finish_rounds` more
+rounds of exchanges without training follow the last, as daemons past their training budget finish.
 """
 
 from __future__ import annotations
@@ -53,6 +54,7 @@ class SimulationConfig:
     centralised: bool = True  # also train one model on the union of the shards, same samples
     byzantine: int = 0  # the last `byzantine` peers attack instead of training
     attack: str = "sign-flip"  # what they send: see ATTACKS
+    finish_rounds: int = 0  # after the last round, rounds of mixing alone (the daemon's finish)
 
 
 def _sign_flip(params: dict[str, torch.Tensor], rng: torch.Generator) -> dict[str, torch.Tensor]:
@@ -189,6 +191,7 @@ class Simulation:
                 history.append(record)
                 if on_round is not None:
                     on_round(record)
+        stopped = self._finish() if self.config.finish_rounds and self.config.mix else None
         final = self._evaluate_all()
         centralised = self._centralised() if self.config.centralised and self.config.train else None
         return SimulationReport.build(
@@ -198,9 +201,21 @@ class Simulation:
             distance_start=distance_start or 0.0,
             distance_end=self._consensus(),
             plain_bytes=plain_exchange_bytes(self.peers[0].params(), self.task.hash),
+            stopped=stopped,
             history=history,
             wall_seconds=time.perf_counter() - started,
         )
+
+    def _finish(self) -> list[Any]:
+        """The peers as training stopped (evaluated), then `finish_rounds` rounds of exchanges alone."""
+        stopped = self._evaluate_all()
+        tick = time.perf_counter()
+        for _ in range(self.config.finish_rounds):
+            online = [p for p in self.peers if p.online]
+            for peer in self.rng.sample(online, len(online)):
+                self._exchange_from(peer)
+        self.mix_seconds += time.perf_counter() - tick
+        return stopped
 
     def _exchange_from(self, peer: SimPeer) -> None:
         partner_index = peer.view.sample(lambda i: self.peers[i].online and peer.blocked.get(i, -1) < self.round)

@@ -60,6 +60,8 @@ class TrainSection:
     local_steps: int = field(default=1, metadata=bounds(min=1, max=10000))
     lr_schedule: Literal["constant", "cosine"] = "constant"
     warmup_steps: int = field(default=0, metadata=bounds(min=0))
+    # The training budget per peer (also the cosine schedule's horizon): a peer that reaches it stops training
+    # and mixes on until its copy agrees with its neighbours' ([gossip] finish_exchanges). Unset: no end.
     total_steps: int | None = field(default=None, metadata=bounds(min=1))
     grad_clip: float | None = field(default=None, metadata=bounds(min=0.0, exclusive_min=True))
     device: str = "auto"
@@ -86,4 +88,9 @@ class GossipSection:
     steps_per_exchange: int | None = field(default=None, metadata=bounds(min=1, max=100000))
     exchange_timeout: float = field(default=15.0, metadata=bounds(min=0.1))
     rewire_interval: float = field(default=30.0, metadata=bounds(min=0.0))
+    # With a training budget ([train] total_steps): the exchanges with neighbours past their budget too that a
+    # peer past its own takes part in (started every exchange_interval, or answered) before it starts no more.
+    # Compressed gossip leaves the copies apart by what the last steps' corrections have not yet carried over;
+    # these exchanges close that gap, at the cost of a few compressed messages (see gossipd.services.exchange).
+    finish_exchanges: int = field(default=50, metadata=bounds(min=0, max=100000))
     config: Any = None

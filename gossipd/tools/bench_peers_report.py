@@ -79,18 +79,24 @@ def summarise(
         for which, index in (("mean", 1), ("worst", 2)):
             hit = next((c for c in curve if c[index] >= target), None)
             reached[f"{which}_{round(target * 100)}"] = None if hit is None else {"seconds": hit[0], "bytes": hit[3]}
-    # Accuracy after the same training: each peer's last snapshot within the per-peer sample budget.
+    # Accuracy after the same training: each peer's last snapshot within the per-peer sample budget. A gossipd
+    # peer stops at the budget and then finishes (mixes until it agrees with its neighbours): its last
+    # snapshot is the finished model, and the first at that sample count is the model as training stopped.
     budget = run["steps"] * 32
-    finals = []
+    finals, stopped = [], []
     for peer in peers:
         mine = [p for p in points if p["peer"] == peer and p["samples"] <= budget]
         if mine:
-            finals.append(max(mine, key=lambda p: p["samples"])["accuracy"])
+            most = max(p["samples"] for p in mine)
+            at_most = sorted((p for p in mine if p["samples"] == most), key=lambda p: p["seconds"])
+            finals.append(at_most[-1]["accuracy"])
+            stopped.append(at_most[0]["accuracy"])
     return {
         **run,
         "reached": reached,
         "final_accuracy": sum(finals) / len(finals) if finals else None,
         "final_worst": min(finals) if finals else None,
+        "stopped_accuracy": sum(stopped) / len(stopped) if stopped else None,
         "budget_samples": budget,
         "total_bytes": byte_samples[-1][1] if byte_samples else 0,
         # Peers only: a Flower run's ServerApp reports as peer -1.
@@ -112,7 +118,9 @@ class Row:
     bytes: dict[str, float]
     final_accuracy: float | None
     final_worst: float | None
+    stopped_accuracy: float | None  # gossipd: the mean peer as training stopped, before its finish
     total_bytes: float
+    finished: bool  # gossipd: every run stopped at the step budget and finished (False: runs from before that)
     peak_rss_mb: float | None
 
 
@@ -133,6 +141,7 @@ def aggregate(results: list[dict[str, Any]]) -> list[Row]:
             sent[key] = _median([h["bytes"] if h else math.inf for h in hits])
         finals = [r["final_accuracy"] for r in runs if r["final_accuracy"] is not None]
         worsts = [r["final_worst"] for r in runs if r["final_worst"] is not None]
+        stopped = [r["stopped_accuracy"] for r in runs if r.get("stopped_accuracy") is not None]
         rss = [r["peak_rss_mb"] for r in runs if r["peak_rss_mb"] is not None]
         rows.append(
             Row(
@@ -144,6 +153,8 @@ def aggregate(results: list[dict[str, Any]]) -> list[Row]:
                 bytes=sent,
                 final_accuracy=statistics.median(finals) if finals else None,
                 final_worst=statistics.median(worsts) if worsts else None,
+                stopped_accuracy=statistics.median(stopped) if stopped else None,
+                finished=all(r.get("finish", False) for r in runs),
                 total_bytes=statistics.median(r["total_bytes"] for r in runs),
                 peak_rss_mb=max(rss) if rss else None,
             )
@@ -173,12 +184,27 @@ def table(rows: list[Row]) -> list[str]:
     ]
     for row in rows:
         lines.append(
-            f"| {LABELS.get(row.system, row.system)} | {row.repeats} | {_seconds(row.seconds['mean_97'])} | "
+            f"| {_label(row)} | {row.repeats} | {_seconds(row.seconds['mean_97'])} | "
             f"{_seconds(row.seconds['mean_98'])} | {_seconds(row.seconds['worst_98'])} | "
             f"{_megabytes(row.bytes['mean_98'])} | {_accuracy(row.final_accuracy)} / {_accuracy(row.final_worst)} | "
             f"{_megabytes(row.total_bytes)} | {'—' if row.peak_rss_mb is None else f'{row.peak_rss_mb:,.0f}'} |"
         )
     return lines
+
+
+def _label(row: Row) -> str:
+    return LABELS.get(row.system, row.system) + (" †" if _unfinished(row) else "")
+
+
+def _unfinished(row: Row) -> bool:
+    return row.system.startswith("gossipd-") and not row.finished
+
+
+UNFINISHED_NOTE = (
+    "† Runs from before gossipd's training budget (`[train] total_steps`): their peers trained on past 3,000 "
+    "steps, were scored on their last snapshot within 96,000 samples, and never finished; every other "
+    "gossipd row stops at 3,000 steps and finishes (`[gossip] finish_exchanges` = 50) before its final snapshot."
+)
 
 
 def _time_to_97(gossip: list[Row], rivals: list[Row]) -> str:
@@ -259,9 +285,21 @@ def goals(rows: list[Row]) -> list[str]:
             lines.append(
                 f"- Final accuracy: {short} {_accuracy(power.final_accuracy)}% against "
                 f"{LABELS[reference].removeprefix('gossipd, ')} {_accuracy(plain.final_accuracy)}%: **{where}** "
-                f"(goal ≤ 0.3 behind, {verdict})."
+                f"(goal ≤ 0.3 behind, {verdict}){_before_finish(power, plain)}."
             )
     return lines
+
+
+def _before_finish(power: Row, plain: Row) -> str:
+    """The two figures as training stopped, when the runs finished after it (their final models differ)."""
+    if power.stopped_accuracy is None or plain.stopped_accuracy is None:
+        return ""
+    if power.stopped_accuracy == power.final_accuracy and plain.stopped_accuracy == plain.final_accuracy:
+        return ""
+    return (
+        f"; as training stopped, before the finish: {_accuracy(power.stopped_accuracy)}% against "
+        f"{_accuracy(plain.stopped_accuracy)}%"
+    )
 
 
 def plot(results: list[dict[str, Any]], model: str, split: str, path: Path) -> None:
@@ -325,6 +363,7 @@ def report(results: list[dict[str, Any]], *, header: list[str], plots: dict[tupl
             "",
             *table(mine),
             "",
+            *([UNFINISHED_NOTE, ""] if any(_unfinished(r) for r in mine) else []),
             *goals(mine),
             "",
         ]

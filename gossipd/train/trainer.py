@@ -144,6 +144,7 @@ class Trainer:
         self.step = 0
         self.samples = 0
         self.skipped_steps = 0  # steps whose loss was not finite
+        self.skipped_in_a_row = 0  # of those, since the last step taken: many mean the model itself is broken
         self.privacy = privacy
         self.dp = DPState()
         # Poisson sampling: each example joins a step's batch with probability q = batch size / examples.
@@ -189,11 +190,13 @@ class Trainer:
                 # A diverging step would put NaN into the model (and, through gossip, be rejected by every
                 # neighbour): skip it, as mixed-precision training does, and let mixing pull the model back.
                 self.skipped_steps += 1
+                self.skipped_in_a_row += 1
                 continue
             loss.backward()  # type: ignore[no-untyped-call]
             if self.section.grad_clip is not None:
                 nn.utils.clip_grad_norm_(self.model.parameters(), self.section.grad_clip)
             self.optimizer.step()
+            self.skipped_in_a_row = 0
             total += value
             taken += 1
             samples += int(index.numel())
