@@ -465,7 +465,10 @@ def write_report(out: Path) -> str:
         "",
         "Settings: gossipd mixes every 0.2 s (jittered; 0.1 s in the row that says so), or in the rows marked "
         "*step-paced* every 2 local steps with training held 4 steps past its last mix, with a random "
-        "neighbour of a 6-peer view, held-out evaluation off; hivemind averages parameters in groups every "
+        "neighbour of a 6-peer view, held-out evaluation off; its four peers start at once from the task's "
+        "model (no join copy), stop at the run's steps (`[train] total_steps`) and finish "
+        "(`[gossip] finish_exchanges` = 50) before their final snapshot (rows marked † predate this); "
+        "hivemind averages parameters in groups every "
         "100 local steps per peer (target batch "
         f"{PEERS * 32 * 100:,} samples, about the 10,000 of its quickstart), matchmaking 1 s, request timeout "
         "0.5 s on IID and its default 3 s on Dirichlet 0.5 (the better of the two on each); Flower runs FedAvg "

@@ -130,6 +130,15 @@ def test_goal_verdicts_follow_the_figures() -> None:
     assert "not met" in lines[3]
 
 
+def test_a_powergossip_row_is_judged_only_against_plain_gossip_from_the_same_era() -> None:
+    old_plain = synthetic("gossipd-plain", 40, 500e6, 0.985)
+    new_power = {**synthetic("gossipd-powergossip", 60, 5e6, 0.983), "finish": True}
+    lines = goals(aggregate([old_plain, new_power, synthetic("flower", 80, 400e6, 0.984)]))
+    assert len(lines) == 1 and lines[0].startswith("- Time to 98%")  # no verdict across the † line
+    lines = goals(aggregate([{**old_plain, "finish": True}, new_power]))
+    assert "100.0× fewer" in lines[0] and "**0.20 points behind**" in lines[1]
+
+
 def test_a_step_paced_powergossip_is_judged_against_step_paced_plain_gossip() -> None:
     rows = aggregate(
         [

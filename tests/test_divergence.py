@@ -18,7 +18,6 @@ import pytest
 from safetensors.torch import load as load_safetensors
 
 from gossipd.adapters.checkpoint_store import CheckpointStore
-
 from gossipd.tools.swarm import Swarm, tail
 from tests.conftest import DEFAULT_TASK
 
