@@ -10,14 +10,10 @@ from __future__ import annotations
 import io
 import math
 import os
-import shutil
 import signal
 import socket as socket_module
-import tempfile
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
-from typing import Any
 
 import pytest
 import torch
@@ -25,6 +21,7 @@ from safetensors.torch import load as load_safetensors
 
 from gossipd.tools.swarm import Swarm, tail
 from tests.conftest import DEFAULT_TASK
+from tests.daemons import daemon_swarm, task_of
 
 EXCHANGE_TIMEOUT = 3.0
 TASK = (
@@ -51,12 +48,6 @@ def wait_for(condition: Callable[[], bool], timeout: float, what: str, swarm: Sw
     raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}\n{logs}")
 
 
-def task_of(status: dict[str, Any] | None) -> dict[str, Any]:
-    assert status is not None
-    found: dict[str, Any] = status["tasks"][0]
-    return found
-
-
 def exchanges(swarm: Swarm, index: int) -> int:
     status = swarm.daemons[index].status()
     return task_of(status)["exchanges"] if status else -1
@@ -64,29 +55,17 @@ def exchanges(swarm: Swarm, index: int) -> int:
 
 @pytest.fixture(scope="module")
 def swarm() -> Iterator[Swarm]:
-    # Unix socket paths must stay short (~100 bytes): a folder under /tmp, not pytest's deep tmp_path.
-    workdir = Path(tempfile.mkdtemp(prefix="gd-", dir="/tmp"))
-    task_file = workdir / "task.toml"
-    task_file.write_text(TASK)
-    swarm = Swarm(
-        workdir=workdir,
-        task=str(task_file),
+    with daemon_swarm(
+        "gd-",
+        TASK,
         size=3,
         parts=4,  # the late joiner takes the fourth share
         extra=["--checkpoint-interval", "5"],
         # The first three start from different models and copy none (so mixing has a real gap to close);
         # the late joiner starts as any new peer does.
         per_peer=lambda index: ["--init-seed", str(100 + index), "--join-timeout", "0"] if index < 3 else [],
-    )
-    try:
-        swarm.start(wait=180)
-        yield swarm
-    finally:
-        codes = swarm.stop(timeout=60)
-        logs = "\n".join(f"--- peer {d.index}\n{tail(d.log_path, 40)}" for d in swarm.daemons)
-        if not os.environ.get("GOSSIPD_KEEP_TEST_DIR"):
-            shutil.rmtree(workdir, ignore_errors=True)
-        assert all(code in (0, -signal.SIGKILL) for code in codes), f"exit codes {codes}\n{logs}"
+    ) as started:
+        yield started
 
 
 def models(swarm: Swarm, indices: list[int]) -> list[dict[str, torch.Tensor]]:

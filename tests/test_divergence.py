@@ -5,14 +5,9 @@ a learning rate no model survives (a local setting: same task hash, so it stays 
 from __future__ import annotations
 
 import math
-import os
-import shutil
-import signal
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from safetensors.torch import load as load_safetensors
@@ -20,6 +15,7 @@ from safetensors.torch import load as load_safetensors
 from gossipd.adapters.checkpoint_store import CheckpointStore
 from gossipd.tools.swarm import Swarm, tail
 from tests.conftest import DEFAULT_TASK
+from tests.daemons import daemon_swarm, task_of
 
 TASK = (
     DEFAULT_TASK.read_text()
@@ -43,27 +39,10 @@ class OneUnstable(Swarm):
         return args
 
 
-def task_of(status: dict[str, Any] | None) -> dict[str, Any]:
-    assert status is not None
-    found: dict[str, Any] = status["tasks"][0]
-    return found
-
-
 @pytest.fixture(scope="module")
 def swarm() -> Iterator[Swarm]:
-    workdir = Path(tempfile.mkdtemp(prefix="gd-diverge-", dir="/tmp"))
-    task_file = workdir / "task.toml"
-    task_file.write_text(TASK)
-    swarm = OneUnstable(workdir=workdir, task=str(task_file), size=3, extra=["--checkpoint-interval", "1"])
-    try:
-        swarm.start(wait=180)
-        yield swarm
-    finally:
-        codes = swarm.stop(timeout=60)
-        logs = "\n".join(f"--- peer {d.index}\n{tail(d.log_path, 20)}" for d in swarm.daemons)
-        if not os.environ.get("GOSSIPD_KEEP_TEST_DIR"):
-            shutil.rmtree(workdir, ignore_errors=True)
-        assert all(code in (0, -signal.SIGKILL) for code in codes), f"exit codes {codes}\n{logs}"
+    with daemon_swarm("gd-diverge-", TASK, kind=OneUnstable, size=3, extra=["--checkpoint-interval", "1"]) as started:
+        yield started
 
 
 def test_a_diverged_peer_copies_a_neighbours_model_and_trains_on_and_backs_off(swarm: Swarm) -> None:

@@ -4,14 +4,8 @@ it has finished with its neighbours, reports it, and starts no more exchanges; i
 from __future__ import annotations
 
 import math
-import os
-import shutil
-import signal
-import tempfile
 import time
 from collections.abc import Iterator
-from pathlib import Path
-from typing import Any
 
 import pytest
 import torch
@@ -19,6 +13,7 @@ from safetensors.torch import load as load_safetensors
 
 from gossipd.tools.swarm import Swarm, tail
 from tests.conftest import DEFAULT_TASK
+from tests.daemons import daemon_swarm, task_of
 
 BUDGET = 150
 FINISH = 20
@@ -36,12 +31,7 @@ TASK = (
 
 @pytest.fixture(scope="module")
 def finished_swarm() -> Iterator[Swarm]:
-    workdir = Path(tempfile.mkdtemp(prefix="gd-budget-", dir="/tmp"))
-    task_file = workdir / "task.toml"
-    task_file.write_text(TASK)
-    swarm = Swarm(workdir=workdir, task=str(task_file), size=3, extra=["--join-timeout", "0"])
-    try:
-        swarm.start(wait=180)
+    with daemon_swarm("gd-budget-", TASK, size=3, extra=["--join-timeout", "0"]) as swarm:
         deadline = time.monotonic() + 180
         while time.monotonic() < deadline:
             states = [task_of(s)["state"] if s else None for s in swarm.statuses()]
@@ -52,17 +42,6 @@ def finished_swarm() -> Iterator[Swarm]:
             logs = "\n".join(f"--- peer {d.index}\n{tail(d.log_path, 20)}" for d in swarm.daemons)
             raise AssertionError(f"the swarm did not finish within 180 s: {states}\n{logs}")
         yield swarm
-    finally:
-        codes = swarm.stop(timeout=60)
-        if not os.environ.get("GOSSIPD_KEEP_TEST_DIR"):
-            shutil.rmtree(workdir, ignore_errors=True)
-        assert all(code in (0, -signal.SIGKILL) for code in codes), codes
-
-
-def task_of(status: dict[str, Any] | None) -> dict[str, Any]:
-    assert status is not None
-    found: dict[str, Any] = status["tasks"][0]
-    return found
 
 
 def test_every_peer_stops_at_its_budget_and_finishes_with_finished_neighbours(finished_swarm: Swarm) -> None:
