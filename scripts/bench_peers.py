@@ -88,6 +88,7 @@ GOSSIP = {
 # so peers mix as often per step whatever a step costs (an MLP step is ~10x cheaper than a CNN step).
 PACED = "\nsteps_per_exchange = 2"
 FINISH_WAIT = 60.0  # seconds gossipd's peers get to finish once the last one reached its budget
+TRAIN_WAIT = 600.0  # seconds a gossipd run gets to train (its runs take 60-80 s): a peer stuck short of its budget
 GOSSIP |= {
     f"{name}-paced": GOSSIP[name] + PACED
     for name in ("gossipd-plain", "gossipd-powergossip", "gossipd-powergossip-2it", "gossipd-choco")
@@ -293,6 +294,9 @@ def run_gossipd(run: Run, start: float) -> None:
             if trained_at is None and trained:
                 trained_at = time.time()
             if all(finished) or (trained_at is not None and time.time() - trained_at > FINISH_WAIT):
+                break
+            if trained_at is None and time.time() - start > TRAIN_WAIT:
+                print(f"  {run.name}: not every peer reached its budget within {TRAIN_WAIT:.0f} s", flush=True)
                 break
             time.sleep(0.5)
         if not all(finished):
