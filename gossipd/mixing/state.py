@@ -29,7 +29,7 @@ def state_message(
     state: Mapping[str, torch.Tensor], *, task: bytes, step: int, degree: int, half: bool = False
 ) -> Message:
     """The sender's whole model state. `round` carries the sender's training step."""
-    records = tuple(to_wire(name, _sent(t, half)) for name, t in state.items())
+    records = tuple(to_wire(name, as_float16(t) if half else t) for name, t in state.items())
     return Message(
         type=MessageType.FULL,
         task=task,
@@ -47,10 +47,6 @@ def read_state(message: Message, expected: Mapping[str, TensorSpec], device: tor
         raise ProtocolViolation(f"expected a full state, received {message.type}")
     records = unpack_tensors(message.data, expected)
     return {name: from_wire(records[name], device) for name in expected}
-
-
-def _sent(tensor: torch.Tensor, half: bool) -> torch.Tensor:
-    return as_float16(tensor) if half else tensor
 
 
 def _wire_dtype(name: str, tensor: torch.Tensor, half: bool) -> str:
