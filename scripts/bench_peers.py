@@ -301,6 +301,8 @@ def run_gossipd(run: Run, start: float) -> None:
             time.sleep(0.5)
         if not all(finished):
             print(f"  {run.name}: peers {[i for i, f in enumerate(finished) if not f]} did not finish", flush=True)
+        # The peers' last statuses (exchange counts, bytes by protocol) for anyone reading a kept run.
+        (workdir / "statuses.json").write_text(json.dumps(swarm.statuses(), indent=1))
         with (workdir / "rss.jsonl").open("a") as handle:
             for daemon in swarm.daemons:
                 handle.write(json.dumps({"peer": daemon.index, "max_rss_mb": peak_rss_mb(daemon.process.pid)}) + "\n")
