@@ -520,8 +520,7 @@ def bad_round(kind: str, session: ExchangeSession, victim_hello: Message) -> byt
     """The attacker's message for the round after the hellos, wrong in exactly one way."""
     if kind == "garbage":
         return b"\xc1 not msgpack at all"
-    outgoing = session.receive(victim_hello)
-    assert outgoing is not None
+    (outgoing,) = session.receive(victim_hello)
     if kind == "wrong-task":
         finite = bytes(len(outgoing.data))  # zeros: only the task is wrong
         return encode_message(dataclasses.replace(outgoing, task=OTHER_TASK, data=finite))

@@ -15,7 +15,7 @@ from gossipd.mixing.algorithm import Algorithm
 from gossipd.mixing.choco import ChocoConfig, ChocoGossip
 from gossipd.mixing.edge import EdgeState, derive_epoch
 from gossipd.mixing.layout import ParamLayout, low_rank_pays, max_message_bytes, mixed_parameters
-from gossipd.mixing.local import run_pair
+from gossipd.mixing.local import Traffic, run_pair
 from gossipd.mixing.plain import PlainConfig, PlainGossip
 from gossipd.mixing.powergossip import PowerGossip, PowerGossipConfig
 from gossipd.mixing.session import ExchangeSession, PeerAborted
@@ -27,7 +27,7 @@ from gossipd.task.loader import parse_task
 from gossipd.task.overrides import with_gossip
 from gossipd.task.schema import ModelSection
 from gossipd.wire.errors import ProtocolViolation, ShapeMismatch, WrongTask
-from gossipd.wire.messages import Message, MessageType, decode_message, encode_message
+from gossipd.wire.messages import Message, MessageType, decode_message, encode_message, framed_size
 from tests.conftest import DEFAULT_TASK
 
 TASK = b"T" * 16
@@ -177,13 +177,15 @@ def test_powergossip_in_float16_carries_half_precision_and_clamps_to_its_range()
     a, b = Peer(0, big), Peer(1, model(1))
     before = total([a, b])
     ends = (a.session(algorithm, b), b.session(algorithm, a))
-    hello = [end.start() for end in ends]
-    sent: list[Message] = [ends[0].receive(hello[1]), ends[1].receive(hello[0])]
+    answer = ends[1].answer(ends[0].start())  # a new edge: the answering end's hello, then its round
+    assert [m.type for m in answer] == [MessageType.HELLO, MessageType.POWER]
+    sent: list[Message] = [*ends[0].receive(answer[0]), answer[1]]
     for end, message in zip(ends, sent, strict=True):
         layout = end._outgoing.expect if end._outgoing else {}
         assert {spec.dtype for spec in layout.values()} == {"float16"}
         assert len(message.data) == sum(2 * math.prod(spec.shape) for spec in layout.values())
-    assert ends[0].receive(sent[1]) is None and ends[1].receive(sent[0]) is None
+    assert ends[0].receive(sent[1]) == [] and ends[1].receive(sent[0]) == []
+    assert ends[0].done and ends[1].done
     for end, peer in zip(ends, (a, b), strict=True):
         result = end.result()
         assert all(bool(torch.isfinite(d).all()) for d in result.delta.values())
@@ -290,6 +292,49 @@ def test_a_peer_of_another_task_is_rejected() -> None:
         run_pair(*ends, max_message_bytes=1 << 22)
 
 
+@pytest.mark.parametrize(("name", "rounds"), [("plain", 1), ("powergossip-r2-i2", 2), ("choco-sign", 1)])
+def test_an_answering_end_in_step_skips_its_hello(name: str, rounds: int) -> None:
+    algorithm = ALGORITHMS[name]
+    a, b = Peer(0, model(0)), Peer(1, model(1))
+    limit = max_message_bytes(ParamLayout.of(a.params))
+    hello_bytes = framed_size(len(encode_message(b.session(algorithm, a).start())))
+
+    def run(opener: Peer, answerer: Peer) -> Traffic:
+        ends = (opener.session(algorithm, answerer), answerer.session(algorithm, opener))
+        traffic = run_pair(*ends, max_message_bytes=limit)
+        for end, peer, other in ((ends[0], opener, answerer), (ends[1], answerer, opener)):
+            peer.edges[other.id] = end.result().edge
+            peer.params = {k: v + end.result().delta[k] for k, v in peer.params.items()}
+        return traffic
+
+    before = total([a, b])
+    new_edge = run(a, b)
+    assert new_edge.messages == 2 + 2 * rounds  # two hellos: the edge starts here
+    in_step = run(a, b)
+    assert in_step.messages == 1 + 2 * rounds  # the opener's hello only
+    assert a.edges[b.id].key == b.edges[a.id].key and a.edges[b.id].round == 2
+    if name == "plain":  # the same model-sized rounds, less one hello
+        assert (in_step.a_sent, in_step.b_sent) == (new_edge.a_sent, new_edge.b_sent - hello_bytes)
+    assert run(b, a).messages == 1 + 2 * rounds  # either end may open: the edge is the pair's
+    del b.edges[a.id]  # the answering end lost the edge (a failure, a restart): it says hello, both reset
+    assert run(a, b).messages == 2 + 2 * rounds
+    assert a.edges[b.id].key == b.edges[a.id].key and a.edges[b.id].round == 1
+    after = total([a, b])
+    for key in before:
+        assert float((after[key] - before[key]).norm() / before[key].norm()) <= 1e-6
+
+
+def test_an_opener_rejects_a_first_round_for_an_edge_it_does_not_share() -> None:
+    a, b = Peer(0, model(0)), Peer(1, model(1))
+    exchange(ALGORITHMS["powergossip-r1"], a, b)
+    session = a.session(ALGORITHMS["powergossip-r1"], b)
+    session.start()
+    epoch, round_ = a.edges[b.id].key
+    with pytest.raises(ProtocolViolation, match="expected hello, received power for edge state"):
+        session.receive(Message(type=MessageType.POWER, task=TASK, epoch=epoch, round=round_ + 1, degree=1))
+    assert not session.done and session.mixing_started is False
+
+
 def test_out_of_order_messages_are_protocol_violations() -> None:
     a, b = Peer(0, model(0)), Peer(1, model(1))
     session = a.session(ALGORITHMS["powergossip-r1"], b)
@@ -308,8 +353,7 @@ def test_out_of_order_messages_are_protocol_violations() -> None:
 def test_abort_ends_the_exchange_on_both_sides() -> None:
     a, b = Peer(0, model(0)), Peer(1, model(1))
     left, right = a.session(ALGORITHMS["plain"], b), b.session(ALGORITHMS["plain"], a)
-    left.start()
-    right.start()
+    right.answer(left.start())
     abort = decode_message(encode_message(right.abort("shutting down")), max_size=1 << 20)
     with pytest.raises(PeerAborted, match="shutting down"):
         left.receive(abort)

@@ -7,6 +7,7 @@ byte counts are those that would travel (msgpack payload plus the varint length 
 from __future__ import annotations
 
 import random
+from collections import deque
 from dataclasses import dataclass
 
 import torch
@@ -32,21 +33,28 @@ class Traffic:
 
 
 def run_pair(a: ExchangeSession, b: ExchangeSession, *, max_message_bytes: int) -> Traffic:
-    """Drive both ends to completion; raises the first rejection either end makes."""
-    to_b: Message | None = a.start()
-    to_a: Message | None = b.start()
-    a_sent = b_sent = messages = 0
-    while to_b is not None and to_a is not None:
-        wire_ab, wire_ba = encode_message(to_b), encode_message(to_a)
-        a_sent += framed_size(len(wire_ab))
-        b_sent += framed_size(len(wire_ba))
-        messages += 2
-        at_b = decode_message(wire_ab, max_size=max_message_bytes, task=b.task)
-        at_a = decode_message(wire_ba, max_size=max_message_bytes, task=a.task)
-        to_b, to_a = a.receive(at_a), b.receive(at_b)
-    if (to_b is None) != (to_a is None):
+    """Drive an exchange that `a` opens and `b` answers to completion, each end reading the other's messages
+    in the order they were sent; raises the first rejection either end makes."""
+    sent = {id(a): 0, id(b): 0}
+    messages = 0
+
+    def carry(message: Message, sender: ExchangeSession, receiver: ExchangeSession) -> Message:
+        nonlocal messages
+        wire = encode_message(message)
+        sent[id(sender)] += framed_size(len(wire))
+        messages += 1
+        return decode_message(wire, max_size=max_message_bytes, task=receiver.task)
+
+    to_a = deque(b.answer(carry(a.start(), a, b)))
+    to_b: deque[Message] = deque()
+    while to_a or to_b:
+        if to_a:
+            to_b.extend(a.receive(carry(to_a.popleft(), b, a)))
+        if to_b:
+            to_a.extend(b.receive(carry(to_b.popleft(), a, b)))
+    if not (a.done and b.done):
         raise ProtocolViolation("one end finished the exchange while the other expected more rounds")
-    return Traffic(a_sent, b_sent, messages)
+    return Traffic(sent[id(a)], sent[id(b)], messages)
 
 
 def plain_exchange_bytes(params: Params, task: bytes) -> int:

@@ -1,15 +1,19 @@
 """One end of one pairwise exchange, as a state machine over messages; no I/O.
 
-    session = ExchangeSession(...)
-    outgoing = session.start()                 # HELLO: our edge (epoch, round) and degree
-    while outgoing is not None:
-        send(outgoing); incoming = receive()   # the two ends' messages cross in flight
-        outgoing = session.receive(incoming)   # checks it, runs the algorithm's next round
-    result = session.result()                  # the delta to add, and the edge state to keep
+    opener = ExchangeSession(...)                 # the end that starts the exchange
+    send(opener.start())                          # HELLO: our edge (epoch, round) and degree
+    answerer = ExchangeSession(...)               # the end it reached
+    outgoing = answerer.answer(hello)             # [phase 0] if the edge is in step, else [HELLO, phase 0]
+    while not session.done:                       # either end
+        send(*outgoing); incoming = receive()     # the two ends' messages cross in flight
+        outgoing = session.receive(incoming)      # checks it, runs the algorithm's next round(s)
+    send(*outgoing)                               # an opener may have its last round left to send
+    result = session.result()                     # the delta to add, and the edge state to keep
 
-The daemon drives this over a libp2p stream and the simulator over an in-memory pair; the messages and
-checks are the same. Any error leaves the session failed: the caller drops the edge, and the next exchange
-with that peer starts it afresh.
+An answering end whose edge is in step with the opener's hello skips its own hello: the opener learns it
+from the round message itself (protocols/mix-v2.md, *Edges*). The daemon drives this over a libp2p stream
+and the simulator over an in-memory pair; the messages and checks are the same. Any error leaves the
+session failed: the caller drops the edge, and the next exchange with that peer starts it afresh.
 """
 
 from __future__ import annotations
@@ -103,17 +107,36 @@ class ExchangeSession:
         self._outcome: MixOutcome | None = None
 
     def start(self) -> Message:
+        """The opener's first message: its hello."""
         self._expect_phase(Phase.NEW)
         self.phase = Phase.HELLO
         return self._message(MessageType.HELLO)
 
-    def receive(self, message: Message) -> Message | None:
-        """Take the peer's message for the current round; return ours for the next one, or None when done."""
+    def answer(self, hello: Message) -> list[Message]:
+        """The answering end's first messages, given the opener's hello: its phase-0 round alone when the
+        edge is in step (the hello would tell the opener nothing), else its own hello and then phase 0."""
+        self._expect_phase(Phase.NEW)
+        try:
+            if hello.type is not MessageType.HELLO:
+                raise ProtocolViolation(f"expected hello, received {hello.type}")
+            if self._in_step(hello):
+                self.phase = Phase.HELLO
+                return self._on_hello(hello)
+            own = self.start()
+            return [own, *self._on_hello(hello)]
+        except BaseException:
+            self.phase = Phase.FAILED
+            raise
+
+    def receive(self, message: Message) -> list[Message]:
+        """Take the peer's next message; return ours to send next (none once this end has all it needs)."""
         try:
             if message.type is MessageType.ABORT:
                 raise PeerAborted(f"peer aborted the exchange: {message.reason or 'no reason given'}")
             if self.phase is Phase.HELLO:
-                return self._on_hello(message)
+                if message.type is MessageType.HELLO:
+                    return self._on_hello(message)
+                return self._on_first_round(message)
             self._expect_phase(Phase.ROUNDS)
             return self._on_round(message)
         except BaseException:
@@ -145,16 +168,32 @@ class ExchangeSession:
     def done(self) -> bool:
         return self.phase is Phase.DONE
 
-    def _on_hello(self, hello: Message) -> Message | None:
+    def _in_step(self, peer: Message) -> bool:
+        return self.edge.synced and self.edge.key == (peer.epoch, peer.round)
+
+    def _on_hello(self, hello: Message) -> list[Message]:
         if hello.type is not MessageType.HELLO:
             raise ProtocolViolation(f"expected hello, received {hello.type}")
-        self.peer_degree = hello.degree
-        self.weight = edge_weight(self.fixed_weight, self.degree, hello.degree)
-        if not (self.edge.synced and self.edge.key == (hello.epoch, hello.round)):
+        if not self._in_step(hello):
             epoch = derive_epoch(self.edge.key, (hello.epoch, hello.round))
             data = self.algorithm.reset_edge(epoch, self.layout, self.device)
             self.edge = EdgeState(epoch=epoch, round=0, synced=True, data=data)
             self.reset = True
+        return self._begin_rounds(hello.degree)
+
+    def _on_first_round(self, message: Message) -> list[Message]:
+        """The answering end skipped its hello: it found the edge in step, and this is its phase 0."""
+        if not self._in_step(message):
+            raise ProtocolViolation(
+                f"expected hello, received {message.type} for edge state {(message.epoch, message.round)}, "
+                f"ours {self.edge.key}"
+            )
+        ours = self._begin_rounds(message.degree)
+        return ours + self._on_round(message)
+
+    def _begin_rounds(self, peer_degree: int) -> list[Message]:
+        self.peer_degree = peer_degree
+        self.weight = edge_weight(self.fixed_weight, self.degree, peer_degree)
         ctx = ExchangeContext(
             params=self.params,
             layout=self.layout,
@@ -169,7 +208,7 @@ class ExchangeSession:
         self._rounds = self.algorithm.rounds(ctx, self.edge.data)
         return self._advance(lambda rounds: next(rounds))
 
-    def _on_round(self, message: Message) -> Message | None:
+    def _on_round(self, message: Message) -> list[Message]:
         expected = self._outgoing
         if expected is None:  # pragma: no cover - ROUNDS always has an outgoing round
             raise ProtocolViolation("no round is in progress")
@@ -185,7 +224,7 @@ class ExchangeSession:
         self.rounds_done += 1
         return self._advance(lambda rounds: rounds.send(records))
 
-    def _advance(self, step: Callable[[Rounds], Outgoing]) -> Message | None:
+    def _advance(self, step: Callable[[Rounds], Outgoing]) -> list[Message]:
         if self._rounds is None:  # pragma: no cover - set before the first round
             raise ProtocolViolation("the exchange's rounds have not started")
         try:
@@ -195,10 +234,12 @@ class ExchangeSession:
             self._outgoing = None
             self.edge.round += 1
             self.phase = Phase.DONE
-            return None
+            return []
         self._outgoing = outgoing
         # Both ends send the same layout in every round, so what we expect back is also what we send.
-        return self._message(outgoing.type, phase=outgoing.phase, data=pack_tensors(outgoing.tensors, outgoing.expect))
+        return [
+            self._message(outgoing.type, phase=outgoing.phase, data=pack_tensors(outgoing.tensors, outgoing.expect))
+        ]
 
     def _clip(self, outcome: MixOutcome) -> MixOutcome:
         """Self-centred clipping: the move towards the peer is at most w·τ (only this end decides)."""

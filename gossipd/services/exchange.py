@@ -1,4 +1,4 @@
-"""Pairwise mixing over `/gossipd/mix/2.0.0`: starting exchanges with neighbours and answering theirs.
+"""Pairwise mixing over `/gossipd/mix/2.1.0`: starting exchanges with neighbours and answering theirs.
 
 Each exchange drives an `ExchangeSession` (the same one the simulator uses) over a framed stream, full
 duplex: every round this end sends its message while reading the peer's (Yamux resets a stream whose
@@ -54,7 +54,7 @@ if TYPE_CHECKING:
     # trio-typing's stubs (pulled in by libp2p) shadow trio's own annotations and lack TaskStatus.
     from trio_typing import TaskStatus
 
-MIX_PROTOCOL = "/gossipd/mix/2.0.0"
+MIX_PROTOCOL = "/gossipd/mix/2.1.0"
 HELLO_LIMIT = 4096  # a hello is ~80 bytes; the first frame of a stream is read with this cap
 MAX_CONCURRENT = 4  # exchanges in flight at once, started here or answered
 MAX_INITIATED = 2  # exchanges started here at once: a hung partner holds one, never the whole loop
@@ -496,20 +496,23 @@ class ExchangeService:
     async def _finish(
         self, peer: str, stream: FrameStream, session: ExchangeSession, first: Message | None
     ) -> ExchangeResult:
-        outgoing: Message | None = session.start()
-        incoming = first
-        while outgoing is not None:
-            payload = encode_message(outgoing)
-            if incoming is None:
-                raw = await duplex(stream, payload, self.max_bytes)
-                self.counters.bytes_received += framed_size(len(raw))
-                incoming = decode_message(raw, max_size=self.max_bytes, task=self.task_hash)
-            else:
-                await stream.send(payload)
-            self.counters.bytes_sent += framed_size(len(payload))
-            # Low-rank projections, compression and decoding run off the event loop.
+        # Low-rank projections, compression and decoding run off the event loop.
+        if first is None:
+            outgoing = [session.start()]
+        else:
+            outgoing = await trio.to_thread.run_sync(session.answer, first)
+        while not session.done:
+            payloads = [encode_message(message) for message in outgoing]
+            raw = await duplex(stream, payloads, self.max_bytes)
+            self._count_sent(payloads)
+            self.counters.bytes_received += framed_size(len(raw))
+            incoming = decode_message(raw, max_size=self.max_bytes, task=self.task_hash)
             outgoing = await trio.to_thread.run_sync(session.receive, incoming)
-            incoming = None
+        # An opener whose peer skipped its hello has its own last round still to send.
+        payloads = [encode_message(message) for message in outgoing]
+        for payload in payloads:
+            await stream.send(payload)
+        self._count_sent(payloads)
         result = session.result()
         self.trainer.submit(result.delta)
         self._keep_edge(peer, result.edge)
@@ -531,6 +534,9 @@ class ExchangeService:
             self.clipper.forgive(peer.encode())
             self.counters.suspects += 1
         return result
+
+    def _count_sent(self, payloads: list[bytes]) -> None:
+        self.counters.bytes_sent += sum(framed_size(len(payload)) for payload in payloads)
 
     async def _failed(
         self,

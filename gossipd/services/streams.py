@@ -4,6 +4,8 @@ of closed tasks."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import trio
 
 from gossipd.mixing.session import PeerAborted
@@ -14,16 +16,21 @@ from gossipd.wire.messages import Message, MessageType, decode_message, encode_m
 AUTH_LIMIT = 1024  # an auth message is ~100 bytes
 
 
-async def duplex(stream: FrameStream, payload: bytes, limit: int) -> bytes:
-    """Send `payload` and receive one frame at the same time."""
+async def duplex(stream: FrameStream, payload: bytes | Sequence[bytes], limit: int) -> bytes:
+    """Send `payload` (one frame, or several in order) and receive one frame at the same time."""
     received: list[bytes] = []
+    frames = [payload] if isinstance(payload, bytes) else list(payload)
+
+    async def send() -> None:
+        for frame in frames:
+            await stream.send(frame)
 
     async def receive() -> None:
         received.append(await stream.receive(limit))
 
     try:
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(stream.send, payload)
+            nursery.start_soon(send)
             nursery.start_soon(receive)
     except BaseExceptionGroup as group:
         # Both directions often fail together (a reset stream): report one error, as callers expect.

@@ -31,6 +31,7 @@ from hypothesis import strategies as st
 from gossipd.adapters.http_unix import Request
 from gossipd.mixing.algorithm import Algorithm
 from gossipd.mixing.choco import ChocoConfig, ChocoGossip
+from gossipd.mixing.edge import EdgeState
 from gossipd.mixing.layout import ParamLayout
 from gossipd.mixing.plain import PlainConfig, PlainGossip
 from gossipd.mixing.powergossip import PowerGossip, PowerGossipConfig
@@ -147,26 +148,39 @@ ALGORITHMS: dict[str, Algorithm[Any]] = {
 }
 
 
-def _session(name: str, messages: list[Message]) -> None:
+def _session(name: str, messages: list[Message], answering: bool, synced: bool) -> None:
+    """A session fed hostile messages, as the end that opened the exchange or as the one answering it; with
+    an edge in step at (1, 0) or none, so that a message naming that edge reaches the rounds without a hello."""
     params = _model()
     before = {k: v.clone() for k, v in params.items()}
+    algorithm = ALGORITHMS[name]
+    layout = ParamLayout.of(params)
+    edge = None
+    if synced:
+        edge = EdgeState(epoch=1, round=0, synced=True, data=algorithm.reset_edge(1, layout, torch.device("cpu")))
     session = ExchangeSession(
-        algorithm=ALGORITHMS[name],
+        algorithm=algorithm,
         params=params,
-        layout=ParamLayout.of(params),
+        layout=layout,
         self_id=b"a",
         peer_id=b"b",
-        edge=None,
+        edge=edge,
         degree=1,
         task=TASK,
         fixed_weight=None,
         rng=random.Random(0),
         device=torch.device("cpu"),
     )
-    session.start()
-    for message in messages:
+    if not answering:
+        session.start()
+    for index, message in enumerate(messages):
         try:
-            if session.receive(decode_message(encode_message(message), max_size=LIMIT)) is None:
+            received = decode_message(encode_message(message), max_size=LIMIT)
+            if answering and index == 0:
+                session.answer(received)
+            else:
+                session.receive(received)
+            if session.done:
                 break
         except WireError:
             break
@@ -294,7 +308,12 @@ _register("heartbeats", 0.10, (st.binary(max_size=300), st.booleans()), _heartbe
 _register(
     "exchange-session",
     0.20,
-    (st.sampled_from(list(ALGORITHMS)), st.lists(_HOSTILE_MESSAGES, min_size=1, max_size=5)),
+    (
+        st.sampled_from(list(ALGORITHMS)),
+        st.lists(_HOSTILE_MESSAGES, min_size=1, max_size=5),
+        st.booleans(),
+        st.booleans(),
+    ),
     _session,
 )
 _register("control-api", 0.10, (st.sampled_from(["GET", "POST", "DELETE", "PUT"]), _PATHS, _BODIES), _control)

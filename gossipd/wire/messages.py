@@ -1,4 +1,4 @@
-"""The messages of `/gossipd/mix/2.0.0` and `/gossipd/state/2.0.0`, and their strict msgpack codec.
+"""The messages of `/gossipd/mix/2.1.0` and `/gossipd/state/2.0.0`, and their strict msgpack codec.
 
 See protocols/mix-v2.md. A message is a msgpack map with a fixed key order; decoding accepts exactly the
 keys of the message's type and bounds every length before trusting it.
