@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import struct
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 import trio
@@ -72,12 +74,27 @@ class WindowUpdates:
         monkeypatch.setattr(Yamux, "_write_frame", counting)
 
 
+@contextlib.asynccontextmanager
+async def stream_to_handler(handler: Callable[[FrameStream], Awaitable[None]]) -> AsyncIterator[FrameStream]:
+    """Two hosts on loopback; a stream from the first to `handler` on the second."""
+    async with (
+        Libp2pNetwork.running(new_ed25519(), listen=["/ip4/127.0.0.1/tcp/0"]) as a,
+        Libp2pNetwork.running(new_ed25519(), listen=["/ip4/127.0.0.1/tcp/0"]) as b,
+    ):
+        b.set_handler("/gossipd/test/1.0.0", handler)
+        await a.connect(b.addresses()[0])
+        stream = await a.open_stream(b.peer_id, "/gossipd/test/1.0.0")
+        yield stream
+        await stream.close()
+        await a._host.disconnect(ID.from_base58(b.peer_id))
+
+
 async def test_small_messages_on_a_real_stream_send_no_window_update_per_read(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    # Two hosts on loopback; 30 request/reply round trips of a few hundred bytes each. py-libp2p as it ships
-    # answers nearly every read with a window-update frame of its own; the adapter returns credit once half
-    # the 256 KiB window is read, as go-yamux does, and these ~18 KB come nowhere near that.
+    # 30 request/reply round trips of a few hundred bytes each. py-libp2p as it ships answers nearly every
+    # read with a window-update frame of its own; the adapter returns credit once half the 256 KiB window
+    # is read, as go-yamux does, and these ~18 KB come nowhere near that.
     updates = WindowUpdates(monkeypatch)
     received: list[bytes] = []
 
@@ -88,21 +105,13 @@ async def test_small_messages_on_a_real_stream_send_no_window_update_per_read(
             await stream.send(message)
 
     with trio.fail_after(30):
-        async with (
-            Libp2pNetwork.running(new_ed25519(), listen=["/ip4/127.0.0.1/tcp/0"]) as a,
-            Libp2pNetwork.running(new_ed25519(), listen=["/ip4/127.0.0.1/tcp/0"]) as b,
-        ):
-            b.set_handler("/gossipd/test/1.0.0", echo)
-            await a.connect(b.addresses()[0])
-            stream = await a.open_stream(b.peer_id, "/gossipd/test/1.0.0")
+        async with stream_to_handler(echo) as stream:
             before = updates.count  # the connection's own set-up (identify, pubsub, DHT) is not this test's
             for i in range(30):
                 await stream.send(bytes([i]) * 300)
                 assert await stream.receive(1000) == bytes([i]) * 300
             assert len(received) == 30
             assert updates.count == before
-            await stream.close()
-            await a._host.disconnect(ID.from_base58(b.peer_id))
 
 
 async def test_messages_larger_than_the_window_still_flow_with_credit_returned_at_half(
@@ -116,17 +125,9 @@ async def test_messages_larger_than_the_window_still_flow_with_credit_returned_a
         await stream.send(await stream.receive(len(body)))
 
     with trio.fail_after(60):
-        async with (
-            Libp2pNetwork.running(new_ed25519(), listen=["/ip4/127.0.0.1/tcp/0"]) as a,
-            Libp2pNetwork.running(new_ed25519(), listen=["/ip4/127.0.0.1/tcp/0"]) as b,
-        ):
-            b.set_handler("/gossipd/test/1.0.0", echo)
-            await a.connect(b.addresses()[0])
-            stream = await a.open_stream(b.peer_id, "/gossipd/test/1.0.0")
+        async with stream_to_handler(echo) as stream:
             before = updates.count
             await stream.send(body)
             assert await stream.receive(len(body)) == body
             # One update per half window read, each way (window auto-tuning may grow the window and merge some).
             assert 1 <= updates.count - before <= 2 * (2 * len(body) // (128 * 1024) + 2)
-            await stream.close()
-            await a._host.disconnect(ID.from_base58(b.peer_id))
