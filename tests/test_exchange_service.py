@@ -58,7 +58,7 @@ from gossipd.services.trainer_service import TrainerService
 from gossipd.task.schema import GossipSection, ModelSection, TrainSection
 from gossipd.train.trainer import Trainer
 from gossipd.wire.errors import WireError
-from gossipd.wire.messages import Message, MessageType, decode_message, encode_message
+from gossipd.wire.messages import Message, MessageType, decode_message, encode_message, framed_size
 from tests.fake_network import FakeHub, FakeNetwork
 
 TASK = bytes.fromhex("6a1f0c55d2e94b7c8e3f1a2b3c4d5e6f")
@@ -716,6 +716,31 @@ async def test_a_pair_runs_its_exchanges_on_one_stream_until_it_is_too_old_to_re
             assert hub.statistics().streams_opened == 3
     assert a.exchange.statistics().exchanges == b.exchange.statistics().exchanges == 7
     assert a.exchange.statistics().failed == b.exchange.statistics().failed == 0
+
+
+async def test_an_answering_end_in_step_skips_its_hello_also_with_two_power_iterations(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    section = dataclasses.replace(gossip("powergossip"), config=PowerGossipConfig(rank=1, iterations=2))
+    with trio.fail_after(120):
+        async with fake_swarm(seed=7, latency=0.01) as hub:
+            a, b = await start_peers(hub, "AB", section=section, trainer="paused")
+            before = await a.params(), await b.params()
+            frames, sent = [], []
+            for opener, answerer in ((a, b), (a, b), (b, a)):
+                start_frames, start_sent = hub.statistics().frames_sent, answerer.exchange.statistics().bytes_sent
+                assert await exchange(opener, answerer) is not None
+                frames.append(hub.statistics().frames_sent - start_frames)
+                sent.append(answerer.exchange.statistics().bytes_sent - start_sent)
+            after = await a.params(), await b.params()
+    # A new edge: both hellos and two rounds each way. In step: the opener's hello only, whichever end opens.
+    assert frames == [6, 5, 5]
+    # A fresh edge's hello: a random 64-bit epoch (msgpack's 9-byte form), round 0, degree 1.
+    hello = framed_size(len(encode_message(Message(type=MessageType.HELLO, task=TASK, epoch=2**63, round=0, degree=1))))
+    assert sent[0] - sent[1] == hello  # the same two rounds, less the answering end's hello
+    assert a.exchange.edges[b.id].key == b.exchange.edges[a.id].key and a.exchange.edges[b.id].round == 3
+    drift = sum_drift(list(before), list(after))
+    assert drift <= 1e-5
 
 
 async def test_a_busy_refusal_on_a_used_stream_leaves_it_open_for_the_next_try(
