@@ -109,6 +109,7 @@ class TaskRuntime:
         self.state_transfers = 0
         self.divergences = 0  # times the model blew up and was replaced by a neighbour's
         self.last_checkpoint: float | None = None
+        self._checkpointed_version: int | None = None  # the trainer's model version in the last checkpoint
         self._cancel = trio.CancelScope()
         self.half_state = half_state(task.gossip.config)
 
@@ -327,18 +328,25 @@ class TaskRuntime:
         while True:
             await trio.sleep(self.options.checkpoint_interval)
             if self.state is TaskState.TRAINING:
-                await self.checkpoint()
+                # A finished or paused peer's model holds still: rewriting it would only wear the disk.
+                await self.checkpoint(only_if_changed=True)
 
-    async def checkpoint(self) -> Path | None:
-        """Write a checkpoint now; a failure (full disk, I/O error) is logged and training goes on."""
+    async def checkpoint(self, *, only_if_changed: bool = False) -> Path | None:
+        """Write a checkpoint now (with `only_if_changed`, only if the model moved since the last one); a
+        failure (full disk, I/O error) is logged and training goes on."""
         if self.services is None:
             return None
         trainer, exchange, store = self.services.trainer, self.services.exchange, self.services.store
         if trainer.diverged.is_set():
             log.warning("task %s: not checkpointing a diverged model over the last good checkpoint", self.task.id)
             return None
+        version = trainer.version
 
-        def capture() -> dict[str, Any]:
+        def capture() -> dict[str, Any] | None:
+            nonlocal version
+            version = trainer.version  # at the boundary: pending deltas are in it
+            if only_if_changed and version == self._checkpointed_version:
+                return None
             return {
                 "task_hash": self.task.hash.hex(),
                 "trainer": trainer.capture(),
@@ -350,6 +358,9 @@ class TaskRuntime:
             state = await trainer.at_boundary(capture)
         except RuntimeError:
             return None  # the trainer has stopped
+        if state is None:
+            log.debug("task %s: the model has not changed since the last checkpoint", self.task.id)
+            return None
         step = int(state["trainer"]["step"])
         try:
             path = await trio.to_thread.run_sync(lambda: store.save(state, step=step))
@@ -357,6 +368,7 @@ class TaskRuntime:
             log.error("checkpoint of task %s failed, training goes on: %s", self.task.id, exc)
             return None
         self.last_checkpoint = time.time()
+        self._checkpointed_version = version
         return path
 
     @staticmethod

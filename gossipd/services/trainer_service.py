@@ -101,6 +101,11 @@ class TrainerService:
         self.diverged = trio.Event()  # set when the model blew up; the runtime replaces it
 
     @property
+    def version(self) -> int:
+        """Changes whenever the model does (steps, applied deltas, a loaded state); read it at a boundary."""
+        return self._version
+
+    @property
     def training_done(self) -> bool:
         """Whether the trainer has taken its budget of steps (it takes no more)."""
         return self.budget is not None and self.trainer.step >= self.budget
