@@ -35,13 +35,13 @@ class Traffic:
 def run_pair(a: ExchangeSession, b: ExchangeSession, *, max_message_bytes: int) -> Traffic:
     """Drive an exchange that `a` opens and `b` answers to completion, each end reading the other's messages
     in the order they were sent; raises the first rejection either end makes."""
-    sent = {id(a): 0, id(b): 0}
+    sent = {a: 0, b: 0}
     messages = 0
 
     def carry(message: Message, sender: ExchangeSession, receiver: ExchangeSession) -> Message:
         nonlocal messages
         wire = encode_message(message)
-        sent[id(sender)] += framed_size(len(wire))
+        sent[sender] += framed_size(len(wire))
         messages += 1
         return decode_message(wire, max_size=max_message_bytes, task=receiver.task)
 
@@ -54,7 +54,7 @@ def run_pair(a: ExchangeSession, b: ExchangeSession, *, max_message_bytes: int) 
             to_a.extend(b.receive(carry(to_b.popleft(), a, b)))
     if not (a.done and b.done):
         raise ProtocolViolation("one end finished the exchange while the other expected more rounds")
-    return Traffic(sent[id(a)], sent[id(b)], messages)
+    return Traffic(sent[a], sent[b], messages)
 
 
 def plain_exchange_bytes(params: Params, task: bytes) -> int:

@@ -501,18 +501,19 @@ class ExchangeService:
             outgoing = [session.start()]
         else:
             outgoing = await trio.to_thread.run_sync(session.answer, first)
-        while not session.done:
+        while True:
             payloads = [encode_message(message) for message in outgoing]
+            if session.done:
+                # An opener whose peer skipped its hello has its own last round still to send.
+                for payload in payloads:
+                    await stream.send(payload)
+                self.counters.bytes_sent += sum(framed_size(len(payload)) for payload in payloads)
+                break
             raw = await duplex(stream, payloads, self.max_bytes)
-            self._count_sent(payloads)
+            self.counters.bytes_sent += sum(framed_size(len(payload)) for payload in payloads)
             self.counters.bytes_received += framed_size(len(raw))
             incoming = decode_message(raw, max_size=self.max_bytes, task=self.task_hash)
             outgoing = await trio.to_thread.run_sync(session.receive, incoming)
-        # An opener whose peer skipped its hello has its own last round still to send.
-        payloads = [encode_message(message) for message in outgoing]
-        for payload in payloads:
-            await stream.send(payload)
-        self._count_sent(payloads)
         result = session.result()
         self.trainer.submit(result.delta)
         self._keep_edge(peer, result.edge)
@@ -534,9 +535,6 @@ class ExchangeService:
             self.clipper.forgive(peer.encode())
             self.counters.suspects += 1
         return result
-
-    def _count_sent(self, payloads: list[bytes]) -> None:
-        self.counters.bytes_sent += sum(framed_size(len(payload)) for payload in payloads)
 
     async def _failed(
         self,
