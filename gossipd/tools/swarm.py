@@ -74,6 +74,10 @@ class Swarm:
     per_peer: Callable[[int], list[str]] | None = None  # more options for daemon i
     affinity: Callable[[int], set[int]] | None = None  # CPUs daemon i may run on (benchmarks pin them)
     use_bootstrap: bool = True  # False: daemons must find each other otherwise (mDNS)
+    # Where daemon i runs and listens: in an emulated network (gossipd.tools.netlab) `launch` wraps its
+    # command to run inside its host's namespace and `listen_ip` gives that host's address; default loopback.
+    launch: Callable[[int, list[str]], list[str]] | None = None
+    listen_ip: Callable[[int], str] | None = None
     daemons: list[Daemon] = field(default_factory=list)
     bootstrap: str = ""
     # The port each daemon bound at its first start: a restart listens there again, as a daemon with a
@@ -84,7 +88,8 @@ class Swarm:
         args = [sys.executable, "-m", "gossipd", "run"]
         if self.task is not None:
             args.append(self.task)
-        args += ["--listen", f"/ip4/127.0.0.1/tcp/{self.ports.get(index, 0)}", "--state-dir", str(folder / "state")]
+        ip = self.listen_ip(index) if self.listen_ip else "127.0.0.1"
+        args += ["--listen", f"/ip4/{ip}/tcp/{self.ports.get(index, 0)}", "--state-dir", str(folder / "state")]
         args += ["--socket", str(folder / "sock"), "--seed", str(index)]
         if self.partition:
             args += ["--peer-index", str(index), "--peer-count", str(self.parts or self.size)]
@@ -92,7 +97,8 @@ class Swarm:
             args += ["--bootstrap", bootstrap]
         else:
             args += ["--join-timeout", "0"]  # the first peer has no one to copy a model from
-        return [*args, *self.extra, *(self.per_peer(index) if self.per_peer else [])]
+        args = [*args, *self.extra, *(self.per_peer(index) if self.per_peer else [])]
+        return self.launch(index, args) if self.launch else args
 
     def start_one(self, index: int, *, wait: float = 120.0, ready: bool | None = True) -> Daemon:
         """Launch daemon `index`; wait until its task is ready (True), until it answers (False), or not at all
