@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gossipd.tools.bench_peers_report import plot, report, summarise
+from gossipd.tools.bench_peers_report import CURRENT, history_report, plot, report, split_history, summarise
 from gossipd.tools.reporting import machine, replace_section
 
 REPO = Path(__file__).resolve().parents[1]
@@ -443,9 +443,13 @@ def evaluate(run: Run) -> dict[str, Any]:
     return summarise({"run": run.name, **meta}, points, byte_samples, rss)
 
 
-def write_report(out: Path) -> str:
-    """Plots and the BENCHMARKS.md section from every run recorded in `out`."""
-    results = [json.loads(path.read_text()) for path in sorted(out.glob("*.json")) if path.name != "results.json"]
+def write_report(out: Path) -> tuple[str, str | None]:
+    """Plots and the BENCHMARKS.md section from the runs recorded in `out`, and for the published runs the
+    section of docs/bench-peers/HISTORY.md from every run, those under history/ included. In BENCHMARKS.md the
+    published runs are only the current ones (`split_history`); an experiment's report shows all of its own."""
+    paths = sorted(out.glob("*.json")) + sorted((out / "history").glob("*.json"))
+    everything = [json.loads(path.read_text()) for path in paths if path.name != "results.json"]
+    results = split_history(everything)[0] if out == RESULTS else everything
     if not results:
         raise SystemExit(f"no runs recorded in {out}")
     plots = {}
@@ -454,45 +458,84 @@ def write_report(out: Path) -> str:
         name = f"bench-peers-{model}-{split.replace(':', '')}.png"
         plot(results, model, split, folder / name)
         plots[(model, split)] = str((folder / name).relative_to(REPO))
-    steps = sorted({r["steps"] for r in results})
-    dates = sorted({r.get("date", "") for r in results} - {""})
-    header = [
-        f"Measured {', '.join(dates) or 'on an unknown date'} on {machine()}; `make bench-peers`.",
-        "",
+    workload = [
         f"MNIST (60k train, full 10k test set), {PEERS} peers each on its own shard (fixed seed), SGD lr 0.05 "
         "momentum 0.9, batch 32 per peer, one torch thread per peer process, all peers on this one machine. "
-        f"Every run trains {' / '.join(str(s) for s in steps)} steps per peer inside its own network "
-        "namespace, so the loopback counter (sampled every second, framing and protocol overhead included) "
-        "counts that run's bytes only. Peers save a snapshot every 200 steps, evaluated afterwards on the "
-        "10k test set: seconds count from the launch of the first process (start-up included) to the first "
-        "moment the mean (or worst) peer's newest snapshot reaches the target. DDP and centralised training "
-        "hold one model, so their mean and worst are that model. gossipd's snapshots are pulled over its "
-        "control API, so its points are stamped up to half a second late.",
+        f"Every run trains {' / '.join(str(s) for s in sorted({r['steps'] for r in results}))} steps per peer "
+        "inside its own network namespace, so the loopback counter (sampled every second, framing and protocol "
+        "overhead included) counts that run's bytes only. Peers save a snapshot every 200 steps, evaluated "
+        "afterwards on the 10k test set: seconds count from the launch of the first process (start-up "
+        "included) to the first moment the mean (or worst) peer's newest snapshot reaches the target. DDP and "
+        "centralised training hold one model, so their mean and worst are that model. gossipd's snapshots are "
+        "pulled over its control API, so its points are stamped up to half a second late.",
         "",
-        "Settings: gossipd mixes every 0.2 s (jittered; 0.1 s in the row that says so), or in the rows marked "
-        "*step-paced* every 2 local steps with training held 4 steps past its last mix, with a random "
-        "neighbour of a 6-peer view, held-out evaluation off; its four peers start at once from the task's "
-        "model (no join copy), stop at the run's steps (`[train] total_steps`) and finish "
-        "(`[gossip] finish_exchanges` = 50) before their final snapshot (rows marked † predate this); "
-        "hivemind averages parameters in groups every "
-        "100 local steps per peer (target batch "
+    ]
+    rivals = (
+        "hivemind averages parameters in groups every 100 local steps per peer (target batch "
         f"{PEERS * 32 * 100:,} samples, about the 10,000 of its quickstart), matchmaking 1 s, request timeout "
         "0.5 s on IID and its default 3 s on Dirichlet 0.5 (the better of the two on each); Flower runs FedAvg "
         f"over all {PEERS} peers each round with one local epoch ({FLOWER_LOCAL_STEPS} steps) per round, through "
         "its SuperLink/SuperNode deployment runtime. Flower's loopback bytes also count each SuperNode talking "
         "to its ClientApp process and the ServerApp to the SuperLink: each model sent crosses loopback three "
         "times (ServerApp, SuperLink, SuperNode, ClientApp) where a real deployment sends it once over the "
-        "network, so divide Flower's figures by about 3 for its network traffic.",
+        "network, so divide Flower's figures by about 3 for its network traffic."
+    )
+    header = [
+        f"Measured {_dates(results)} on {machine()}; `make bench-peers`. Current code and settings only: "
+        "older settings and runs are in [docs/bench-peers/HISTORY.md](docs/bench-peers/HISTORY.md).",
+        "",
+        *workload,
+        "Settings: gossipd is *step-paced*: it starts an exchange with a random neighbour of a 6-peer view every "
+        "2 local steps and holds training 4 steps past its last mix; PowerGossip sends float16 "
+        "(`wire_dtype`); held-out evaluation off. Its four peers start at once from the task's model, stop at "
+        "the run's steps (`[train] total_steps`) and finish (`[gossip] finish_exchanges` = 50) before their "
+        f"final snapshot. {rivals}",
     ]
-    return report(results, header=header, plots=plots)
+    text = report(results, header=header, plots=plots)
+    if out != RESULTS:
+        return text, None
+    history = [
+        f"Measured {_dates(everything)} on {machine()}; `make bench-peers`. Every run recorded, the current "
+        "ones of BENCHMARKS.md included; the older runs' JSON is in docs/bench-peers/history/.",
+        "",
+        *workload,
+        "Settings: gossipd mixes every 0.2 s (jittered; 0.1 s in the row that says so), or in the rows marked "
+        "*step-paced* every 2 local steps with training held 4 steps past its last mix, with a random "
+        "neighbour of a 6-peer view, held-out evaluation off; its four peers start at once from the task's "
+        "model (no join copy), stop at the run's steps (`[train] total_steps`) and finish "
+        "(`[gossip] finish_exchanges` = 50) before their final snapshot (rows marked † predate this). "
+        f"{rivals}",
+    ]
+    return text, history_report(everything, header=history)
+
+
+def _dates(results: list[dict[str, Any]]) -> str:
+    return ", ".join(sorted({r.get("date", "") for r in results} - {""})) or "on an unknown date"
+
+
+def publish(out: Path, *, write: bool) -> None:
+    """Rebuild the report from the runs in `out`, print it, and with `write` put it in BENCHMARKS.md (and the
+    history in docs/bench-peers/HISTORY.md)."""
+    text, history = write_report(out)
+    print(text)
+    if write:
+        replace_section(REPO / "BENCHMARKS.md", "bench-peers", text, title="Benchmarks", heading=HEADING)
+        if history is not None:
+            replace_section(RESULTS / "HISTORY.md", "bench-peers-history", history, title="bench-peers history")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--inside", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--setup", action="store_true", help="only create the hivemind and Flower virtualenvs")
-    parser.add_argument("--report-only", action="store_true", help="rebuild plots and BENCHMARKS.md from recorded runs")
-    parser.add_argument("--systems", default=",".join(SYSTEMS))
+    parser.add_argument(
+        "--report-only", action="store_true", help="rebuild plots, BENCHMARKS.md and HISTORY.md from recorded runs"
+    )
+    parser.add_argument(
+        "--systems",
+        default=",".join(s for s in SYSTEMS if s in CURRENT),
+        help=f"comma-separated (default: the report's current ones); all: {', '.join(SYSTEMS)}",
+    )
     parser.add_argument("--models", default="cnn,mlp")
     parser.add_argument("--splits", default="iid,dirichlet:0.5")
     parser.add_argument("--repeats", type=int, default=1)
@@ -514,10 +557,7 @@ def main() -> None:
     if args.tag or args.quick:
         args.no_write = True
     if args.report_only:
-        text = write_report(out)
-        print(text)
-        if not args.no_write:
-            replace_section(REPO / "BENCHMARKS.md", "bench-peers", text, title="Benchmarks", heading=HEADING)
+        publish(out, write=not args.no_write)
         return
     if not (SHARED_MNIST / "train-images-idx3-ubyte.gz").exists():
         raise SystemExit(f"bench-peers needs the full MNIST in {SHARED_MNIST}")
@@ -548,10 +588,7 @@ def main() -> None:
                     else:
                         shutil.rmtree(workdir, ignore_errors=True)
         shutil.rmtree(shards, ignore_errors=True)
-    text = write_report(out)
-    print(text)
-    if not args.no_write:
-        replace_section(REPO / "BENCHMARKS.md", "bench-peers", text, title="Benchmarks", heading=HEADING)
+    publish(out, write=not args.no_write)
 
 
 if __name__ == "__main__":

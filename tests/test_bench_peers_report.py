@@ -1,12 +1,33 @@
-"""What `make bench-peers` reports is computed, not typed in: the figures follow from synthetic runs here."""
+"""What `make bench-peers` reports is computed, not typed in: the figures follow from synthetic runs here, and
+BENCHMARKS.md's section and docs/bench-peers/HISTORY.md follow from the runs recorded in docs/bench-peers/."""
 
+import json
 import math
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from gossipd.tools.bench_peers_report import aggregate, bytes_at, goals, plot, report, summarise
+from gossipd.tools.bench_peers_report import (
+    CURRENT,
+    GOALS,
+    LABELS,
+    MAX_PLOT_LINES,
+    aggregate,
+    bytes_at,
+    goals,
+    history_report,
+    is_current,
+    plot,
+    plotted,
+    report,
+    split_history,
+    summarise,
+    verdicts,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+RECORDED = REPO / "docs" / "bench-peers"
 
 
 def run(system: str, repeat: int = 0) -> dict[str, Any]:
@@ -100,7 +121,7 @@ def synthetic(system: str, seconds: float | None, sent: float, final: float) -> 
     }
 
 
-def test_goal_verdicts_follow_the_figures() -> None:
+def test_history_goal_verdicts_follow_the_figures() -> None:
     rows = aggregate(
         [
             synthetic("gossipd-plain", 40, 500e6, 0.985),
@@ -185,3 +206,136 @@ def test_report_and_plot(tmp_path: Path) -> None:
     same = report([*repeated, {**results[1], "repeat": 1}, {**results[1], "repeat": 2}], header=["h"], plots={})
     assert "### CNN, iid split (median of 3 runs each)" in same
     assert (tmp_path / "p.png").stat().st_size > 1000
+
+
+# -- what BENCHMARKS.md keeps: the current runs, one verdict line per goal, plots of at most 7 lines ----------
+
+
+def test_current_runs_are_rivals_references_and_the_current_gossipd_settings_run_by_the_current_code() -> None:
+    finished = {"finish": True}
+    current = [
+        run("hivemind"),
+        run("flower"),
+        run("ddp"),
+        run("centralised"),
+        run("alone"),
+        {**run("gossipd-plain-paced"), **finished},
+        {**run("gossipd-powergossip-f16-paced"), **finished},
+        {**run("gossipd-powergossip-2it-f16-paced"), **finished},
+    ]
+    history = [
+        run("gossipd-plain-paced"),  # † from before the training budget: it never finished
+        run("gossipd-powergossip-f16-paced"),
+        {**run("gossipd-plain"), **finished},  # time-paced: a superseded setting, finished or not
+        {**run("gossipd-powergossip-paced"), **finished},  # float32
+        {**run("gossipd-choco-paced"), **finished},
+        {**run("gossipd-powergossip-r2"), **finished},
+        {**run("gossipd-powergossip-f16-paced"), **finished, "gossip_extra": "rank = 2"},  # an experiment
+    ]
+    assert all(is_current(r) for r in current)
+    assert not any(is_current(r) for r in history)
+    assert split_history([*history, *current]) == (current, history)
+
+
+def test_the_recorded_runs_lie_where_the_rule_puts_them() -> None:
+    """docs/bench-peers/ holds the current runs, docs/bench-peers/history/ the others."""
+    here = [json.loads(path.read_text()) for path in sorted(RECORDED.glob("*.json"))]
+    older = [json.loads(path.read_text()) for path in sorted((RECORDED / "history").glob("*.json"))]
+    assert here and older
+    assert [r["run"] for r in here if not is_current(r)] == []
+    assert [r["run"] for r in older if is_current(r)] == []
+
+
+def _published() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    paths = sorted(RECORDED.glob("*.json")) + sorted((RECORDED / "history").glob("*.json"))
+    everything = [json.loads(path.read_text()) for path in paths]
+    return split_history(everything)[0], everything
+
+
+def _section(path: Path, name: str) -> str:
+    return path.read_text().split(f"<!-- {name}:begin -->")[1].split(f"<!-- {name}:end -->")[0]
+
+
+def test_benchmarks_md_and_its_history_are_what_the_report_makes_of_the_recorded_runs() -> None:
+    current, everything = _published()
+    plots = {
+        (r["model"], r["split"]): f"docs/bench-peers-{r['model']}-{r['split'].replace(':', '')}.png" for r in current
+    }
+    body = report(current, header=[], plots=plots).strip()
+    section = _section(REPO / "BENCHMARKS.md", "bench-peers")
+    assert body in section  # after the header the script writes
+    assert "†" not in section and "gossipd, Choco sign" not in section
+    history = history_report(everything, header=[]).strip()
+    assert history in _section(RECORDED / "HISTORY.md", "bench-peers-history")
+    assert "gossipd, plain gossip †" in history and "gossipd, Choco sign, step-paced" in history
+
+
+def test_each_published_workload_has_one_verdict_line_per_goal() -> None:
+    current, _ = _published()
+    rows = aggregate(current)
+    workloads = {(r.model, r.split) for r in rows}
+    assert len(workloads) == 4
+    for model, split in workloads:
+        lines = verdicts([r for r in rows if (r.model, r.split) == (model, split)])
+        assert [line.split(":")[0] for line in lines] == [f"- {goal}" for goal in GOALS]
+
+
+def test_one_verdict_line_per_goal_with_the_ratio_and_whether_it_is_met() -> None:
+    finished = {"finish": True}
+    runs = [
+        {**synthetic("gossipd-plain-paced", 40, 500e6, 0.985), **finished},
+        {**synthetic("gossipd-powergossip-f16-paced", 60, 5e6, 0.983), **finished},
+        {**synthetic("gossipd-powergossip-2it-f16-paced", 50, 9e6, 0.984), **finished},
+        synthetic("hivemind", 100, 50e6, 0.982),
+        synthetic("flower", 80, 400e6, 0.984),
+        synthetic("ddp", 20, 900e6, 0.99),
+    ]
+    lines = verdicts(aggregate(runs))
+    assert len(lines) == len(GOALS) == 4
+    assert lines[0].startswith(f"- {GOALS[0]}: plain gossip 40 s against Flower 80 s: **0.50×, met**")
+    assert "5.00 MB against plain gossip's 500 MB: **100.0× fewer, met**" in lines[1]
+    assert "about 133 MB over the network: **26.7× fewer, not met**" in lines[2]  # Flower's network share
+    assert "98.30% against plain gossip's 98.50%: **0.20 points behind, met**" in lines[3]
+
+    slow = [
+        {**synthetic("gossipd-plain-paced", 90, 100e6, 0.985), **finished},
+        {**synthetic("gossipd-powergossip-f16-paced", 100, 20e6, 0.98), **finished},
+        synthetic("flower", 100, 30e6, 0.984),
+    ]
+    lines = verdicts(aggregate(slow))
+    assert len(lines) == 4
+    assert "**0.90×, not met**" in lines[0]
+    assert "**5.0× fewer, not met**" in lines[1] and "**2.0× more, not met**" in lines[2]
+    assert "**0.50 points behind, not met**" in lines[3]
+
+
+def test_a_workload_without_current_gossipd_runs_still_gets_one_line_per_goal() -> None:
+    # An MLP-like workload: the gossipd runs are history, and history is not judged in BENCHMARKS.md.
+    lines = verdicts(aggregate([synthetic("flower", 80, 400e6, 0.97), synthetic("ddp", 20, 9e9, 0.978)]))
+    assert [line.split(":")[0] for line in lines] == [f"- {goal}" for goal in GOALS]
+    assert all("not judged, no current gossipd run" in line for line in lines)
+    # More gossipd rows than the judged ones (history mixed in by mistake) still give one line per goal.
+    extra = [synthetic(name, 30, 10e6, 0.98) for name in LABELS]
+    assert len(verdicts(aggregate(extra))) == len(GOALS)
+
+
+def test_a_plot_draws_at_most_seven_lines_in_the_order_of_the_current_list(tmp_path: Path) -> None:
+    everything = [synthetic(name, 30, 10e6, 0.98) for name in LABELS]  # all 17 systems ever run
+    assert len(everything) > MAX_PLOT_LINES == 7
+    chosen = [r["system"] for r in plotted(everything, "cnn", "iid")]
+    assert len(chosen) == MAX_PLOT_LINES
+    assert chosen == [name for name in CURRENT if name != "alone"]
+    assert plotted(everything, "mlp", "iid") == []
+    # One peer alone stays under the axes: never drawn, even with room to spare.
+    few = [synthetic("alone", 30, 0.0, 0.9), synthetic("ddp", 20, 9e9, 0.99)]
+    assert [r["system"] for r in plotted(few, "cnn", "iid")] == ["ddp"]
+    # Only the first repeat is drawn.
+    repeated = [*everything[:3], *({**r, "repeat": 1} for r in everything[:3])]
+    assert len(plotted(repeated, "cnn", "iid")) == 3
+    pytest.importorskip("matplotlib")
+    labels = plot(everything, "cnn", "iid", tmp_path / "p.png")
+    assert len(labels) == MAX_PLOT_LINES and labels[0] == LABELS["gossipd-plain-paced"]
+    assert (tmp_path / "p.png").stat().st_size > 1000
+    current, _ = _published()
+    for model, split in {(r["model"], r["split"]) for r in current}:
+        assert 1 <= len(plotted(current, model, split)) <= MAX_PLOT_LINES
