@@ -228,6 +228,24 @@ def _summary(report: Any) -> str:
 @click.option("--listen", multiple=True, help="Multiaddr to listen on (repeatable). [default: /ip4/0.0.0.0/tcp/0]")
 @click.option("--bootstrap", multiple=True, help="Multiaddr of a peer to join through, ending in /p2p/<id>.")
 @click.option("--mdns", is_flag=True, help="Also find peers on the local network with mDNS.")
+@click.option("--relay", is_flag=True, help="Relay circuits for the task's peers that cannot dial each other.")
+@click.option(
+    "--relay-max-reservations", default=64, show_default=True, type=click.IntRange(1), help="Peers holding a slot."
+)
+@click.option("--relay-max-circuits", default=8, show_default=True, type=click.IntRange(1), help="Circuits per peer.")
+@click.option(
+    "--relay-max-circuit-mb", default=1024, show_default=True, type=click.IntRange(1), help="MB per circuit, both ways."
+)
+@click.option(
+    "--relay-max-circuit-seconds", default=3600, show_default=True, type=click.IntRange(1), help="A circuit's life."
+)
+@click.option(
+    "--reachability",
+    default="auto",
+    show_default=True,
+    type=click.Choice(["auto", "public", "private"]),
+    help="Whether others can dial this peer; auto: reserve a relay slot once a peer cannot be dialled.",
+)
 @click.option("--data", "data_root", type=click.Path(file_okay=False), help="Data folder (replaces [data] root).")
 @click.option("--state-dir", type=click.Path(file_okay=False), help="State folder. [default: $XDG_STATE_HOME/gossipd]")
 @click.option("--socket", "socket_path", type=click.Path(dir_okay=False), help="Control socket path.")
@@ -258,6 +276,12 @@ def run(
     listen: tuple[str, ...],
     bootstrap: tuple[str, ...],
     mdns: bool,
+    relay: bool,
+    relay_max_reservations: int,
+    relay_max_circuits: int,
+    relay_max_circuit_mb: int,
+    relay_max_circuit_seconds: int,
+    reachability: str,
     data_root: str | None,
     state_dir: str | None,
     socket_path: str | None,
@@ -279,7 +303,7 @@ def run(
     from gossipd.adapters.http_unix import SocketInUseError
     from gossipd.daemon import Daemon, DaemonOptions
     from gossipd.paths import default_socket, default_state_dir
-    from gossipd.services.network import DialError
+    from gossipd.services.network import DialError, RelayOffer
     from gossipd.services.task_runtime import RunOptions
 
     if (peer_index is None) != (peer_count is None):
@@ -316,6 +340,15 @@ def run(
         listen=listen or ("/ip4/0.0.0.0/tcp/0",),
         bootstrap=bootstrap,
         mdns=mdns,
+        relay=RelayOffer(
+            max_reservations=relay_max_reservations,
+            max_circuits=relay_max_circuits,
+            max_circuit_bytes=relay_max_circuit_mb * 1_000_000,
+            max_circuit_seconds=relay_max_circuit_seconds,
+        )
+        if relay
+        else None,
+        reachability=reachability,
         task_options=task_options,
     )
     try:

@@ -25,7 +25,7 @@ from gossipd.paths import ensure_private_dir
 from gossipd.services.control import ControlError, ErrorCode, JoinRequest
 from gossipd.services.control_api import control_handler
 from gossipd.services.exchange import HELLO_LIMIT, MIX_PROTOCOL
-from gossipd.services.network import FrameStream, FrameTooLarge, Network, StreamClosed
+from gossipd.services.network import FrameStream, FrameTooLarge, Network, RelayOffer, StreamClosed
 from gossipd.services.state_transfer import STATE_PROTOCOL
 from gossipd.services.status import DaemonStatus, TaskState, TaskStatus
 from gossipd.services.task_runtime import RunOptions, TaskRuntime
@@ -52,6 +52,8 @@ class DaemonOptions:
     listen: tuple[str, ...] = ("/ip4/0.0.0.0/tcp/0",)
     bootstrap: tuple[str, ...] = ()
     mdns: bool = False
+    relay: RelayOffer | None = None  # offer circuit relay v2 to the tasks' peers (`--relay`)
+    reachability: str = "auto"  # whether others can dial this daemon: auto, public or private
     task_options: RunOptions = field(default_factory=RunOptions)
 
 
@@ -87,7 +89,12 @@ class Daemon:
             async with trio.open_nursery() as outer:
                 outer.start_soon(self._watch_signals, signals, stop)
                 async with Libp2pNetwork.running(
-                    key_pair, listen=self.options.listen, mdns=self.options.mdns
+                    key_pair,
+                    listen=self.options.listen,
+                    mdns=self.options.mdns,
+                    relay=self.options.relay,
+                    reachability=self.options.reachability,
+                    admits=self._relay_admits,
                 ) as network:
                     self.network = network
                     network.set_handler(MIX_PROTOCOL, self._on_mix_stream)
@@ -109,6 +116,10 @@ class Daemon:
                         await self.shutdown()
                         nursery.cancel_scope.cancel()
                 outer.cancel_scope.cancel()
+
+    def _relay_admits(self, peer_id: str) -> bool:
+        """A relay serves the peers of its tasks: anyone while a task is open to all, else the allow-listed."""
+        return any(runtime.admits(peer_id) for runtime in self.tasks.values())
 
     async def _watch_signals(self, signals: AsyncIterator[int], stop: trio.Event) -> None:
         async for received in signals:
@@ -219,6 +230,7 @@ class Daemon:
             state_dir=str(self.options.state_dir),
             socket=str(self.options.socket),
             tasks=tuple(t.status() for t in self.tasks.values()),
+            relay=network.relay_status() if network else None,
         )
 
     def _runtime(self, task_id: str) -> TaskRuntime:

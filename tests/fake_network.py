@@ -437,6 +437,12 @@ class FakeNetwork:
     async def connect_peer(self, peer: PeerAddress) -> None:
         await self._hub._dial(self._peer_id, peer.peer_id, None)
 
+    def connection_kind(self, peer_id: str) -> str | None:
+        return "direct" if peer_id in self.connected_peers() else None
+
+    def relay_status(self) -> None:
+        return None
+
     def connected_peers(self) -> list[str]:
         hub = self._hub
         return sorted(

@@ -162,6 +162,12 @@ class CutNetwork:
     async def connect_peer(self, peer: PeerAddress) -> None:
         await self._inner.connect_peer(peer)
 
+    def connection_kind(self, peer_id: str) -> str | None:
+        return None if self._partition.separates(self.peer_id, peer_id) else self._inner.connection_kind(peer_id)
+
+    def relay_status(self) -> None:
+        return None
+
     def connected_peers(self) -> list[str]:
         return self._inner.connected_peers()
 

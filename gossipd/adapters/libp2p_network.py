@@ -41,11 +41,14 @@ from libp2p.tools.anyio_service import background_trio_service
 from libp2p.utils.varint import encode_varint_prefixed, read_varint_prefixed_bytes_limited
 from multiaddr import Multiaddr
 
+from gossipd.adapters.libp2p_relay import Relaying, circuit_relay, is_circuit
 from gossipd.services.network import (
     DialError,
     FrameTooLarge,
     PeerAddress,
     PubsubMessage,
+    RelayOffer,
+    RelayStatus,
     StreamClosed,
     StreamHandler,
     Subscription,
@@ -202,10 +205,11 @@ def _after(
 class Libp2pNetwork:
     """A running libp2p host with pubsub and the DHT. Build it with `Libp2pNetwork.running(...)`."""
 
-    def __init__(self, host: Any, pubsub: Pubsub, dht: KadDHT) -> None:
+    def __init__(self, host: Any, pubsub: Pubsub, dht: KadDHT, relaying: Relaying) -> None:
         self._host = host
         self._pubsub = pubsub
         self._dht = dht
+        self._relaying = relaying
         self._peer_id = str(host.get_id().to_base58())
         self._lan: collections.deque[PeerAddress] = collections.deque(maxlen=1024)
         self._lan_lock = threading.Lock()
@@ -218,6 +222,9 @@ class Libp2pNetwork:
         *,
         listen: Sequence[str],
         mdns: bool = False,
+        relay: RelayOffer | None = None,
+        reachability: str = "auto",
+        admits: Callable[[str], bool] = lambda peer: True,
     ) -> AsyncIterator[Libp2pNetwork]:
         # Bootstrap peers are dialled by the discovery service once pubsub and the DHT run (libp2p's own
         # bootstrap option dials inside host.run, before them, and hung there in our tests).
@@ -251,7 +258,8 @@ class Libp2pNetwork:
         for protocol in gossipsub.get_protocols():
             host.set_stream_handler(protocol, _after(services_ready, closing, pubsub.stream_handler))
         host.set_stream_handler(DHT_PROTOCOL, _after(services_ready, closing, dht.handle_stream))
-        network = cls(host, pubsub, dht)
+        relaying = Relaying(host, offer=relay, reachability=reachability, admits=admits, dht=dht)
+        network = cls(host, pubsub, dht, relaying)
         if mdns:
             peerDiscovery.register_peer_discovered_handler(network._on_lan_peer)
         try:
@@ -260,13 +268,16 @@ class Libp2pNetwork:
                 background_trio_service(pubsub),
                 background_trio_service(gossipsub),
                 background_trio_service(dht),
+                trio.open_nursery() as nursery,
             ):
                 await pubsub.wait_until_ready()
+                await nursery.start(relaying.run)
                 services_ready.set()
                 try:
                     yield network
                 finally:
                     closing.set()
+                    nursery.cancel_scope.cancel()
         finally:
             if mdns:
                 peerDiscovery.unregister_peer_discovered_handler(network._on_lan_peer)
@@ -278,7 +289,8 @@ class Libp2pNetwork:
         return self._peer_id
 
     def addresses(self) -> list[str]:
-        return [str(a) for a in self._host.get_addrs()]
+        """The listen addresses, then one relayed address per relay address for each relay holding a slot."""
+        return [str(a) for a in self._host.get_addrs()] + self._relaying.relayed_addresses()
 
     def set_handler(self, protocol: str, handler: StreamHandler) -> None:
         async def on_stream(stream: Any) -> None:
@@ -294,6 +306,12 @@ class Libp2pNetwork:
         return Libp2pStream(stream)
 
     async def connect(self, address: str) -> str:
+        if is_circuit(address):
+            peer = address.rsplit("/p2p/", 1)[-1]
+            if circuit_relay(address) is None or not peer:
+                raise DialError(f"{address}: a relayed address ends in /p2p/<peer> after /p2p/<relay>/p2p-circuit")
+            await self.connect_peer(PeerAddress(peer, (address,)))
+            return peer
         try:
             info = info_from_p2p_addr(Multiaddr(address))
             await self._host.connect(info)
@@ -303,12 +321,14 @@ class Libp2pNetwork:
         return str(info.peer_id.to_base58())
 
     async def connect_peer(self, peer: PeerAddress) -> None:
+        """Its direct addresses first, then through the relays it advertises (DialError if all fail)."""
         try:
             peer_id = ID.from_base58(peer.peer_id)
-            info = PeerInfo(peer_id, [Multiaddr(a) for a in peer.addresses])
-            await self._host.connect(info)
-        except (BaseLibp2pError, ValueError, OSError) as exc:
-            raise DialError(f"{peer.peer_id}: {type(exc).__name__} {exc}") from exc
+        except ValueError as exc:
+            raise DialError(f"{peer.peer_id}: not a peer id") from exc
+        if peer_id in self._host.get_connected_peers():
+            return
+        await self._relaying.connect(peer_id, list(peer.addresses))
         await self._add_to_routing(peer_id)
 
     async def _add_to_routing(self, peer_id: ID) -> None:
@@ -319,6 +339,16 @@ class Libp2pNetwork:
 
     def connected_peers(self) -> list[str]:
         return [str(p.to_base58()) for p in self._host.get_connected_peers()]
+
+    def connection_kind(self, peer_id: str) -> str | None:
+        return self._relaying.connection_kind(peer_id)
+
+    def connection_kinds(self, peer_id: str) -> list[str]:
+        """Each open connection to the peer: "direct" or "relayed" (a peer may briefly have both)."""
+        return self._relaying.connection_kinds(peer_id)
+
+    def relay_status(self) -> RelayStatus:
+        return self._relaying.statistics()
 
     def known_addresses(self, peer_id: str) -> tuple[str, ...]:
         try:

@@ -49,6 +49,27 @@ class PeerAddress:
     addresses: tuple[str, ...]
 
 
+@dataclass(frozen=True, kw_only=True)
+class RelayOffer:
+    """What a daemon started with `--relay` gives other peers (circuit relay v2 limits)."""
+
+    max_reservations: int = 64  # peers holding a slot at once
+    max_circuits: int = 8  # open circuits to one reserved peer
+    max_circuit_bytes: int = 1 << 30  # bytes through one circuit, both ways, over its whole life
+    max_circuit_seconds: int = 3600  # a circuit's life
+
+
+@dataclass(frozen=True, kw_only=True)
+class RelayStatus:
+    offering: RelayOffer | None  # None: this daemon is not a relay
+    reachability: str  # auto, public or private (`--reachability`)
+    needs_relay: bool  # whether it holds (or looks for) reservations
+    reservations: tuple[str, ...]  # relays holding a slot for this daemon
+    reservations_served: int  # peers holding a slot on this daemon (a relay)
+    relayed_dials: int  # connections opened through a relay
+    refused_reservations: int  # reservations a relay refused (or peers that were not relays)
+
+
 @dataclass(frozen=True)
 class PubsubMessage:
     sender: str  # the peer id that signed the message
@@ -80,6 +101,14 @@ class Network(Protocol):
     async def connect_peer(self, peer: PeerAddress) -> None: ...
 
     def connected_peers(self) -> list[str]: ...
+
+    def connection_kind(self, peer_id: str) -> str | None:
+        """How the peer is reached now: "direct", "relayed", "hole-punched"; None when not connected."""
+        ...
+
+    def relay_status(self) -> RelayStatus | None:
+        """Relays used and offered; None where the network has no relaying (the in-memory fake)."""
+        ...
 
     def known_addresses(self, peer_id: str) -> tuple[str, ...]: ...
 

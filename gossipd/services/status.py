@@ -11,6 +11,8 @@ import enum
 from dataclasses import dataclass, field
 from typing import Any
 
+from gossipd.services.network import RelayStatus
+
 
 class TaskState(enum.StrEnum):
     LOADING = "loading"  # reading data, building the model
@@ -39,6 +41,7 @@ class PeerStatus:
     last_exchange: float | None
     distance: float | None  # estimated ‖x_peer − x_self‖ at the last exchange
     backoff_until: float | None  # no exchanges with it before this time (repeated failures or rejections)
+    reached: str | None = None  # how it is connected now: direct, relayed, hole-punched; None: not connected
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -87,6 +90,7 @@ class DaemonStatus:
     state_dir: str
     socket: str
     tasks: tuple[TaskStatus, ...]
+    relay: RelayStatus | None = None  # relays this daemon uses, and what it offers as one (`--relay`)
 
 
 def to_json(record: Any) -> Any:

@@ -388,6 +388,11 @@ class TaskRuntime:
 
     # -- what others read ------------------------------------------------------------------------------
 
+    def admits(self, peer_id: str) -> bool:
+        """Whether the task's allow-list (if it has one) lets the peer in; a relay serves only such peers."""
+        section = self.task.access
+        return section is None or not section.allow or peer_id in section.allow
+
     def _heartbeat(self) -> Heartbeat:
         services = self.services
         stats = services.trainer.statistics() if services is not None else None
@@ -487,6 +492,7 @@ class TaskRuntime:
                 last_exchange=wall(r.last_exchange),
                 distance=r.distance,
                 backoff_until=wall(r.backoff_until),
+                reached=self.network.connection_kind(r.peer_id),
             )
             for r in sorted(self.peers.records.values(), key=lambda r: r.peer_id)
         )
