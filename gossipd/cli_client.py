@@ -163,7 +163,8 @@ def format_status(data: dict[str, Any]) -> str:
     addresses = data["addresses"] or ["-"]
     lines = [f"peer      {data['peer_id']}", f"addresses {addresses[0]}"]
     lines += [f"          {address}" for address in addresses[1:]]
-    lines += [f"uptime    {human_duration(data['uptime_s'])}", f"version   {data['version']}", ""]
+    lines += [f"uptime    {human_duration(data['uptime_s'])}", f"version   {data['version']}"]
+    lines += [*_relay_lines(data.get("relay")), ""]
     tasks = data["tasks"]
     if not tasks:
         return "\n".join([*lines, "no tasks (start one with `gossipd join TASK.toml`)"])
@@ -172,6 +173,27 @@ def format_status(data: dict[str, Any]) -> str:
     lines.append(table(header, rows, numeric=range(2, 11)))
     lines += [f"{task['id']}: {task['error']}" for task in tasks if task.get("error")]
     return "\n".join(lines)
+
+
+def _relay_lines(relay: dict[str, Any] | None) -> list[str]:
+    """How the daemon is reached through relays, and what it relays for others."""
+    if not relay:
+        return []
+    held = relay["reservations"]
+    reach = f"{relay['reachability']}, " + (
+        f"reachable through {len(held)} relay{'s' if len(held) != 1 else ''} ({', '.join(map(_short_id, held))})"
+        if held
+        else ("looking for a relay" if relay["needs_relay"] else "no relay needed")
+    )
+    lines = [f"reach     {reach}"]
+    offer = relay.get("offering")
+    if offer:
+        lines.append(
+            f"relay     serving {relay['reservations_served']}/{offer['max_reservations']} reservations, "
+            f"{offer['max_circuits']} circuits per peer, {human_bytes(offer['max_circuit_bytes'])} and "
+            f"{human_duration(offer['max_circuit_seconds'])} per circuit"
+        )
+    return lines
 
 
 def _status_row(task: dict[str, Any]) -> list[str]:
@@ -195,13 +217,14 @@ def format_peers(data: dict[str, Any], now: float) -> str:
     peers = data["peers"]
     if not peers:
         return "no peers yet"
-    header = ["TASK", "PEER", "VIEW", "SOURCES", "HEARD", "STEP", "LOSS", "EXCH/FAIL", "DISTANCE"]
+    header = ["TASK", "PEER", "VIEW", "SOURCES", "REACHED", "HEARD", "STEP", "LOSS", "EXCH/FAIL", "DISTANCE"]
     rows = [
         [
             peer["task"],
             _short_id(peer["peer_id"]),
             "*" if peer["in_view"] else "",
             ",".join(peer["sources"]) or "-",
+            peer.get("reached") or "-",
             "-" if peer["last_heard"] is None else f"{human_duration(max(0.0, now - peer['last_heard']))} ago",
             _number(peer["step"], "d"),
             _number(peer["loss"], ".4g"),
@@ -210,7 +233,7 @@ def format_peers(data: dict[str, Any], now: float) -> str:
         ]
         for peer in peers
     ]
-    return table(header, rows, numeric=range(4, 9))
+    return table(header, rows, numeric=range(5, 10))
 
 
 def format_tasks(data: dict[str, Any]) -> str:

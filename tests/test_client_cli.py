@@ -49,6 +49,8 @@ async def test_status_table(socket_path: Path) -> None:
     assert lines[1].split() == ["addresses", "/ip4/127.0.0.1/tcp/4001"]
     assert lines[2].split() == ["/ip6/::1/tcp/4001"]
     assert lines[3].split() == ["uptime", "1h", "02m"]
+    assert lines[5] == "reach     auto, reachable through 1 relay (…RRRRRRrelay1)"
+    assert lines[6] == "relay     serving 3/16 reservations, 4 circuits per peer, 500.0 MB and 1h 00m per circuit"
     header = next(i for i, line in enumerate(lines) if line.startswith("TASK"))
     assert lines[header + 1].split() == [
         "mnist", "training", "1200", "0.25", "93.12%", "340", "12.3", "MB", "12.0", "MB", "31.5x", "0.0123", "1/2"
@@ -91,10 +93,12 @@ async def test_peers_table_and_json(socket_path: Path) -> None:
     result = await gossipd("peers", "--socket", str(socket_path))
     assert result.exit_code == 0, result.output
     header, first, second = result.stdout.splitlines()
-    assert header.split() == ["TASK", "PEER", "VIEW", "SOURCES", "HEARD", "STEP", "LOSS", "EXCH/FAIL", "DISTANCE"]
-    assert first.split()[:4] == ["mnist", "…AAAApeerone1", "*", "bootstrap,dht"]
+    assert header.split() == [
+        "TASK", "PEER", "VIEW", "SOURCES", "REACHED", "HEARD", "STEP", "LOSS", "EXCH/FAIL", "DISTANCE"
+    ]  # fmt: skip
+    assert first.split()[:5] == ["mnist", "…AAAApeerone1", "*", "bootstrap,dht", "relayed"]
     assert first.split()[-4:] == ["1190", "0.31", "40/2", "0.0456"]
-    assert second.split() == ["mnist", "…BBBBpeertwo2", "bootstrap,dht", "-", "-", "-", "40/2", "-"]
+    assert second.split() == ["mnist", "…BBBBpeertwo2", "bootstrap,dht", "-", "-", "-", "-", "40/2", "-"]
     result = await gossipd("peers", "--json", "--socket", str(socket_path))
     peers = json.loads(result.stdout)["peers"]
     assert [peer["task"] for peer in peers] == ["mnist", "mnist"]

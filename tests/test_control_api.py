@@ -28,6 +28,7 @@ from gossipd.adapters.http_unix import HttpLimits, Request, Response, SocketInUs
 from gossipd.client import ControlClient
 from gossipd.services.control import ControlError, ErrorCode, JoinRequest
 from gossipd.services.control_api import JOIN_FIELD_TYPES, control_handler
+from gossipd.services.network import RelayOffer, RelayStatus
 from gossipd.services.status import DaemonStatus, PeerStatus, TaskState, TaskStatus, to_json
 
 T = TypeVar("T")
@@ -54,6 +55,7 @@ def make_peer(
         last_exchange=1_699_999_990.0,
         distance=0.0456 if in_view else None,
         backoff_until=None,
+        reached="relayed" if in_view else None,
     )
 
 
@@ -121,6 +123,15 @@ def make_status() -> DaemonStatus:
         state_dir="/home/me/.local/state/gossipd",
         socket="/run/user/1000/gossipd/gossipd.sock",
         tasks=(make_task("mnist"), failed),
+        relay=RelayStatus(
+            offering=RelayOffer(max_reservations=16, max_circuits=4, max_circuit_bytes=500_000_000),
+            reachability="auto",
+            needs_relay=True,
+            reservations=("12D3KooWRRRRRRRRRRRRRRRRRRRRRRRRRRRRRRRRRRRRRRRRrelay1",),
+            reservations_served=3,
+            relayed_dials=2,
+            refused_reservations=0,
+        ),
     )
 
 
@@ -348,6 +359,11 @@ async def test_metrics(client: ControlClient, socket_path: Path) -> None:
     assert value("gossipd_consensus_distance", task="mnist") == 0.0123
     assert value("gossipd_peers", task="mnist", state="known") == 2
     assert value("gossipd_peers", task="mnist", state="in_view") == 1
+    assert value("gossipd_peers_reached", task="mnist", via="relayed") == 1
+    assert value("gossipd_peers_reached", task="mnist", via="direct") == 0
+    assert value("gossipd_relay_reservations") == 1
+    assert value("gossipd_relay_reservations_served") == 3
+    assert value("gossipd_relayed_dials") == 2
     assert value("gossipd_state_transfers", task="mnist") == 1
     assert value("gossipd_rejections", task="mnist", reason="wrong-task") == 3
     assert value("gossipd_samples_per_second", task="mnist") == 640.5

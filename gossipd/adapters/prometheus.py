@@ -68,6 +68,7 @@ class _SnapshotCollector:
         families += [_per_task(CounterMetricFamily, n, h, get, self._status.tasks) for n, h, get in _COUNTERS]
         families += [_per_task(GaugeMetricFamily, n, h, get, self._status.tasks) for n, h, get in _GAUGES]
         families += [_exchanges(self._status.tasks), _peers(self._status.tasks), _rejections(self._status.tasks)]
+        families += [_reached(self._status.tasks), *_relay(self._status)]
         yield from (family for family in families if family.samples)
 
 
@@ -111,6 +112,35 @@ def _peers(tasks: tuple[TaskStatus, ...]) -> Metric:
         family.add_metric([task.id, "known"], len(task.peers))
         family.add_metric([task.id, "in_view"], sum(peer.in_view for peer in task.peers))
     return family
+
+
+def _reached(tasks: tuple[TaskStatus, ...]) -> Metric:
+    family = GaugeMetricFamily(
+        "gossipd_peers_reached", "Connected peers of the task by how they are reached.", labels=["task", "via"]
+    )
+    for task in tasks:
+        for via in ("direct", "relayed", "hole-punched"):
+            family.add_metric([task.id, via], sum(peer.reached == via for peer in task.peers))
+    return family
+
+
+def _relay(status: DaemonStatus) -> list[Metric]:
+    relay = status.relay
+    if relay is None:
+        return []
+    held = GaugeMetricFamily(
+        "gossipd_relay_reservations", "Relays holding a slot for this daemon.", len(relay.reservations)
+    )
+    served = GaugeMetricFamily(
+        "gossipd_relay_reservations_served", "Peers holding a slot on this daemon (a relay).", relay.reservations_served
+    )
+    dials = CounterMetricFamily(
+        "gossipd_relayed_dials_total", "Connections opened through a relay.", relay.relayed_dials
+    )
+    refused = CounterMetricFamily(
+        "gossipd_relay_refusals_total", "Reservations a relay refused.", relay.refused_reservations
+    )
+    return [held, served, dials, refused]
 
 
 def _rejections(tasks: tuple[TaskStatus, ...]) -> Metric:
