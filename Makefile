@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # a multi-GB CUDA build to satisfy the project's torch range.
 TORCH ?= torch==2.13.0
 
-.PHONY: setup test lint unit demo bench-sim bench bench-peers soak fuzz clean
+.PHONY: setup test lint unit demo bench-sim bench bench-peers bench-wan soak fuzz clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -39,6 +39,10 @@ bench: setup
 # gossipd against hivemind, Flower, DDP and single-model baselines (creates their virtualenvs under build/).
 bench-peers: setup
 	$(BIN)/python scripts/bench_peers.py
+
+# The same race on an emulated network with 10 and 100 Mbit/s links (needs root, unshare and tc; see netlab).
+bench-wan: setup
+	$(BIN)/python scripts/bench_wan.py
 
 soak: setup
 	$(BIN)/python scripts/soak.py

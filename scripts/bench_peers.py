@@ -30,6 +30,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -100,6 +101,19 @@ GOSSIP |= {
     "gossipd-powergossip-f16-paced": GOSSIP["gossipd-powergossip"] + HALF + PACED,
     "gossipd-powergossip-2it-f16-paced": GOSSIP["gossipd-powergossip-2it"] + HALF + PACED,
 }
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where a run's processes go. bench-peers: every peer on loopback in the run's namespace. bench-wan: peer i
+    on host `p{i}` of an emulated network (gossipd.tools.netlab), Flower's SuperLink on host `server`."""
+
+    launch: Callable[[str, list[str]], list[str]] = lambda host, argv: argv  # argv, to run on that host
+    address: Callable[[str], str] = lambda host: "127.0.0.1"  # where that host's processes listen
+    flower: dict[str, Any] | None = None  # BENCH_FLOWER_PLACEMENT for flower_launch.py; None: loopback
+
+
+PLACEMENT = Placement()
 
 
 @dataclass(frozen=True)
@@ -210,19 +224,22 @@ def run_hivemind(run: Run, start: float) -> None:
     timeout = HIVEMIND_REQUEST_TIMEOUT.get(run.split, 3.0)
     processes = [
         subprocess.Popen(
-            [
-                python,
-                str(RUNNERS / "hivemind_runner.py"),
-                run.workdir,
-                run.model,
-                str(run.steps),
-                str(run.snapshot_every),
-                str(peer),
-                str(PEERS),
-                str(target),
-                str(timeout),
-            ],
-            env=runner_env(run, start),
+            PLACEMENT.launch(
+                f"p{peer}",
+                [
+                    python,
+                    str(RUNNERS / "hivemind_runner.py"),
+                    run.workdir,
+                    run.model,
+                    str(run.steps),
+                    str(run.snapshot_every),
+                    str(peer),
+                    str(PEERS),
+                    str(target),
+                    str(timeout),
+                ],
+            ),
+            env={**runner_env(run, start), "BENCH_HOST_IP": PLACEMENT.address(f"p{peer}")},
         )
         for peer in range(PEERS)
     ]
@@ -234,6 +251,13 @@ def run_hivemind(run: Run, start: float) -> None:
 def run_flower_fedavg(run: Run, start: float) -> None:
     """FedAvg over all 4 peers each round, one local epoch of the shard per round: the usual FedAvg setting
     (E = 1), and Flower's fixed cost per round (~10 s of polling and process start-up) is paid once per epoch."""
+    if PLACEMENT.flower is not None:
+        # On an emulated network the launcher runs on the SuperLink's host, where it can reach every process.
+        argv = [sys.executable, str(RUNNERS / "flower_launch.py"), run.workdir, run.model, str(run.steps)]
+        argv += [str(FLOWER_LOCAL_STEPS), str(PEERS), venv_python("flower"), str(RUN_LIMIT_S - 60)]
+        env = {**runner_env(run, start), "BENCH_FLOWER_PLACEMENT": json.dumps(PLACEMENT.flower)}
+        subprocess.run(PLACEMENT.launch("server", argv), env=env, check=True, timeout=RUN_LIMIT_S)
+        return
     sys.path.insert(0, str(RUNNERS))
     from flower_launch import run_flower
 
@@ -265,6 +289,8 @@ def run_gossipd(run: Run, start: float) -> None:
         task=str(task),
         size=PEERS,
         extra=["--data", str(SHARED_MNIST), "--join-timeout", "0"],
+        launch=lambda i, argv: PLACEMENT.launch(f"p{i}", argv),
+        listen_ip=lambda i: PLACEMENT.address(f"p{i}"),
     )
     snapshots = workdir / "snapshots"
     snapshots.mkdir(exist_ok=True)

@@ -18,7 +18,10 @@ flower-timings.json (startup and per-round seconds), flower-rss.jsonl (peak RSS 
 processes: SuperLink, SuperNodes and their SuperExecs; the ServerApp and each peer's last ClientApp process
 report their own in rss.jsonl, as every runner does).
 
-    python flower_launch.py WORKDIR MODEL STEPS SNAPSHOT_EVERY PEERS [PYTHON]   # manual test; shards must exist
+    python flower_launch.py WORKDIR MODEL STEPS SNAPSHOT_EVERY PEERS [PYTHON [TIMEOUT]]   # shards must exist
+
+On an emulated network (bench-wan) this runs on the SuperLink's host, and BENCH_FLOWER_PLACEMENT holds
+{"server": its address, "nodes": [{"address": ..., "enter": [command prefix that runs on that host]}, ...]}.
 """
 
 from __future__ import annotations
@@ -49,20 +52,22 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def wait_healthy(port: int, process: subprocess.Popen[bytes], what: str, timeout: float) -> None:
-    """Until GET /health on 127.0.0.1:port answers 200 (the HTTP APIs are up)."""
+def wait_healthy(
+    port: int, process: subprocess.Popen[bytes], what: str, timeout: float, host: str = "127.0.0.1"
+) -> None:
+    """Until GET /health on host:port answers 200 (the HTTP APIs are up)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise RuntimeError(f"{what} exited with {process.returncode} while starting")
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as response:
+            with urllib.request.urlopen(f"http://{host}:{port}/health", timeout=2) as response:
                 if response.status == 200:
                     return
         except OSError:
             pass
         time.sleep(0.2)
-    raise TimeoutError(f"{what} did not come up on 127.0.0.1:{port} within {timeout:.0f}s")
+    raise TimeoutError(f"{what} did not come up on {host}:{port} within {timeout:.0f}s")
 
 
 def descendants(pid: int) -> list[int]:
@@ -235,10 +240,15 @@ def run_flower(
         "PYTHONUNBUFFERED": "1",
     }
     base["PYTHONPATH"] = base["PYTHONPATH"].rstrip(os.pathsep)
+    # Where each process listens: all on loopback, or (bench-wan) the SuperLink on this host's address and
+    # each SuperNode on a host of its own, started there through the command prefix given for it.
+    placement = json.loads(env.get("BENCH_FLOWER_PLACEMENT", "null")) or {}
+    server = placement.get("server", "127.0.0.1")
+    nodes_at = placement.get("nodes") or [{"address": "127.0.0.1", "enter": []}] * peers
     link_port = free_port()
     (home / "config.toml").write_text(
         f'[superlink]\ndefault = "{CONNECTION}"\n\n'
-        f'[superlink.{CONNECTION}]\naddress = "127.0.0.1:{link_port}"\ninsecure = true\n'
+        f'[superlink.{CONNECTION}]\naddress = "{server}:{link_port}"\ninsecure = true\n'
     )
     run_config = workdir / "flower-run-config.toml"
     run_config.write_text(
@@ -250,22 +260,23 @@ def run_flower(
     deadline = time.monotonic() + timeout
     t0 = time.monotonic()
     try:
-        superlink = [str(bin_dir / "flower-superlink"), "--insecure", "--host", "127.0.0.1", "--port", str(link_port)]
+        superlink = [str(bin_dir / "flower-superlink"), "--insecure", "--host", server, "--port", str(link_port)]
         link = processes.start("superlink", [*superlink, "--disable-runtime-dependency-installation"], base)
-        wait_healthy(link_port, link, "flower-superlink", STARTUP_TIMEOUT)
+        wait_healthy(link_port, link, "flower-superlink", STARTUP_TIMEOUT, server)
         timings["superlink_up_s"] = round(time.monotonic() - t0, 2)
         nodes: list[tuple[subprocess.Popen[bytes], int]] = []
         for peer in range(peers):
             node_home = home / f"supernode-{peer}"  # each its own app installs, no races between nodes
             node_home.mkdir(exist_ok=True)
             port = free_port()
-            supernode = [str(bin_dir / "flower-supernode"), "--insecure", "--superlink", f"127.0.0.1:{link_port}"]
-            supernode += ["--host", "127.0.0.1", "--port", str(port), "--max-wait-time", "300"]
-            supernode += ["--node-config", f"partition-id={peer} num-partitions={peers}"]
+            where = nodes_at[peer]
+            supernode = [*where["enter"], str(bin_dir / "flower-supernode"), "--insecure"]
+            supernode += ["--superlink", f"{server}:{link_port}", "--host", where["address"], "--port", str(port)]
+            supernode += ["--max-wait-time", "300", "--node-config", f"partition-id={peer} num-partitions={peers}"]
             node = processes.start(f"supernode-{peer}", supernode, {**base, "FLWR_HOME": str(node_home)})
             nodes.append((node, port))
         for peer, (node, port) in enumerate(nodes):
-            wait_healthy(port, node, f"flower-supernode {peer}", STARTUP_TIMEOUT)
+            wait_healthy(port, node, f"flower-supernode {peer}", STARTUP_TIMEOUT, nodes_at[peer]["address"])
         timings["supernodes_up_s"] = round(time.monotonic() - t0, 2)
 
         t_run = time.monotonic()
@@ -320,8 +331,9 @@ def run_flower(
 def main() -> None:
     workdir, model, steps, every, peers = Path(sys.argv[1]), sys.argv[2], *map(int, sys.argv[3:6])
     python = sys.argv[6] if len(sys.argv) > 6 else "/tmp/fl/venv/bin/python"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "BENCH_START": f"{time.time():.6f}"}
-    run_flower(workdir, model, steps, every, peers, python, env)
+    timeout = float(sys.argv[7]) if len(sys.argv) > 7 else 7200.0
+    env = {"OMP_NUM_THREADS": "1", "BENCH_START": f"{time.time():.6f}", **os.environ}
+    run_flower(workdir, model, steps, every, peers, python, env, timeout=timeout)
     print(json.loads((workdir / "flower-timings.json").read_text()))
 
 

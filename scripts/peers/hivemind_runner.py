@@ -8,6 +8,7 @@ Peer 0 writes its DHT address to WORKDIR/hivemind-boot; the others read it.
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from pathlib import Path
@@ -34,7 +35,8 @@ def main() -> None:
     dht = hivemind.DHT(
         initial_peers=initial,
         start=True,
-        host_maddrs=["/ip4/127.0.0.1/tcp/0"],
+        # Loopback for bench-peers; the peer's own address on an emulated network (bench-wan).
+        host_maddrs=[f"/ip4/{os.environ.get('BENCH_HOST_IP', '127.0.0.1')}/tcp/0"],
         # Loopback only: no NAT probing, no UPnP port mapping, no relays.
         auto_nat=False,
         nat_port_map=False,

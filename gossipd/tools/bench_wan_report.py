@@ -1,0 +1,149 @@
+"""The `make bench-wan` report: the side-by-side race on shaped links, from the runs' JSON (docs/bench-wan/).
+
+One table per model and link speed, one verdict line per goal, one plot per model (accuracy against time,
+one panel per link speed). A run's JSON is bench-peers' summary (`bench_peers_report.summarise`) plus `rate`
+(bits/s of every host's uplink and downlink) and `links` (each host's bytes and mean utilisation).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from statistics import median
+from typing import Any
+
+from gossipd.tools.bench_peers_report import LABELS
+from gossipd.tools.netlab_topology import format_rate
+
+GOSSIPD = ("gossipd-plain-paced", "gossipd-powergossip-f16-paced", "gossipd-powergossip-2it-f16-paced")
+RIVALS = ("hivemind", "flower")
+# Goal: gossipd's best setting reaches 98% (mean peer) in at most this share of the faster rival's time.
+TIME_GOALS = {10_000_000: 0.5, 100_000_000: 0.7}
+MAX_PLOT_LINES = 7
+
+
+def label(system: str) -> str:
+    return str(LABELS.get(system, system))
+
+
+def _seconds(result: dict[str, Any], key: str) -> float | None:
+    hit = result["reached"].get(key)
+    return None if hit is None else float(hit["seconds"])
+
+
+def _median(values: Sequence[float | None]) -> float | None:
+    """The median, a run that never reached the target counting as slower than any that did (None: most missed)."""
+    missed = sum(v is None for v in values)
+    if not values or missed * 2 > len(values):
+        return None
+    return median(float("inf") if v is None else v for v in values)
+
+
+def rows(results: list[dict[str, Any]], model: str, rate: int) -> list[dict[str, Any]]:
+    """Per system (in report order), the medians over its runs on this model and link speed."""
+    found = []
+    order = [*GOSSIPD, *RIVALS]
+    systems = sorted({r["system"] for r in results if r["model"] == model and r["rate"] == rate}, key=order.index)
+    for system in systems:
+        runs = [r for r in results if r["system"] == system and r["model"] == model and r["rate"] == rate]
+        busiest = [max(max(link["up_use"] or 0.0, link["down_use"] or 0.0) for link in r["links"]) for r in runs]
+        found.append(
+            {
+                "system": system,
+                "runs": len(runs),
+                "mean_97": _median([_seconds(r, "mean_97") for r in runs]),
+                "mean_98": _median([_seconds(r, "mean_98") for r in runs]),
+                "worst_98": _median([_seconds(r, "worst_98") for r in runs]),
+                "megabytes": median(r["total_bytes"] / 1e6 for r in runs),
+                "busiest_link": median(busiest),
+                "final": median(r["final_accuracy"] or 0.0 for r in runs),
+            }
+        )
+    return found
+
+
+def _cell(value: float | None, pattern: str = "{:.0f}") -> str:
+    return "not reached" if value is None or value == float("inf") else pattern.format(value)
+
+
+def table(found: list[dict[str, Any]]) -> list[str]:
+    lines = [
+        "| system | runs | s to 97% | s to 98% | s to 98% (worst peer) | MB on the wire | busiest link | accuracy % |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for row in found:
+        lines.append(
+            f"| {label(row['system'])} | {row['runs']} | {_cell(row['mean_97'])} | {_cell(row['mean_98'])} | "
+            f"{_cell(row['worst_98'])} | {row['megabytes']:,.1f} | {row['busiest_link']:.0%} | "
+            f"{row['final'] * 100:.2f} |"
+        )
+    return lines
+
+
+def verdict(found: list[dict[str, Any]], rate: int) -> str:
+    goal = TIME_GOALS.get(rate)
+    name = f"Time to 98% at {format_rate(rate)} (goal ≤ {goal}× the faster of hivemind and Flower)"
+    ours = [r for r in found if r["system"] in GOSSIPD and r["mean_98"] is not None]
+    theirs = [r for r in found if r["system"] in RIVALS and r["mean_98"] is not None]
+    if goal is None:
+        return f"- {name}: no goal set for this speed."
+    if not ours:
+        return f"- {name}: **not met**, no gossipd setting reached 98%."
+    best = min(ours, key=lambda r: r["mean_98"])
+    if not theirs:
+        ran = [r["system"] for r in found if r["system"] in RIVALS]
+        why = "neither rival reached 98%" if ran else "no rival run recorded"
+        return f"- {name}: {label(best['system'])} {best['mean_98']:.0f} s; {why}: **not judged**."
+    rival = min(theirs, key=lambda r: r["mean_98"])
+    ratio = best["mean_98"] / rival["mean_98"]
+    met = "met" if ratio <= goal else "not met"
+    return (
+        f"- {name}: {label(best['system'])} {best['mean_98']:.0f} s against {label(rival['system'])} "
+        f"{rival['mean_98']:.0f} s: **{ratio:.2f}×, {met}**."
+    )
+
+
+def report(results: list[dict[str, Any]], plots: dict[str, str]) -> str:
+    lines: list[str] = []
+    for model in dict.fromkeys(r["model"] for r in results):
+        for rate in sorted({r["rate"] for r in results if r["model"] == model}):
+            found = rows(results, model, rate)
+            lines += ["", f"### {model}, every link {format_rate(rate)} up and down", "", *table(found), ""]
+            lines.append(verdict(found, rate))
+        if model in plots:
+            lines += ["", f"![accuracy against time on shaped links, {model}]({plots[model]})"]
+    return "\n".join(lines).strip() + "\n"
+
+
+def plot(results: list[dict[str, Any]], model: str, path: Path) -> None:
+    """Accuracy (mean peer) against time, one panel per link speed, the first run of each system."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rates = sorted({r["rate"] for r in results if r["model"] == model})
+    figure, axes = plt.subplots(1, len(rates), figsize=(6 * len(rates), 4.5), squeeze=False)
+    for axis, rate in zip(axes[0], rates, strict=True):
+        drawn = 0
+        for system in [*GOSSIPD, *RIVALS]:
+            runs = sorted(
+                (r for r in results if r["system"] == system and r["model"] == model and r["rate"] == rate),
+                key=lambda r: r["repeat"],
+            )
+            if not runs or drawn >= MAX_PLOT_LINES:
+                continue
+            curve = runs[0]["curve"]
+            axis.plot([c[0] for c in curve], [c[1] * 100 for c in curve], label=label(system))
+            drawn += 1
+        axis.axhline(98, color="grey", linewidth=0.5, linestyle="--")
+        axis.set(title=f"{format_rate(rate)} links", xlabel="wall time (s)", ylabel="test accuracy, mean peer (%)")
+        axis.set_ylim(90, 100)
+        axis.grid(alpha=0.3)
+    handles, names = axes[0][0].get_legend_handles_labels()
+    figure.legend(handles, names, loc="lower center", ncol=3, frameon=False)
+    figure.suptitle(f"MNIST, {model}, 4 peers on shaped links (first run of each system)")
+    figure.tight_layout(rect=(0, 0.12, 1, 0.95))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=90)
+    plt.close(figure)
