@@ -1,0 +1,74 @@
+"""The bench-wan report from recorded runs: medians with misses, the busiest link, verdicts per link speed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gossipd.tools.bench_wan_report import plot, report, rows, verdict
+
+TEN = 10_000_000
+
+
+def run(system: str, seconds: float | None, *, repeat: int = 0, rate: int = TEN, use: float = 0.5) -> dict[str, Any]:
+    hit = None if seconds is None else {"seconds": seconds, "bytes": 1e6}
+    return {
+        "system": system,
+        "model": "cnn",
+        "split": "iid",
+        "repeat": repeat,
+        "rate": rate,
+        "reached": {"mean_97": hit, "mean_98": hit, "worst_98": hit},
+        "total_bytes": 5e6,
+        "final_accuracy": 0.985,
+        "links": [
+            {"host": "p0", "up_use": use, "down_use": use / 2},
+            {"host": "p1", "up_use": None, "down_use": 0.1},
+        ],
+        "curve": [[1.0, 0.95, 0.94, 0.0], [2.0, 0.985, 0.98, 1e6]],
+    }
+
+
+def test_medians_count_a_miss_as_slowest_and_most_misses_as_not_reached() -> None:
+    results = [
+        run("gossipd-powergossip-f16-paced", 30, repeat=0),
+        run("gossipd-powergossip-f16-paced", None, repeat=1),
+        run("gossipd-powergossip-f16-paced", 40, repeat=2),
+        run("hivemind", None, repeat=0),
+        run("hivemind", None, repeat=1),
+        run("hivemind", 90, repeat=2),
+    ]
+    found = {r["system"]: r for r in rows(results, "cnn", TEN)}
+    assert found["gossipd-powergossip-f16-paced"]["mean_98"] == 40
+    assert found["hivemind"]["mean_98"] is None
+    assert found["hivemind"]["busiest_link"] == 0.5
+
+
+@pytest.mark.parametrize(
+    ("ours", "theirs", "rate", "expected"),
+    [
+        (30.0, 90.0, TEN, "0.33×, met"),
+        (60.0, 90.0, TEN, "0.67×, not met"),
+        (60.0, 90.0, 100_000_000, "0.67×, met"),
+        (None, 90.0, TEN, "not met**, no gossipd setting reached 98%"),
+        (30.0, None, TEN, "neither rival reached 98%: **not judged"),
+    ],
+)
+def test_one_verdict_per_speed(ours: float | None, theirs: float | None, rate: int, expected: str) -> None:
+    results = [run("gossipd-plain-paced", ours, rate=rate), run("flower", theirs, rate=rate)]
+    line = verdict(rows(results, "cnn", rate), rate)
+    assert expected in line
+    assert line.count("\n") == 0
+
+
+def test_report_has_a_table_and_verdict_per_speed(tmp_path: Path) -> None:
+    results = [run("gossipd-plain-paced", 20), run("hivemind", 80), run("gossipd-plain-paced", 15, rate=100_000_000)]
+    text = report(results, {"cnn": "docs/bench-wan-cnn.png"})
+    assert text.count("### cnn, every link") == 2
+    assert text.count("- Time to 98%") == 2
+    assert "| gossipd, plain gossip, step-paced | 1 | 20 | 20 | 20 | 5.0 | 50% | 98.50 |" in text
+    path = tmp_path / "plot.png"
+    plot(results, "cnn", path)
+    assert path.stat().st_size > 0
