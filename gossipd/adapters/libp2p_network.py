@@ -300,7 +300,14 @@ class Libp2pNetwork:
 
     async def open_stream(self, peer_id: str, protocol: str) -> Libp2pStream:
         try:
-            stream = await self._host.new_stream(ID.from_base58(peer_id), [TProtocol(protocol)])
+            peer = ID.from_base58(peer_id)
+        except ValueError as exc:
+            raise DialError(f"{peer_id}: not a peer id") from exc
+        if peer not in self._host.get_connected_peers():
+            # py-libp2p's own dial skips relayed addresses: dial here, direct first, then through a relay.
+            await self._relaying.connect(peer, [])
+        try:
+            stream = await self._host.new_stream(peer, [TProtocol(protocol)])
         except (BaseLibp2pError, ValueError, OSError) as exc:
             raise DialError(f"{peer_id}: {type(exc).__name__} {exc}") from exc
         return Libp2pStream(stream)

@@ -55,6 +55,7 @@ DIAL_TIMEOUT = 10.0  # one direct or relayed dial attempt
 RESERVE_TIMEOUT = 10.0
 RESERVATIONS_WANTED = 2  # relays to hold a slot on at once, when one is needed
 RESERVE_INTERVAL = 5.0  # seconds between looks at the reservations (also after any dial failure)
+FIND_RELAYS_EVERY = 60.0  # seconds between DHT look-ups for relays while none is connected
 NOT_A_RELAY_FOR = 120.0  # seconds a peer that refused or failed a reservation is not asked again
 DIRECT_SETTLE = 3.0  # seconds a direct connection must have lived before relayed ones to that peer close
 
@@ -130,6 +131,7 @@ class Relaying:
         self.hole_punch = DCUtRProtocol(host)
         self._reservations: dict[ID, _Reservation] = {}
         self._not_a_relay: dict[ID, float] = {}
+        self._looked_for_relays = -FIND_RELAYS_EVERY
         self._ever_relayed: set[ID] = set()  # peers a relayed connection was ever held to
         self._direct_since: dict[ID, float] = {}
         self._upgraded: set[ID] = set()  # direct now, relayed first: hole-punched (or upgraded) connections
@@ -257,8 +259,9 @@ class Relaying:
 
     async def _find_relays(self, now: float) -> None:
         """Connects to relays listed in the DHT (called when no connected peer is one)."""
-        if self._dht is None:
+        if self._dht is None or now - self._looked_for_relays < FIND_RELAYS_EVERY:
             return
+        self._looked_for_relays = now
         try:
             with trio.fail_after(RESERVE_TIMEOUT):
                 found = await self._dht.find_providers(RELAY_KEY)
