@@ -352,9 +352,11 @@ def gossipd_task(run: Run) -> str:
     orchestrator evaluates snapshots)."""
     text = (REPO / "tasks" / "mnist-cnn.toml").read_text()
     text = text.replace('partition = "iid"', f'partition = "{run.split}"')
-    if run.model == "mlp":
+    if run.model != "cnn":
+        # The runners' model, built by name: the MLP with the hidden sizes the other systems use.
+        extra = "hidden = [200, 200]\n" if run.model == "mlp" else ""
         head, rest = text.split("[model]", 1)
-        text = head + '[model]\nname = "mlp"\nhidden = [200, 200]\n\n[train]' + rest.split("[train]", 1)[1]
+        text = head + f'[model]\nname = "{run.model}"\n{extra}\n[train]' + rest.split("[train]", 1)[1]
     # The budget ends training at exactly the run's steps; each peer then finishes ([gossip] finish_exchanges).
     text = text.replace("[train]", f"[train]\neval_every = 1000000000\ntotal_steps = {run.steps}", 1)
     return text.split("[gossip]")[0] + "[gossip]\n" + GOSSIP[run.system] + "\n" + run.gossip_extra + "\n"

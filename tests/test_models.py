@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import sys
 import textwrap
 from pathlib import Path
@@ -20,13 +21,15 @@ from gossipd.models.errors import ModelError
 from gossipd.models.mlp import MLPConfig
 from gossipd.models.registry import MODELS, build_model, count_parameters
 from gossipd.task.fields import Where, read_table
+from gossipd.task.loader import load_task
 from gossipd.task.schema import ModelSection
+from tests.conftest import REPO
 
 MNIST = InputSpec(kind="classification", input_shape=(1, 28, 28), num_classes=10)
 CIFAR = InputSpec(kind="classification", input_shape=(3, 32, 32), num_classes=10)
 TABULAR = InputSpec(kind="classification", input_shape=(12,), num_classes=3)
 CHARS = InputSpec(kind="language", input_shape=(16,), num_classes=11)
-BUILT_IN = ("logistic", "mlp", "cnn", "resnet20", "char-transformer")
+BUILT_IN = ("logistic", "mlp", "cnn", "cnn-pytorch-example", "resnet20", "char-transformer")
 
 
 def build(name: str, spec: InputSpec, seed: int = 0, **options: Any) -> nn.Module:
@@ -41,7 +44,8 @@ def example_input(spec: InputSpec, batch: int, generator: torch.Generator) -> to
 
 
 def spec_for(name: str) -> InputSpec:
-    return {"logistic": TABULAR, "mlp": TABULAR, "cnn": MNIST, "resnet20": MNIST}.get(name, CHARS)
+    images = {"cnn": MNIST, "cnn-pytorch-example": MNIST, "resnet20": MNIST}
+    return {"logistic": TABULAR, "mlp": TABULAR, **images}.get(name, CHARS)
 
 
 # --- the registry -------------------------------------------------------------------------------------------
@@ -86,6 +90,8 @@ def test_unknown_name_or_wrong_options_type() -> None:
         ("mlp", TABULAR),
         ("cnn", MNIST),
         ("cnn", CIFAR),
+        ("cnn-pytorch-example", MNIST),
+        ("cnn-pytorch-example", CIFAR),
         ("resnet20", MNIST),
         ("resnet20", CIFAR),
         ("char-transformer", CHARS),
@@ -116,6 +122,10 @@ BLOCK_128 = 2 * (2 * 128) + (128 * 384 + 384) + (128 * 128 + 128) + (128 * 512 +
         ("logistic", MNIST, 784 * 10 + 10),
         ("mlp", MNIST, (784 * 200 + 200) + (200 * 200 + 200) + (200 * 10 + 10)),
         ("cnn", MNIST, (25 * 16 + 16) + (16 * 25 * 32 + 32) + (7 * 7 * 32 * 64 + 64) + (64 * 10 + 10)),
+        # pytorch/examples mnist/main.py's Net: conv1, conv2, fc1 (64 * 12 * 12 = 9216 inputs), fc2
+        ("cnn-pytorch-example", MNIST, 1_199_882),
+        # on 32x32 fc1 sees 64 * 14 * 14 inputs; conv1 sees 3 input channels
+        ("cnn-pytorch-example", CIFAR, 1_199_882 + 9 * 2 * 32 + (14 * 14 - 12 * 12) * 64 * 128),
         ("resnet20", MNIST, 272_474 - 2 * 9 * 16),  # the stem sees 1 input channel instead of 3
         # the papers' ResNet-20 on CIFAR-10 (epfml/ChocoSGD, epfml/powergossip)
         ("resnet20", CIFAR, 272_474),
@@ -215,6 +225,9 @@ def test_char_transformer_rejects_bad_input() -> None:
         ("cnn", InputSpec(kind="classification", input_shape=(1, 3, 3), num_classes=10), {}, "too small"),
         ("cnn", MNIST, {"channels": (8, 8, 8, 8, 8)}, "too small"),
         ("cnn", MNIST, {"kernel_size": 0}, "kernel_size"),
+        ("cnn-pytorch-example", CHARS, {}, "needs classification data"),
+        ("cnn-pytorch-example", TABULAR, {}, "3-D input shape"),
+        ("cnn-pytorch-example", InputSpec(kind="classification", input_shape=(1, 28, 5), num_classes=10), {}, "6x6"),
         ("resnet20", CHARS, {}, "needs classification data"),
         ("resnet20", TABULAR, {}, "3-D input shape"),
         ("resnet20", CIFAR, {"depth": 21}, "6n \\+ 2"),
@@ -238,6 +251,84 @@ def test_cnn_fits_the_smallest_image_its_pooling_allows() -> None:
     assert build("cnn", spec)(torch.randn(2, 2, 4, 5)).shape == (2, 3)
     even = InputSpec(kind="classification", input_shape=(1, 9, 9), num_classes=3)
     assert build("cnn", even, kernel_size=4)(torch.randn(2, 1, 9, 9)).shape == (2, 3)
+
+
+# --- the PyTorch example's CNN -----------------------------------------------------------------------------
+
+# pytorch/examples mnist/main.py's `Net`, parameter by parameter: the names and shapes its state dict has.
+PYTORCH_EXAMPLE_STATE = {
+    "conv1.weight": (32, 1, 3, 3),
+    "conv1.bias": (32,),
+    "conv2.weight": (64, 32, 3, 3),
+    "conv2.bias": (64,),
+    "fc1.weight": (128, 9216),
+    "fc1.bias": (128,),
+    "fc2.weight": (10, 128),
+    "fc2.bias": (10,),
+}
+
+
+def test_cnn_pytorch_example_has_the_example_layers() -> None:
+    state = build("cnn-pytorch-example", MNIST).state_dict()
+    assert {name: tuple(t.shape) for name, t in state.items()} == PYTORCH_EXAMPLE_STATE
+    assert sum(math.prod(shape) for shape in PYTORCH_EXAMPLE_STATE.values()) == 1_199_882
+
+
+class ExampleNet(nn.Module):
+    """pytorch/examples mnist/main.py's `Net`, as published (its forward ends in log_softmax)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 32, 3, 1)
+        self.conv2 = nn.Conv2d(32, 64, 3, 1)
+        self.dropout1 = nn.Dropout(0.25)
+        self.dropout2 = nn.Dropout(0.5)
+        self.fc1 = nn.Linear(9216, 128)
+        self.fc2 = nn.Linear(128, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.relu(self.conv1(x))
+        x = F.relu(self.conv2(x))
+        x = F.max_pool2d(x, 2)
+        x = self.dropout1(x)
+        x = torch.flatten(x, 1)
+        x = F.relu(self.fc1(x))
+        x = self.dropout2(x)
+        return F.log_softmax(self.fc2(x), dim=1)
+
+
+def test_cnn_pytorch_example_computes_what_the_example_does() -> None:
+    model = build("cnn-pytorch-example", MNIST).eval()
+    example = ExampleNet().eval()
+    example.load_state_dict(model.state_dict())
+    x = torch.randn(8, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(F.log_softmax(model(x), dim=1), example(x))
+
+
+def test_cnn_pytorch_example_is_built_from_the_shipped_task_file() -> None:
+    task = load_task(REPO / "tasks" / "mnist-pytorch-example.toml")
+    assert task.model.name == "cnn-pytorch-example"
+    model = build_model(task.model, MNIST, task.task.seed)
+    assert count_parameters(model) == 1_199_882
+    assert same_state(model, build("cnn-pytorch-example", MNIST, seed=task.task.seed))
+    with torch.no_grad():
+        assert model.eval()(torch.randn(4, 1, 28, 28)).shape == (4, 10)
+
+
+def test_cnn_pytorch_example_returns_logits_and_drops_out_only_in_training() -> None:
+    model = build("cnn-pytorch-example", MNIST)
+    x = torch.randn(8, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        model.eval()
+        first, second = model(x), model(x)
+        model.train()
+        torch.manual_seed(0)
+        dropped = model(x)
+    torch.testing.assert_close(first, second, rtol=0, atol=0)
+    assert not torch.allclose(dropped, first)
+    # Logits, not the example's log-probabilities: the trainer's cross-entropy applies the log-softmax.
+    assert not torch.allclose(first.exp().sum(dim=1), torch.ones(8))
 
 
 # --- custom models ------------------------------------------------------------------------------------------
@@ -328,6 +419,7 @@ OVERFIT_CASES: dict[str, tuple[InputSpec, dict[str, Any], float]] = {
     "logistic": (TABULAR, {}, 0.05),
     "mlp": (TABULAR, {"hidden": (32, 32)}, 0.01),
     "cnn": (InputSpec(kind="classification", input_shape=(1, 12, 12), num_classes=4), {}, 0.01),
+    "cnn-pytorch-example": (InputSpec(kind="classification", input_shape=(1, 12, 12), num_classes=4), {}, 0.001),
     "resnet20": (InputSpec(kind="classification", input_shape=(3, 8, 8), num_classes=4), {}, 0.01),
     "char-transformer": (CHARS, {"n_layer": 1, "n_head": 2, "n_embd": 32}, 0.01),
 }

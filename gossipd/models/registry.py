@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from gossipd.data.spec import InputSpec
-from gossipd.models import char_transformer, cnn, custom, logistic, mlp, resnet20
+from gossipd.models import char_transformer, cnn, cnn_pytorch_example, custom, logistic, mlp, resnet20
 from gossipd.models.errors import ModelError
 from gossipd.task.schema import ModelSection
 
@@ -23,6 +23,7 @@ MODELS: Mapping[str, ModelEntry] = {
     "logistic": ModelEntry(logistic.LogisticConfig, logistic.build),
     "mlp": ModelEntry(mlp.MLPConfig, mlp.build),
     "cnn": ModelEntry(cnn.CNNConfig, cnn.build),
+    "cnn-pytorch-example": ModelEntry(cnn_pytorch_example.CNNPyTorchExampleConfig, cnn_pytorch_example.build),
     "resnet20": ModelEntry(resnet20.ResNet20Config, resnet20.build),
     "char-transformer": ModelEntry(char_transformer.CharTransformerConfig, char_transformer.build),
     "custom": ModelEntry(custom.CustomModelConfig, custom.build),

@@ -22,12 +22,17 @@ from torch import nn
 
 from gossipd.data.spec import InputSpec
 from gossipd.models.cnn import CNNConfig
+from gossipd.models.cnn_pytorch_example import CNNPyTorchExampleConfig
 from gossipd.models.mlp import MLPConfig
 from gossipd.models.registry import build_model
 from gossipd.task.schema import ModelSection
 
 SPEC = InputSpec(kind="classification", input_shape=(1, 28, 28), num_classes=10)
-MODELS = {"cnn": CNNConfig(), "mlp": MLPConfig(hidden=(200, 200))}
+MODELS = {
+    "cnn": CNNConfig(),
+    "mlp": MLPConfig(hidden=(200, 200)),
+    "cnn-pytorch-example": CNNPyTorchExampleConfig(),  # the 1.2M-parameter CNN of pytorch/examples' MNIST
+}
 SEED = 1  # every system starts from the same weights
 LR, MOMENTUM, BATCH = 0.05, 0.9, 32
 
