@@ -269,6 +269,11 @@ def _summary(report: Any) -> str:
 @click.option("--init-seed", type=int, help="Initialise the model from this seed, not the task's (experiments).")
 @click.option("--threads", type=click.IntRange(1), help="Torch threads for training (default: torch's choice).")
 @click.option(
+    "--no-task",
+    is_flag=True,
+    help="Start without a task: scripts attach theirs (gossipd.attach), `gossipd join` adds one.",
+)
+@click.option(
     "--log-level", default="info", show_default=True, type=click.Choice(["debug", "info", "warning", "error"])
 )
 def run(
@@ -292,9 +297,11 @@ def run(
     seed: int | None,
     init_seed: int | None,
     threads: int | None,
+    no_task: bool,
     log_level: str,
 ) -> None:
-    """Run the daemon with TASK_FILE (default: the embedded MNIST task) until SIGINT or SIGTERM."""
+    """Run the daemon with TASK_FILE (default: the embedded MNIST task; none with --no-task) until SIGINT or
+    SIGTERM. Training scripts on this machine attach their own models to it with `gossipd.attach`."""
     import logging
 
     import torch
@@ -306,6 +313,8 @@ def run(
     from gossipd.services.network import DialError, RelayOffer
     from gossipd.services.task_runtime import RunOptions
 
+    if no_task and task_file is not None:
+        raise click.UsageError("--no-task and TASK_FILE exclude each other")
     if (peer_index is None) != (peer_count is None):
         raise click.UsageError("--peer-index and --peer-count go together")
     if peer_index is not None and peer_count is not None and peer_index >= peer_count:
@@ -322,7 +331,7 @@ def run(
     logging.getLogger("multiaddr").setLevel(logging.ERROR)
     if threads is not None:
         torch.set_num_threads(threads)
-    task = _load(task_file, data_root)
+    task = None if no_task else _load(task_file, data_root)
     state = Path(state_dir) if state_dir else default_state_dir()
     task_options = RunOptions(
         data_root=Path(data_root) if data_root else None,
@@ -352,7 +361,7 @@ def run(
         task_options=task_options,
     )
     try:
-        trio.run(Daemon(options).run, [(task, task_options)])
+        trio.run(Daemon(options).run, [] if task is None else [(task, task_options)])
     except BaseException as exc:
         # Errors from inside the daemon's nurseries arrive wrapped in exception groups.
         for kind, code in ((SocketInUseError, EXIT_ERROR), (DialError, EXIT_USAGE), (ControlError, EXIT_ERROR)):

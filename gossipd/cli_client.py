@@ -172,6 +172,11 @@ def format_status(data: dict[str, Any]) -> str:
     rows = [_status_row(task) for task in tasks]
     lines.append(table(header, rows, numeric=range(2, 11)))
     lines += [f"{task['id']}: {task['error']}" for task in tasks if task.get("error")]
+    lines += [
+        f"{task['id']}: the model of a script (pid {task['attached_pid']}) attached with gossipd.attach"
+        for task in tasks
+        if task.get("attached_pid") is not None
+    ]
     return "\n".join(lines)
 
 

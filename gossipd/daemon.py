@@ -8,6 +8,7 @@ deadline, a checkpoint is written) and the daemon exits 0.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import signal
 import time
@@ -19,16 +20,17 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from gossipd.adapters.http_unix import serve_unix_http
+from gossipd.adapters.http_unix import serve_unix_http, serve_unix_streams
 from gossipd.adapters.libp2p_network import Libp2pNetwork, load_or_create_identity
-from gossipd.paths import ensure_private_dir
+from gossipd.paths import attach_socket, ensure_private_dir
+from gossipd.services.attach_server import serve_attach_session
 from gossipd.services.control import ControlError, ErrorCode, JoinRequest
 from gossipd.services.control_api import control_handler
 from gossipd.services.exchange import HELLO_LIMIT, MIX_PROTOCOL
 from gossipd.services.network import FrameStream, FrameTooLarge, Network, RelayOffer, StreamClosed
 from gossipd.services.state_transfer import STATE_PROTOCOL
 from gossipd.services.status import DaemonStatus, TaskState, TaskStatus
-from gossipd.services.task_runtime import RunOptions, TaskRuntime
+from gossipd.services.task_runtime import Attachment, RunOptions, TaskRuntime
 from gossipd.task.fields import TaskError
 from gossipd.task.loader import Task, load_task, parse_task
 from gossipd.wire.errors import WireError
@@ -43,6 +45,7 @@ STOP_TIMEOUT = 20.0
 MAX_CRASHES = 5  # crashes of one task within CRASH_WINDOW before the daemon gives up on it
 CRASH_WINDOW = 600.0
 RESTART_PAUSE = 5.0
+ATTACHED_STOP_GRACE = 5.0  # a detached script's exchanges in flight get this long to finish
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -102,6 +105,9 @@ class Daemon:
                     async with trio.open_nursery() as nursery:
                         self._nursery = nursery
                         await nursery.start(serve_unix_http, self.options.socket, control_handler(self))
+                        attach_path = attach_socket(self.options.socket)
+                        session = functools.partial(serve_attach_session, backend=self)
+                        await nursery.start(serve_unix_streams, attach_path, session)
                         for task, options in initial:
                             await self._start_task(task, options)
                         log.info(
@@ -185,6 +191,53 @@ class Daemon:
             del self.tasks[task.id]
             raise ControlError(ErrorCode.INVALID_TASK, f"task {task.id!r} could not start: {runtime.error}")
         return runtime
+
+    # -- scripts that attach their own model (AttachBackend) -------------------------------------------
+
+    @property
+    def join_timeout(self) -> float:
+        return self.options.task_options.join_timeout
+
+    async def attach(self, task: Task, attachment: Attachment) -> TaskRuntime:
+        """Run a task around a script's model for as long as the script stays attached."""
+        if self._stopping or self._nursery is None or self.network is None:
+            raise ControlError(ErrorCode.SHUTTING_DOWN, "the daemon is stopping")
+        existing = self.tasks.get(task.id)
+        if existing is not None:
+            raise ControlError(ErrorCode.TASK_EXISTS, _already_running(existing, task, attachment))
+        runtime = TaskRuntime(
+            task,
+            self.options.task_options,
+            network=self.network,
+            state_dir=self.options.state_dir,
+            attachment=attachment,
+        )
+        self.tasks[task.id] = runtime
+        await self._nursery.start(self._run_attached, runtime)
+        if runtime.state is TaskState.FAILED:
+            self.tasks.pop(task.id, None)
+            raise ControlError(ErrorCode.INVALID_TASK, f"task {task.id!r} could not start: {runtime.error}")
+        return runtime
+
+    async def detach(self, runtime: TaskRuntime) -> None:
+        if self.tasks.get(runtime.task.id) is runtime:
+            await runtime.stop(ATTACHED_STOP_GRACE)
+            self.tasks.pop(runtime.task.id, None)
+
+    async def _run_attached(
+        self, runtime: TaskRuntime, *, task_status: StartStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """An attached task is not restarted after a crash: its session ends and the script attaches again."""
+        try:
+            await runtime.run(task_status=task_status)
+        except Exception:
+            log.exception("attached task %s crashed; its script will attach again", runtime.task.id)
+            runtime.state = TaskState.FAILED
+            if runtime.attachment is not None:
+                runtime.attachment.trainer.detach()
+        finally:
+            if self.tasks.get(runtime.task.id) is runtime:
+                self.tasks.pop(runtime.task.id, None)
 
     async def _run_task(
         self, runtime: TaskRuntime, *, task_status: StartStatus[None] = trio.TASK_STATUS_IGNORED
@@ -270,3 +323,13 @@ class Daemon:
 
     async def export_model(self, task_id: str) -> bytes:
         return await self._runtime(task_id).export()
+
+
+def _already_running(existing: TaskRuntime, task: Task, attachment: Attachment) -> str:
+    """Why a script cannot attach to a task this daemon already runs, naming any model mismatch."""
+    if existing.attachment is None:
+        return f"task {task.id!r} already runs here with gossipd's own trainer; leave it first"
+    theirs = existing.attachment.trainer.layout
+    differences = theirs.differences(attachment.trainer.layout)
+    mismatch = f"; and this script's model differs from it: {'; '.join(differences)}" if differences else ""
+    return f"task {task.id!r} is already attached by the script of pid {existing.attachment.pid}{mismatch}"

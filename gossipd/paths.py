@@ -28,6 +28,12 @@ def default_socket(state_dir: Path | None = None) -> Path:
     return (state_dir or default_state_dir()) / SOCKET_NAME
 
 
+def attach_socket(control_socket: Path) -> Path:
+    """Where scripts attach their models (`gossipd.attach`): beside the control socket, `gossipd.sock` ->
+    `gossipd-attach.sock`."""
+    return control_socket.with_name(f"{control_socket.stem}-attach{control_socket.suffix or '.sock'}")
+
+
 def ensure_private_dir(path: Path) -> Path:
     """Create `path` (and parents) and make it 0700; refuse a folder another user owns."""
     path.mkdir(parents=True, exist_ok=True, mode=0o700)

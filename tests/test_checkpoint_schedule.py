@@ -12,6 +12,7 @@ import torch
 import trio
 
 from gossipd.mixing.layout import mixed_parameters
+from gossipd.services.trainer_service import TrainerService
 from tests.test_disk_full import running_task, train_some
 
 
@@ -20,6 +21,7 @@ async def test_an_unchanged_model_is_not_checkpointed_again_until_it_moves(tmp_p
         async with running_task(tmp_path) as runtime:
             assert runtime.services is not None
             trainer, store = runtime.services.trainer, runtime.services.store
+            assert isinstance(trainer, TrainerService) and store is not None
             await train_some(runtime)
             trainer.pause()
             first = await runtime.checkpoint(only_if_changed=True)

@@ -124,6 +124,7 @@ async def test_a_full_disk_at_checkpoint_time_is_logged_training_goes_on_and_the
         async with running_task(tmp_path) as runtime:
             assert runtime.state is TaskState.TRAINING and runtime.services is not None
             store = runtime.services.store
+            assert store is not None
             disk = FullDisk(store.folder, monkeypatch)
             await train_some(runtime)
             first = await runtime.checkpoint()

@@ -103,6 +103,47 @@ async def serve_unix_http(
         _remove_if_ours(path, inode)
 
 
+async def serve_unix_streams(
+    path: Path,
+    on_stream: Callable[[trio.SocketStream], Awaitable[None]],
+    *,
+    max_connections: int = 64,
+    backlog: int = 16,
+    task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve raw connections on the Unix socket `path` (owner-only, as the control socket) with `on_stream`,
+    one task each, until cancelled; then remove the socket file. A handler's failure costs its connection."""
+    ensure_private_dir(path.parent)
+    await _refuse_live_socket(path)
+    sock, inode = await _bind_private(path, backlog)
+    try:
+        listener = trio.SocketListener(sock)
+        slots = trio.Semaphore(max_connections)
+        async with trio.open_nursery() as nursery:
+            task_status.started()
+            while True:
+                await slots.acquire()
+                stream = await _accept(listener)
+                nursery.start_soon(_stream_task, stream, on_stream, slots)
+    finally:
+        sock.close()
+        _remove_if_ours(path, inode)
+
+
+async def _stream_task(
+    stream: trio.SocketStream, on_stream: Callable[[trio.SocketStream], Awaitable[None]], slots: trio.Semaphore
+) -> None:
+    try:
+        async with stream:
+            await on_stream(stream)
+    except (trio.BrokenResourceError, trio.ClosedResourceError):
+        pass
+    except Exception:
+        log.exception("connection on %s failed", stream.socket.getsockname())
+    finally:
+        slots.release()
+
+
 # The file-system calls below are a few metadata operations on a local folder, once at start: not worth threads.
 
 

@@ -41,9 +41,9 @@ from gossipd.mixing.pacing import StepPacer
 from gossipd.mixing.session import ExchangeResult, ExchangeSession, PeerAborted, Phase
 from gossipd.peering.table import PeerTable
 from gossipd.peering.view import PeerView
+from gossipd.services.model_host import ModelHost
 from gossipd.services.network import DialError, FrameStream, FrameTooLarge, Network, StreamClosed
 from gossipd.services.streams import authenticate, duplex
-from gossipd.services.trainer_service import TrainerService
 from gossipd.task.access import OPEN, Access
 from gossipd.task.schema import GossipSection
 from gossipd.wire.auth import AuthHandshake
@@ -119,7 +119,7 @@ class ExchangeService:
         layout: ParamLayout,
         max_message_bytes: int,
         plain_exchange_bytes: int,
-        trainer: TrainerService,
+        trainer: ModelHost,
         network: Network,
         peers: PeerTable,
         view: PeerView[str],
@@ -269,7 +269,7 @@ class ExchangeService:
                         await trio.sleep(RETRY)  # still due: try again shortly
                     continue
                 if pacer is not None:
-                    pacer.started(self.trainer.trainer.step)
+                    pacer.started(self.trainer.step)
                 self._initiated += 1
                 nursery.start_soon(self._initiate_counted, partner)
 

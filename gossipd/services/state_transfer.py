@@ -10,9 +10,9 @@ import torch
 import trio
 
 from gossipd.mixing.state import read_state, state_message
+from gossipd.services.model_host import ModelHost
 from gossipd.services.network import FrameStream, Network
 from gossipd.services.streams import authenticate
-from gossipd.services.trainer_service import TrainerService
 from gossipd.wire.auth import AuthHandshake
 from gossipd.wire.messages import Message, MessageType, decode_message, encode_message, framed_size
 from gossipd.wire.tensors import DTYPES, TensorSpec
@@ -25,11 +25,11 @@ def max_state_bytes(specs: Mapping[str, TensorSpec]) -> int:
     return data + 512 * len(specs) + 4096
 
 
-async def serve_state(stream: FrameStream, trainer: TrainerService, *, task_hash: bytes, half: bool) -> int:
+async def serve_state(stream: FrameStream, trainer: ModelHost, *, task_hash: bytes, half: bool) -> int:
     """Send this peer's model state (taken at a step boundary; floating tensors as float16 with `half`) and
     close; returns the bytes sent. The caller bounds it with a deadline."""
     state = await trainer.at_boundary(trainer.model_state)
-    message = state_message(state, task=task_hash, step=trainer.trainer.step, degree=1, half=half)
+    message = state_message(state, task=task_hash, step=trainer.step, degree=1, half=half)
     payload = await trio.to_thread.run_sync(encode_message, message)
     await stream.send(payload)
     await stream.close()

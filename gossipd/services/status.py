@@ -78,6 +78,7 @@ class TaskStatus:
     divergences: int = 0  # times the model blew up and was replaced by a neighbour's
     total_steps: int | None = None  # the training budget ([train] total_steps); None: no end
     finish_exchanges: int = 0  # exchanges with finished neighbours since the budget was reached
+    attached_pid: int | None = None  # the script whose model this task mixes (`gossipd.attach`); None: gossipd's
     peers: tuple[PeerStatus, ...] = ()
 
 

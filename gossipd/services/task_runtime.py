@@ -26,6 +26,7 @@ from gossipd.adapters.checkpoint_store import CheckpointError, CheckpointStore
 from gossipd.adapters.export import model_to_safetensors
 from gossipd.data.registry import load_data, peer_shard
 from gossipd.data.spec import ArrayDataset, DataBundle
+from gossipd.mixing.algorithm import Algorithm
 from gossipd.mixing.clipping import Clipper
 from gossipd.mixing.edge_store import edges_from_state, edges_to_state
 from gossipd.mixing.layout import ParamLayout, max_message_bytes, mixed_parameters
@@ -35,13 +36,15 @@ from gossipd.mixing.state import half_state, state_specs
 from gossipd.models.registry import build_model
 from gossipd.peering.table import SOURCES, PeerRecord, PeerTable
 from gossipd.peering.view import PeerView
+from gossipd.services.attached_trainer import AttachedTrainer
 from gossipd.services.discovery import DiscoveryService
 from gossipd.services.exchange import ExchangeService
+from gossipd.services.model_host import ModelHost
 from gossipd.services.network import DialError, FrameStream, FrameTooLarge, Network, StreamClosed
 from gossipd.services.state_transfer import fetch_state, serve_state
 from gossipd.services.status import PeerStatus, TaskState, TaskStatus
 from gossipd.services.trainer_service import TrainerService
-from gossipd.task.access import resolve_access
+from gossipd.task.access import Access, resolve_access
 from gossipd.task.loader import Task
 from gossipd.train.device import pick_device
 from gossipd.train.trainer import Trainer
@@ -77,20 +80,39 @@ class RunOptions:
 
 
 @dataclass(frozen=True)
+class Attachment:
+    """A script's model that a task runs with (`gossipd.attach`) instead of the daemon's own trainer."""
+
+    trainer: AttachedTrainer
+    pid: int
+    device: str  # where the script's model is, as it says
+    fresh: bool  # the script has not trained yet: copy a neighbour's model into it first
+
+
+@dataclass(frozen=True)
 class Services:
     """A loaded task's working parts."""
 
-    trainer: TrainerService
+    trainer: ModelHost
     exchange: ExchangeService
     discovery: DiscoveryService
-    store: CheckpointStore
+    store: CheckpointStore | None  # None for an attached task: its script saves its own model
     state_specs: dict[str, Any]
     fresh: bool  # no usable checkpoint: copy a neighbour's model before mixing
 
 
 class TaskRuntime:
-    def __init__(self, task: Task, options: RunOptions, *, network: Network, state_dir: Path) -> None:
+    def __init__(
+        self,
+        task: Task,
+        options: RunOptions,
+        *,
+        network: Network,
+        state_dir: Path,
+        attachment: Attachment | None = None,
+    ) -> None:
         self.task = task
+        self.attachment = attachment
         self.options = options
         self.network = network
         self.folder = state_dir / "tasks" / task.id
@@ -152,6 +174,8 @@ class TaskRuntime:
     # -- loading and joining ---------------------------------------------------------------------------
 
     async def _load(self) -> Services:
+        if self.attachment is not None:
+            return self._load_attached(self.attachment)
         task, options = self.task, self.options
         section = task.data
         if options.data_root is not None:
@@ -189,7 +213,6 @@ class TaskRuntime:
                 log.warning("checkpoint %s does not fit this task (%s); starting afresh", loaded.path, exc)
         access = resolve_access(task.access, task.folder)
         params = mixed_parameters(trainer.model)
-        layout = ParamLayout.of(params)
         trainer_service = TrainerService(
             trainer,
             data.validation,
@@ -197,14 +220,45 @@ class TaskRuntime:
             eval_samples=task.train.eval_samples,
             budget=task.train.total_steps,
         )
-        exchange = ExchangeService(
+        exchange = self._exchange_service(trainer_service, params, access, algorithm)
+        exchange.edges.update(edges)
+        return Services(
+            trainer=trainer_service,
+            exchange=exchange,
+            discovery=self._discovery_service(exchange, access),
+            store=store,
+            state_specs=state_specs(trainer.model.state_dict(), half=self.half_state),
+            fresh=fresh,
+        )
+
+    def _load_attached(self, attachment: Attachment) -> Services:
+        """The services around a script's model: no data, no trainer, no checkpoints of the daemon's."""
+        host = attachment.trainer
+        access = resolve_access(self.task.access, self.task.folder)
+        params = {e.name: host.mirror[e.name] for e in host.layout.parameters}
+        exchange = self._exchange_service(host, params, access, make_algorithm(self.task.gossip))
+        return Services(
+            trainer=host,
+            exchange=exchange,
+            discovery=self._discovery_service(exchange, access),
+            store=None,
+            state_specs=state_specs(host.mirror, half=self.half_state),
+            fresh=attachment.fresh,
+        )
+
+    def _exchange_service(
+        self, host: ModelHost, params: dict[str, torch.Tensor], access: Access, algorithm: Algorithm[Any]
+    ) -> ExchangeService:
+        task = self.task
+        layout = ParamLayout.of(params)
+        return ExchangeService(
             task_hash=task.hash,
             gossip=task.gossip,
             algorithm=algorithm,
             layout=layout,
             max_message_bytes=max_message_bytes(layout),
             plain_exchange_bytes=plain_exchange_bytes(params, task.hash),
-            trainer=trainer_service,
+            trainer=host,
             network=self.network,
             peers=self.peers,
             view=self.view,
@@ -215,8 +269,10 @@ class TaskRuntime:
             clipper=Clipper(task.robust),
             access=access,
         )
-        exchange.edges.update(edges)
-        discovery = DiscoveryService(
+
+    def _discovery_service(self, exchange: ExchangeService, access: Access) -> DiscoveryService:
+        task, options = self.task, self.options
+        return DiscoveryService(
             network=self.network,
             task_hash=task.hash,
             peers=self.peers,
@@ -229,14 +285,6 @@ class TaskRuntime:
             heartbeat_interval=options.heartbeat_interval,
             rewire_interval=task.gossip.rewire_interval,
             access=access,
-        )
-        return Services(
-            trainer=trainer_service,
-            exchange=exchange,
-            discovery=discovery,
-            store=store,
-            state_specs=state_specs(trainer.model.state_dict(), half=self.half_state),
-            fresh=fresh,
         )
 
     async def _join_if_needed(self, services: Services) -> None:
@@ -334,8 +382,8 @@ class TaskRuntime:
     async def checkpoint(self, *, only_if_changed: bool = False) -> Path | None:
         """Write a checkpoint now (with `only_if_changed`, only if the model moved since the last one); a
         failure (full disk, I/O error) is logged and training goes on."""
-        if self.services is None:
-            return None
+        if self.services is None or self.services.store is None:
+            return None  # an attached task's script saves its own model
         trainer, exchange, store = self.services.trainer, self.services.exchange, self.services.store
         if trainer.diverged.is_set():
             log.warning("task %s: not checkpointing a diverged model over the last good checkpoint", self.task.id)
@@ -413,7 +461,7 @@ class TaskRuntime:
         metadata = {
             "task": self.task.id,
             "task_hash": self.task.hash.hex(),
-            "step": str(trainer.trainer.step),
+            "step": str(trainer.step),
             "algorithm": self.task.gossip.algorithm,
             "model": self.task.model.name,
         }
@@ -438,7 +486,7 @@ class TaskRuntime:
             error=self.error,
             algorithm=self.task.gossip.algorithm,
             settings=settings,
-            device=str(self.device),
+            device=self.attachment.device if self.attachment is not None else str(self.device),
             step=trainer.step if trainer else 0,
             samples=trainer.samples if trainer else 0,
             samples_per_second=trainer.samples_per_second if trainer else 0.0,
@@ -460,13 +508,14 @@ class TaskRuntime:
                 **(services.discovery.rejections if services else {}),
             },
             clipped_exchanges=exchange.clipped if exchange else 0,
-            privacy_epsilon=services.trainer.trainer.epsilon() if services is not None else None,
+            privacy_epsilon=services.trainer.epsilon() if services is not None else None,
             privacy_delta=self.task.privacy.delta if self.task.privacy is not None else None,
             suspects=exchange.suspects if exchange else 0,
             mix_wait_seconds=trainer.held_seconds if trainer else 0.0,
             divergences=self.divergences,
             total_steps=self.task.train.total_steps,
             finish_exchanges=exchange.finish_exchanges if exchange else 0,
+            attached_pid=self.attachment.pid if self.attachment is not None else None,
             peers=self._peer_statuses(),
         )
 

@@ -106,6 +106,14 @@ class TrainerService:
         return self._version
 
     @property
+    def step(self) -> int:
+        return self.trainer.step
+
+    def epsilon(self) -> float | None:
+        """The privacy budget DP-SGD has spent ([privacy]); None without it."""
+        return self.trainer.epsilon()
+
+    @property
     def training_done(self) -> bool:
         """Whether the trainer has taken its budget of steps (it takes no more)."""
         return self.budget is not None and self.trainer.step >= self.budget

@@ -70,6 +70,17 @@ def parse_task(
     text: str, *, file: str = "<task>", base_dir: Path = Path("."), data_root: str | Path | None = None
 ) -> Task:
     """Parse task TOML text; relative data paths resolve against `base_dir` unless `data_root` is given."""
+    doc, top = _read_document(text, file)
+    if "data" not in doc:
+        raise top.error("data", "missing; expected a [data] table with at least `format`")
+    if "model" not in doc:
+        raise top.error("model", "missing; expected a [model] table with at least `name`")
+    data = _read_data(doc["data"], top.child("data"), base_dir, data_root)
+    model = _read_variant(ModelSection, doc["model"], top.child("model"), "name", "options", MODELS)
+    return _task(doc, top, file=file, base_dir=base_dir, data=data, model=model)
+
+
+def _read_document(text: str, file: str) -> tuple[dict[str, Any], Where]:
     try:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
@@ -82,19 +93,18 @@ def parse_task(
             raise top.error(name, f"found {describe(value)}, expected a table [{name}]")
     if "task" not in doc:
         raise top.error("task", "missing; expected a [task] table with at least `id`")
-    if "data" not in doc:
-        raise top.error("data", "missing; expected a [data] table with at least `format`")
-    if "model" not in doc:
-        raise top.error("model", "missing; expected a [model] table with at least `name`")
+    return doc, top
 
+
+def _task(
+    doc: Mapping[str, Any], top: Where, *, file: str, base_dir: Path, data: DataSection, model: ModelSection
+) -> Task:
     task = read_table(TaskSection, doc["task"], top.child("task"))
     if not TASK_ID.match(task.id):
         raise top.child("task").error(
             "id",
             f"found {task.id!r}, expected 1-64 of a-z, 0-9, '.', '_', '-' starting with a letter or digit",
         )
-    data = _read_data(doc["data"], top.child("data"), base_dir, data_root)
-    model = _read_variant(ModelSection, doc["model"], top.child("model"), "name", "options", MODELS)
     train = read_table(TrainSection, doc.get("train", {}), top.child("train"))
     gossip = _read_gossip(doc.get("gossip", {}), top.child("gossip"))
     robust = read_table(RobustSection, doc.get("robust", {}), top.child("robust"))
@@ -115,6 +125,36 @@ def parse_task(
         folder=base_dir,
         hash=task_hash(task, model, gossip),
     )
+
+
+ATTACHED_MODEL = "attached"  # the [model] name an attached task's hash is computed under
+ATTACHED_TRAIN_KEYS = ("total_steps",)
+
+
+@dataclass(frozen=True)
+class AttachedModel:
+    """An attached script's model, as far as the task hash goes: its parameters' layout digest and size."""
+
+    layout: str
+    parameters: int
+
+
+def parse_attached_task(text: str, *, file: str, base_dir: Path, layout: str, parameters: int) -> Task:
+    """A task file for a script that attaches its own model and training loop (`gossipd.attach`): like any
+    task file but without [model] and [data], which the script owns, [train] only for `total_steps`, and no
+    [privacy] (DP-SGD needs gossipd's trainer). The hash covers the model's parameter layout, so scripts
+    whose models differ never mix."""
+    doc, top = _read_document(text, file)
+    for name in ("model", "data"):
+        if name in doc:
+            raise top.error(name, "an attached task names no model or data: the script attaching to it owns them")
+    if "privacy" in doc:
+        raise top.error("privacy", "DP-SGD needs gossipd's own trainer; an attached script trains by itself")
+    for key in doc.get("train", {}):
+        if key not in ATTACHED_TRAIN_KEYS:
+            raise top.child("train").error(key, "an attached script trains by itself; [train] takes only total_steps")
+    model = ModelSection(name=ATTACHED_MODEL, options=AttachedModel(layout=layout, parameters=parameters))
+    return _task(doc, top, file=file, base_dir=base_dir, data=DataSection(format=ATTACHED_MODEL), model=model)
 
 
 def task_hash(task: TaskSection, model: ModelSection, gossip: GossipSection) -> bytes:
