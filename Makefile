@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # a multi-GB CUDA build to satisfy the project's torch range.
 TORCH ?= torch==2.13.0
 
-.PHONY: setup test lint unit demo bench-sim bench bench-peers bench-wan soak fuzz clean
+.PHONY: setup test lint unit demo bench-sim bench bench-attach bench-peers bench-wan soak fuzz clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,10 @@ bench-sim: setup
 bench: setup
 	$(BIN)/python scripts/bench.py
 
+# A training script of its own attached to its daemon (gossipd.attach), against the same script bare.
+bench-attach: setup
+	$(BIN)/python scripts/bench_attach.py
+
 # gossipd against hivemind, Flower, DDP and single-model baselines (creates their virtualenvs under build/).
 bench-peers: setup
 	$(BIN)/python scripts/bench_peers.py
@@ -44,7 +48,9 @@ bench-peers: setup
 bench-wan: setup
 	$(BIN)/python scripts/bench_wan.py
 
+# The slow tests (pytest -m slow), then 8 daemons with one killed every 20 s.
 soak: setup
+	$(BIN)/pytest -m slow
 	$(BIN)/python scripts/soak.py
 
 fuzz: setup

@@ -9,7 +9,7 @@ import signal
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,7 @@ from torch import nn
 import gossipd
 from gossipd.attached import _model_entries, add_in, copy_in, copy_out
 from gossipd.tools.swarm import Swarm, tail
+from tests.daemons import wait_until as wait_for
 
 TASK = """
 [task]
@@ -33,15 +34,6 @@ exchange_timeout = 3.0
 """
 
 
-def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-
-
 @pytest.fixture(scope="module")
 def swarm() -> Iterator[Swarm]:
     """Two daemons with no task of their own, the second bootstrapped from the first."""
@@ -49,11 +41,7 @@ def swarm() -> Iterator[Swarm]:
     (workdir / "task.toml").write_text(TASK)
     swarm = Swarm(workdir=workdir, size=2, partition=False, extra=["--no-task", "--join-timeout", "3"])
     try:
-        first = swarm.start_one(0, ready=False)
-        status = first.status()
-        assert status is not None
-        swarm.bootstrap = status["addresses"][0]
-        swarm.start_one(1, ready=False)
+        swarm.start_without_tasks()
         yield swarm
     finally:
         codes = swarm.stop(timeout=60)
@@ -211,3 +199,31 @@ def test_attached_scripts_mix_show_in_status_and_survive_their_daemon_restarting
     wait_for(lambda: attached_task(swarm, 0) is None and attached_task(swarm, 1) is None, 20, "the tasks to stop")
     log = swarm.daemons[1].log_path.read_text()
     assert "Traceback" not in log, tail(swarm.daemons[1].log_path, 40)
+
+
+def test_accumulation_mixed_precision_and_skipped_steps_count_only_real_optimiser_steps(swarm: Swarm) -> None:
+    """With `optimizer=`, a swarm step is an optimiser step that happened: gradient accumulation takes one
+    per optimiser step, and a step GradScaler skips (inf gradients) is none; autocast and an LR scheduler
+    change nothing."""
+    path = task_file(swarm, TASK.replace('"attached-test"', '"attached-amp"'), "amp.toml")
+    model = small_model(3)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=0.9)
+    scaler = torch.amp.GradScaler("cpu")
+    generator = torch.Generator().manual_seed(0)
+    with gossipd.attach(model, task=path, optimizer=optimizer, socket_path=swarm.daemons[0].socket) as attached:
+        for step in range(4):
+            for _ in range(2):  # two micro-batches per optimiser step
+                x = torch.randn(16, 8, generator=generator)
+                with torch.autocast("cpu", dtype=torch.bfloat16):
+                    loss = nn.functional.cross_entropy(model(x), (x[:, 0] > 0).long()) / 2
+                scaler.scale(loss).backward()  # type: ignore[no-untyped-call]
+            if step == 3:
+                next(model.parameters()).grad.fill_(float("inf"))  # type: ignore[union-attr]
+            scaler.step(optimizer)
+            scaler.update()
+            optimizer.zero_grad()
+            scheduler.step()
+        assert attached.steps == 3  # the fourth step was skipped by the scaler
+        wait_for(lambda: (attached_task(swarm, 0) or {}).get("step") == 3, 10, "the daemon to see 3 steps")
+        assert all(p.dtype == torch.float32 for p in model.parameters())

@@ -156,6 +156,16 @@ class Swarm:
             for daemon in self.daemons:
                 self.wait_ready(daemon, wait)
 
+    def start_without_tasks(self, *, wait: float = 120.0) -> None:
+        """Start daemons that run no task of their own (`extra` holds `--no-task`: scripts attach theirs),
+        peer 0 first as the others' bootstrap; each is awaited until it answers."""
+        first = self.start_one(0, wait=wait, ready=False)
+        status = first.status() or {}
+        if self.use_bootstrap:
+            self.bootstrap = status["addresses"][0]
+        for index in range(1, self.size):
+            self.start_one(index, wait=wait, ready=False)
+
     def statuses(self) -> list[dict[str, Any] | None]:
         return [d.status() if d.alive else None for d in self.daemons]
 
