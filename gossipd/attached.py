@@ -8,7 +8,7 @@ Without `optimizer=`, call `swarm.step()` after each optimiser step instead.
 
 The local daemon (`gossipd run`) stays the machine's one peer: it finds the task's other peers, mixes, and
 answers `gossipd status`. This process talks to it over its attach socket (beside the control socket), and
-the two share the model's tensors through a shared memory file (protocols/attach-v1.md): at a `step()` the
+the two share the model's tensors through a shared memory file (protocols/attach-v2.md): at a `step()` the
 script copies its parameters in when the daemon asks for them, and adds the deltas of finished exchanges
 (or, when it first attaches with an untrained model, loads a neighbour's whole model). Everything else,
 the optimiser, the loss, the schedule, mixed precision, where the model lives, stays the script's.
@@ -26,7 +26,7 @@ import os
 import socket
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -59,6 +59,8 @@ class _Connection:
     task_id: str
     task_hash: str
     ready: bool = False
+    pace: proto.ScriptPace = field(default_factory=proto.ScriptPace)
+    replies: list[dict[str, Any]] = field(default_factory=list)  # sent together, once per step
 
     def close(self) -> None:
         self.sock.close()
@@ -93,7 +95,6 @@ class Attached:
         self.samples = 0
         self._loss: float | None = None
         self._conn: _Connection | None = None
-        self._hold_until: float | None = None
         self._closed = False
         self._lock = threading.Lock()
         self._handover: _Connection | None = None  # a connection the background thread made, not yet adopted
@@ -106,6 +107,7 @@ class Attached:
                 if time.monotonic() > deadline:
                     raise AttachError(f"the daemon did not start task {conn.task_id!r} within {timeout:.0f} s")
                 self._serve(conn, wait=min(1.0, deadline - time.monotonic()))
+                self._flush(conn)
         except (OSError, proto.AttachProtocolError) as exc:
             conn.close()
             raise AttachError(f"attaching to {self.socket_path} failed: {exc}") from None
@@ -141,15 +143,21 @@ class Attached:
         if conn is None:
             return
         try:
-            report = {"t": proto.STEP, "n": self.steps, "samples": self.samples, "loss": self._loss}
-            _send(conn.sock, report)
+            # Where the script is goes into the shared memory, a store and no system call: the daemon reads
+            # it when it needs it, and asked (pace) to be told at the steps where it must act.
+            conn.shared.publish(self.steps, self.samples, self._loss)
             self._serve(conn, wait=0.0)
-            while self._hold_until is not None and self._conn is conn:
-                remaining = self._hold_until - time.monotonic()
-                if remaining <= 0:
-                    self._hold_until = None  # the daemon did not release us in time: train on
+            now = time.monotonic()
+            if conn.pace.report_due(self.steps, now) or conn.replies:
+                conn.replies.append({"t": proto.STEP, "n": self.steps, "samples": self.samples, "loss": self._loss})
+                conn.pace.reported(self.steps, now)
+            self._flush(conn)
+            while self._conn is conn:
+                remaining = conn.pace.hold_remaining(self.steps, time.monotonic())
+                if remaining is None:
                     break
                 self._serve(conn, wait=min(remaining, 0.5))
+                self._flush(conn)
         except (OSError, proto.AttachProtocolError, AttachError) as exc:
             self._lost(conn, exc)
 
@@ -212,6 +220,7 @@ class Attached:
                 shared = SharedState(fd, self.layout)
             finally:
                 os.close(fd)
+            shared.publish(self.steps, self.samples, self._loss)
             sock.settimeout(SEND_TIMEOUT)
             return _Connection(sock, shared, unpacker, str(welcome["task"]), str(welcome["hash"]))
         except (OSError, proto.AttachProtocolError, ValueError) as exc:
@@ -234,7 +243,6 @@ class Attached:
         log.warning("lost the gossipd daemon (%s): training on alone, attaching again in the background", error)
         conn.close()
         self._conn = None
-        self._hold_until = None
         if self._retry is None or not self._retry.is_alive():
             self._retry = threading.Thread(target=self._reconnect, name="gossipd-attach", daemon=True)
             self._retry.start()
@@ -256,7 +264,8 @@ class Attached:
     # -- serving the daemon's requests -----------------------------------------------------------------
 
     def _serve(self, conn: _Connection, wait: float) -> None:
-        """Handle every message that has arrived (waiting up to `wait` seconds for the first)."""
+        """Handle every message that has arrived (waiting up to `wait` seconds for the first); the replies
+        wait in `conn.replies` for `_flush`."""
         for message in _receive(conn, wait):
             kind = message["t"]
             if kind == proto.SYNC:
@@ -264,30 +273,34 @@ class Attached:
                 with torch.no_grad():
                     for entry in names:
                         copy_out(self.tensors[entry.name], conn.shared.out[entry.name])
-                _send(conn.sock, {"t": proto.SYNCED, "id": proto.field(message, "id", int)})
+                conn.replies.append({"t": proto.SYNCED, "id": proto.field(message, "id", int), "n": self.steps})
             elif kind == proto.DELTA:
                 with torch.no_grad():
                     for entry in self.entries:
                         if entry.parameter:
                             add_in(self.tensors[entry.name], conn.shared.inward[entry.name])
-                _send(conn.sock, {"t": proto.APPLIED, "id": proto.field(message, "id", int)})
+                conn.replies.append({"t": proto.APPLIED, "id": proto.field(message, "id", int)})
             elif kind == proto.LOAD:
                 with torch.no_grad():
                     for entry in self.entries:
                         copy_in(self.tensors[entry.name], conn.shared.inward[entry.name])
-                _send(conn.sock, {"t": proto.LOADED, "id": proto.field(message, "id", int)})
+                conn.replies.append({"t": proto.LOADED, "id": proto.field(message, "id", int)})
                 log.info("loaded a neighbour's model (step %s)", message.get("step"))
-            elif kind == proto.HOLD:
-                seconds = float(proto.field(message, "seconds", (int, float)))
-                self._hold_until = time.monotonic() + seconds + 1.0
-            elif kind == proto.GO:
-                self._hold_until = None
+            elif kind == proto.PACE:
+                conn.pace.on_pace(message)
             elif kind == proto.READY:
                 conn.ready = True
             elif kind == proto.ERROR:
                 raise AttachError(f"the daemon refused: {message.get('message')}")
             else:
                 raise proto.AttachProtocolError(f"unexpected {kind!r}")
+
+    def _flush(self, conn: _Connection) -> None:
+        """Send this step's replies in one write: each write wakes the daemon's event loop, and on a shared
+        core every wake-up is time the script does not train."""
+        if conn.replies:
+            replies, conn.replies = conn.replies, []
+            conn.sock.sendall(b"".join(proto.encode(m) for m in replies))
 
 
 # -- moving tensors: the model may be on any device and in any floating dtype; the shared memory is CPU --

@@ -177,7 +177,16 @@ def format_status(data: dict[str, Any]) -> str:
         for task in tasks
         if task.get("attached_pid") is not None
     ]
+    lines += [_budget_line(task) for task in tasks if task.get("mixing_cpu") is not None]
     return "\n".join(lines)
+
+
+def _budget_line(task: dict[str, Any]) -> str:
+    """A step-paced task under a CPU budget: the pace in force and why."""
+    return (
+        f"{task['id']}: an exchange every {task['steps_per_exchange']} steps; mixing used "
+        f"{task['mixing_cpu']:.0%} of a core, allowed {task['mixing_cpu_allowed']:.0%} ([gossip] cpu_budget)"
+    )
 
 
 def _relay_lines(relay: dict[str, Any] | None) -> list[str]:

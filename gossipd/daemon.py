@@ -104,10 +104,11 @@ class Daemon:
                     network.set_handler(STATE_PROTOCOL, self._on_state_stream)
                     async with trio.open_nursery() as nursery:
                         self._nursery = nursery
-                        await nursery.start(serve_unix_http, self.options.socket, control_handler(self))
+                        # The attach socket first: whoever sees the control socket answer may attach at once.
                         attach_path = attach_socket(self.options.socket)
                         session = functools.partial(serve_attach_session, backend=self)
                         await nursery.start(serve_unix_streams, attach_path, session)
+                        await nursery.start(serve_unix_http, self.options.socket, control_handler(self))
                         for task, options in initial:
                             await self._start_task(task, options)
                         log.info(

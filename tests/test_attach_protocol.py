@@ -1,13 +1,17 @@
-"""The attach protocol's pure parts: shared-memory layout, layout digest, hello validation, message checks."""
+"""The attach protocol's pure parts: shared-memory layout and counters, layout digest, hello validation, message
+checks, the script's side of pacing."""
 
 from __future__ import annotations
 
 import itertools
+import math
+import os
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from gossipd.adapters.shared_memory import SharedState, create_memory
 from gossipd.paths import attach_socket
 from gossipd.services.attach_server import read_hello
 from gossipd.task.fields import TaskError
@@ -34,7 +38,8 @@ def test_layout_places_every_entry_aligned_and_apart() -> None:
     spans.sort()
     assert all(a_end <= b_start for (_, a_end), (b_start, _) in itertools.pairwise(spans))
     assert spans[-1][1] <= layout.region_bytes
-    assert layout.total_bytes == 2 * layout.region_bytes
+    assert layout.total_bytes == proto.HEADER_BYTES + 2 * layout.region_bytes
+    assert layout.out_offset == proto.HEADER_BYTES and layout.in_offset == layout.out_offset + layout.region_bytes
     # parameters travel as float32 whatever the model's dtype; buffers keep theirs
     assert ENTRIES[0].shared_dtype == "float32" and ENTRIES[2].shared_dtype == "int64"
 
@@ -165,3 +170,70 @@ def test_a_daemon_task_file_still_needs_model_and_data() -> None:
 def test_the_attach_socket_sits_beside_the_control_socket() -> None:
     assert attach_socket(Path("/run/gossipd/gossipd.sock")) == Path("/run/gossipd/gossipd-attach.sock")
     assert attach_socket(Path("/tmp/x/sock")) == Path("/tmp/x/sock-attach.sock")
+
+
+def test_the_counters_one_side_publishes_the_other_reads() -> None:
+    layout = proto.SharedLayout.of(ENTRIES)
+    fd = create_memory(layout.total_bytes)
+    try:
+        script, daemon = SharedState(fd, layout), SharedState(fd, layout)
+    finally:
+        os.close(fd)
+    assert daemon.counters() == (0, 0, 0.0)  # zeroed memory, until the daemon writes its hello's step
+    daemon.publish(0, 0, None)
+    assert daemon.counters() == (0, 0, None)
+    script.publish(12, 384, 0.25)
+    assert daemon.counters() == (12, 384, 0.25)
+    script.out["fc.bias"].fill_(3.0)  # the regions lie past the counters
+    script.publish(13, 416, None)
+    assert daemon.counters() == (13, 416, None) and float(daemon.out["fc.bias"][0]) == 3.0
+    daemon.close()
+    assert daemon.counters() == (13, 416, None)  # the last read, once unmapped
+    script.close()
+
+
+def test_script_pace_reports_where_asked_and_about_once_a_second() -> None:
+    pace = proto.ScriptPace()
+    assert pace.report_due(1, now=0.0)  # nothing reported yet
+    pace.reported(1, now=0.0)
+    pace.on_pace({"t": proto.PACE, "report": 5, "until": None, "wait": 2.0})
+    assert not pace.report_due(4, now=0.5)
+    assert pace.report_due(5, now=0.5)
+    pace.reported(5, now=0.5)
+    assert not pace.report_due(6, now=1.0)  # the report asked for was made
+    assert pace.report_due(7, now=1.6)  # a second since the last one
+    pace.reported(7, now=1.6)
+    pace.on_pace({"t": proto.PACE, "report": 9, "until": None, "wait": 2.0})
+    pace.reported(8, now=2.7)  # a timed report before the step asked for keeps the request
+    assert pace.report_due(9, now=2.8)
+
+
+def test_script_pace_holds_at_until_for_the_wait_and_a_second_more() -> None:
+    pace = proto.ScriptPace()
+    pace.on_pace({"t": proto.PACE, "report": 4, "until": 4, "wait": 2.0})
+    assert pace.hold_remaining(3, now=0.0) is None
+    assert pace.hold_remaining(4, now=10.0) == pytest.approx(3.0)
+    assert pace.hold_remaining(4, now=12.5) == pytest.approx(0.5)
+    assert pace.hold_remaining(4, now=13.1) is None  # the daemon never answered: train on
+    assert pace.hold_remaining(4, now=13.2) is None
+    pace.on_pace({"t": proto.PACE, "report": None, "until": 6, "wait": 2.0})
+    assert pace.hold_remaining(6, now=20.0) == pytest.approx(3.0)
+    pace.on_pace({"t": proto.PACE, "report": None, "until": 10, "wait": 2.0})  # a mix: go on
+    assert pace.hold_remaining(6, now=20.1) is None
+    pace.detached()
+    assert pace.until is None and pace.report_due(1, now=0.0)
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        {"t": "pace", "report": "soon", "wait": 1.0},
+        {"t": "pace", "until": 1.5, "wait": 1.0},
+        {"t": "pace", "report": 1},
+        {"t": "pace", "wait": -1.0},
+        {"t": "pace", "wait": math.inf},
+    ],
+)
+def test_a_bad_pace_is_refused(message: dict[str, Any]) -> None:
+    with pytest.raises(proto.AttachProtocolError):
+        proto.ScriptPace().on_pace(message)

@@ -40,7 +40,8 @@ class FakeScript:
         send, self.inbox = trio.open_memory_channel[dict[str, Any]](64)
         self.host = AttachedTrainer(self.shared, send, step=0, sync_wait=0.5, state_wait=1.0)
         self.steps = 0
-        self.held = False
+        self.pace = proto.ScriptPace()
+        self.now = 0.0  # the script's clock for its pacing: still, so it reports only where asked (and once)
         self.applied = 0
         self.trained = {e.name: torch.zeros(e.shape) for e in ENTRIES}  # the sum of every local step's change
 
@@ -58,7 +59,7 @@ class FakeScript:
                 names = [e.name for e in ENTRIES if message["full"] or e.parameter]
                 for name in names:
                     self.mine.out[name].copy_(self.model[name])
-                self.host.on_message({"t": proto.SYNCED, "id": message["id"]})
+                self.host.on_message({"t": proto.SYNCED, "id": message["id"], "n": self.steps})
             elif kind == proto.DELTA:
                 for e in ENTRIES:
                     if e.parameter:
@@ -69,23 +70,28 @@ class FakeScript:
                 for e in ENTRIES:
                     self.model[e.name].copy_(self.mine.inward[e.name])
                 self.host.on_message({"t": proto.LOADED, "id": message["id"]})
-            elif kind == proto.HOLD:
-                self.held = True
-            elif kind == proto.GO:
-                self.held = False
+            elif kind == proto.PACE:
+                self.pace.on_pace(message)
 
     def holding(self) -> bool:
-        return self.held
+        return self.pace.hold_remaining(self.steps, self.now) is not None
 
-    def train(self, scale: float = 0.1) -> None:
-        """One local step: the parameters move (and the move is recorded), then the step is reported."""
+    def train(self, scale: float = 0.1, *, serve: bool = True) -> None:
+        """One local step, as `Attached.step` takes it: the parameters move (and the move is recorded), the
+        step count goes into the shared memory, the daemon's messages are served (unless `serve` is False)
+        and the step is reported if the daemon asked for it."""
         for e in ENTRIES:
             if e.parameter:
                 change = scale * torch.randn(e.shape)
                 self.model[e.name] += change
                 self.trained[e.name] += change
         self.steps += 1
-        self.host.on_message({"t": proto.STEP, "n": self.steps, "samples": 32 * self.steps, "loss": 1.0})
+        self.mine.publish(self.steps, 32 * self.steps, 1.0)
+        if serve:
+            self.serve()
+        if self.pace.report_due(self.steps, self.now):
+            self.pace.reported(self.steps, self.now)
+            self.host.on_message({"t": proto.STEP, "n": self.steps, "samples": 32 * self.steps, "loss": 1.0})
 
     async def serving(self, every: float = 0.01) -> None:
         while True:
@@ -127,7 +133,7 @@ async def test_a_snapshot_is_the_model_with_every_delta_not_yet_in_it(script: Fa
     d2 = {"b": torch.full((3,), 2.0)}
     host.submit(d1)  # sent at once: the script has not applied it yet
     host.submit(d2)  # waits: one delta is outstanding at a time
-    script.train()
+    script.train(serve=False)
     snapshot: dict[str, torch.Tensor] = {}
 
     async def take() -> None:
@@ -274,7 +280,7 @@ async def test_exchange_due_follows_the_scripts_steps(script: FakeScript) -> Non
     ("message", "complaint"),
     [
         ({"t": proto.APPLIED, "id": 99}, "nothing of that id"),
-        ({"t": proto.SYNCED, "id": 99}, "no such sync"),
+        ({"t": proto.SYNCED, "id": 99, "n": 0}, "no such sync"),
         ({"t": proto.STEP, "n": -1, "samples": 0}, "went back"),
         ({"t": proto.STEP, "n": 1, "samples": "many"}, "samples"),
         ({"t": proto.STEP, "n": 1, "samples": 1, "loss": "low"}, "loss"),

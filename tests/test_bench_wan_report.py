@@ -66,9 +66,12 @@ def test_one_verdict_per_speed(ours: float | None, theirs: float | None, rate: i
 def test_report_has_a_table_and_verdict_per_speed(tmp_path: Path) -> None:
     results = [run("gossipd-plain-paced", 20), run("hivemind", 80), run("gossipd-plain-paced", 15, rate=100_000_000)]
     text = report(results, {"cnn": "docs/bench-wan-cnn.png"})
-    assert text.count("### cnn, every link") == 2
+    assert text.count("### cnn, every link 10mbit and 100mbit up and down") == 1
     assert text.count("- Time to 98%") == 2
-    assert "| gossipd, plain gossip, step-paced | 1 | 20 | 20 | 20 | 5.0 | 50% | 98.50 |" in text
+    assert (
+        "| gossipd, plain gossip, step-paced | 1/1 | 20 (20) | 5.0, 50% | 98.50 | 15 (15) | 5.0, 50% | 98.50 |" in text
+    )
+    assert "| hivemind (Optimizer, local updates) | 1 | 80 (80) | 5.0, 50% | 98.50 | — | — | — |" in text
     path = tmp_path / "plot.png"
     plot(results, "cnn", path)
     assert path.stat().st_size > 0

@@ -12,10 +12,10 @@ import trio
 from click.testing import CliRunner, Result
 
 from gossipd.cli import main
-from gossipd.cli_client import human_bytes, human_duration
+from gossipd.cli_client import format_status, human_bytes, human_duration
 from gossipd.services.control import JoinRequest
 from gossipd.services.status import to_json
-from tests.test_control_api import MODEL_BYTES, FakeBackend, names, short_socket_dir, start_server
+from tests.test_control_api import MODEL_BYTES, FakeBackend, make_status, names, short_socket_dir, start_server
 
 
 @pytest.fixture
@@ -185,3 +185,11 @@ def test_human_units() -> None:
         "0 B", "999 B", "1.0 kB", "12.3 MB", "3.0 GB", "5000.0 TB"
     ]  # fmt: skip
     assert [human_duration(s) for s in (5, 65, 3723, 90_000)] == ["5s", "1m 05s", "1h 02m", "1d 01h"]
+
+
+def test_status_says_what_pace_a_cpu_budget_set() -> None:
+    data = to_json(make_status())
+    data["tasks"][0].update(steps_per_exchange=6, mixing_cpu=0.12, mixing_cpu_allowed=0.05)
+    text = format_status(data)
+    assert "mnist: an exchange every 6 steps; mixing used 12% of a core, allowed 5% ([gossip] cpu_budget)" in text
+    assert "cifar: an exchange every" not in text  # no budget there: no line

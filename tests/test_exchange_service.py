@@ -50,6 +50,7 @@ from gossipd.services.exchange import (
     MIX_PROTOCOL,
     REJECTION_BACKOFF,
     STREAM_REUSE,
+    ExchangeCounters,
     ExchangeService,
     ExchangeStatistics,
 )
@@ -912,6 +913,42 @@ async def test_a_hung_neighbour_holds_a_step_paced_trainer_no_longer_than_one_ex
     assert max(gaps) <= TIMEOUT + 2 * TRAIN_CHUNK_SECONDS, max(gaps)  # the failed exchange released it
     assert len(chunks) >= 60 / (TIMEOUT + 1)  # and it went on training
     assert a.exchange.statistics().failed >= 2
+
+
+@pytest.mark.parametrize(("idle_cores", "stretched"), [(0.0, True), (2.0, False)])
+async def test_a_cpu_budget_stretches_the_pace_while_the_cores_are_busy(
+    autojump_clock: trio.testing.MockClock, idle_cores: float, stretched: bool
+) -> None:
+    # Each exchange a peer takes part in costs it 50 ms of CPU: mixing every 2 steps of a trainer taking ~10
+    # steps a second spends half a core, five times a budget of 0.1. With no idle time the pace stretches
+    # until mixing fits; with two idle cores it may use them, and stays at 2 steps.
+    section = dataclasses.replace(gossip(steps_per_exchange=2), cpu_budget=0.1)
+    with trio.fail_after(300):
+        async with fake_swarm(seed=11, latency=0.02) as hub:
+            peers = await start_peers(hub, "AB", section=section, trainer="stepping")
+            for peer in peers:
+                trainer, counters = peer.trainer.trainer, peer.exchange.counters
+
+                def cpu(trainer: Trainer = trainer, counters: ExchangeCounters = counters) -> float:
+                    return trainer.cpu_seconds + 0.05 * (counters.exchanges + counters.failed)
+
+                peer.exchange.cpu_clock = cpu
+                peer.exchange.idle_clock = lambda: idle_cores * trio.current_time()
+            await mix_for(hub, peers, 40)
+
+    for peer in peers:
+        stats = peer.exchange.statistics()
+        pacer = peer.trainer.pacer
+        assert pacer is not None and stats.steps_per_exchange == pacer.every and pacer.lag == 2 * pacer.every
+        assert stats.mixing_cpu is not None and stats.mixing_cpu_allowed is not None
+        assert stats.failed == 0 and stats.exchanges >= 20
+        if stretched:
+            assert 5 <= pacer.every <= 20, pacer.every
+            assert stats.mixing_cpu_allowed == pytest.approx(0.1)
+            assert stats.mixing_cpu <= 0.25, stats.mixing_cpu  # brought down from ~0.5 towards the budget
+        else:
+            assert pacer.every == 2
+            assert stats.mixing_cpu_allowed == pytest.approx(0.1 + 2.0 - 0.25)
 
 
 # -- a training budget and the finish ------------------------------------------------------------------------

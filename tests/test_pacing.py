@@ -58,3 +58,17 @@ def test_a_declined_exchange_is_due_again_at_once_and_reset_starts_afresh() -> N
 def test_nonsense_settings_are_refused(every: int, lag: int | None) -> None:
     with pytest.raises(ValueError, match="at least"):
         StepPacer(every, lag)
+
+
+def test_a_new_pace_keeps_the_lag_in_proportion_and_the_due_exchange_due() -> None:
+    pacer = StepPacer(2, lag=6, step=0)
+    pacer.started(0)  # next due at 2
+    pacer.set_every(10)
+    assert pacer.every == 10 and pacer.lag == 30
+    assert pacer.due(2)  # due under the old pace: still due
+    pacer.started(2)
+    assert not pacer.due(11) and pacer.due(12)
+    pacer.set_every(1)
+    assert pacer.lag == 3
+    with pytest.raises(ValueError, match="at least 1"):
+        pacer.set_every(0)

@@ -24,7 +24,16 @@ class StepPacer:
         self.lag = 2 * every if lag is None else lag
         if self.lag < every:
             raise ValueError(f"the lag ({self.lag}) must be at least the steps per exchange ({every})")
+        self._lag_ratio = self.lag / every
         self.reset(step)
+
+    def set_every(self, every: int) -> None:
+        """A new number of steps per exchange (the CPU budget stretched or restored it); the lag keeps its
+        ratio to it. The exchange already due stays due; the next one follows the new pace."""
+        if every < 1:
+            raise ValueError(f"steps per exchange must be at least 1, not {every}")
+        self.every = every
+        self.lag = max(every, round(self._lag_ratio * every))
 
     def reset(self, step: int) -> None:
         """Start afresh at `step` (at start-up, and after the model was replaced by a neighbour's)."""

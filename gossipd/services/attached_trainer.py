@@ -2,9 +2,12 @@
 
 This stands where `TrainerService` stands for the daemon's own trainer, with the same contract towards the
 exchange service and the task runtime (`gossipd.services.model_host.ModelHost`). Its *boundaries* are the
-script's calls to `step()`: the script reports every step, and at a step it serves what the daemon asked
-for, in the order asked (protocols/attach-v1.md): write its model into shared memory (a sync), add a delta,
-load a whole state, or hold for a mix.
+script's calls to `step()`: at a step the script publishes its step count in the shared memory and serves
+what the daemon asked for, in the order asked (protocols/attach-v2.md): write its model into shared memory
+(a sync), add a delta, load a whole state. It sends a message about its step only at the steps the daemon
+named in its last `pace` (where an exchange falls due, or where it must wait for a mix) and about once a
+second: a message per step would wake this event loop a hundred times a second on the core the script
+trains on.
 
 The daemon keeps a *mirror*, the script's model as of its last sync. An exchange mixes a snapshot: the mirror
 plus every delta not yet in it (sent to the script after the sync was asked for, or not sent yet), so the
@@ -36,6 +39,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("gossipd.attached")
 T = TypeVar("T")
 _MAX_PENDING = 64
+RATE_SECONDS = 0.5  # the script's rate is measured over at least this long
 
 
 class Detached(RuntimeError):
@@ -59,18 +63,18 @@ class AttachedTrainer:
         self.budget = budget
         self.sync_wait = sync_wait
         self.state_wait = state_wait
-        self.script_step = step
+        self._reported_step = step  # the last step the script told of (its hello, or a step message)
         self._offset = 0  # a copied neighbour's step count minus the script's at the copy
-        self.samples = 0
+        self._reported_samples = 0
         self._loss: float | None = None
         self._rate = 0.0
         self._last_report: tuple[float, int] | None = None
-        self._version = 0
+        self._changes = 0  # deltas and loads the script took: with its steps, the model's version
         self._ids = 0
         self.mirror: dict[str, torch.Tensor] = {
             e.name: torch.zeros(e.shape, dtype=_dtype(e)) for e in self.layout.entries
         }
-        self._synced_version: int | None = None
+        self._synced_at: int | None = None  # the script's step when it wrote the model the mirror holds
         self._sync: _Sync | None = None  # the sync asked for and not yet answered
         self._frozen: Delta | None = None  # deltas sent before the outstanding sync was asked for
         self._unsynced: Delta | None = None  # deltas sent since the last sync was asked for
@@ -80,6 +84,8 @@ class AttachedTrainer:
         self.pacer: StepPacer | None = None
         self._may_hold: Callable[[], bool] = lambda: False
         self._hold_limit = 0.0
+        # What the script knows before any pace message: nothing to report, nowhere to wait.
+        self._pace_sent: dict[str, Any] = {"t": proto.PACE, "report": None, "until": None, "wait": 0.0}
         self._holding_since: float | None = None
         self._held_seconds = 0.0
         self._paused = False
@@ -97,38 +103,39 @@ class AttachedTrainer:
         if kind == proto.STEP:
             self._on_step(message)
         elif kind == proto.SYNCED:
-            self._on_synced(proto.field(message, "id", int))
+            self._on_synced(proto.field(message, "id", int), proto.field(message, "n", int))
         elif kind in (proto.APPLIED, proto.LOADED):
             ident = proto.field(message, "id", int)
             if ident != self._outstanding:
                 raise proto.AttachProtocolError(f"{kind} {ident}: nothing of that id was sent")
             self._outstanding = None
-            self._version += 1
+            self._changes += 1
             self._pump()
 
     def _on_step(self, message: dict[str, Any]) -> None:
         step = proto.field(message, "n", int)
         samples = proto.field(message, "samples", int)
         loss = proto.field(message, "loss", (int, float), optional=True)
-        if step < self.script_step or samples < 0:
-            raise proto.AttachProtocolError(f"step: the step count went back from {self.script_step} to {step}")
+        if step < self._reported_step or samples < 0:
+            raise proto.AttachProtocolError(f"step: the step count went back from {self._reported_step} to {step}")
         now = trio.current_time()
-        if self._last_report is not None and samples > self._last_report[1] and now > self._last_report[0]:
-            rate = (samples - self._last_report[1]) / (now - self._last_report[0])
-            self._rate = rate if self._rate == 0 else 0.95 * self._rate + 0.05 * rate
-        self._last_report = (now, samples)
+        last = self._last_report
+        if last is None or samples < last[1]:
+            self._last_report = (now, samples)
+        elif now - last[0] >= RATE_SECONDS:  # reports come at uneven steps: measure over spans of time
+            rate = (samples - last[1]) / (now - last[0])
+            self._rate = rate if self._rate == 0 else 0.7 * self._rate + 0.3 * rate
+            self._last_report = (now, samples)
         if loss is not None and math.isfinite(loss):
-            self._loss = float(loss) if self._loss is None else 0.9 * self._loss + 0.1 * float(loss)
-        if step != self.script_step:
-            self.script_step = step
-            self._version += 1
-        self.samples = samples
+            self._loss = float(loss) if self._loss is None else 0.7 * self._loss + 0.3 * float(loss)
+        self._reported_step = step
+        self._reported_samples = samples
         self._moved()
         if self.training_done:
             self._reached_budget()
-        self._update_hold()
+        self._update_pace()
 
-    def _on_synced(self, ident: int) -> None:
+    def _on_synced(self, ident: int, step: int) -> None:
         sync = self._sync
         if sync is None or ident != sync.ident:
             raise proto.AttachProtocolError(f"synced {ident}: no such sync was asked for")
@@ -137,11 +144,20 @@ class AttachedTrainer:
             names = self.layout.entries if sync.full else self.layout.parameters
             for entry in names:
                 self.mirror[entry.name].copy_(self.shared.out[entry.name])
-            self._synced_version = sync.version
+            self._synced_at = step
             self._frozen = None
         sync.done.set()
 
     # -- the ModelHost contract ------------------------------------------------------------------------
+
+    @property
+    def script_step(self) -> int:
+        """The script's step count, as it published it last (it may have told of none of those steps)."""
+        return max(self._reported_step, self.shared.counters()[0])
+
+    @property
+    def samples(self) -> int:
+        return max(self._reported_samples, self.shared.counters()[1])
 
     @property
     def step(self) -> int:
@@ -149,7 +165,7 @@ class AttachedTrainer:
 
     @property
     def version(self) -> int:
-        return self._version
+        return self.script_step + self._changes
 
     @property
     def training_done(self) -> bool:
@@ -160,6 +176,7 @@ class AttachedTrainer:
         self.pacer = pacer
         self._may_hold = may_hold
         self._hold_limit = hold_limit
+        self._update_pace()
 
     def submit(self, delta: Delta) -> None:
         if self.pacer is not None:
@@ -170,10 +187,10 @@ class AttachedTrainer:
             delta = merged
         self._pending.append(delta)
         self._pump()
-        self._update_hold()
+        self._update_pace()
 
     async def snapshot(self) -> dict[str, torch.Tensor]:
-        if self._synced_version != self._version:
+        if not self._fresh():
             await self._synced(full=False, wait=self.sync_wait)
         params = {e.name: self.mirror[e.name].clone() for e in self.layout.parameters}
         for extra in (self._frozen, self._unsynced, *self._pending):
@@ -205,12 +222,13 @@ class AttachedTrainer:
         self._pending.clear()
         self._offset = max(0, step - self.script_step)
         self._load_step = step
-        self._version += 1
-        self._synced_version = self._version
+        self._changes += 1
+        self._synced_at = self.script_step  # the mirror is what the script's model is about to be
         if self.pacer is not None:
             self.pacer.reset(self.step)
         self._pump()
         self._moved()
+        self._update_pace()
 
     def capture(self) -> dict[str, Any]:
         raise RuntimeError("an attached task's model and optimiser are the script's to checkpoint")
@@ -218,11 +236,15 @@ class AttachedTrainer:
     def epsilon(self) -> float | None:
         return None
 
+    def training_cpu_seconds(self) -> float:
+        return 0.0  # the script trains in its own process
+
     def statistics(self) -> TrainerStatistics:
+        loss = self._loss if self._loss is not None else self.shared.counters()[2]
         return TrainerStatistics(
             step=self.step,
             samples=self.samples,
-            loss=self._loss,
+            loss=loss,
             samples_per_second=self._rate,
             evaluation=None,
             evaluated_at_step=None,
@@ -232,12 +254,13 @@ class AttachedTrainer:
     async def exchange_due(self) -> None:
         assert self.pacer is not None
         while not (self.pacer.due(self.step) or self.training_done):
+            self._update_pace()  # the script reports at the step the exchange falls due
             await self._stepped.wait()
 
     def mix_failed(self) -> None:
         if self.pacer is not None:
             self.pacer.release(self.step)
-            self._update_hold()
+            self._update_pace()
 
     def mix_declined(self) -> None:
         if self.pacer is not None:
@@ -252,25 +275,29 @@ class AttachedTrainer:
 
     def pause(self) -> None:
         self._paused = True
-        self._update_hold()
+        self._update_pace()
 
     def resume(self) -> None:
         self._paused = False
-        self._update_hold()
+        self._update_pace()
 
     async def run(self, *, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Release a hold the mixes have not ended within the hold limit (as the daemon's trainer does)."""
+        """Release a hold the mixes have not ended within the hold limit (as the daemon's trainer does), and
+        follow what the script's steps do not announce (a neighbour to wait for appeared or went)."""
         task_status.started()
         while True:
             self._wake = trio.Event()
-            with trio.move_on_after(0.5):
+            since = self._holding_since
+            timeout = 0.5 if since is None else min(0.5, max(0.0, since + self._hold_limit - trio.current_time()))
+            with trio.move_on_after(timeout):
                 await self._wake.wait()
+            self._update_pace()
             since = self._holding_since
             if since is not None and not self._paused and trio.current_time() - since >= self._hold_limit:
                 if self.pacer is not None:
                     log.debug("no mix for %.1f s: the script trains on", self._hold_limit)
                     self.pacer.release(self.step)
-                self._update_hold()
+                self._update_pace()
 
     async def sync_all(self) -> None:
         """Wait for the script's whole model (the first thing a session does: the mirror starts empty)."""
@@ -285,6 +312,10 @@ class AttachedTrainer:
         self._moved()
 
     # -- internals -------------------------------------------------------------------------------------
+
+    def _fresh(self) -> bool:
+        """Whether the mirror holds the script's model as of its current step (deltas aside)."""
+        return self._synced_at is not None and self._synced_at >= self.script_step
 
     def _check_attached(self) -> None:
         if self.closed:
@@ -309,9 +340,9 @@ class AttachedTrainer:
             while not self.closed:
                 sync = self._sync
                 if sync is None:
-                    if self._synced_version == self._version and not full:
+                    if self._fresh() and not full:
                         return
-                    sync = self._sync = _Sync(self._next_id(), full, self._version)
+                    sync = self._sync = _Sync(self._next_id(), full)
                     self._frozen = _sum(self._frozen, self._unsynced)
                     self._unsynced = None
                     self._send({"t": proto.SYNC, "id": sync.ident, "full": full})
@@ -347,19 +378,45 @@ class AttachedTrainer:
         self._outstanding = self._next_id()
         self._send({"t": proto.DELTA, "id": self._outstanding})
 
-    def _update_hold(self) -> None:
-        pacer = self.pacer
-        wanted = self._paused or (
-            pacer is not None and not self.training_done and self._may_hold() and pacer.allowance(self.step) == 0
-        )
-        if wanted and self._holding_since is None:
+    def _update_pace(self) -> None:
+        """Tell the script (when it changed) at which step to report, and at which to wait for a mix.
+
+        It reports where the next exchange falls due, where the training budget ends and where it must
+        wait; it waits once `lag` steps passed since the last mix it took part in, while there is a
+        neighbour to mix with (as the daemon's own trainer does), or at once while the task is paused."""
+        pacer, step = self.pacer, self.step
+        marks: list[int] = []
+        hold: int | None = None
+        if self._paused:
+            hold = step
+        elif pacer is not None and not self.training_done:
+            marks.append(pacer.next_start)
+            if self._may_hold():
+                hold = pacer.last_mix + pacer.lag
+        if self.budget is not None and not self.training_done:
+            marks.append(self.budget)
+        if hold is not None:
+            marks.append(hold)
+        upcoming = [mark for mark in marks if mark > step]
+        holding = hold is not None and step >= hold
+        if holding and self._holding_since is None:
             self._holding_since = trio.current_time()
-            self._send({"t": proto.HOLD, "seconds": self._hold_limit if not self._paused else 3600.0})
-        elif not wanted and self._holding_since is not None:
+            self._wake.set()  # the hold limit's clock starts
+        elif not holding and self._holding_since is not None:
             self._held_seconds += self._holding_for()
             self._holding_since = None
-            self._send({"t": proto.GO})
-        self._wake.set()
+        message = {
+            "t": proto.PACE,
+            "report": None if not upcoming else self._script_step_of(min(upcoming)),
+            "until": None if hold is None else self._script_step_of(hold),
+            "wait": 3600.0 if self._paused else self._hold_limit,
+        }
+        if message != self._pace_sent:
+            self._pace_sent = message
+            self._send(message)
+
+    def _script_step_of(self, step: int) -> int:
+        return max(0, step - self._offset)
 
     def _holding_for(self) -> float:
         return 0.0 if self._holding_since is None else trio.current_time() - self._holding_since
@@ -375,10 +432,9 @@ class AttachedTrainer:
 
 
 class _Sync:
-    def __init__(self, ident: int, full: bool, version: int) -> None:
+    def __init__(self, ident: int, full: bool) -> None:
         self.ident = ident
         self.full = full
-        self.version = version  # the model's version when asked: the answer is at least that recent
         self.void = False
         self.done = trio.Event()
 

@@ -29,12 +29,15 @@ import random
 from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import trio
 
+from gossipd.adapters.cpu_usage import idle_cpu_seconds, process_cpu_seconds
 from gossipd.mixing.algorithm import Algorithm
 from gossipd.mixing.clipping import Clipper
+from gossipd.mixing.cpu_budget import INTERVAL, CpuBudget, Reading
 from gossipd.mixing.edge import EdgeState
 from gossipd.mixing.layout import ParamLayout
 from gossipd.mixing.pacing import StepPacer
@@ -43,6 +46,7 @@ from gossipd.peering.table import PeerTable
 from gossipd.peering.view import PeerView
 from gossipd.services.model_host import ModelHost
 from gossipd.services.network import DialError, FrameStream, FrameTooLarge, Network, StreamClosed
+from gossipd.services.offload import Offload
 from gossipd.services.streams import authenticate, duplex
 from gossipd.task.access import OPEN, Access
 from gossipd.task.schema import GossipSection
@@ -59,7 +63,10 @@ HELLO_LIMIT = 4096  # a hello is ~80 bytes; the first frame of a stream is read 
 MAX_CONCURRENT = 4  # exchanges in flight at once, started here or answered
 MAX_INITIATED = 2  # exchanges started here at once: a hung partner holds one, never the whole loop
 REJECTION_BACKOFF = 30.0  # seconds a peer that sent a message we had to reject is left alone
-RETRY = 0.01  # seconds a step-paced peer with no free partner waits before looking again
+# A step-paced peer with no free partner looks again when one of its exchanges ends, or after this many
+# seconds (a neighbour may have come back to life). Polling every 10 ms instead cost a daemon with no
+# neighbour 5% of a core.
+PARTNER_WAIT = 0.25
 SOFT_ABORTS = ("busy", "joining", "stopping", "backoff")
 # Refusals after which a stream that already carried an exchange stays open for the next one ("stopping" ends it).
 PASSING_REFUSALS = ("busy", "joining", "backoff")
@@ -107,6 +114,9 @@ class ExchangeStatistics:
     suspects: int
     finish_exchanges: int  # exchanges with finished neighbours since this peer's training budget was reached
     finished: bool  # past the budget and done finishing: this peer starts no more exchanges
+    steps_per_exchange: int | None  # a step-paced peer's pace now (the CPU budget may have stretched it)
+    mixing_cpu: float | None  # share of a core mixing used over the CPU budget's last window
+    mixing_cpu_allowed: float | None  # and what the budget allowed it then
 
 
 class ExchangeService:
@@ -129,6 +139,8 @@ class ExchangeService:
         edge_capacity: int = 16,
         clipper: Clipper | None = None,
         access: Access = OPEN,
+        cpu_clock: Callable[[], float] = process_cpu_seconds,
+        idle_clock: Callable[[], float | None] = idle_cpu_seconds,
     ) -> None:
         self.task_hash = task_hash
         self.gossip = gossip
@@ -149,6 +161,7 @@ class ExchangeService:
         self.access = access
         self.in_flight: set[str] = set()
         self.counters = ExchangeCounters()
+        self.offload = Offload()
         self.accepting = True
         self._initiated = 0
         self.settled = 0  # exchanges with neighbours past the training budget, taken part in past it
@@ -156,12 +169,18 @@ class ExchangeService:
         self._not_before = 0.0  # a step-paced peer whose exchange was declined as busy waits until then
         self._idle = trio.Event()
         self._idle.set()
+        self._freed = trio.Event()  # set when an exchange ends: a partner may be free again
         self._parked: dict[str, tuple[FrameStream, float]] = {}  # streams this end opened, idle, by peer
         self._idle_waits: set[trio.CancelScope] = set()  # answering ends waiting for a peer's next hello
+        self.cpu_clock = cpu_clock
+        self.idle_clock = idle_clock
+        self.cpu_budget: CpuBudget | None = None
         if gossip.steps_per_exchange is not None:
             trainer.pace(
                 StepPacer(gossip.steps_per_exchange), may_hold=self.can_mix, hold_limit=gossip.exchange_timeout
             )
+            if gossip.cpu_budget > 0:
+                self.cpu_budget = CpuBudget(gossip.steps_per_exchange, gossip.cpu_budget)
 
     # -- statistics and edge bookkeeping -----------------------------------------------------------
 
@@ -181,6 +200,9 @@ class ExchangeService:
             suspects=c.suspects,
             finish_exchanges=self.settled,
             finished=self.finished,
+            steps_per_exchange=None if self.trainer.pacer is None else self.trainer.pacer.every,
+            mixing_cpu=None if self.cpu_budget is None else self.cpu_budget.usage,
+            mixing_cpu_allowed=None if self.cpu_budget is None else self.cpu_budget.allowed,
         )
 
     @property
@@ -251,6 +273,8 @@ class ExchangeService:
         task_status.started()
         pacer = self.trainer.pacer
         async with trio.open_nursery() as nursery:
+            if self.cpu_budget is not None:
+                nursery.start_soon(self._keep_cpu_budget, self.cpu_budget)
             while True:
                 # Past the training budget no steps come, so finishing is paced by the clock.
                 paced = pacer is not None and not self.trainer.training_done
@@ -266,12 +290,38 @@ class ExchangeService:
                 partner = self._partner() if self._may_start() else None
                 if partner is None:
                     if paced:
-                        await trio.sleep(RETRY)  # still due: try again shortly
+                        self._freed = trio.Event()
+                        with trio.move_on_after(PARTNER_WAIT):
+                            await self._freed.wait()  # still due: try again once a partner may be free
                     continue
                 if pacer is not None:
                     pacer.started(self.trainer.step)
                 self._initiated += 1
                 nursery.start_soon(self._initiate_counted, partner)
+
+    async def _keep_cpu_budget(self, budget: CpuBudget) -> None:
+        """Every INTERVAL seconds, stretch or restore the steps between exchanges to keep mixing's CPU time
+        within the budget (gossipd.mixing.cpu_budget)."""
+        pacer = self.trainer.pacer
+        assert pacer is not None
+        last = (trio.current_time(), self._mixing_cpu(), self.idle_clock())
+        while True:
+            await trio.sleep(INTERVAL)
+            now = (trio.current_time(), self._mixing_cpu(), self.idle_clock())
+            idle = None if now[2] is None or last[2] is None else now[2] - last[2]
+            every = budget.update(Reading(wall=now[0] - last[0], mixing_cpu=now[1] - last[1], idle=idle))
+            last = now
+            if every != pacer.every:
+                log.debug(
+                    "mixing used %.2f of a core (allowed %.2f): an exchange every %d steps",
+                    budget.usage or 0.0,
+                    budget.allowed or 0.0,
+                    every,
+                )
+                pacer.set_every(every)
+
+    def _mixing_cpu(self) -> float:
+        return self.cpu_clock() - self.trainer.training_cpu_seconds()
 
     def can_mix(self) -> bool:
         """Whether there is a neighbour to mix with now (a step-paced trainer only waits for mixes then)."""
@@ -294,6 +344,7 @@ class ExchangeService:
             await self.initiate(peer)
         finally:
             self._initiated -= 1
+            self._freed.set()
 
     async def initiate(self, peer: str) -> ExchangeResult | None:
         """One exchange started by this end; None if it failed (already counted and logged) or could not
@@ -496,11 +547,11 @@ class ExchangeService:
     async def _finish(
         self, peer: str, stream: FrameStream, session: ExchangeSession, first: Message | None
     ) -> ExchangeResult:
-        # Low-rank projections, compression and decoding run off the event loop.
+        # Low-rank projections, compression and decoding run off the event loop when they take long.
         if first is None:
             outgoing = [session.start()]
         else:
-            outgoing = await trio.to_thread.run_sync(session.answer, first)
+            outgoing = await self.offload.run(partial(session.answer, first))
         while True:
             payloads = [encode_message(message) for message in outgoing]
             if session.done:
@@ -513,7 +564,7 @@ class ExchangeService:
             self.counters.bytes_sent += sum(framed_size(len(payload)) for payload in payloads)
             self.counters.bytes_received += framed_size(len(raw))
             incoming = decode_message(raw, max_size=self.max_bytes, task=self.task_hash)
-            outgoing = await trio.to_thread.run_sync(session.receive, incoming)
+            outgoing = await self.offload.run(partial(session.receive, incoming))
         result = session.result()
         self.trainer.submit(result.delta)
         self._keep_edge(peer, result.edge)
@@ -583,6 +634,7 @@ class ExchangeService:
 
     def _end(self, peer: str) -> None:
         self.in_flight.discard(peer)
+        self._freed.set()
         if not self.in_flight:
             self._idle.set()
 

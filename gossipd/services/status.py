@@ -79,6 +79,9 @@ class TaskStatus:
     total_steps: int | None = None  # the training budget ([train] total_steps); None: no end
     finish_exchanges: int = 0  # exchanges with finished neighbours since the budget was reached
     attached_pid: int | None = None  # the script whose model this task mixes (`gossipd.attach`); None: gossipd's
+    steps_per_exchange: int | None = None  # a step-paced task's pace now ([gossip] cpu_budget may stretch it)
+    mixing_cpu: float | None = None  # share of a core mixing used lately (step-paced, with a CPU budget)
+    mixing_cpu_allowed: float | None = None  # what the CPU budget allowed it: the budget, or more when cores idle
     peers: tuple[PeerStatus, ...] = ()
 
 

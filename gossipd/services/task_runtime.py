@@ -516,6 +516,9 @@ class TaskRuntime:
             total_steps=self.task.train.total_steps,
             finish_exchanges=exchange.finish_exchanges if exchange else 0,
             attached_pid=self.attachment.pid if self.attachment is not None else None,
+            steps_per_exchange=exchange.steps_per_exchange if exchange else None,
+            mixing_cpu=exchange.mixing_cpu if exchange else None,
+            mixing_cpu_allowed=exchange.mixing_cpu_allowed if exchange else None,
             peers=self._peer_statuses(),
         )
 

@@ -113,6 +113,9 @@ class TrainerService:
         """The privacy budget DP-SGD has spent ([privacy]); None without it."""
         return self.trainer.epsilon()
 
+    def training_cpu_seconds(self) -> float:
+        return self.trainer.cpu_seconds
+
     @property
     def training_done(self) -> bool:
         """Whether the trainer has taken its budget of steps (it takes no more)."""

@@ -86,6 +86,10 @@ class GossipSection:
     # Set, it replaces exchange_interval: an exchange every this many local steps, and training waits for a
     # mix once twice as many steps have passed without one (see gossipd.mixing.pacing).
     steps_per_exchange: int | None = field(default=None, metadata=bounds(min=1, max=100000))
+    # With steps_per_exchange: the share of one core mixing may take while the cores this daemon runs on are
+    # busy (idle time it may use freely); past it the steps between exchanges stretch, up to 32 times.
+    # 0 (the default): no cap (see gossipd.mixing.cpu_budget).
+    cpu_budget: float = field(default=0.0, metadata=bounds(min=0.0, max=64.0))
     exchange_timeout: float = field(default=15.0, metadata=bounds(min=0.1))
     rewire_interval: float = field(default=30.0, metadata=bounds(min=0.0))
     # With a training budget ([train] total_steps): the exchanges with neighbours past their budget too that a

@@ -1,8 +1,9 @@
 """The `make bench-wan` report: the side-by-side race on shaped links, from the runs' JSON (docs/bench-wan/).
 
-One table per model and link speed, one verdict line per goal, one plot per model (accuracy against time,
-one panel per link speed). A run's JSON is bench-peers' summary (`bench_peers_report.summarise`) plus `rate`
-(bits/s of every host's uplink and downlink) and `links` (each host's bytes and mean utilisation).
+One table per model (a group of columns per link speed), one verdict line per goal, one plot per model
+(accuracy against time, one panel per link speed). A run's JSON is bench-peers' summary
+(`bench_peers_report.summarise`) plus `rate` (bits/s of every host's uplink and downlink) and `links` (each
+host's bytes and mean utilisation).
 """
 
 from __future__ import annotations
@@ -66,17 +67,35 @@ def _cell(value: float | None, pattern: str = "{:.0f}") -> str:
     return "not reached" if value is None or value == float("inf") else pattern.format(value)
 
 
-def table(found: list[dict[str, Any]]) -> list[str]:
-    lines = [
-        "| system | runs | s to 97% | s to 98% | s to 98% (worst peer) | MB on the wire | busiest link | accuracy % |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
-    ]
-    for row in found:
-        lines.append(
-            f"| {label(row['system'])} | {row['runs']} | {_cell(row['mean_97'])} | {_cell(row['mean_98'])} | "
-            f"{_cell(row['worst_98'])} | {row['megabytes']:,.1f} | {row['busiest_link']:.0%} | "
-            f"{row['final'] * 100:.2f} |"
-        )
+def table(by_rate: dict[int, list[dict[str, Any]]]) -> list[str]:
+    """One row per system, a group of columns per link speed: seconds to 98% (mean peer, and the worst
+    peer's), bytes on the wire and the busiest link, final accuracy."""
+    rates = sorted(by_rate)
+    head = ["system", "runs"]
+    for rate in rates:
+        speed = format_rate(rate)
+        head += [f"{speed}: s to 98% (worst peer)", f"{speed}: MB, busiest link", f"{speed}: accuracy %"]
+    lines = ["| " + " | ".join(head) + " |", "| --- |" + " ---: |" * (len(head) - 1)]
+    order = [*GOSSIPD, *RIVALS]
+    systems = sorted({row["system"] for found in by_rate.values() for row in found}, key=order.index)
+    for system in systems:
+        cells = [label(system)]
+        runs = []
+        for rate in rates:
+            row = next((r for r in by_rate[rate] if r["system"] == system), None)
+            if row is None:
+                cells += ["—", "—", "—"]
+                continue
+            runs.append(str(row["runs"]))
+            cells += [
+                _cell(row["mean_98"])
+                if row["mean_98"] is None
+                else f"{_cell(row['mean_98'])} ({_cell(row['worst_98'])})",
+                f"{row['megabytes']:,.1f}, {row['busiest_link']:.0%}",
+                f"{row['final'] * 100:.2f}",
+            ]
+        cells.insert(1, "/".join(runs))
+        lines.append("| " + " | ".join(cells) + " |")
     return lines
 
 
@@ -106,10 +125,12 @@ def verdict(found: list[dict[str, Any]], rate: int) -> str:
 def report(results: list[dict[str, Any]], plots: dict[str, str]) -> str:
     lines: list[str] = []
     for model in dict.fromkeys(r["model"] for r in results):
-        for rate in sorted({r["rate"] for r in results if r["model"] == model}):
-            found = rows(results, model, rate)
-            lines += ["", f"### {model}, every link {format_rate(rate)} up and down", "", *table(found), ""]
-            lines.append(verdict(found, rate))
+        by_rate = {
+            rate: rows(results, model, rate) for rate in sorted({r["rate"] for r in results if r["model"] == model})
+        }
+        speeds = " and ".join(format_rate(rate) for rate in by_rate)
+        lines += ["", f"### {model}, every link {speeds} up and down", "", *table(by_rate), ""]
+        lines += [verdict(found, rate) for rate, found in by_rate.items()]
         if model in plots:
             lines += ["", f"![accuracy against time on shaped links, {model}]({plots[model]})"]
     return "\n".join(lines).strip() + "\n"

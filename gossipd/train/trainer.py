@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -143,6 +144,7 @@ class Trainer:
         self.optimizer = build_optimizer(section, self.model.parameters())
         self.step = 0
         self.samples = 0
+        self.cpu_seconds = 0.0  # CPU time the threads that trained and evaluated spent on it
         self.skipped_steps = 0  # steps whose loss was not finite
         self.skipped_in_a_row = 0  # of those, since the last step taken: many mean the model itself is broken
         self.privacy = privacy
@@ -172,8 +174,15 @@ class Trainer:
 
     def train_steps(self, steps: int) -> StepStats:
         """Run `steps` optimiser steps; returns their mean loss."""
-        if self.privacy is not None:
-            return self._private_steps(steps, self.privacy)
+        started = time.thread_time()
+        try:
+            if self.privacy is not None:
+                return self._private_steps(steps, self.privacy)
+            return self._steps(steps)
+        finally:
+            self.cpu_seconds += time.thread_time() - started
+
+    def _steps(self, steps: int) -> StepStats:
         self.model.train()
         total = 0.0
         samples = 0
@@ -257,6 +266,13 @@ class Trainer:
     @torch.no_grad()
     def evaluate(self, data: ArrayDataset, max_samples: int | None = None) -> Evaluation:
         """Loss and accuracy on (up to `max_samples` of) `data`; the model returns to training mode."""
+        started = time.thread_time()
+        try:
+            return self._evaluate(data, max_samples)
+        finally:
+            self.cpu_seconds += time.thread_time() - started
+
+    def _evaluate(self, data: ArrayDataset, max_samples: int | None) -> Evaluation:
         count = len(data) if max_samples is None else min(len(data), max_samples)
         if count == 0:
             return Evaluation(loss=float("nan"), accuracy=float("nan"), samples=0)

@@ -1,12 +1,18 @@
-"""The attach protocol between a training script and its local daemon (protocols/attach-v1.md); no I/O.
+"""The attach protocol between a training script and its local daemon (protocols/attach-v2.md); no I/O.
 
 A script attaches its model to a task of the daemon over a Unix socket. The socket carries small msgpack
 maps, one after another (msgpack's own streaming unpacker finds where each ends); the tensors travel through
-a shared memory file the daemon creates and passes over the socket with its welcome. The memory holds two
-copies of the model's state laid out alike (`SharedLayout`): `out`, which only the script writes (its model
-at a sync), and `in`, which only the daemon writes (a delta to add, or a whole state to load). Each side
-writes its region only when the other is not reading it: the daemon has at most one delta or load
-outstanding, and reads `out` only after the script's reply to a sync.
+a shared memory file the daemon creates and passes over the socket with its welcome. The memory starts with
+a small header, the script's counters (steps, examples, last loss), which the script writes at every step
+and the daemon reads when it needs them, so a step costs the script no message. Then come two copies of the
+model's state laid out alike (`SharedLayout`): `out`, which only the script writes (its model at a sync),
+and `in`, which only the daemon writes (a delta to add, or a whole state to load). Each side writes its
+region only when the other is not reading it: the daemon has at most one delta or load outstanding, and
+reads `out` only after the script's reply to a sync.
+
+The script tells the daemon about its steps only when the daemon asked to hear (`pace`: the step at which
+an exchange falls due or the script must wait for a mix) and about once a second for status; `ScriptPace`
+keeps that bookkeeping on the script's side.
 """
 
 from __future__ import annotations
@@ -21,16 +27,18 @@ import msgpack
 
 from gossipd.wire.tensors import DTYPES, MAX_NAME_LENGTH, MAX_NDIM
 
-VERSION = 1
+VERSION = 2
 MAX_MESSAGE_BYTES = 1 << 20  # a hello carries the task file (≤ 1 MiB) and the layout
 MAX_ENTRIES = 100_000
 MAX_ELEMENTS = 1 << 33  # 8 G elements: far beyond any model a daemon can mix
 ALIGN = 64  # every tensor starts on a cache line
+HEADER_BYTES = 64  # the script's counters: int64 steps, int64 examples, float64 loss (NaN: none), then spare
+REPORT_SECONDS = 1.0  # a stepping script reports at least this often (status shows its rate and loss)
 
 # Script -> daemon
 HELLO = "hello"  # task, layout, pid, step: asks to attach
-STEP = "step"  # the script took optimiser steps: n (total), samples (total), loss (optional)
-SYNCED = "synced"  # the script wrote its model into `out` for sync `id`
+STEP = "step"  # where the script is: n (steps), samples (total), loss (optional); when asked and ~1/s
+SYNCED = "synced"  # the script wrote its model into `out` for sync `id`, at step `n`
 APPLIED = "applied"  # the script added the delta in `in` (id)
 LOADED = "loaded"  # the script loaded the state in `in` (id)
 BYE = "bye"  # the script detaches
@@ -40,12 +48,11 @@ READY = "ready"  # attached: train
 SYNC = "sync"  # write the model (parameters; with `full`, buffers too) into `out`
 DELTA = "delta"  # add `in`'s parameters to the model's
 LOAD = "load"  # replace the model's state by `in` (a neighbour's model, for a joining script)
-HOLD = "hold"  # wait before the next step for a mix (step pacing), at most `seconds`
-GO = "go"  # train on
+PACE = "pace"  # report at step `report`; wait for a mix at step `until`, at most `wait` seconds
 ERROR = "error"  # refused or failed: `message`; the daemon closes the connection
 
 SCRIPT_MESSAGES = frozenset({HELLO, STEP, SYNCED, APPLIED, LOADED, BYE})
-DAEMON_MESSAGES = frozenset({WELCOME, READY, SYNC, DELTA, LOAD, HOLD, GO, ERROR})
+DAEMON_MESSAGES = frozenset({WELCOME, READY, SYNC, DELTA, LOAD, PACE, ERROR})
 
 
 class AttachProtocolError(ValueError):
@@ -91,8 +98,16 @@ class SharedLayout:
 
     @property
     def total_bytes(self) -> int:
-        """Both regions: `out` first, then `in`."""
-        return 2 * self.region_bytes
+        """The header, then both regions: `out` first, then `in`."""
+        return HEADER_BYTES + 2 * self.region_bytes
+
+    @property
+    def out_offset(self) -> int:
+        return HEADER_BYTES
+
+    @property
+    def in_offset(self) -> int:
+        return HEADER_BYTES + self.region_bytes
 
     @property
     def parameters(self) -> tuple[Entry, ...]:
@@ -118,6 +133,59 @@ class SharedLayout:
         if not found and [e.name for e in self.parameters] != [e.name for e in other.parameters]:
             found.append("the parameters come in another order")
         return found[:limit]
+
+
+@dataclass
+class ScriptPace:
+    """The script's side of pacing: when to tell the daemon where it is, and when to wait for a mix.
+
+    The daemon's last `pace` message holds: `report`, the step at which it wants a `step` message (an
+    exchange falls due there, or the training budget ends); `until`, the last step the script may take before
+    it waits for a mix; `wait`, for how long at most. Between those the script reports about once every
+    REPORT_SECONDS, so status sees its rate. Times are the caller's clock (seconds)."""
+
+    report: int | None = None
+    until: int | None = None
+    wait: float = 0.0
+    reported_at: float | None = None
+    holding_since: float | None = None
+
+    def on_pace(self, message: Mapping[str, Any]) -> None:
+        report = field(message, "report", int, optional=True)
+        until = field(message, "until", int, optional=True)
+        wait = float(field(message, "wait", (int, float)))
+        if wait < 0 or not math.isfinite(wait):
+            raise AttachProtocolError(f"pace: wait {wait} is not a duration")
+        self.report, self.until, self.wait = report, until, wait
+
+    def report_due(self, step: int, now: float) -> bool:
+        if self.report is not None and step >= self.report:
+            return True
+        return self.reported_at is None or now - self.reported_at >= REPORT_SECONDS
+
+    def reported(self, step: int, now: float) -> None:
+        if self.report is not None and step >= self.report:
+            self.report = None
+        self.reported_at = now
+
+    def hold_remaining(self, step: int, now: float) -> float | None:
+        """Seconds the script should still wait for a mix before its next step; None: train on. The wait
+        is the daemon's hold limit and a second more (the daemon releases it first unless it is stuck)."""
+        if self.until is None or step < self.until:
+            self.holding_since = None
+            return None
+        if self.holding_since is None:
+            self.holding_since = now
+        remaining = self.holding_since + self.wait + 1.0 - now
+        if remaining <= 0:
+            self.until = None  # the daemon did not release the script in time: train on
+            self.holding_since = None
+            return None
+        return remaining
+
+    def detached(self) -> None:
+        """The daemon went away: nothing it asked for stands."""
+        self.report = self.until = self.reported_at = self.holding_since = None
 
 
 def encode(message: Mapping[str, Any]) -> bytes:
