@@ -58,7 +58,9 @@ class _Connection:
     unpacker: Any
     task_id: str
     task_hash: str
+    total_steps: int | None  # the task's training budget, if it has one
     ready: bool = False
+    finished: bool = False
     pace: proto.ScriptPace = field(default_factory=proto.ScriptPace)
     replies: list[dict[str, Any]] = field(default_factory=list)  # sent together, once per step
 
@@ -161,6 +163,32 @@ class Attached:
         except (OSError, proto.AttachProtocolError, AttachError) as exc:
             self._lost(conn, exc)
 
+    def finish(self, timeout: float = 300.0) -> bool:
+        """After the last step of a task with a training budget (`[train] total_steps`): let the daemon
+        finish, as a daemon's own trainer does past its budget (README, `total_steps`): it mixes this model
+        with its neighbours' until they agree, the deltas arriving here; returns once it has finished
+        (True), or after `timeout` seconds or with no daemon attached (False). The model is then the swarm's
+        consensus, the one to evaluate and save. Call `close()` afterwards."""
+        if self._closed:
+            raise AttachError("finish() after close()")
+        if self._conn is not None and self._conn.total_steps is None:
+            raise AttachError(f"task {self._conn.task_id!r} has no training budget ([train] total_steps): no finish")
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            conn = self._conn or self._adopt()
+            if conn is None:
+                time.sleep(min(0.2, max(0.0, deadline - time.monotonic())))
+                continue
+            if conn.finished:
+                return True
+            try:
+                self._serve(conn, wait=min(0.2, max(0.0, deadline - time.monotonic())))
+                self._flush(conn)
+            except (OSError, proto.AttachProtocolError, AttachError) as exc:
+                self._lost(conn, exc)
+        conn = self._conn
+        return conn is not None and conn.finished
+
     def close(self) -> None:
         """Detach: the daemon stops the task (it keeps nothing of the model; the script saves its own)."""
         if self._closed:
@@ -222,7 +250,9 @@ class Attached:
                 os.close(fd)
             shared.publish(self.steps, self.samples, self._loss)
             sock.settimeout(SEND_TIMEOUT)
-            return _Connection(sock, shared, unpacker, str(welcome["task"]), str(welcome["hash"]))
+            budget = welcome.get("total_steps")
+            total_steps = budget if isinstance(budget, int) and not isinstance(budget, bool) else None
+            return _Connection(sock, shared, unpacker, str(welcome["task"]), str(welcome["hash"]), total_steps)
         except (OSError, proto.AttachProtocolError, ValueError) as exc:
             sock.close()
             raise AttachError(f"attaching to {self.socket_path} failed: {exc}") from None
@@ -290,6 +320,8 @@ class Attached:
                 conn.pace.on_pace(message)
             elif kind == proto.READY:
                 conn.ready = True
+            elif kind == proto.FINISHED:
+                conn.finished = True
             elif kind == proto.ERROR:
                 raise AttachError(f"the daemon refused: {message.get('message')}")
             else:

@@ -40,6 +40,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, required=True)
     parser.add_argument("--warmup", type=int, default=50, help="steps before the speed is measured")
     parser.add_argument("--evaluate", action="store_true")
+    parser.add_argument("--finish", action="store_true", help="attached: let the swarm finish before evaluating")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stdout)
@@ -77,6 +78,8 @@ def main() -> None:
         "detached_steps": detached,
     }
     if swarm is not None:
+        if args.finish:
+            result["finished"] = swarm.finish()
         swarm.close()
     if args.evaluate:
         model.eval()

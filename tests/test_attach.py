@@ -227,3 +227,50 @@ def test_accumulation_mixed_precision_and_skipped_steps_count_only_real_optimise
         assert attached.steps == 3  # the fourth step was skipped by the scaler
         wait_for(lambda: (attached_task(swarm, 0) or {}).get("step") == 3, 10, "the daemon to see 3 steps")
         assert all(p.dtype == torch.float32 for p in model.parameters())
+
+
+def test_two_scripts_with_a_training_budget_finish_together(swarm: Swarm) -> None:
+    """`finish()` after the last step: the daemons go on mixing the two models (past their budget, as their own
+    trainers would) until they have finished, the script serving the deltas; the copies then agree."""
+    budget = 60
+    text = TASK.replace('"attached-test"', '"attached-finish"') + "finish_exchanges = 10\n"
+    path = task_file(swarm, text + f"\n[train]\ntotal_steps = {budget}\n", "finish.toml")
+    models = [small_model(4), small_model(5)]
+    attached = [gossipd.attach(m, task=path, socket_path=d.socket) for m, d in zip(models, swarm.daemons, strict=True)]
+    results: list[bool] = []
+
+    def train(index: int) -> None:
+        model, swarm_end = models[index], attached[index]
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+        generator = torch.Generator().manual_seed(index)
+        for _ in range(budget):
+            x = torch.randn(16, 8, generator=generator)
+            loss = nn.functional.cross_entropy(model(x), (x[:, index] > 0).long())  # different tasks: they drift
+            optimizer.zero_grad()
+            loss.backward()  # type: ignore[no-untyped-call]
+            optimizer.step()
+            swarm_end.step()
+        results.append(swarm_end.finish(timeout=60))
+
+    try:
+        threads = [threading.Thread(target=train, args=(i,)) for i in range(2)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(90)
+        assert results == [True, True]
+        for index in range(2):
+            status = attached_task(swarm, index)
+            assert status is not None and status["state"] == "finished", status
+        first, second = (dict(m.named_parameters()) for m in models)
+        gap = max(float((first[k] - second[k]).detach().abs().max()) for k in first)
+        assert gap < 0.05, gap  # the finish brought the copies together
+    finally:
+        for end in attached:
+            end.close()
+    plain = gossipd.attach(small_model(6), task=task_file(swarm), socket_path=swarm.daemons[0].socket)
+    try:
+        with pytest.raises(gossipd.AttachError, match="no training budget"):
+            plain.finish(timeout=1)
+    finally:
+        plain.close()

@@ -36,7 +36,7 @@ iterations = 1
 wire_dtype = "float16"
 view_size = 6
 steps_per_exchange = 2
-finish_exchanges = 0
+finish_exchanges = 20
 """
 
 pytestmark = [
@@ -52,7 +52,7 @@ def builtin_task() -> str:
 
 
 def attached_task() -> str:
-    return '[task]\nid = "mnist-attached"\n' + GOSSIP
+    return f'[task]\nid = "mnist-attached"\n\n[train]\ntotal_steps = {STEPS}\n' + GOSSIP
 
 
 def test_attached_scripts_train_as_well_as_gossipds_own_trainer(tmp_path: Path) -> None:
@@ -67,6 +67,7 @@ def test_attached_scripts_train_as_well_as_gossipds_own_trainer(tmp_path: Path) 
     mean_attached = sum(r["accuracy"] for r in attached) / PEERS
     print(f"built-in {mean_builtin:.4f} {builtin}; attached {mean_attached:.4f} {[r['accuracy'] for r in attached]}")
     assert all(r["steps"] == STEPS for r in attached)
+    assert all(r["finished"] for r in attached)  # each script's daemon finished with its neighbours
     assert abs(mean_attached - mean_builtin) <= 0.003, (mean_attached, mean_builtin)
 
 
@@ -84,6 +85,7 @@ def run_builtin(workdir: Path) -> list[float]:
             "the built-in peers to finish",
         )
         states = [load_safetensors(d.client().model("mnist-cnn")) for d in swarm.daemons]
+        print(f"built-in daemons' exchanges: {[s['tasks'][0]['exchanges'] for s in swarm.statuses() if s]}")
     finally:
         swarm.stop()
     loaded = load_task(task)
@@ -117,7 +119,7 @@ def run_attached(workdir: Path) -> list[dict[str, float]]:
                 str(workdir / "builtin.toml"),
             ]
             argv += ["--attach", str(workdir / "attach.toml"), "--socket", str(daemon.socket), "--data", str(MNIST)]
-            argv += ["--index", str(index), "--count", str(PEERS), "--steps", str(STEPS), "--evaluate"]
+            argv += ["--index", str(index), "--count", str(PEERS), "--steps", str(STEPS), "--evaluate", "--finish"]
             argv += ["--out", str(workdir / f"result-{index}.json")]
             with (workdir / f"script-{index}.log").open("wb") as log:
                 env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -132,6 +134,14 @@ def run_attached(workdir: Path) -> list[dict[str, float]]:
         swarm.daemons[2].process.wait(30)
         time.sleep(5)
         swarm.start_one(2, ready=False)
+        exchanges = [0] * PEERS  # each daemon's count while its script is attached (for the failure message)
+        while any(script.poll() is None for script in scripts):
+            for index in range(PEERS):
+                status = swarm.daemons[index].status() if swarm.daemons[index].alive else None
+                if status and status["tasks"]:
+                    exchanges[index] = max(exchanges[index], int(status["tasks"][0]["exchanges"]))
+            time.sleep(1)
+        print(f"attached daemons' exchanges: {exchanges}")
         for index, script in enumerate(scripts):
             code = script.wait(600)
             assert code == 0, f"script {index} exited {code}:\n{tail(workdir / f'script-{index}.log', 30)}"

@@ -964,6 +964,23 @@ async def heartbeats(peers: list[Peer], every: float = 1.0) -> None:
         await trio.sleep(every)
 
 
+async def test_a_peer_left_alone_past_its_budget_is_finished_after_two_exchange_timeouts(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # Its neighbours finished and left (attached scripts close once their swarm finished): no one to finish
+    # with, and no exchange it could start to count towards the cap either.
+    with trio.fail_after(120):
+        async with fake_swarm(seed=12) as hub:
+            (alone,) = await start_peers(hub, "A", section=gossip("powergossip"), trainer="stepping", budgets=[20])
+            await hub.nursery.start(alone.exchange.run)
+            await wait_until(lambda: alone.trainer.training_done)
+            done_at = trio.current_time()
+            await wait_until(lambda: alone.exchange.finished)
+            finished_at = trio.current_time()
+    assert 2 * TIMEOUT <= finished_at - done_at <= 2 * TIMEOUT + 2 * INTERVAL
+    assert alone.exchange.attempts == [] and alone.exchange.settled == 0
+
+
 @pytest.mark.parametrize("steps_per_exchange", [None, 2])
 async def test_peers_stop_at_their_budget_then_finish_in_agreement_and_start_no_more_exchanges(
     autojump_clock: trio.testing.MockClock, steps_per_exchange: int | None

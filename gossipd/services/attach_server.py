@@ -138,6 +138,7 @@ async def _session(
             "task": hello.task.id,
             "hash": hello.task.hash.hex(),
             "bytes": hello.layout.total_bytes,
+            "total_steps": hello.task.train.total_steps,
         }
         await _send_with_fd(stream, proto.encode(welcome), fd)
     finally:
@@ -176,6 +177,8 @@ async def _session(
                     hello.step,
                 )
                 await send.send({"t": proto.READY, "state": runtime.state.value, "step": host.step})
+                if hello.task.train.total_steps is not None:
+                    nursery.start_soon(_tell_finished, runtime, host, send)
     finally:
         host.detach()
         if runtime is not None:
@@ -186,6 +189,20 @@ async def _session(
     if outcome.reason is not None:
         log.warning("attach session of pid %d ended: %s", hello.pid, outcome.reason)
         await _send_error(stream, outcome.reason)
+
+
+async def _tell_finished(
+    runtime: TaskRuntime, host: AttachedTrainer, send: trio.MemorySendChannel[dict[str, Any]]
+) -> None:
+    """Tell the script once the task has finished (past its budget, done finishing), for `finish()`."""
+    # The finish has no change event; it takes seconds, so a poll every 0.2 s costs nothing.
+    while not host.closed:
+        services = runtime.services
+        if services is not None and services.exchange.finished:
+            break
+        await trio.sleep(0.2)
+    if not host.closed:
+        await send.send({"t": proto.FINISHED, "step": host.step})
 
 
 class _Outcome:

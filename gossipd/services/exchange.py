@@ -170,6 +170,9 @@ class ExchangeService:
         self._idle = trio.Event()
         self._idle.set()
         self._freed = trio.Event()  # set when an exchange ends: a partner may be free again
+        self._finishing_since: float | None = None  # when this peer was first seen past its budget
+        self._last_success: float | None = None  # when an exchange last succeeded, started here or answered
+        self._no_one_left = False  # finished for want of neighbours (they all left after their own finish)
         self._parked: dict[str, tuple[FrameStream, float]] = {}  # streams this end opened, idle, by peer
         self._idle_waits: set[trio.CancelScope] = set()  # answering ends waiting for a peer's next hello
         self.cpu_clock = cpu_clock
@@ -212,7 +215,29 @@ class ExchangeService:
 
     def _done_finishing(self) -> bool:
         wanted = self.gossip.finish_exchanges
-        return self.trainer.training_done and (self.settled >= wanted or self.past_budget >= FINISH_CAP * wanted)
+        return self.trainer.training_done and (
+            self.settled >= wanted or self.past_budget >= FINISH_CAP * wanted or self._no_one_left
+        )
+
+    def _note_if_alone(self) -> None:
+        """Past the budget, a peer whose neighbours have all gone (attached scripts close once their own swarm
+        finished) has no one to finish with, however long the peer table still lists them: after twice
+        `exchange_timeout` without a successful exchange it is finished."""
+        if not self.trainer.training_done or self._done_finishing():
+            return
+        now = trio.current_time()
+        if self._finishing_since is None:
+            self._finishing_since = now
+        last = max(self._finishing_since, self._last_success or self._finishing_since)
+        if now - last >= 2 * self.gossip.exchange_timeout:
+            self._no_one_left = True
+            log.info(
+                "finished: no exchange for %.0f s past the training budget (%d with neighbours past it too); "
+                "answering only from now",
+                now - last,
+                self.settled,
+            )
+            self.trainer.evaluate_soon()
 
     def _count_finish(self, peer: str, *, started_here: bool) -> None:
         """An exchange with `peer` succeeded: while finishing, it counts if `peer` is past the budget too."""
@@ -285,6 +310,7 @@ class ExchangeService:
                     interval = self.gossip.exchange_interval
                     # Back-to-back exchanges (interval 0) still yield a little, so a lone peer does not spin.
                     await trio.sleep(interval * self.rng.uniform(0.75, 1.25) if interval > 0 else 0.01)
+                self._note_if_alone()
                 if self.finished:
                     continue
                 partner = self._partner() if self._may_start() else None
@@ -567,6 +593,7 @@ class ExchangeService:
             outgoing = await self.offload.run(partial(session.receive, incoming))
         result = session.result()
         self.trainer.submit(result.delta)
+        self._last_success = trio.current_time()
         self._keep_edge(peer, result.edge)
         self.peers.exchange_succeeded(peer, result.distance)
         self.network.forget_failures(peer)

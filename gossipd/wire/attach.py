@@ -49,10 +49,11 @@ SYNC = "sync"  # write the model (parameters; with `full`, buffers too) into `ou
 DELTA = "delta"  # add `in`'s parameters to the model's
 LOAD = "load"  # replace the model's state by `in` (a neighbour's model, for a joining script)
 PACE = "pace"  # report at step `report`; wait for a mix at step `until`, at most `wait` seconds
+FINISHED = "finished"  # past the training budget, the swarm finished mixing: the model is its consensus
 ERROR = "error"  # refused or failed: `message`; the daemon closes the connection
 
 SCRIPT_MESSAGES = frozenset({HELLO, STEP, SYNCED, APPLIED, LOADED, BYE})
-DAEMON_MESSAGES = frozenset({WELCOME, READY, SYNC, DELTA, LOAD, PACE, ERROR})
+DAEMON_MESSAGES = frozenset({WELCOME, READY, SYNC, DELTA, LOAD, PACE, FINISHED, ERROR})
 
 
 class AttachProtocolError(ValueError):
