@@ -119,6 +119,7 @@ def keygen(key_file: Path, force: bool) -> None:
 @click.option("--no-centralised", is_flag=True, help="Skip the centralised reference run.")
 @click.option("--data", "data_root", type=click.Path(file_okay=False), help="Data folder (replaces [data] root).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a summary.")
+@click.option("--quiet", is_flag=True, help="No progress lines on stderr (a line every 5 s and one per phase).")
 def simulate(
     task_file: str | None,
     peers: int,
@@ -144,10 +145,12 @@ def simulate(
     no_centralised: bool,
     data_root: str | None,
     as_json: bool,
+    quiet: bool,
 ) -> None:
     """Run PEERS simulated peers of TASK_FILE (default: the embedded MNIST task) in this process."""
     from gossipd.data.partition import parse_partition
     from gossipd.data.registry import load_data
+    from gossipd.sim.progress import Progress
     from gossipd.sim.simulator import Simulation, SimulationConfig
     from gossipd.task.overrides import with_gossip
 
@@ -197,7 +200,10 @@ def simulate(
                 err=True,
             )
 
-    report = simulation.run(progress if eval_every else None)
+    def say(line: str) -> None:
+        click.echo(line, err=True)
+
+    report = simulation.run(progress if eval_every else None, None if quiet else Progress(steps, say))
     if as_json:
         click.echo(json.dumps(report.to_json()))
         return

@@ -48,6 +48,7 @@ def run_one(job: dict[str, Any]) -> dict[str, Any]:
 
     torch.set_num_threads(1)
     from gossipd.data.registry import load_data
+    from gossipd.sim.progress import Progress
     from gossipd.sim.simulator import Simulation, SimulationConfig
     from gossipd.task.loader import load_task
     from gossipd.task.overrides import with_gossip
@@ -66,7 +67,12 @@ def run_one(job: dict[str, Any]) -> dict[str, Any]:
         eval_every=job["rounds"] // 4,
         finish_rounds=job["finish_rounds"],
     )
-    report = Simulation(task, data, config).run().to_json()
+    label = job["label"]
+
+    def say(line: str) -> None:
+        print(f"  {label}: {line}", file=sys.stderr, flush=True)
+
+    report = Simulation(task, data, config).run(progress=Progress(job["rounds"], say, every=30.0)).to_json()
     report["label"] = job["label"]
     return report
 

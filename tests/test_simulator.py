@@ -11,6 +11,7 @@ from click.testing import CliRunner
 
 from gossipd.cli import main
 from gossipd.data.registry import load_data
+from gossipd.sim.progress import Progress
 from gossipd.sim.simulator import Simulation, SimulationConfig
 from gossipd.task.loader import load_task, parse_task
 from tests.conftest import DEFAULT_TASK
@@ -100,7 +101,8 @@ def test_simulate_command_prints_the_json_contract(tmp_path: Path) -> None:
          "top-k:1%", "--partition", "dirichlet:0.5", "--seed", "2", "--json"],
     )  # fmt: skip
     assert result.exit_code == 0, result.output
-    report = json.loads(result.output)
+    report = json.loads(result.stdout)  # one object on stdout; progress went to stderr
+    assert "evaluating 4 peers" in result.stderr and "centralised baseline" in result.stderr
     assert REQUIRED_KEYS <= set(report)
     assert report["algorithm"] == "choco" and report["peers"] == 4 and report["steps"] == 5
     assert report["partition"] == "dirichlet:0.5"
@@ -120,3 +122,16 @@ def test_simulate_rejects_bad_options_clearly(args: list[str], message: str) -> 
     result = CliRunner().invoke(main, ["simulate", "--steps", "1", *args])
     assert result.exit_code == 3
     assert message in result.output
+
+
+def test_progress_says_how_far_a_run_got_at_most_every_few_seconds() -> None:
+    now = [0.0]
+    lines: list[str] = []
+    progress = Progress(100, lines.append, every=5.0, clock=lambda: now[0])
+    for done in range(1, 101):
+        now[0] += 0.5
+        progress.rounds(done)
+    assert len(lines) == 10  # 50 s of rounds, a line every 5 s (the last at round 100)
+    assert lines[0] == "round 10/100 (10%), 5 s so far, about 45 s of rounds left"
+    progress.phase("evaluating 8 peers")
+    assert lines[-1] == "evaluating 8 peers (50 s so far)"

@@ -30,6 +30,7 @@ from gossipd.mixing.session import ExchangeSession
 from gossipd.mixing.state import half_state, read_state, state_message, state_specs
 from gossipd.models.registry import build_model
 from gossipd.peering.view import PeerView
+from gossipd.sim.progress import Progress
 from gossipd.sim.report import RoundRecord, SimulationReport
 from gossipd.task.loader import Task
 from gossipd.train.device import pick_device
@@ -162,7 +163,11 @@ class Simulation:
 
     # -- the run ---------------------------------------------------------------------------------------
 
-    def run(self, on_round: Callable[[RoundRecord], None] | None = None) -> SimulationReport:
+    def run(
+        self, on_round: Callable[[RoundRecord], None] | None = None, progress: Progress | None = None
+    ) -> SimulationReport:
+        """Every round, then the finish rounds, the final evaluation and the centralised baseline; `on_round`
+        gets each round's record, `progress` hears how far it got (see gossipd.sim.progress)."""
         started = time.perf_counter()
         history: list[RoundRecord] = []
         distance_start: float | None = None
@@ -191,9 +196,19 @@ class Simulation:
                 history.append(record)
                 if on_round is not None:
                     on_round(record)
-        stopped = self._finish() if self.config.finish_rounds and self.config.mix else None
+            if progress is not None:
+                progress.rounds(round_index + 1)
+        finishing = bool(self.config.finish_rounds and self.config.mix)
+        if progress is not None and finishing:
+            progress.phase(f"{self.config.finish_rounds} finish rounds")
+        stopped = self._finish() if finishing else None
+        if progress is not None:
+            progress.phase(f"evaluating {len(self.peers)} peers")
         final = self._evaluate_all()
-        centralised = self._centralised() if self.config.centralised and self.config.train else None
+        baseline = self.config.centralised and self.config.train
+        if progress is not None and baseline:
+            progress.phase("the centralised baseline: one model on all the peers' data")
+        centralised = self._centralised() if baseline else None
         return SimulationReport.build(
             simulation=self,
             final=final,
