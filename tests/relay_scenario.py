@@ -11,6 +11,7 @@ report against whichever test ran last.
 from __future__ import annotations
 
 import sys
+import traceback
 from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 
@@ -40,7 +41,8 @@ async def _until(condition: Callable[[], bool | Awaitable[bool]], seconds: float
 
 async def relay_within_limits() -> None:
     offer = RelayOffer(max_reservations=1, max_circuits=1, max_circuit_bytes=1 << 20, max_circuit_seconds=60)
-    with trio.fail_after(120):
+    # Generous bounds: under a full test run on 2 busy cores each step takes several times its idle time.
+    with trio.fail_after(240):
         async with AsyncExitStack() as stack:
             relay = await _host(stack, relay=offer, reachability="public")
             private = await _host(stack, reachability="private")
@@ -52,13 +54,13 @@ async def relay_within_limits() -> None:
                 await peer.connect(relay_address)
 
             # The private peer holds the one slot and advertises an address through the relay.
-            await _until(lambda: private.relay_status().reservations == (relay.peer_id,), 20, "a reservation")
+            await _until(lambda: private.relay_status().reservations == (relay.peer_id,), 45, "a reservation")
             relayed = [a for a in private.addresses() if is_circuit(a)]
             assert relayed and all(circuit_relay(a) == relay.peer_id for a in relayed)
             assert relayed[0].endswith(f"/p2p-circuit/p2p/{private.peer_id}")
 
             # A second private peer is refused: the relay's reservations are full.
-            await _until(lambda: refused.relay_status().refused_reservations >= 1, 20, "a refused reservation")
+            await _until(lambda: refused.relay_status().refused_reservations >= 1, 45, "a refused reservation")
             assert refused.relay_status().reservations == ()
             assert not [a for a in refused.addresses() if is_circuit(a)]
 
@@ -78,9 +80,9 @@ async def relay_within_limits() -> None:
 
             # Both ends can dial each other on loopback, so the relayed connection is upgraded (DCUtR's
             # direct dial) and then closed, freeing the relay's circuit.
-            await _until(lambda: dialler.connection_kind(private.peer_id) == "hole-punched", 30, "a direct connection")
-            await _until(lambda: _relayed_count(dialler, private.peer_id) == 0, 30, "the relayed connection closed")
-            await _until(lambda: _circuit_admitted(latecomer, relayed[0]), 30, "a free circuit")
+            await _until(lambda: dialler.connection_kind(private.peer_id) == "hole-punched", 60, "a direct connection")
+            await _until(lambda: _relayed_count(dialler, private.peer_id) == 0, 60, "the relayed connection closed")
+            await _until(lambda: _circuit_admitted(latecomer, relayed[0]), 60, "a free circuit")
 
 
 def _relayed_count(network: Libp2pNetwork, peer_id: str) -> int:
@@ -95,7 +97,24 @@ async def _circuit_admitted(network: Libp2pNetwork, address: str) -> bool:
     return True
 
 
+def _leaves(error: BaseException) -> list[BaseException]:
+    if isinstance(error, BaseExceptionGroup):
+        return [leaf for inner in error.exceptions for leaf in _leaves(inner)]
+    return [error]
+
+
 if __name__ == "__main__":
-    trio.run(relay_within_limits)
+    try:
+        trio.run(relay_within_limits)
+    except BaseException as exc:
+        # py-libp2p nests its errors deeper than a traceback prints (max_group_depth): name the leaves last,
+        # where the test's message (the output's tail) shows them.
+        traceback.print_exc()
+        print("relay scenario failed:", file=sys.stderr)
+        for leaf in _leaves(exc):
+            where = traceback.extract_tb(leaf.__traceback__)[-1:] if leaf.__traceback__ else []
+            place = f" at {where[0].filename}:{where[0].lineno}" if where else ""
+            print(f"  {type(leaf).__name__}: {leaf}{place}", file=sys.stderr)
+        sys.exit(1)
     print("relay scenario: ok")
     sys.exit(0)

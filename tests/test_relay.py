@@ -30,7 +30,7 @@ def test_a_relay_carries_a_private_peer_within_its_limits() -> None:
         [sys.executable, str(REPO / "tests" / "relay_scenario.py")],
         capture_output=True,
         text=True,
-        timeout=180,
+        timeout=300,
         cwd=REPO,
         env={**os.environ, "PYTHONPATH": str(REPO)},
         check=False,
