@@ -133,15 +133,23 @@ async def serve_unix_streams(
 async def _stream_task(
     stream: trio.SocketStream, on_stream: Callable[[trio.SocketStream], Awaitable[None]], slots: trio.Semaphore
 ) -> None:
+    name = stream.socket.getsockname()  # now: once the stream is closed the socket cannot say
     try:
         async with stream:
             await on_stream(stream)
-    except (trio.BrokenResourceError, trio.ClosedResourceError):
-        pass
-    except Exception:
-        log.exception("connection on %s failed", stream.socket.getsockname())
+    except Exception as exc:
+        # The other end went away (also from inside the handler's own nursery, wrapped in a group): that
+        # ends the connection, nothing more. Anything else is logged; the server serves on either way.
+        if not _only_disconnects(exc):
+            log.exception("connection on %s failed", name)
     finally:
         slots.release()
+
+
+def _only_disconnects(error: BaseException) -> bool:
+    if isinstance(error, BaseExceptionGroup):
+        return all(_only_disconnects(inner) for inner in error.exceptions)
+    return isinstance(error, (trio.BrokenResourceError, trio.ClosedResourceError))
 
 
 # The file-system calls below are a few metadata operations on a local folder, once at start: not worth threads.

@@ -239,7 +239,10 @@ async def _write(stream: trio.SocketStream, outbox: trio.MemoryReceiveChannel[di
                 payload.append(proto.encode(outbox.receive_nowait()))
             except trio.WouldBlock:
                 break
-        await stream.send_all(b"".join(payload))
+        try:
+            await stream.send_all(b"".join(payload))
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            return  # the script went away; the listener sees the end of its stream and ends the session
 
 
 async def _send_with_fd(stream: trio.SocketStream, payload: bytes, fd: int) -> None:
