@@ -219,7 +219,7 @@ class ExchangeService:
             self.settled >= wanted or self.past_budget >= FINISH_CAP * wanted or self._no_one_left
         )
 
-    def _note_if_alone(self) -> None:
+    def _note_stalled_finish(self) -> None:
         """Past the budget, a peer whose neighbours have all gone (attached scripts close once their own swarm
         finished) has no one to finish with, however long the peer table still lists them: after twice
         `exchange_timeout` without a successful exchange it is finished."""
@@ -310,7 +310,7 @@ class ExchangeService:
                     interval = self.gossip.exchange_interval
                     # Back-to-back exchanges (interval 0) still yield a little, so a lone peer does not spin.
                     await trio.sleep(interval * self.rng.uniform(0.75, 1.25) if interval > 0 else 0.01)
-                self._note_if_alone()
+                self._note_stalled_finish()
                 if self.finished:
                     continue
                 partner = self._partner() if self._may_start() else None
