@@ -19,7 +19,7 @@ import torch
 
 from gossipd.data.errors import DataError, checked_size, data_path
 from gossipd.data.spec import ArrayDataset, DataBundle, InputSpec
-from gossipd.data.splits import fit_standardization, split_indices
+from gossipd.data.splits import Standardization, fit_standardization, split_indices
 
 if TYPE_CHECKING:  # the registry imports this module to list it among the formats
     from gossipd.data.registry import LoadContext
@@ -109,19 +109,34 @@ def _read_exact(stream: _ByteStream, count: int, path: Path, what: str) -> bytea
 
 def read_images(path: Path) -> np.ndarray:
     """IDX images `(N, H, W)` as float32 `(N, 1, H, W)`: bytes scaled to [0, 1], floats taken as they are."""
+    return as_pixels(read_raw_images(path))
+
+
+def read_raw_images(path: Path) -> np.ndarray:
+    """IDX images `(N, 1, H, W)` in their stored dtype (bytes, or checked finite floats): a peer converts only
+    the rows it keeps, so MNIST's 60,000 training images never all become float32 (188 MB) at once."""
     array = read_idx(path)
     if array.ndim != 3:
         raise DataError(path, f"found {array.ndim} dimensions, expected 3 (images, rows, columns)")
-    if array.dtype == np.uint8:
-        images = array.astype(np.float32)
-        images /= 255.0
-    elif array.dtype.kind == "f":
-        images = array.astype(np.float32)
-        if not np.isfinite(images).all():
+    if array.dtype.kind == "f":
+        if not np.isfinite(array).all():
             raise DataError(path, "found NaN or infinite pixel values")
-    else:
+    elif array.dtype != np.uint8:
         raise DataError(path, f"found {array.dtype} pixels, expected unsigned bytes (0x08) or floats")
-    return images.reshape(len(images), 1, *images.shape[1:])
+    return array.reshape(len(array), 1, *array.shape[1:])
+
+
+def pixel_scale(raw: np.ndarray) -> float:
+    """What a raw value is multiplied by as a pixel: bytes map to [0, 1], floats stay as they are."""
+    return 1.0 / 255.0 if raw.dtype == np.uint8 else 1.0
+
+
+def as_pixels(raw: np.ndarray) -> np.ndarray:
+    """Raw images as float32 pixels."""
+    images = raw.astype(np.float32)
+    if raw.dtype == np.uint8:
+        images /= 255.0
+    return images
 
 
 def read_labels(path: Path) -> np.ndarray:
@@ -138,10 +153,16 @@ def read_labels(path: Path) -> np.ndarray:
 
 
 def _read_pair(images_path: Path, labels_path: Path) -> tuple[np.ndarray, np.ndarray]:
-    images, labels = read_images(images_path), read_labels(labels_path)
+    images, labels = read_raw_images(images_path), read_labels(labels_path)
     if len(images) != len(labels):
         raise DataError(images_path, f"has {len(images):,} images but {labels_path.name} has {len(labels):,} labels")
     return images, labels
+
+
+def _pixel_statistics(raw: np.ndarray) -> Standardization:
+    stats = fit_standardization(raw, per_feature=False)
+    scale = pixel_scale(raw)
+    return Standardization(stats.mean * scale, stats.std * scale)
 
 
 def load_idx(config: IdxSource, ctx: LoadContext) -> DataBundle:
@@ -159,15 +180,22 @@ def load_idx(config: IdxSource, ctx: LoadContext) -> DataBundle:
         val_x, val_y = _read_pair(test_images, data_path(config.test_labels, ctx.base_dir))
         if val_x.shape[1:] != train_x.shape[1:]:
             raise DataError(test_images, f"images are {val_x.shape[2:]}, the training images {train_x.shape[2:]}")
+        if val_x.dtype != train_x.dtype:  # one scale for both: as floats
+            train_x, val_x = as_pixels(train_x), as_pixels(val_x)
     else:
         train_idx, val_idx = split_indices(len(train_x), ctx.validation_fraction, ctx.seed)
         val_x, val_y = train_x[val_idx], train_y[val_idx]
         train_x, train_y = train_x[train_idx], train_y[train_idx]
-    if config.normalize:
-        stats = fit_standardization(train_x, per_feature=False)
+    num_classes = int(max(train_y.max(), val_y.max(initial=0))) + 1
+    # Statistics over every training image (the same on every peer), fitted on the raw values and scaled.
+    stats = _pixel_statistics(train_x) if config.normalize else None
+    if ctx.keep is not None:
+        kept = ctx.keep(train_y, len(train_y))
+        train_x, train_y = train_x[kept], train_y[kept]
+    train_x, val_x = as_pixels(train_x), as_pixels(val_x)
+    if stats is not None:
         stats.apply_(train_x)
         stats.apply_(val_x)
-    num_classes = int(max(train_y.max(), val_y.max(initial=0))) + 1
     return DataBundle(
         spec=InputSpec(kind="classification", input_shape=tuple(train_x.shape[1:]), num_classes=num_classes),
         train=ArrayDataset(torch.from_numpy(train_x), torch.from_numpy(train_y)),

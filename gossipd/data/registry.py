@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
+import numpy as np
 import torch
 
 from gossipd.data.csv_table import CsvSource, load_csv
@@ -29,15 +31,19 @@ class LoadContext:
     base_dir: Path
     validation_fraction: float
     seed: int
+    # The training examples to keep, given the training labels (classification) and their count: a loader
+    # whose entry says it `keeps` applies it before converting examples, so a peer holds only its share.
+    keep: Callable[[np.ndarray | None, int], np.ndarray] | None = None
 
 
 class FormatEntry(NamedTuple):
     config_type: type[Any]
     load: Callable[[Any, LoadContext], DataBundle]
+    keeps: bool = False  # applies LoadContext.keep itself
 
 
 FORMATS: Mapping[str, FormatEntry] = {
-    "idx": FormatEntry(IdxSource, load_idx),
+    "idx": FormatEntry(IdxSource, load_idx, keeps=True),
     "csv": FormatEntry(CsvSource, load_csv),
     "text": FormatEntry(TextSource, load_text),
     "npz": FormatEntry(NpzSource, load_npz),
@@ -68,9 +74,37 @@ def load_data(section: DataSection, seed: int) -> DataBundle:
 
 def peer_shard(bundle: DataBundle, partition: str, peer_index: int, peer_count: int, seed: int) -> ArrayDataset:
     """The training examples of peer `peer_index` out of `peer_count` under the task's partition scheme."""
+    keep = _shard_keeper(partition, peer_index, peer_count, seed)
+    labels = bundle.train.y.numpy() if bundle.spec.kind == "classification" else None
+    return bundle.train.subset(torch.from_numpy(keep(labels, len(bundle.train))))
+
+
+def load_peer_data(section: DataSection, seed: int, partition: str, peer_index: int, peer_count: int) -> DataBundle:
+    """`load_data` with only peer `peer_index`'s share of the training examples (as `peer_shard` picks it),
+    picked before the examples are converted where the format allows: a daemon of a big swarm never holds
+    the whole training set as tensors, even for a moment."""
+    keep = _shard_keeper(partition, peer_index, peer_count, seed)
+    entry = FORMATS[section.format]
+    context = LoadContext(
+        base_dir=section.base_dir,
+        validation_fraction=section.validation_fraction,
+        seed=seed,
+        keep=keep if entry.keeps else None,
+    )
+    bundle = entry.load(section.source, context)
+    if entry.keeps:
+        return bundle
+    return dataclasses.replace(bundle, train=peer_shard(bundle, partition, peer_index, peer_count, seed))
+
+
+def _shard_keeper(
+    partition: str, peer_index: int, peer_count: int, seed: int
+) -> Callable[[np.ndarray | None, int], np.ndarray]:
     if not 0 <= peer_index < peer_count:
         raise ValueError(f"peer index {peer_index} is outside 0..{peer_count - 1}")
     spec = parse_partition(partition)
-    labels = bundle.train.y.numpy() if bundle.spec.kind == "classification" else None
-    parts = partition_indices(spec, len(bundle.train), peer_count, seed, labels)
-    return bundle.train.subset(torch.from_numpy(parts[peer_index]))
+
+    def keep(labels: np.ndarray | None, count: int) -> np.ndarray:
+        return partition_indices(spec, count, peer_count, seed, labels)[peer_index]
+
+    return keep

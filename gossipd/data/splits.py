@@ -18,7 +18,7 @@ _SPLIT_STREAM = 0x5B17
 # Features with (nearly) no spread in training are centred but not scaled, rather than blown up.
 _MIN_STD = 1e-8
 # Statistics are accumulated over this many values at a time, so no float64 copy of a large array is made.
-_CHUNK_VALUES = 1 << 22
+_CHUNK_VALUES = 1 << 20  # values per chunk of the statistics passes: 8 MB float64 temporaries
 
 
 def validation_count(n_examples: int, fraction: float) -> int:
