@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # a multi-GB CUDA build to satisfy the project's torch range.
 TORCH ?= torch==2.13.0
 
-.PHONY: setup test lint unit demo bench-sim bench bench-attach bench-peers bench-wan soak fuzz clean
+.PHONY: setup test lint unit demo bench-sim bench-personal bench-quality bench bench-attach bench-peers bench-wan soak fuzz clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +32,14 @@ demo: setup
 
 bench-sim: setup
 	OMP_NUM_THREADS=1 $(BIN)/python scripts/bench_sim.py
+
+# A personal last layer ([gossip] personal) against the shared model on skewed splits, 8 simulated peers.
+bench-personal: setup
+	OMP_NUM_THREADS=1 $(BIN)/python scripts/bench_personal.py
+
+# Quality against one model on all the data, on non-IID splits: Tiny Shakespeare by position, Titanic, MNIST.
+bench-quality: setup
+	OMP_NUM_THREADS=1 $(BIN)/python scripts/bench_quality.py
 
 bench: setup
 	$(BIN)/python scripts/bench.py

@@ -11,6 +11,7 @@ from typing import Any
 import click
 
 from gossipd.cli_client import register_client_commands
+from gossipd.cli_tasks import discover_command
 from gossipd.services.control import ControlError, ErrorCode
 from gossipd.task.fields import TaskError
 
@@ -101,7 +102,7 @@ def keygen(key_file: Path, force: bool) -> None:
 @click.option("--compressor", help="Choco compressor: sign, top-k:1%, random-k:1%, qsgd:4.")
 @click.option("--gamma", type=float, help="Choco consensus step size.")
 @click.option("--weight", type=click.FloatRange(0, 0.5, min_open=True), help="Fixed mixing weight (default: MH).")
-@click.option("--partition", help="iid, dirichlet:ALPHA or shards:S (default: the task's).")
+@click.option("--partition", help="iid, contiguous, dirichlet:ALPHA or shards:S (default: the task's).")
 @click.option("--steps", default=200, show_default=True, type=click.IntRange(1), help="Rounds to run.")
 @click.option(
     "--finish-rounds", default=0, type=click.IntRange(0), help="Rounds of mixing alone after the last (the finish)."
@@ -112,6 +113,8 @@ def keygen(key_file: Path, force: bool) -> None:
 @click.option("--byzantine", default=0, type=click.IntRange(0), help="How many peers attack instead of training.")
 @click.option("--attack", default="sign-flip", type=click.Choice(["sign-flip", "scale", "noise", "nan"]))
 @click.option("--no-clip", is_flag=True, help="Turn self-centred clipping off ([robust] clip = false).")
+@click.option("--personal", multiple=True, help="Keep parameters matching this glob on each peer (repeatable).")
+@click.option("--personal-steps", type=click.IntRange(0), help="Personal fine-tuning steps after the finish.")
 @click.option("--no-train", is_flag=True, help="Only mix (with --independent-init: a pure consensus run).")
 @click.option("--independent-init", is_flag=True, help="Each peer starts from its own random model.")
 @click.option("--eval-every", default=0, type=click.IntRange(0), help="Rounds between evaluations.")
@@ -138,6 +141,8 @@ def simulate(
     byzantine: int,
     attack: str,
     no_clip: bool,
+    personal: tuple[str, ...],
+    personal_steps: int | None,
     no_train: bool,
     independent_init: bool,
     eval_every: int,
@@ -152,7 +157,7 @@ def simulate(
     from gossipd.data.registry import load_data
     from gossipd.sim.progress import Progress
     from gossipd.sim.simulator import Simulation, SimulationConfig
-    from gossipd.task.overrides import with_gossip
+    from gossipd.task.overrides import with_gossip, with_personal
 
     task = _load(task_file, data_root)
     options = {"rank": rank, "iterations": iterations, "compressor": compressor, "gamma": gamma}
@@ -168,6 +173,7 @@ def simulate(
             task = dataclasses.replace(task, gossip=dataclasses.replace(task.gossip, weight=weight))
         if no_clip:
             task = dataclasses.replace(task, robust=dataclasses.replace(task.robust, clip=False))
+        task = with_personal(task, personal, personal_steps)
         data = load_data(task.data, task.task.seed)
         config = SimulationConfig(
             peers=peers,
@@ -220,6 +226,19 @@ def _summary(report: Any) -> str:
             f"  (before {report.finish_rounds} finish rounds: mean {report.stopped_mean_accuracy:.4f})"
             if report.stopped_mean_accuracy is not None
             else ""
+        ),
+        *(
+            [f"  own labels   mean {report.own_accuracy:.4f}  worst {report.worst_own_accuracy:.4f}"]
+            if report.own_accuracy is not None
+            else []
+        ),
+        *(
+            [
+                f"  personal     {', '.join(report.personal)}: global accuracy with their average "
+                f"{report.averaged_personal_accuracy:.4f}"
+            ]
+            if report.averaged_personal_accuracy is not None
+            else []
         ),
         f"  consensus    {report.consensus_distance_start:.4g} -> {report.consensus_distance_end:.4g}",
         f"  bytes/exch.  {report.bytes_per_exchange:,.0f} (plain {report.plain_bytes_per_exchange:,}, "
@@ -392,3 +411,4 @@ def _leaf(error: BaseException, kind: type[BaseException]) -> BaseException | No
 
 
 register_client_commands(main)
+main.add_command(discover_command)

@@ -17,13 +17,16 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import click
+from click.core import ParameterSource
 
+from gossipd.cli_tasks import FROM_ONLY, join_from, join_from_options
 from gossipd.client import ControlClient
 from gossipd.paths import default_socket
 from gossipd.services.control import EXIT_CODES, ControlError, JoinRequest
 
 _EXIT_ERROR = 1  # as `gossipd.cli.EXIT_ERROR`; that module imports this one
 _F = TypeVar("_F", bound=Callable[..., Any])
+COMMANDLINE = ParameterSource.COMMANDLINE
 
 
 def register_client_commands(group: click.Group) -> None:
@@ -76,11 +79,18 @@ def status_command(socket_path: Path | None, as_json: bool) -> None:
 @click.command("peers")
 @_socket_option
 @_json_option
-def peers_command(socket_path: Path | None, as_json: bool) -> None:
-    """Show the peers each task knows (* marks those it exchanges with)."""
+@click.option("--ledger", "ledger_only", is_flag=True, help="Show only the contribution ledger.")
+def peers_command(socket_path: Path | None, as_json: bool, ledger_only: bool) -> None:
+    """Show the peers each task knows (* marks those it exchanges with), then what each neighbour
+    contributed: exchanges it started and answered, bytes each way, and what it declares."""
     with _reporting_errors():
         data = _client(socket_path).peers()
-    click.echo(json.dumps(data, indent=2) if as_json else format_peers(data, now=time.time()))
+    if as_json:
+        click.echo(json.dumps(data, indent=2))
+        return
+    now = time.time()
+    ledger = format_ledger(data, now=now)
+    click.echo(ledger if ledger_only else f"{format_peers(data, now=now)}\n\n{ledger}")
 
 
 @click.command("tasks")
@@ -94,19 +104,42 @@ def tasks_command(socket_path: Path | None, as_json: bool) -> None:
 
 
 @click.command("join")
-@click.argument("task_file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("task_file", required=False, type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--data", "data_root", type=click.Path(file_okay=False, path_type=Path), help="Replaces [data] root.")
 @click.option("--peer-index", type=click.IntRange(0), help="Train on this part of the data (with --peer-count).")
 @click.option("--peer-count", type=click.IntRange(1), help="Split the data in this many parts.")
 @_socket_option
+@join_from_options
+@click.pass_context
 def join_command(
-    task_file: Path, data_root: Path | None, peer_index: int | None, peer_count: int | None, socket_path: Path | None
+    ctx: click.Context,
+    /,
+    task_file: Path | None,
+    data_root: Path | None,
+    peer_index: int | None,
+    peer_count: int | None,
+    socket_path: Path | None,
+    from_task: str | None,
+    **fetching: Any,
 ) -> None:
-    """Start training TASK_FILE in the daemon (which reads the file itself)."""
+    """Start training TASK_FILE in the daemon (which reads the file itself); or, with --from, a task a peer
+    offers (see `gossipd discover`): fetched, checked, shown, saved, then run."""
     if (peer_index is None) != (peer_count is None):
         raise click.UsageError("--peer-index and --peer-count go together")
     if peer_index is not None and peer_count is not None and peer_index >= peer_count:
         raise click.BadParameter(f"{peer_index} is not below --peer-count {peer_count}", param_hint="--peer-index")
+    if from_task is not None:
+        if task_file is not None:
+            raise click.UsageError("give TASK_FILE or --from TASK, not both")
+        join_from(ctx, from_task, data_root=data_root, socket_path=socket_path, peer_index=peer_index,
+                  peer_count=peer_count, **fetching)  # fmt: skip
+        return
+    if task_file is None:
+        raise click.UsageError("give TASK_FILE, or --from TASK to fetch one a peer offers")
+    given = [p for p in ctx.command.params if p.name in FROM_ONLY and ctx.get_parameter_source(p.name) is COMMANDLINE]
+    used = [p.opts[0] for p in given]
+    if used:
+        raise click.UsageError(f"{', '.join(used)} only go with --from")
     request = JoinRequest(
         # Absolute: the daemon's working directory is not this shell's.
         path=str(task_file.resolve()),
@@ -164,7 +197,7 @@ def format_status(data: dict[str, Any]) -> str:
     lines = [f"peer      {data['peer_id']}", f"addresses {addresses[0]}"]
     lines += [f"          {address}" for address in addresses[1:]]
     lines += [f"uptime    {human_duration(data['uptime_s'])}", f"version   {data['version']}"]
-    lines += [*_relay_lines(data.get("relay")), ""]
+    lines += [*_relay_lines(data.get("relay")), *_sharing_lines(data.get("sharing")), ""]
     tasks = data["tasks"]
     if not tasks:
         return "\n".join([*lines, "no tasks (start one with `gossipd join TASK.toml`)"])
@@ -178,6 +211,18 @@ def format_status(data: dict[str, Any]) -> str:
         if task.get("attached_pid") is not None
     ]
     lines += [_budget_line(task) for task in tasks if task.get("mixing_cpu") is not None]
+    lines += [
+        f"{task['id']}: waiting for peers: {task['live_peers']} of the {task['min_peers']} live neighbours "
+        "[train] min_peers asks for"
+        for task in tasks
+        if task["state"] == "waiting"
+    ]
+    lines += [
+        f"{task['id']}: mixing weighted by samples; this peer declares {task['examples']:,} examples"
+        for task in tasks
+        if task.get("weigh_by") == "samples" and task.get("examples") is not None
+    ]
+    lines += [_personal_line(task) for task in tasks if task.get("personal")]
     return "\n".join(lines)
 
 
@@ -187,6 +232,25 @@ def _budget_line(task: dict[str, Any]) -> str:
         f"{task['id']}: an exchange every {task['steps_per_exchange']} steps; mixing used "
         f"{task['mixing_cpu']:.0%} of a core, allowed {task['mixing_cpu_allowed']:.0%} ([gossip] cpu_budget)"
     )
+
+
+def _personal_line(task: dict[str, Any]) -> str:
+    """The parameters this peer keeps to itself ([gossip] personal), and its personal fine-tuning."""
+    names = task["personal"]
+    shown = ", ".join(names[:4]) + (f" and {len(names) - 4} more" if len(names) > 4 else "")
+    line = f"{task['id']}: personal (never mixed, never sent): {shown}, {task['personal_values']:,} values"
+    if task.get("personal_steps"):
+        line += f"; fine-tuned {task['personal_steps_done']}/{task['personal_steps']} steps once finished"
+    return line
+
+
+def _sharing_lines(sharing: dict[str, Any] | None) -> list[str]:
+    """The open tasks the daemon offers peers (`gossipd discover` lists them)."""
+    if not sharing:
+        return []
+    offered = ", ".join(sharing["offered"]) or "no open task"
+    served = sharing["files_served"]
+    return [f"offers    {offered} ({served} task file{'s' if served != 1 else ''} served)"]
 
 
 def _relay_lines(relay: dict[str, Any] | None) -> list[str]:
@@ -248,6 +312,34 @@ def format_peers(data: dict[str, Any], now: float) -> str:
         for peer in peers
     ]
     return table(header, rows, numeric=range(5, 10))
+
+
+def format_ledger(data: dict[str, Any], now: float) -> str:
+    entries = data.get("ledger", [])
+    if not entries:
+        return "no contributions yet"
+    header = ["TASK", "PEER", "LIVE", "LAST SEEN", "TIME SEEN", "STARTED", "ANSWERED", "FAILED"]
+    header += ["SENT", "RECEIVED", "REJECTED", "STEP*", "EXAMPLES*"]
+    rows = [
+        [
+            entry["task"],
+            _short_id(entry["peer_id"]),
+            "yes" if entry["live"] else "",
+            f"{human_duration(max(0.0, now - entry['last_seen']))} ago",
+            human_duration(entry["seen_seconds"]),
+            str(entry["started"]),
+            str(entry["answered"]),
+            str(entry["failed"]),
+            human_bytes(entry["bytes_sent"]),
+            human_bytes(entry["bytes_received"]),
+            str(sum(entry["rejections"].values())),
+            _number(entry["declared_step"], "d"),
+            _number(entry["declared_dataset"], "d"),
+        ]
+        for entry in entries
+    ]
+    note = "* as the neighbour declares it in its heartbeats, unchecked"
+    return f"{table(header, rows, numeric=range(4, 13))}\n{note}"
 
 
 def format_tasks(data: dict[str, Any]) -> str:

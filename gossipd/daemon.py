@@ -31,10 +31,12 @@ from gossipd.services.network import FrameStream, FrameTooLarge, Network, RelayO
 from gossipd.services.state_transfer import STATE_PROTOCOL
 from gossipd.services.status import DaemonStatus, TaskState, TaskStatus
 from gossipd.services.task_runtime import Attachment, RunOptions, TaskRuntime
+from gossipd.services.task_sharing import SharedTask, TaskSharingService, share
 from gossipd.task.fields import TaskError
 from gossipd.task.loader import Task, load_task, parse_task
 from gossipd.wire.errors import WireError
 from gossipd.wire.messages import Message, MessageType, decode_message
+from gossipd.wire.task_requests import TASKS_PROTOCOL
 
 if TYPE_CHECKING:
     from trio_typing import TaskStatus as StartStatus
@@ -74,6 +76,7 @@ class Daemon:
         self.options = options
         self.tasks: dict[str, TaskRuntime] = {}
         self.network: Network | None = None
+        self.sharing: TaskSharingService | None = None
         self._nursery: trio.Nursery | None = None
         self._stopping = False
         self._started = time.monotonic()
@@ -102,6 +105,8 @@ class Daemon:
                     self.network = network
                     network.set_handler(MIX_PROTOCOL, self._on_mix_stream)
                     network.set_handler(STATE_PROTOCOL, self._on_state_stream)
+                    sharing = self.sharing = TaskSharingService(network=network, shared=self._shared_tasks)
+                    network.set_handler(TASKS_PROTOCOL, sharing.serve)
                     async with trio.open_nursery() as nursery:
                         self._nursery = nursery
                         # The attach socket first: whoever sees the control socket answer may attach at once.
@@ -111,6 +116,7 @@ class Daemon:
                         await nursery.start(serve_unix_http, self.options.socket, control_handler(self))
                         for task, options in initial:
                             await self._start_task(task, options)
+                        await nursery.start(sharing.run)
                         log.info(
                             "gossipd %s running: peer %s on %s, control socket %s",
                             package_version(),
@@ -177,6 +183,26 @@ class Daemon:
         routed = await self._first_message(stream)
         if routed is not None:
             await routed[0].serve_state(stream, routed[1])
+
+    def _shared_tasks(self) -> list[SharedTask]:
+        """The open tasks this daemon offers to peers: loaded, running, and not closed (see task_sharing)."""
+        network = self.network
+        if network is None:
+            return []
+        offered = []
+        for runtime in list(self.tasks.values()):
+            if runtime.model_summary is None or runtime.state in (TaskState.FAILED, TaskState.STOPPING):
+                continue
+            shared = share(
+                runtime.task,
+                runtime.model_summary,
+                peer=network.peer_id,
+                addresses=network.addresses(),
+                live_peers=len(runtime.peers.live_members()),
+            )
+            if shared is not None:
+                offered.append(shared)
+        return offered
 
     # -- tasks -----------------------------------------------------------------------------------------
 
@@ -285,6 +311,7 @@ class Daemon:
             socket=str(self.options.socket),
             tasks=tuple(t.status() for t in self.tasks.values()),
             relay=network.relay_status() if network else None,
+            sharing=self.sharing.statistics() if self.sharing else None,
         )
 
     def _runtime(self, task_id: str) -> TaskRuntime:

@@ -43,3 +43,9 @@ def ensure_private_dir(path: Path) -> Path:
     if stat.S_IMODE(info.st_mode) & 0o077:
         path.chmod(0o700)
     return path
+
+
+def fetched_task_file(state_dir: Path, task_id: str) -> Path:
+    """Where `gossipd join --from` keeps a task file fetched from a peer: `<state dir>/task-files/<id>.toml`
+    (beside the daemon's identity and checkpoints, so a restart with `gossipd run` finds it again)."""
+    return state_dir / "task-files" / f"{task_id}.toml"

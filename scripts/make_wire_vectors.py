@@ -50,6 +50,7 @@ def describe(message: Message, tensors: tuple[WireTensor, ...]) -> dict[str, Any
         "phase": message.phase,
         "reason": message.reason,
         "proof": message.proof.hex(),
+        "examples": message.examples,
         "data": message.data.hex(),
         "tensors": [{"name": t.name, "dtype": t.dtype, "shape": list(t.shape), "data": t.data.hex()} for t in tensors],
     }
@@ -93,6 +94,11 @@ def main() -> None:
             ),
             **common,
         ),
+        # A task weighted by samples (`weigh_by = "samples"`): every message declares the sender's examples.
+        "hello-weighted": (Message(type=MessageType.HELLO, examples=60000, **common), ()),
+        "power-weighted": carrying(
+            MessageType.POWER, (tensor("fc.weight", "float32", [0.25, -1, 8], (3, 1)),), phase=0, examples=7, **common
+        ),
         "abort": (Message(type=MessageType.ABORT, reason="busy", **common), ()),
         "auth": (Message(type=MessageType.AUTH, phase=1, proof=bytes(range(32, 64)), **common), ()),
     }
@@ -135,6 +141,8 @@ def main() -> None:
         "trailing-bytes": (full + b"\x00", "malformed", ()),
         "not-a-map": (msgpack.packb([1, "hello"]), "malformed", ()),
         "bool-as-int": (msgpack.packb(header("hello") | {"round": True}), "malformed", ()),
+        "negative-examples": (msgpack.packb(header("hello", n=-1)), "malformed", ()),
+        "examples-too-large": (msgpack.packb(header("hello", n=1 << 48)), "malformed", ()),
         "nan-tensor": (encode_message(nan_message), "non-finite", nan_tensors),
     }
     for name, (data, reason, layout) in invalid.items():

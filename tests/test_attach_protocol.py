@@ -15,7 +15,7 @@ from gossipd.adapters.shared_memory import SharedState, create_memory
 from gossipd.paths import attach_socket
 from gossipd.services.attach_server import read_hello
 from gossipd.task.fields import TaskError
-from gossipd.task.loader import parse_attached_task, parse_task
+from gossipd.task.loader import AttachedModel, parse_attached_task, parse_task
 from gossipd.wire import attach as proto
 
 ENTRIES = (
@@ -157,7 +157,9 @@ def test_a_bad_hello_is_refused_naming_what_is_wrong(changes: dict[str, Any], er
 
 def test_an_attached_task_keeps_the_budget_and_the_other_sections() -> None:
     text = TASK + "[train]\ntotal_steps = 100\n\n[robust]\nclip = false\n"
-    task = parse_attached_task(text, file="t", base_dir=Path("."), layout="abc", parameters=10)
+    task = parse_attached_task(
+        text, file="t", base_dir=Path("."), model=lambda _personal: AttachedModel(layout="abc", parameters=10)
+    )
     assert task.train.total_steps == 100 and not task.robust.clip
     assert task.model.name == "attached"
 

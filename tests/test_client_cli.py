@@ -92,7 +92,7 @@ async def test_socket_from_the_environment(socket_path: Path) -> None:
 async def test_peers_table_and_json(socket_path: Path) -> None:
     result = await gossipd("peers", "--socket", str(socket_path))
     assert result.exit_code == 0, result.output
-    header, first, second = result.stdout.splitlines()
+    header, first, second = result.stdout.splitlines()[:3]
     assert header.split() == [
         "TASK", "PEER", "VIEW", "SOURCES", "REACHED", "HEARD", "STEP", "LOSS", "EXCH/FAIL", "DISTANCE"
     ]  # fmt: skip
@@ -102,6 +102,24 @@ async def test_peers_table_and_json(socket_path: Path) -> None:
     result = await gossipd("peers", "--json", "--socket", str(socket_path))
     peers = json.loads(result.stdout)["peers"]
     assert [peer["task"] for peer in peers] == ["mnist", "mnist"]
+
+
+async def test_peers_show_the_contribution_ledger_with_declared_figures_marked(socket_path: Path) -> None:
+    result = await gossipd("peers", "--ledger", "--socket", str(socket_path))
+    assert result.exit_code == 0, result.output
+    header, row, note = result.stdout.splitlines()
+    assert header.split() == [
+        "TASK", "PEER", "LIVE", "LAST", "SEEN", "TIME", "SEEN", "STARTED", "ANSWERED", "FAILED", "SENT", "RECEIVED",
+        "REJECTED", "STEP*", "EXAMPLES*",
+    ]  # fmt: skip
+    assert row.split()[:3] == ["mnist", "…AAAApeerone1", "yes"]
+    assert row.split()[-12:] == ["2h", "30m", "25", "15", "2", "1.5", "MB", "1.4", "MB", "1", "1190", "15000"]
+    assert row.index("15000") + len("15000") == len(header)  # numbers end under their title
+    assert note.startswith("* ") and "declares" in note
+    full = await gossipd("peers", "--socket", str(socket_path))
+    assert "EXAMPLES*" in full.stdout and "DISTANCE" in full.stdout
+    ledger = json.loads((await gossipd("peers", "--json", "--socket", str(socket_path))).stdout)["ledger"]
+    assert ledger[0]["task"] == "mnist" and ledger[0]["declared_dataset"] == 15_000
 
 
 async def test_tasks_table(socket_path: Path) -> None:

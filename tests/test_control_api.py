@@ -29,7 +29,7 @@ from gossipd.client import ControlClient
 from gossipd.services.control import ControlError, ErrorCode, JoinRequest
 from gossipd.services.control_api import JOIN_FIELD_TYPES, control_handler
 from gossipd.services.network import RelayOffer, RelayStatus
-from gossipd.services.status import DaemonStatus, PeerStatus, TaskState, TaskStatus, to_json
+from gossipd.services.status import ContributionStatus, DaemonStatus, PeerStatus, TaskState, TaskStatus, to_json
 
 T = TypeVar("T")
 MODEL_BYTES = b"\x08\x00\x00\x00\x00\x00\x00\x00{}      " + bytes(range(256)) * 4
@@ -94,6 +94,25 @@ def make_task(task_id: str, **changes: Any) -> TaskStatus:
                 "12D3KooWBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBpeertwo2", in_view=False, step=None, last_heard=None
             ),
         ),
+        ledger=(
+            ContributionStatus(
+                peer_id="12D3KooWAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAApeerone1",
+                live=True,
+                first_seen=1_699_990_000.0,
+                last_seen=1_699_999_990.0,
+                seen_seconds=9_000.0,
+                started=25,
+                answered=15,
+                failed=2,
+                bytes_sent=1_500_000,
+                bytes_received=1_400_000,
+                state_bytes_sent=0,
+                state_bytes_received=1_000_000,
+                rejections={"non-finite": 1},
+                declared_step=1190,
+                declared_dataset=15_000,
+            ),
+        ),
     )
     return dataclasses.replace(task, **changes)
 
@@ -114,6 +133,7 @@ def make_status() -> DaemonStatus:
         consensus_distance=None,
         rejections={},
         peers=(),
+        ledger=(),
     )
     return DaemonStatus(
         peer_id="12D3KooWSelfSelfSelfSelfSelfSelfSelfSelfSelf",
@@ -370,6 +390,11 @@ async def test_metrics(client: ControlClient, socket_path: Path) -> None:
     assert value("gossipd_clipped_exchanges", task="mnist") == 12
     assert value("gossipd_suspects", task="mnist") == 1
     assert value("gossipd_mix_wait_seconds", task="mnist") == 4.5
+    assert value("gossipd_ledger_exchanges", task="mnist", started_by="neighbour") == 25
+    assert value("gossipd_ledger_exchanges", task="mnist", started_by="self") == 15
+    assert value("gossipd_ledger_neighbours", task="mnist") == 1
+    assert value("gossipd_neighbours_declared_examples", task="mnist") == 15_000
+    assert value("gossipd_ledger_rejected_messages", task="mnist") == 1
     assert value("gossipd_training_steps", task="cifar") == 0
     # None is left out, not exported as 0 or NaN.
     assert all(s.labels["task"] != "cifar" for s in families["gossipd_training_loss"].samples)

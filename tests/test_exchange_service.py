@@ -202,7 +202,14 @@ def route_mix_streams(network: FakeNetwork, exchanges: dict[bytes, ExchangeServi
 
 
 async def start_peer(
-    hub: FakeHub, name: str, *, seed: int, section: GossipSection, trainer: Trainers, budget: int | None = None
+    hub: FakeHub,
+    name: str,
+    *,
+    seed: int,
+    section: GossipSection,
+    trainer: Trainers,
+    budget: int | None = None,
+    examples: int | None = None,
 ) -> Peer:
     """A peer with its own initial model (drawn from `seed`) and a running trainer service, stopping at
     `budget` steps if given. Its exchange loop is the caller's to start."""
@@ -239,6 +246,7 @@ async def start_peer(
         ready=lambda: True,
         rng=random.Random(1000 + seed),
         device=CPU,
+        examples=examples,
     )
     route_mix_streams(network, {TASK: exchange})
     await hub.nursery.start(service.run)
@@ -246,13 +254,21 @@ async def start_peer(
 
 
 async def start_peers(
-    hub: FakeHub, names: str, *, section: GossipSection, trainer: Trainers, budgets: list[int | None] | None = None
+    hub: FakeHub,
+    names: str,
+    *,
+    section: GossipSection,
+    trainer: Trainers,
+    budgets: list[int | None] | None = None,
+    examples: list[int] | None = None,
 ) -> list[Peer]:
-    """Peers that all know each other as live members of the task, in their views."""
+    """Peers that all know each other as live members of the task, in their views; with `examples`, their
+    declared dataset sizes in a task weighted by samples."""
     budgets = budgets or [None] * len(names)
+    sizes: list[int | None] = list(examples) if examples is not None else [None] * len(names)
     peers = [
-        await start_peer(hub, name, seed=i, section=section, trainer=trainer, budget=budget)
-        for i, (name, budget) in enumerate(zip(names, budgets, strict=True))
+        await start_peer(hub, name, seed=i, section=section, trainer=trainer, budget=budget, examples=size)
+        for i, (name, budget, size) in enumerate(zip(names, budgets, sizes, strict=True))
     ]
     for peer in peers:
         others = [p.id for p in peers if p is not peer]
@@ -361,6 +377,47 @@ async def test_three_peers_mix_to_consensus_and_keep_the_swarm_average(
     assert sum_drift(before, after) <= 1e-5  # every delta was applied, at both ends of its exchange
     reported = [p.exchange.statistics().consensus_distance for p in peers]
     assert all(d is not None and d < spread(before) / 2 for d in reported), reported
+
+
+async def test_each_peers_ledger_books_every_exchange_and_byte_to_the_neighbour_it_was_with(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    with trio.fail_after(120):
+        async with fake_swarm(seed=2, latency=0.02) as hub:
+            peers = await start_peers(hub, "ABC", section=gossip("powergossip"), trainer="stepping")
+            await mix_for(hub, peers, 20)
+    by_id = {p.id: p for p in peers}
+    for peer in peers:
+        stats, entries = peer.exchange.statistics(), peer.exchange.ledger.entries()
+        assert {e.peer_id for e in entries} == {p.id for p in peers if p is not peer}
+        assert sum(e.exchanges for e in entries) == stats.exchanges > 0
+        assert sum(e.bytes_sent for e in entries) == stats.bytes_sent
+        assert sum(e.bytes_received for e in entries) == stats.bytes_received
+        for entry in entries:
+            # What this peer booked as the neighbour answering is what the neighbour booked as us starting.
+            theirs = by_id[entry.peer_id].exchange.ledger.get(peer.id)
+            assert theirs is not None
+            assert (entry.answered, entry.started) == (theirs.started, theirs.answered)
+            assert entry.bytes_sent == theirs.bytes_received and entry.bytes_received == theirs.bytes_sent
+
+
+async def test_a_swarm_weighted_by_samples_keeps_its_weighted_sum_and_converges_to_the_weighted_average(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    sizes = [100, 2000, 400]
+    with trio.fail_after(120):
+        async with fake_swarm(seed=3, latency=0.02) as hub:
+            peers = await start_peers(hub, "ABC", section=gossip("plain"), trainer="paused", examples=sizes)
+            before, after = await mix_for(hub, peers, 30)
+
+    def weighted(models: list[dict[str, torch.Tensor]]) -> torch.Tensor:
+        return sum((flat(m) * n for m, n in zip(models, sizes, strict=True)), torch.zeros(()))
+
+    drift = float((weighted(after) - weighted(before)).norm() / weighted(before).norm())
+    assert drift <= 1e-6
+    target = weighted(before) / sum(sizes)
+    assert all(torch.allclose(flat(m), target, atol=1e-5) for m in after)
+    assert sum_drift(before, after) > 1e-3  # the plain sum is not what is kept
 
 
 # -- a hung peer ---------------------------------------------------------------------------------------------

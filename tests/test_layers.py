@@ -17,6 +17,7 @@ PACKAGE = REPO / "gossipd"
 NON_CORE = {
     "cli",
     "cli_client",
+    "cli_tasks",
     "client",
     "attached",
     "__init__",

@@ -13,6 +13,7 @@ from gossipd.data.registry import load_data
 from gossipd.data.spec import InputSpec
 from gossipd.mixing.algorithm import Algorithm
 from gossipd.mixing.choco import ChocoConfig, ChocoGossip
+from gossipd.mixing.clipping import Clipper, RobustSection
 from gossipd.mixing.edge import EdgeState, derive_epoch
 from gossipd.mixing.layout import ParamLayout, low_rank_pays, max_message_bytes, mixed_parameters
 from gossipd.mixing.local import Traffic, run_pair
@@ -31,6 +32,7 @@ from gossipd.wire.messages import Message, MessageType, decode_message, encode_m
 from tests.conftest import DEFAULT_TASK
 
 TASK = b"T" * 16
+TENSORS = ("conv.weight", "conv.bias", "fc.weight", "thin.weight")
 CPU = torch.device("cpu")
 ALGORITHMS: dict[str, Algorithm[Any]] = {
     "plain": PlainGossip(PlainConfig()),
@@ -60,8 +62,11 @@ class Peer:
         self.id = f"peer-{index:03d}".encode()
         self.params = params
         self.edges: dict[bytes, EdgeState] = {}
+        self.examples: int | None = None  # a declared dataset size: set for tasks weighted by samples
 
-    def session(self, algorithm: Algorithm[Any], other: Peer, *, task: bytes = TASK, degree: int = 1) -> Any:
+    def session(
+        self, algorithm: Algorithm[Any], other: Peer, *, task: bytes = TASK, degree: int = 1, clipper: Any = None
+    ) -> Any:
         return ExchangeSession(
             algorithm=algorithm,
             params=self.params,
@@ -74,6 +79,8 @@ class Peer:
             fixed_weight=None,
             rng=random.Random(hash(self.id) & 0xFFFF),
             device=CPU,
+            examples=self.examples,
+            clipper=clipper,
         )
 
 
@@ -104,6 +111,81 @@ def test_exchanges_preserve_the_swarm_average(name: str) -> None:
     for key in before:
         error = float((after[key] - before[key]).norm() / before[key].norm())
         assert error <= 1e-6, f"{name}: {key} drifted by {error:.2e}"
+
+
+@pytest.mark.parametrize("name", ALGORITHMS)
+def test_weighted_exchanges_preserve_the_sample_weighted_sum(name: str) -> None:
+    """`weigh_by = "samples"`: each end scales its step by 2·n_peer/(n_own + n_peer), so Σ n_i·x_i holds
+    exactly as Σ x_i does unweighted — in every mode, through resets and exchanges in step alike."""
+    algorithm = ALGORITHMS[name]
+    peers = [Peer(i, model(i)) for i in range(4)]
+    for peer, examples in zip(peers, (100, 3000, 50, 700), strict=True):
+        peer.examples = examples
+
+    def weighted() -> dict[str, torch.Tensor]:
+        return {k: sum((p.params[k].double() * (p.examples or 0) for p in peers), torch.zeros(())) for k in TENSORS}
+
+    before = weighted()
+    plain_before = total(peers)
+    rng = random.Random(2)
+    for _ in range(40):
+        a, b = rng.sample(peers, 2)
+        exchange(algorithm, a, b)
+    after, plain_after = weighted(), total(peers)
+    for key in before:
+        error = float((after[key] - before[key]).norm() / before[key].norm())
+        assert error <= 1e-6, f"{name}: weighted {key} drifted by {error:.2e}"
+    # ... and it is the weighted sum that holds, not the plain one (unequal sizes move the plain sum).
+    assert any(float((plain_after[k] - plain_before[k]).norm()) > 1e-3 for k in TENSORS)
+
+
+def test_weighted_plain_gossip_converges_to_the_sample_weighted_average() -> None:
+    peers = [Peer(i, model(i)) for i in range(4)]
+    sizes = (100, 3000, 50, 700)
+    for peer, examples in zip(peers, sizes, strict=True):
+        peer.examples = examples
+    target = {
+        k: sum((p.params[k].double() * n for p, n in zip(peers, sizes, strict=True)), torch.zeros(())) / sum(sizes)
+        for k in TENSORS
+    }
+    rng = random.Random(3)
+    for _ in range(200):
+        a, b = rng.sample(peers, 2)
+        exchange(ALGORITHMS["plain"], a, b)
+    for peer in peers:
+        for key in TENSORS:
+            assert torch.allclose(peer.params[key].double(), target[key], atol=1e-4), key
+
+
+def test_one_pair_at_half_weight_lands_on_its_weighted_average() -> None:
+    a, b = Peer(0, model(0)), Peer(1, model(1))
+    a.examples, b.examples = 1000, 3000
+    expected = {k: (a.params[k] * 1000 + b.params[k] * 3000) / 4000 for k in TENSORS}
+    exchange(ALGORITHMS["plain"], a, b)
+    for key in TENSORS:
+        assert torch.allclose(a.params[key], expected[key], atol=1e-5)
+        assert torch.allclose(b.params[key], expected[key], atol=1e-5)
+
+
+def test_an_end_that_does_not_weigh_is_a_protocol_violation() -> None:
+    a, b = Peer(0, model(0)), Peer(1, model(1))
+    a.examples = 100  # b runs a task without weigh_by: the hashes would differ, but the session checks too
+    with pytest.raises(ProtocolViolation, match="dataset size"):
+        run_pair(a.session(ALGORITHMS["plain"], b), b.session(ALGORITHMS["plain"], a), max_message_bytes=1 << 20)
+
+
+def test_clipping_bounds_the_weighted_pull() -> None:
+    """A neighbour that declares a huge dataset pulls no further than w·τ: the clipper sees the larger step."""
+    radius = 1.0
+    a, b = Peer(0, model(0)), Peer(1, model(1))
+    a.examples, b.examples = 1, 10**12
+    clipper = Clipper(RobustSection(radius=radius))
+    ends = (a.session(ALGORITHMS["plain"], b, clipper=clipper), b.session(ALGORITHMS["plain"], a))
+    run_pair(*ends, max_message_bytes=1 << 20)
+    result = ends[0].result()
+    moved = math.sqrt(sum(float(d.pow(2).sum()) for d in result.delta.values()))
+    assert result.clipped
+    assert moved == pytest.approx(result.weight * radius, rel=1e-4)
 
 
 @pytest.mark.parametrize("name", ALGORITHMS)

@@ -1,4 +1,5 @@
-"""Splitting a dataset among simulated peers: IID, Dirichlet(α) label skew, label shards, and `peer_shard`."""
+"""Splitting a dataset among simulated peers: IID, contiguous blocks, Dirichlet(α) label skew, label shards, and
+`peer_shard`."""
 
 from __future__ import annotations
 
@@ -45,6 +46,7 @@ def mean_label_distance(parts: list[np.ndarray], labels: np.ndarray) -> float:
     [
         ("iid", PartitionSpec("iid")),
         (" iid ", PartitionSpec("iid")),
+        ("contiguous", PartitionSpec("contiguous")),
         ("dirichlet:0.5", PartitionSpec("dirichlet", alpha=0.5)),
         ("dirichlet:100", PartitionSpec("dirichlet", alpha=100.0)),
         ("dirichlet:1e-2", PartitionSpec("dirichlet", alpha=0.01)),
@@ -68,6 +70,7 @@ def test_parse_partition(text: str, expected: PartitionSpec) -> None:
         ("shards:0", "at least 1"),
         ("shards:1.5", "expected 'iid'"),
         ("random", "found 'random'"),
+        ("contiguous:2", "expected 'iid', 'contiguous'"),
     ],
 )
 def test_parse_partition_errors(text: str, match: str) -> None:
@@ -106,6 +109,43 @@ def test_same_seed_same_split_different_seed_different(text: str) -> None:
     other = partition_indices(spec, len(labels), 5, seed=12, labels=labels)
     assert all(np.array_equal(a, b) for a, b in zip(first, again, strict=True))
     assert not all(np.array_equal(a, b) for a, b in zip(first, other, strict=True))
+
+
+# --- contiguous ---------------------------------------------------------------------------------------------
+
+CONTIGUOUS = PartitionSpec("contiguous")
+
+
+def test_contiguous_peer_i_takes_the_i_th_block_in_order() -> None:
+    parts = partition_indices(CONTIGUOUS, 10, peers=3, seed=0)
+    assert [p.tolist() for p in parts] == [[0, 1, 2, 3], [4, 5, 6], [7, 8, 9]]
+    assert all(p.dtype == np.int64 for p in parts)
+
+
+@given(n_examples=st.integers(1, 500), peers=st.integers(1, 40), seed=st.integers(0, 2**32 - 1))
+@settings(max_examples=60, deadline=None)
+def test_contiguous_property(n_examples: int, peers: int, seed: int) -> None:
+    if n_examples < peers:
+        with pytest.raises(ValueError, match="cannot split"):
+            partition_indices(CONTIGUOUS, n_examples, peers, seed)
+        return
+    parts = partition_indices(CONTIGUOUS, n_examples, peers, seed)
+    assert len(parts) == peers
+    assert_disjoint_and_covering(parts, n_examples)
+    assert max(map(len, parts)) - min(map(len, parts)) <= 1
+    # Blocks, in order: each part is a run of consecutive indices starting where the previous one ended.
+    assert np.array_equal(np.concatenate(parts), np.arange(n_examples))
+    assert all(np.array_equal(p, np.arange(p[0], p[0] + len(p))) for p in parts)
+    # The order is the skew, so the seed plays no part (every peer computes the same blocks).
+    again = partition_indices(CONTIGUOUS, n_examples, peers, seed + 1)
+    assert all(np.array_equal(a, b) for a, b in zip(parts, again, strict=True))
+
+
+def test_contiguous_ignores_labels() -> None:
+    labels = mnist_like_labels(30)
+    with_labels = partition_indices(CONTIGUOUS, len(labels), 4, seed=0, labels=labels)
+    without = partition_indices(CONTIGUOUS, len(labels), 4, seed=0)
+    assert all(np.array_equal(a, b) for a, b in zip(with_labels, without, strict=True))
 
 
 # --- label skew ---------------------------------------------------------------------------------------------
@@ -191,6 +231,10 @@ def test_peer_shard_of_language_data() -> None:
     shards = [peer_shard(bundle, "iid", peer, 3, seed=1) for peer in range(3)]
     rows = torch.cat([s.x[:, 0] for s in shards]).sort().values
     assert torch.equal(rows, tokens[:, 0])
+    # Contiguous: each peer reads its own stretch of the text, the stretches in order.
+    slices = [peer_shard(bundle, "contiguous", peer, 3, seed=1) for peer in range(3)]
+    assert [len(s) for s in slices] == [14, 13, 13]
+    assert torch.equal(torch.cat([s.x for s in slices]), tokens)
     with pytest.raises(ValueError, match="needs labelled examples"):
         peer_shard(bundle, "dirichlet:0.5", 0, 3, seed=1)
 

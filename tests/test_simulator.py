@@ -92,6 +92,18 @@ def test_finish_rounds_mix_without_training_and_bring_the_copies_together() -> N
     assert finished.finish_rounds == 40
 
 
+def test_a_swarm_weighted_by_samples_trains_on_skewed_shards() -> None:
+    text = DEFAULT_TASK.read_text().replace('name = "cnn"', 'name = "logistic"')
+    task = parse_task(
+        text.replace("[gossip]", "[gossip]\nweigh_by = 'samples'"), file="w.toml", base_dir=DEFAULT_TASK.parent
+    )
+    data = load_data(task.data, task.task.seed)
+    config = SimulationConfig(peers=6, rounds=40, partition="dirichlet:0.5", centralised=False, seed=5)
+    report = Simulation(task, data, config).run()
+    assert report.failed_exchanges == 0 and report.exchanges == 6 * 40
+    assert report.mean_accuracy > 0.8
+
+
 def test_simulate_command_prints_the_json_contract(tmp_path: Path) -> None:
     task_file = tmp_path / "t.toml"
     task_file.write_text(DEFAULT_TASK.read_text().replace('name = "cnn"', 'name = "logistic"'))

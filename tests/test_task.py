@@ -127,6 +127,21 @@ def test_task_hash_covers_what_peers_must_share_and_nothing_local() -> None:
     assert a.hash != parse(base=MINIMAL.replace("t1", "t2")).hash  # type: ignore[attr-defined]
 
 
+def test_weighing_by_samples_is_part_of_the_hash_and_min_peers_is_not() -> None:
+    a = parse()
+    weighted = parse("[gossip]\nweigh_by = 'samples'\n")
+    assert weighted.gossip.weigh_by == "samples"  # type: ignore[attr-defined]
+    assert a.hash != weighted.hash  # type: ignore[attr-defined]
+    assert a.hash == parse("[gossip]\nweigh_by = 'none'\n").hash  # type: ignore[attr-defined]
+    waiting = parse("[train]\nmin_peers = 3\nmin_peers_grace = 10.5\n")
+    assert (waiting.train.min_peers, waiting.train.min_peers_grace) == (3, 10.5)  # type: ignore[attr-defined]
+    assert a.hash == waiting.hash  # type: ignore[attr-defined]
+    with pytest.raises(TaskError, match="weigh_by"):
+        parse("[gossip]\nweigh_by = 'examples'\n")
+    with pytest.raises(TaskError, match="min_peers"):
+        parse("[train]\nmin_peers = -1\n")
+
+
 def test_unreadable_and_non_utf8_files(tmp_path: Path) -> None:
     with pytest.raises(TaskError, match="cannot read"):
         load_task(tmp_path / "absent.toml")

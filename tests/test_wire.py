@@ -71,6 +71,7 @@ def test_golden_vectors(entry: dict[str, Any]) -> None:
     assert message.phase == expected["phase"]
     assert message.reason == expected["reason"]
     assert message.proof.hex() == expected["proof"]
+    assert message.examples == expected["examples"]
     assert message.data.hex() == expected["data"]
     assert [(t.name, t.dtype, list(t.shape), t.data.hex()) for t in records.values()] == [
         (t["name"], t["dtype"], t["shape"], t["data"]) for t in expected["tensors"]

@@ -67,6 +67,13 @@ def load_or_create_identity(path: Path) -> KeyPair:
     return key_pair
 
 
+def ephemeral_identity() -> KeyPair:
+    """A throwaway Ed25519 key for a short-lived client host (`gossipd discover`): never the daemon's own
+    identity, which a daemon running on this machine may be using at the same time."""
+    key_pair: KeyPair = new_ed25519()
+    return key_pair
+
+
 def peer_id_of(key_pair: KeyPair) -> str:
     return str(ID.from_pubkey(key_pair.public_key).to_base58())
 

@@ -71,7 +71,7 @@ class _SnapshotCollector:
         families += [_per_task(CounterMetricFamily, n, h, get, self._status.tasks) for n, h, get in _COUNTERS]
         families += [_per_task(GaugeMetricFamily, n, h, get, self._status.tasks) for n, h, get in _GAUGES]
         families += [_exchanges(self._status.tasks), _peers(self._status.tasks), _rejections(self._status.tasks)]
-        families += [_reached(self._status.tasks), *_relay(self._status)]
+        families += [_reached(self._status.tasks), *_ledger(self._status.tasks), *_relay(self._status)]
         yield from (family for family in families if family.samples)
 
 
@@ -152,3 +152,31 @@ def _rejections(tasks: tuple[TaskStatus, ...]) -> Metric:
         for reason, count in sorted(task.rejections.items()):
             family.add_metric([task.id, reason], count)
     return family
+
+
+def _ledger(tasks: tuple[TaskStatus, ...]) -> list[Metric]:
+    """The contribution ledger's totals; per-neighbour lines stay in /v1/peers (one series per peer id would
+    grow a scraper's storage with every peer that ever passed by)."""
+    by_starter = CounterMetricFamily(
+        "gossipd_ledger_exchanges_total",
+        "Completed exchanges with neighbours, by which end started them.",
+        labels=["task", "started_by"],
+    )
+    neighbours = GaugeMetricFamily(
+        "gossipd_ledger_neighbours", "Neighbours in the contribution ledger, departed ones included.", labels=["task"]
+    )
+    declared = GaugeMetricFamily(
+        "gossipd_neighbours_declared_examples",
+        "Training examples the live neighbours declare in their heartbeats (unchecked).",
+        labels=["task"],
+    )
+    rejected = CounterMetricFamily(
+        "gossipd_ledger_rejected_messages_total", "Messages of known neighbours that were rejected.", labels=["task"]
+    )
+    for task in tasks:
+        by_starter.add_metric([task.id, "neighbour"], sum(e.started for e in task.ledger))
+        by_starter.add_metric([task.id, "self"], sum(e.answered for e in task.ledger))
+        neighbours.add_metric([task.id], len(task.ledger))
+        declared.add_metric([task.id], sum(e.declared_dataset or 0 for e in task.ledger if e.live))
+        rejected.add_metric([task.id], sum(sum(e.rejections.values()) for e in task.ledger))
+    return [by_starter, neighbours, declared, rejected]

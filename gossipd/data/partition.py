@@ -1,6 +1,8 @@
-"""Splitting one dataset among N simulated peers, by peer index: IID, Dirichlet(α) over labels, label shards.
+"""Splitting one dataset among N simulated peers, by peer index: IID, Dirichlet(α) over labels, label shards,
+or contiguous blocks in the examples' own order (for text: slices by position, so different plays and speakers).
 
-All schemes are seeded, so every peer of a local swarm computes the same split and takes its own part.
+Every scheme is a function of the seed alone, so every peer of a local swarm computes the same split and takes
+its own part.
 """
 
 from __future__ import annotations
@@ -11,8 +13,8 @@ from typing import Literal
 
 import numpy as np
 
-Scheme = Literal["iid", "dirichlet", "shards"]
-_SPEC = re.compile(r"^(iid|dirichlet:(?P<alpha>[0-9]*\.?[0-9]+(?:e-?[0-9]+)?)|shards:(?P<shards>[0-9]+))$")
+Scheme = Literal["iid", "contiguous", "dirichlet", "shards"]
+_SPEC = re.compile(r"^(iid|contiguous|dirichlet:(?P<alpha>[0-9]*\.?[0-9]+(?:e-?[0-9]+)?)|shards:(?P<shards>[0-9]+))$")
 # Dirichlet draws that leave a peer with almost nothing are redrawn, as in Hsu et al. (2019) and FedML.
 _MIN_PER_PEER = 10
 _MAX_REDRAWS = 1000
@@ -29,14 +31,17 @@ class PartitionSpec:
             return f"dirichlet:{self.alpha:g}"
         if self.scheme == "shards":
             return f"shards:{self.shards_per_peer}"
-        return "iid"
+        return self.scheme
 
 
 def parse_partition(text: str) -> PartitionSpec:
-    """`iid`, `dirichlet:ALPHA` (ALPHA > 0; smaller is more skewed) or `shards:S` (S label shards a peer)."""
+    """`iid`, `contiguous` (peer i takes the i-th block of examples in their order), `dirichlet:ALPHA`
+    (ALPHA > 0; smaller is more skewed) or `shards:S` (S label shards a peer)."""
     match = _SPEC.match(text.strip())
     if match is None:
-        raise ValueError(f"found {text!r}, expected 'iid', 'dirichlet:ALPHA' (e.g. dirichlet:0.5) or 'shards:S'")
+        raise ValueError(
+            f"found {text!r}, expected 'iid', 'contiguous', 'dirichlet:ALPHA' (e.g. dirichlet:0.5) or 'shards:S'"
+        )
     if match["alpha"] is not None:
         alpha = float(match["alpha"])
         if alpha <= 0:
@@ -47,13 +52,16 @@ def parse_partition(text: str) -> PartitionSpec:
         if shards < 1:
             raise ValueError("found 0 shards per peer, expected at least 1")
         return PartitionSpec("shards", shards_per_peer=shards)
+    if match[1] == "contiguous":
+        return PartitionSpec("contiguous")
     return PartitionSpec("iid")
 
 
 def partition_indices(
     spec: PartitionSpec, n_examples: int, peers: int, seed: int, labels: np.ndarray | None = None
 ) -> list[np.ndarray]:
-    """Example indices for each of `peers` peers (sorted, disjoint, covering every example for iid/shards)."""
+    """Example indices for each of `peers` peers (sorted, disjoint, covering every example for iid, contiguous
+    and shards)."""
     if peers < 1:
         raise ValueError(f"peer count must be at least 1, found {peers}")
     if n_examples < peers:
@@ -61,6 +69,10 @@ def partition_indices(
     rng = np.random.default_rng([seed, 0x9A27])
     if spec.scheme == "iid":
         parts = np.array_split(rng.permutation(n_examples), peers)
+    elif spec.scheme == "contiguous":
+        # No randomness on purpose: the skew is the order itself (a text's windows follow the text, so
+        # peer i reads the i-th stretch of it), and sizes differ by at most one, as for iid.
+        parts = np.array_split(np.arange(n_examples), peers)
     else:
         if labels is None:
             raise ValueError(f"partition {spec} needs labelled examples; this dataset has none (use 'iid')")

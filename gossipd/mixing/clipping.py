@@ -53,12 +53,17 @@ class Clipper:
             return 0.0
         return self.section.multiplier * statistics.median(self.recent)
 
-    def factor(self, distance: float, peer: bytes = b"") -> float:
-        """The scale for this exchange's delta (1 when within the radius), and remember the distance."""
+    def factor(self, distance: float, peer: bytes = b"", pull: float = 1.0) -> float:
+        """The scale for this exchange's delta (1 when within the radius), and remember the distance.
+
+        `pull` is how much more than w this end moves (weighted mixing, `weigh_by`: up to 2 towards a peer
+        that declares far more examples); the move is still at most w·τ, so a peer that declares a huge
+        dataset pulls no further than any other."""
         tau = self.radius()
         if math.isfinite(distance):
             self.recent.append(distance)
-        if math.isfinite(distance) and (distance <= tau or distance == 0):
+        reach = distance * pull
+        if math.isfinite(distance) and (reach <= tau or reach == 0):
             self._streak.pop(peer, None)
             return 1.0
         # A warm-up exchange (τ = 0) says nothing about the neighbour: only count real clips against it.
@@ -67,7 +72,7 @@ class Clipper:
         else:
             self._streak.pop(peer, None)
         self.clipped += 1
-        return tau / distance if math.isfinite(distance) else 0.0
+        return tau / reach if math.isfinite(reach) else 0.0
 
     def is_suspect(self, peer: bytes) -> bool:
         return self._streak.get(peer, 0) >= self.section.suspect_after

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
+from gossipd.mixing.personal import Personal
 from gossipd.wire.tensors import TensorSpec, to_wire
 
 Params = Mapping[str, torch.Tensor]
@@ -35,10 +36,17 @@ class ParamLayout:
         return sum(math.prod(s) for s in self.shapes.values())
 
 
-def mixed_parameters(model: nn.Module) -> dict[str, torch.Tensor]:
-    """The tensors gossip mixes: trainable parameters only. Normalisation running statistics (buffers)
+def mixed_parameters(model: nn.Module, personal: frozenset[str] = frozenset()) -> dict[str, torch.Tensor]:
+    """The tensors gossip mixes: trainable parameters only, less the `personal` ones (`[gossip] personal`,
+    see gossipd.mixing.personal), which never leave the peer. Normalisation running statistics (buffers)
     stay local, as in PowerGossip's reference code; a joining peer copies them once with the full state."""
-    return {name: p.detach() for name, p in model.named_parameters() if p.requires_grad}
+    return {name: p.detach() for name, p in model.named_parameters() if p.requires_grad and name not in personal}
+
+
+def personal_of(model: nn.Module, patterns: Sequence[str]) -> Personal:
+    """What `[gossip] personal` keeps of this model; PersonalError if the patterns do not fit it."""
+    trainable = {name: tuple(p.shape) for name, p in model.named_parameters() if p.requires_grad}
+    return Personal.of(trainable, model.state_dict().keys(), patterns)
 
 
 def matrix_shape(shape: tuple[int, ...]) -> tuple[int, int]:

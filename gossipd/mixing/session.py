@@ -30,7 +30,7 @@ from gossipd.mixing.algorithm import Algorithm, Delta, ExchangeContext, MixOutco
 from gossipd.mixing.clipping import Clipper
 from gossipd.mixing.edge import EdgeState, derive_epoch
 from gossipd.mixing.layout import ParamLayout, Params
-from gossipd.mixing.weights import edge_weight
+from gossipd.mixing.weights import edge_weight, sample_pull
 from gossipd.wire.errors import ProtocolViolation, WireError
 from gossipd.wire.messages import Message, MessageType
 from gossipd.wire.tensors import pack_tensors, unpack_tensors
@@ -79,11 +79,19 @@ class ExchangeSession:
         rng: random.Random,
         device: torch.device,
         clipper: Clipper | None = None,
+        examples: int | None = None,
     ) -> None:
+        """`examples`: this end's declared dataset size in a task weighted by samples (`weigh_by`), else None;
+        the peer's comes in its messages, and each end scales its step by `sample_pull`."""
         if self_id == peer_id:
             raise ValueError("a peer cannot exchange with itself")
+        missing = [name for name in layout.shapes if name not in params]
+        if missing:
+            raise ValueError(f"the layout's tensors {missing[:5]} are not among the parameters to mix")
         self.algorithm = algorithm
-        self.params = params
+        # Only the layout's tensors are mixed or sent, whatever else the caller holds: personal parameters
+        # ([gossip] personal) are left out of the layout and so can never reach the wire.
+        self.params = {name: params[name] for name in layout.shapes}
         self.layout = layout
         self.sign = -1.0 if self_id < peer_id else 1.0
         self.peer_id = peer_id
@@ -94,6 +102,8 @@ class ExchangeSession:
         self.rng = rng
         self.device = device
         self.clipper = clipper
+        self.examples = examples
+        self.pull = 1.0
         self.clipped = False
         self.phase = Phase.NEW
         self.rounds_done = 0
@@ -174,12 +184,13 @@ class ExchangeSession:
     def _on_hello(self, hello: Message) -> list[Message]:
         if hello.type is not MessageType.HELLO:
             raise ProtocolViolation(f"expected hello, received {hello.type}")
+        self._check_examples(hello)
         if not self._in_step(hello):
             epoch = derive_epoch(self.edge.key, (hello.epoch, hello.round))
             data = self.algorithm.reset_edge(epoch, self.layout, self.device)
             self.edge = EdgeState(epoch=epoch, round=0, synced=True, data=data)
             self.reset = True
-        return self._begin_rounds(hello.degree)
+        return self._begin_rounds(hello)
 
     def _on_first_round(self, message: Message) -> list[Message]:
         """The answering end skipped its hello: it found the edge in step, and this is its phase 0."""
@@ -188,16 +199,26 @@ class ExchangeSession:
                 f"expected hello, received {message.type} for edge state {(message.epoch, message.round)}, "
                 f"ours {self.edge.key}"
             )
-        ours = self._begin_rounds(message.degree)
+        self._check_examples(message)
+        ours = self._begin_rounds(message)
         return ours + self._on_round(message)
 
-    def _begin_rounds(self, peer_degree: int) -> list[Message]:
-        self.peer_degree = peer_degree
-        self.weight = edge_weight(self.fixed_weight, self.degree, peer_degree)
+    def _check_examples(self, message: Message) -> None:
+        """Both ends of a task weighted by samples declare their dataset size in every message; no other does."""
+        if (message.examples is None) != (self.examples is None):
+            expected = "its declared dataset size" if self.examples is not None else "no dataset size"
+            raise ProtocolViolation(f"{message.type} message should carry {expected} (weigh_by)")
+
+    def _begin_rounds(self, first: Message) -> list[Message]:
+        """The weight, from the peer's first message (its hello, or its phase 0 when it skipped the hello)."""
+        self.peer_degree = first.degree
+        self.weight = edge_weight(self.fixed_weight, self.degree, first.degree)
+        if self.examples is not None and first.examples is not None:
+            self.pull = sample_pull(self.examples, first.examples)
         ctx = ExchangeContext(
             params=self.params,
             layout=self.layout,
-            weight=self.weight,
+            weight=self.weight * self.pull,
             sign=self.sign,
             epoch=self.edge.epoch,
             device=self.device,
@@ -220,6 +241,7 @@ class ExchangeSession:
             raise ProtocolViolation(
                 f"message for edge state {(message.epoch, message.round)}, expected {self.edge.key}"
             )
+        self._check_examples(message)
         records = unpack_tensors(message.data, expected.expect)
         self.rounds_done += 1
         return self._advance(lambda rounds: rounds.send(records))
@@ -245,7 +267,7 @@ class ExchangeSession:
         """Self-centred clipping: the move towards the peer is at most w·τ (only this end decides)."""
         if self.clipper is None:
             return outcome
-        factor = self.clipper.factor(outcome.distance, self.peer_id)
+        factor = self.clipper.factor(outcome.distance, self.peer_id, self.pull)
         if factor >= 1.0:
             return outcome
         self.clipped = True
@@ -258,6 +280,7 @@ class ExchangeSession:
             epoch=self.edge.epoch,
             round=self.edge.round,
             degree=self.degree,
+            examples=self.examples,
             **body,
         )
 

@@ -19,3 +19,14 @@ def metropolis_hastings(degree_a: int, degree_b: int) -> float:
 def edge_weight(fixed: float | None, degree_a: int, degree_b: int) -> float:
     """The task's fixed weight if it sets one, else Metropolis-Hastings."""
     return fixed if fixed is not None else metropolis_hastings(degree_a, degree_b)
+
+
+def sample_pull(own_examples: int, peer_examples: int) -> float:
+    """How much this end's step is scaled in a task weighted by samples: 2·n_peer / (n_own + n_peer).
+
+    With x_own += c_own·w·(x_peer − x_own) and c_own = 2·n_peer/(n_own + n_peer) on both ends, n_own·Δx_own
+    + n_peer·Δx_peer = 0: the sample-weighted sum is conserved, and at w = 1/2 both ends land on their
+    weighted average. Equal sizes give 1 (plain mixing). A declared size of 0 counts as 1.
+    """
+    own, peer = max(1, own_examples), max(1, peer_examples)
+    return 2.0 * peer / (own + peer)

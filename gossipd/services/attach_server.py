@@ -16,7 +16,8 @@ import logging
 import os
 import socket
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -24,12 +25,13 @@ import msgpack
 import trio
 
 from gossipd.adapters.shared_memory import SharedState, create_memory
+from gossipd.mixing.personal import Personal
 from gossipd.services.attached_trainer import AttachedTrainer
 from gossipd.services.control import ControlError
 from gossipd.services.status import TaskState
 from gossipd.services.task_runtime import Attachment, TaskRuntime
 from gossipd.task.fields import TaskError
-from gossipd.task.loader import MAX_TASK_FILE_BYTES, Task, parse_attached_task
+from gossipd.task.loader import MAX_TASK_FILE_BYTES, AttachedModel, Task, parse_attached_task
 from gossipd.wire import attach as proto
 
 log = logging.getLogger("gossipd.attach")
@@ -61,6 +63,7 @@ class Hello:
     pid: int
     step: int
     device: str
+    personal: Personal = field(default_factory=Personal)  # what [gossip] personal keeps out of mixing
 
 
 class _Reader:
@@ -98,13 +101,25 @@ def read_hello(message: dict[str, Any]) -> Hello:
     if not os.path.isabs(base):
         raise proto.AttachProtocolError(f"hello: base {base!r} is not an absolute path")
     layout = proto.SharedLayout.of(proto.entries_from_wire(message.get("layout")))
-    parameters = sum(e.numel for e in layout.parameters)
-    task = parse_attached_task(text, file=file, base_dir=Path(base), layout=layout.digest(), parameters=parameters)
+    task = parse_attached_task(text, file=file, base_dir=Path(base), model=partial(attached_model, layout))
     pid = proto.field(message, "pid", int)
     step = proto.field(message, "step", int)
     if step < 0:
         raise proto.AttachProtocolError(f"hello: step {step} is negative")
-    return Hello(task, layout, pid, step, str(proto.field(message, "device", str))[:64])
+    device = str(proto.field(message, "device", str))[:64]
+    return Hello(task, layout, pid, step, device, _personal(layout, task.gossip.personal))
+
+
+def attached_model(layout: proto.SharedLayout, personal: tuple[str, ...]) -> AttachedModel:
+    """The script's model as the task hash sees it: the digest and size of its shared parameters, those
+    `[gossip] personal` leaves to be mixed. Raises PersonalError (a ValueError) if the patterns do not fit."""
+    names = _personal(layout, personal).parameters
+    shared = sum(e.numel for e in layout.parameters if e.name not in names)
+    return AttachedModel(layout=layout.digest(names), parameters=shared)
+
+
+def _personal(layout: proto.SharedLayout, patterns: tuple[str, ...]) -> Personal:
+    return Personal.of({e.name: e.shape for e in layout.parameters}, (e.name for e in layout.entries), patterns)
 
 
 async def serve_attach_session(stream: trio.SocketStream, backend: AttachBackend) -> None:
@@ -144,7 +159,14 @@ async def _session(
     finally:
         os.close(fd)  # the mapping (and the script's) keeps the memory
     send, receive = trio.open_memory_channel[dict[str, Any]](OUTBOX)
-    host = AttachedTrainer(shared, send, step=hello.step, budget=hello.task.train.total_steps, state_wait=START_TIMEOUT)
+    host = AttachedTrainer(
+        shared,
+        send,
+        step=hello.step,
+        budget=hello.task.train.total_steps,
+        state_wait=START_TIMEOUT,
+        personal=hello.personal,
+    )
     runtime: TaskRuntime | None = None
     outcome = _Outcome()
     try:

@@ -30,6 +30,7 @@ import trio
 from gossipd.adapters.shared_memory import SharedState
 from gossipd.mixing.algorithm import Delta
 from gossipd.mixing.pacing import StepPacer
+from gossipd.mixing.personal import Personal
 from gossipd.services.trainer_service import TrainerStatistics
 from gossipd.wire import attach as proto
 
@@ -56,9 +57,15 @@ class AttachedTrainer:
         budget: int | None = None,
         sync_wait: float = 2.0,
         state_wait: float = 30.0,
+        personal: Personal | None = None,
     ) -> None:
         self.shared = shared
         self.layout = shared.layout
+        # [gossip] personal: parameters the script keeps to itself. They are in the shared memory like the
+        # rest (the memory is this machine's), but never in a snapshot, so never mixed; no delta touches them
+        # (a delta's missing names are zeros), and a load writes back the script's own values (the mirror's).
+        self.personal = personal or Personal()
+        self.mixed = tuple(e for e in self.layout.parameters if e.name not in self.personal.parameters)
         self.outbox = outbox
         self.budget = budget
         self.sync_wait = sync_wait
@@ -192,7 +199,7 @@ class AttachedTrainer:
     async def snapshot(self) -> dict[str, torch.Tensor]:
         if not self._fresh():
             await self._synced(full=False, wait=self.sync_wait)
-        params = {e.name: self.mirror[e.name].clone() for e in self.layout.parameters}
+        params = {e.name: self.mirror[e.name].clone() for e in self.mixed}
         for extra in (self._frozen, self._unsynced, *self._pending):
             if extra is not None:
                 _add_into(params, extra)

@@ -115,13 +115,15 @@ async def _get_status(request: Request, backend: ControlBackend, params: tuple[s
 
 
 async def _get_peers(request: Request, backend: ControlBackend, params: tuple[str, ...]) -> Response:
-    peers = [{"task": task.id, **to_json(peer)} for task in backend.status().tasks for peer in task.peers]
-    return _json({"peers": peers})
+    tasks = backend.status().tasks
+    peers = [{"task": task.id, **to_json(peer)} for task in tasks for peer in task.peers]
+    ledger = [{"task": task.id, **to_json(entry)} for task in tasks for entry in task.ledger]
+    return _json({"peers": peers, "ledger": ledger})
 
 
 async def _get_tasks(request: Request, backend: ControlBackend, params: tuple[str, ...]) -> Response:
-    tasks = [to_json(dataclasses.replace(task, peers=())) for task in backend.status().tasks]
-    return _json({"tasks": [{k: v for k, v in task.items() if k != "peers"} for task in tasks]})
+    tasks = [to_json(dataclasses.replace(task, peers=(), ledger=())) for task in backend.status().tasks]
+    return _json({"tasks": [{k: v for k, v in task.items() if k not in ("peers", "ledger")} for task in tasks]})
 
 
 async def _get_task(request: Request, backend: ControlBackend, params: tuple[str, ...]) -> Response:

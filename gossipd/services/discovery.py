@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 import trio
 
+from gossipd.peering.ledger import Ledger
 from gossipd.peering.table import PeerTable
 from gossipd.peering.view import PeerView
 from gossipd.services.network import DialError, Network, PeerAddress, Subscription
@@ -66,6 +67,7 @@ class DiscoveryService:
         dht_interval: float = 15.0,
         rewire_interval: float = 30.0,
         access: Access = OPEN,
+        ledger: Ledger | None = None,
     ) -> None:
         self.network = network
         self.task_hash = task_hash
@@ -78,6 +80,7 @@ class DiscoveryService:
         self.dht_interval = dht_interval
         self.rewire_interval = rewire_interval
         self.access = access
+        self.ledger = ledger  # the task's contribution ledger: what neighbours declare in their heartbeats
         self.topic = topic_for(task_hash, access.key)
         self.provider_key = provider_key_for(task_hash, access.key)
         self.rejections: dict[str, int] = {}  # heartbeats ignored, by reason
@@ -140,10 +143,14 @@ class DiscoveryService:
             except WireError as exc:
                 reason = f"heartbeat-{exc.reason}"
                 self.rejections[reason] = self.rejections.get(reason, 0) + 1
+                if self.ledger is not None:
+                    self.ledger.rejected(message.sender, reason)
                 log.debug("ignored a heartbeat from %s: %s", message.sender, exc)
                 continue
             known = message.sender in self.peers
             self.peers.saw(beat.peer, "pubsub", addresses=beat.addresses, member=True, step=beat.step, loss=beat.loss)
+            if self.ledger is not None:
+                self.ledger.heard(beat.peer, step=beat.step, dataset=beat.dataset)
             self.network.forget_failures(beat.peer)
             if not known or beat.peer not in self.network.connected_peers():
                 self._dial_soon(PeerAddress(beat.peer, beat.addresses), "pubsub")

@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import random
+import time
 from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -42,6 +43,7 @@ from gossipd.mixing.edge import EdgeState
 from gossipd.mixing.layout import ParamLayout
 from gossipd.mixing.pacing import StepPacer
 from gossipd.mixing.session import ExchangeResult, ExchangeSession, PeerAborted, Phase
+from gossipd.peering.ledger import Ledger
 from gossipd.peering.table import PeerTable
 from gossipd.peering.view import PeerView
 from gossipd.services.model_host import ModelHost
@@ -141,7 +143,12 @@ class ExchangeService:
         access: Access = OPEN,
         cpu_clock: Callable[[], float] = process_cpu_seconds,
         idle_clock: Callable[[], float | None] = idle_cpu_seconds,
+        ledger: Ledger | None = None,
+        examples: int | None = None,
     ) -> None:
+        """`ledger`: where each neighbour's exchanges, bytes and rejected messages are booked (the task's
+        contribution ledger). `examples`: this peer's declared dataset size, for a task whose `[gossip]
+        weigh_by` is "samples" (None otherwise): it goes in every message and weights every exchange."""
         self.task_hash = task_hash
         self.gossip = gossip
         self.algorithm = algorithm
@@ -159,6 +166,8 @@ class ExchangeService:
         self.edge_capacity = edge_capacity
         self.clipper = clipper
         self.access = access
+        self.ledger = ledger if ledger is not None else Ledger(clock=time.time)
+        self.examples = examples
         self.in_flight: set[str] = set()
         self.counters = ExchangeCounters()
         self.offload = Offload()
@@ -485,6 +494,8 @@ class ExchangeService:
         """One exchange the peer started; whether the stream may carry another: it succeeded, or a stream
         that already carried one was refused for a passing reason (busy: the opener will try again on it)."""
         peer = stream.peer_id
+        # The daemon read this first message to route the stream here; encoding is canonical, so this is its size.
+        self._count_bytes(peer, received=framed_size(len(encode_message(first))))
         refusal = self._refusal(peer)
         if refusal is not None:
             keep = authenticated and refusal in PASSING_REFUSALS
@@ -495,6 +506,8 @@ class ExchangeService:
         try:
             with trio.fail_after(self.gossip.exchange_timeout):
                 hello = await self.admit(stream, first, authenticated=authenticated)
+                if hello is not first:  # a closed task's: the key handshake came first
+                    self._count_bytes(peer, received=framed_size(len(encode_message(hello))))
                 self.peers.saw(peer, "inbound", member=True, addresses=self.network.known_addresses(peer))
                 session = await self._session(peer)
                 await self._finish(peer, stream, session, first=hello)
@@ -544,10 +557,13 @@ class ExchangeService:
         return None
 
     async def _refuse(self, stream: FrameStream, reason: str, *, close: bool = True) -> None:
-        abort = Message(type=MessageType.ABORT, task=self.task_hash, epoch=0, round=0, degree=1, reason=reason)
+        abort = encode_message(
+            Message(type=MessageType.ABORT, task=self.task_hash, epoch=0, round=0, degree=1, reason=reason)
+        )
         with trio.move_on_after(2):
             with contextlib.suppress(StreamClosed):
-                await stream.send(encode_message(abort))
+                await stream.send(abort)
+                self._count_bytes(stream.peer_id, sent=framed_size(len(abort)))
         if close:
             await stream.close()
 
@@ -568,6 +584,7 @@ class ExchangeService:
             rng=self.rng,
             device=self.device,
             clipper=self.clipper,
+            examples=self.examples,
         )
 
     async def _finish(
@@ -584,11 +601,12 @@ class ExchangeService:
                 # An opener whose peer skipped its hello has its own last round still to send.
                 for payload in payloads:
                     await stream.send(payload)
-                self.counters.bytes_sent += sum(framed_size(len(payload)) for payload in payloads)
+                self._count_bytes(peer, sent=sum(framed_size(len(payload)) for payload in payloads))
                 break
             raw = await duplex(stream, payloads, self.max_bytes)
-            self.counters.bytes_sent += sum(framed_size(len(payload)) for payload in payloads)
-            self.counters.bytes_received += framed_size(len(raw))
+            self._count_bytes(
+                peer, sent=sum(framed_size(len(payload)) for payload in payloads), received=framed_size(len(raw))
+            )
             incoming = decode_message(raw, max_size=self.max_bytes, task=self.task_hash)
             outgoing = await self.offload.run(partial(session.receive, incoming))
         result = session.result()
@@ -596,6 +614,7 @@ class ExchangeService:
         self._last_success = trio.current_time()
         self._keep_edge(peer, result.edge)
         self.peers.exchange_succeeded(peer, result.distance)
+        self.ledger.exchanged(peer, started_by_us=first is None)
         self.network.forget_failures(peer)
         self._count_finish(peer, started_here=first is None)
         self.counters.exchanges += 1
@@ -629,6 +648,7 @@ class ExchangeService:
         if isinstance(error, WireError) and not isinstance(error, PeerAborted):
             reason = error.reason
             self.count_rejection(reason)
+            self.ledger.rejected(peer, reason)
             self.peers.back_off(peer, REJECTION_BACKOFF)
             log.warning("rejected a message from %s (%s): %s", peer, reason, error)
             if stream is not None and session is not None:
@@ -642,6 +662,7 @@ class ExchangeService:
         if not soft:
             self.counters.failed += 1
             self.peers.exchange_failed(peer)
+            self.ledger.failed(peer)
         # A busy neighbour frees up in moments: a step-paced peer tries again after a random wait of up to
         # two attempts' time, so two peers that started exchanges with each other at once (each declines
         # the other) do not collide forever. Otherwise its held trainer goes on, rather than wait for a mix
@@ -653,6 +674,17 @@ class ExchangeService:
             self.trainer.mix_failed()
         if stream is not None:
             await stream.reset()
+
+    def _count_bytes(self, peer: str, *, sent: int = 0, received: int = 0) -> None:
+        self.counters.bytes_sent += sent
+        self.counters.bytes_received += received
+        self.ledger.traffic(peer, sent=sent, received=received)
+
+    def count_state_transfer(self, peer: str, *, sent: int = 0, received: int = 0) -> None:
+        """A full model copied to or from `peer` (a joining peer's state transfer)."""
+        self.counters.state_bytes_sent += sent
+        self.counters.state_bytes_received += received
+        self.ledger.traffic(peer, sent=sent, received=received, state=True)
 
     def _begin(self, peer: str) -> None:
         self.in_flight.add(peer)

@@ -1,5 +1,6 @@
 """`/gossipd/state/2.0.0`: a joining peer copies a neighbour's whole model before compressed gossip starts
-(a low-rank or sparse correction per exchange cannot close a full-rank gap)."""
+(a low-rank or sparse correction per exchange cannot close a full-rank gap). Whole, but for the personal
+parameters ([gossip] personal): neither end sends or expects them, and the joiner keeps its own."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from collections.abc import Mapping
 import torch
 import trio
 
+from gossipd.mixing.personal import shared_part
 from gossipd.mixing.state import read_state, state_message
 from gossipd.services.model_host import ModelHost
 from gossipd.services.network import FrameStream, Network
@@ -25,10 +27,18 @@ def max_state_bytes(specs: Mapping[str, TensorSpec]) -> int:
     return data + 512 * len(specs) + 4096
 
 
-async def serve_state(stream: FrameStream, trainer: ModelHost, *, task_hash: bytes, half: bool) -> int:
+async def serve_state(
+    stream: FrameStream,
+    trainer: ModelHost,
+    *,
+    task_hash: bytes,
+    half: bool,
+    personal: frozenset[str] = frozenset(),
+) -> int:
     """Send this peer's model state (taken at a step boundary; floating tensors as float16 with `half`) and
-    close; returns the bytes sent. The caller bounds it with a deadline."""
-    state = await trainer.at_boundary(trainer.model_state)
+    close; returns the bytes sent. The caller bounds it with a deadline. The `personal` entries ([gossip]
+    personal) never leave the peer: the joiner keeps its own."""
+    state = shared_part(await trainer.at_boundary(trainer.model_state), personal)
     message = state_message(state, task=task_hash, step=trainer.step, degree=1, half=half)
     payload = await trio.to_thread.run_sync(encode_message, message)
     await stream.send(payload)

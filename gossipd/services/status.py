@@ -16,12 +16,23 @@ from gossipd.services.network import RelayStatus
 
 class TaskState(enum.StrEnum):
     LOADING = "loading"  # reading data, building the model
+    WAITING = "waiting"  # fewer live neighbours than [train] min_peers: neither training nor mixing
     JOINING = "joining"  # looking for a neighbour to copy a full model from
     TRAINING = "training"  # training and mixing
-    FINISHING = "finishing"  # past the training budget ([train] total_steps): mixing until the copies agree
+    FINISHING = "finishing"  # past the training budget ([train] total_steps): mixing until the copies agree,
+    # then fine-tuning the personal parameters ([train] personal_steps)
     FINISHED = "finished"  # done finishing: answers neighbours' exchanges, starts none
     STOPPING = "stopping"  # leaving: finishing exchanges in flight, writing a checkpoint
     FAILED = "failed"  # could not start (bad data, no device); `error` says why
+
+
+@dataclass(frozen=True, kw_only=True)
+class SharingStatus:
+    """What the daemon offers peers of its tasks (protocols/tasks-v1.md)."""
+
+    offered: tuple[str, ...]  # ids of the open tasks it advertises now
+    files_served: int  # task files handed to peers (`gossipd join --from`)
+    rejections: dict[str, int]  # requests and adverts refused, by reason
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -42,6 +53,28 @@ class PeerStatus:
     distance: float | None  # estimated ‖x_peer − x_self‖ at the last exchange
     backoff_until: float | None  # no exchanges with it before this time (repeated failures or rejections)
     reached: str | None = None  # how it is connected now: direct, relayed, hole-punched; None: not connected
+
+
+@dataclass(frozen=True, kw_only=True)
+class ContributionStatus:
+    """A neighbour's line of the task's contribution ledger (gossipd.peering.ledger), departed ones included.
+    `declared_*` are what its heartbeats say, unchecked; the rest this daemon measured."""
+
+    peer_id: str
+    live: bool  # a live member of the task now
+    first_seen: float  # unix time
+    last_seen: float
+    seen_seconds: float  # time it was heard from, gaps longer than the liveness window left out
+    started: int  # exchanges it started with this peer that completed
+    answered: int  # exchanges this peer started that it answered and completed
+    failed: int
+    bytes_sent: int  # to it, exchanges and model copies
+    bytes_received: int
+    state_bytes_sent: int  # of which full models it copied from this peer
+    state_bytes_received: int
+    rejections: dict[str, int]  # its messages this peer rejected, by reason
+    declared_step: int | None
+    declared_dataset: int | None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -76,13 +109,22 @@ class TaskStatus:
     privacy_delta: float | None = None  # the δ that ε is reported at
     mix_wait_seconds: float = 0.0  # time the trainer waited for a mix ([gossip] steps_per_exchange)
     divergences: int = 0  # times the model blew up and was replaced by a neighbour's
+    personal: tuple[str, ...] = ()  # parameters [gossip] personal keeps on this peer: never mixed, never sent
+    personal_values: int = 0  # how many values those parameters hold
+    personal_steps: int = 0  # the personal fine-tuning once finished ([train] personal_steps); 0: none
+    personal_steps_done: int = 0  # of those, taken (the task stays `finishing` until all are)
     total_steps: int | None = None  # the training budget ([train] total_steps); None: no end
     finish_exchanges: int = 0  # exchanges with finished neighbours since the budget was reached
     attached_pid: int | None = None  # the script whose model this task mixes (`gossipd.attach`); None: gossipd's
     steps_per_exchange: int | None = None  # a step-paced task's pace now ([gossip] cpu_budget may stretch it)
     mixing_cpu: float | None = None  # share of a core mixing used lately (step-paced, with a CPU budget)
     mixing_cpu_allowed: float | None = None  # what the CPU budget allowed it: the budget, or more when cores idle
+    min_peers: int = 0  # [train] min_peers: live neighbours needed to train; 0: none
+    live_peers: int = 0  # live neighbours now
+    weigh_by: str = "none"  # [gossip] weigh_by
+    examples: int | None = None  # training examples this peer declares to its neighbours (None: not known)
     peers: tuple[PeerStatus, ...] = ()
+    ledger: tuple[ContributionStatus, ...] = ()  # what each neighbour contributed, departed ones included
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -95,6 +137,7 @@ class DaemonStatus:
     socket: str
     tasks: tuple[TaskStatus, ...]
     relay: RelayStatus | None = None  # relays this daemon uses, and what it offers as one (`--relay`)
+    sharing: SharingStatus | None = None  # its open tasks offered to peers; None before the network runs
 
 
 def to_json(record: Any) -> Any:

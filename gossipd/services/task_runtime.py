@@ -1,6 +1,7 @@
 """One task inside a daemon: its data, model and trainer, and the services that train, discover and mix.
 
-    loading -> (joining: copy a full model from a neighbour) -> training -> stopping
+    loading -> (waiting: fewer live neighbours than [train] min_peers) -> (joining: copy a full model from a
+    neighbour) -> training (<-> waiting, once short of neighbours for min_peers_grace) -> stopping
 
 A task resumes from its newest valid checkpoint. Without one (or with one older than `catch_up_after`) it
 first looks for a live neighbour that has trained and copies that neighbour's model, so compressed gossip
@@ -11,10 +12,12 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import logging
 import math
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -24,16 +27,19 @@ import trio
 
 from gossipd.adapters.checkpoint_store import CheckpointError, CheckpointStore
 from gossipd.adapters.export import model_to_safetensors
-from gossipd.data.registry import load_data, peer_shard
+from gossipd.adapters.memory import release_free_memory
+from gossipd.data.registry import load_data, load_peer_data
 from gossipd.data.spec import ArrayDataset, DataBundle
 from gossipd.mixing.algorithm import Algorithm
 from gossipd.mixing.clipping import Clipper
 from gossipd.mixing.edge_store import edges_from_state, edges_to_state
-from gossipd.mixing.layout import ParamLayout, max_message_bytes, mixed_parameters
+from gossipd.mixing.layout import ParamLayout, max_message_bytes, mixed_parameters, personal_of
 from gossipd.mixing.local import plain_exchange_bytes
+from gossipd.mixing.personal import Personal, personal_part, shared_part
 from gossipd.mixing.registry import make_algorithm
 from gossipd.mixing.state import half_state, state_specs
-from gossipd.models.registry import build_model
+from gossipd.models.registry import build_model, count_parameters
+from gossipd.peering.ledger import Ledger
 from gossipd.peering.table import SOURCES, PeerRecord, PeerTable
 from gossipd.peering.view import PeerView
 from gossipd.services.attached_trainer import AttachedTrainer
@@ -42,10 +48,11 @@ from gossipd.services.exchange import ExchangeService
 from gossipd.services.model_host import ModelHost
 from gossipd.services.network import DialError, FrameStream, FrameTooLarge, Network, StreamClosed
 from gossipd.services.state_transfer import fetch_state, serve_state
-from gossipd.services.status import PeerStatus, TaskState, TaskStatus
+from gossipd.services.status import ContributionStatus, PeerStatus, TaskState, TaskStatus
 from gossipd.services.trainer_service import TrainerService
 from gossipd.task.access import Access, resolve_access
 from gossipd.task.loader import Task
+from gossipd.task.sharing import ModelSummary
 from gossipd.train.device import pick_device
 from gossipd.train.trainer import Trainer
 from gossipd.wire.errors import WireError
@@ -59,6 +66,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("gossipd.task")
 RECOVERY_RETRY = 2.0  # seconds between attempts to copy a neighbour's model over a diverged one
 RECOVERY_BACKOFF_MAX = 60.0
+PEER_CHECK_INTERVAL = 0.5  # seconds between counts of live neighbours ([train] min_peers)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -126,6 +134,8 @@ class TaskRuntime:
             wall_offset=time.time() - trio.current_time(),
         )
         self.view: PeerView[str] = PeerView(task.gossip.view_size, random.Random(self.rng.getrandbits(64)))
+        self.ledger = Ledger(clock=time.time, gap=self.peers.liveness)
+        self.examples: int | None = None  # training examples this peer declares (None: an attached script's)
         self.services: Services | None = None
         self.device = torch.device("cpu")
         self.state_transfers = 0
@@ -134,6 +144,9 @@ class TaskRuntime:
         self._checkpointed_version: int | None = None  # the trainer's model version in the last checkpoint
         self._cancel = trio.CancelScope()
         self.half_state = half_state(task.gossip.config)
+        self.personal = Personal()  # what [gossip] personal keeps on this peer, known once the model is
+        self._initial_personal: dict[str, torch.Tensor] = {}  # its first values (a diverged model's reset)
+        self.model_summary: ModelSummary | None = None  # once loaded: what the task's advert tells of its model
 
     # -- lifecycle -------------------------------------------------------------------------------------
 
@@ -148,14 +161,23 @@ class TaskRuntime:
                 log.error("task %s could not start: %s", self.task.id, self.error)
                 task_status.started()
                 return
+            if self.task.train.min_peers > 0:
+                # Held from its first step: no neighbour is known yet (discovery has not even started).
+                self.state = TaskState.WAITING
+                services.trainer.pause()
             async with trio.open_nursery() as nursery:
                 await nursery.start(services.discovery.run)
                 await nursery.start(services.trainer.run)
                 await nursery.start(services.exchange.run)
                 nursery.start_soon(self._checkpoint_loop)
                 task_status.started()
+                await self._wait_for_peers(services)
                 await self._join_if_needed(services)
                 nursery.start_soon(self._recover_when_diverged, services)
+                if self.task.train.min_peers > 0:
+                    nursery.start_soon(self._keep_min_peers, services)
+                if isinstance(services.trainer, TrainerService) and services.trainer.personal_steps:
+                    nursery.start_soon(self._personalise_when_finished, services.trainer, services.exchange)
 
     async def stop(self, grace: float) -> None:
         """Stop gracefully: refuse new exchanges, give those in flight `grace` seconds to finish (then
@@ -180,13 +202,24 @@ class TaskRuntime:
         section = task.data
         if options.data_root is not None:
             section = dataclasses.replace(section, base_dir=options.data_root)
-        data: DataBundle = await trio.to_thread.run_sync(load_data, section, task.task.seed)
+        if options.peer_count is None:
+            data: DataBundle = await trio.to_thread.run_sync(load_data, section, task.task.seed)
+        else:
+            share = (section.partition, options.peer_index or 0, options.peer_count)
+            data = await trio.to_thread.run_sync(load_peer_data, section, task.task.seed, *share)
         train: ArrayDataset = data.train
-        if options.peer_count is not None:
-            train = peer_shard(data, section.partition, options.peer_index or 0, options.peer_count, task.task.seed)
+        # What loading freed (the raw file, the examples of other peers) stays mapped in the loader thread's
+        # malloc arena unless handed back: about 100 MB of a daemon's resident size on MNIST.
+        await trio.to_thread.run_sync(release_free_memory)
+        self.examples = len(train)
         self.device = pick_device(task.train.device)
         init_seed = task.task.seed if options.init_seed is None else options.init_seed
         model = build_model(task.model, data.spec, init_seed)
+        self.model_summary = ModelSummary(count_parameters(model), data.spec.input_shape)
+        self.personal = personal_of(model, task.gossip.personal)  # a pattern that fits nothing fails the task
+        self._initial_personal = {
+            k: v.detach().clone() for k, v in personal_part(model.state_dict(), self.personal.state).items()
+        }
         trainer = Trainer(
             model,
             task.train,
@@ -206,19 +239,24 @@ class TaskRuntime:
                 trainer.load_state_dict(loaded.state["trainer"])
                 edges = edges_from_state(loaded.state.get("edges", {}), algorithm)
                 self._restore_peers(loaded.state.get("peers", []))
+                self.ledger.restore(loaded.state.get("ledger", []))
                 fresh = time.time() - loaded.saved_at > options.catch_up_after
                 self.last_checkpoint = loaded.saved_at
                 log.info("task %s resumed at step %d from %s", task.id, trainer.step, loaded.path.name)
             except (KeyError, RuntimeError, ValueError, TypeError) as exc:
                 log.warning("checkpoint %s does not fit this task (%s); starting afresh", loaded.path, exc)
         access = resolve_access(task.access, task.folder)
-        params = mixed_parameters(trainer.model)
+        params = mixed_parameters(trainer.model, self.personal.parameters)
         trainer_service = TrainerService(
             trainer,
-            data.validation,
+            # A daemon evaluates on the first eval_samples held-out examples only: keep no more (MNIST's
+            # 10,000 test images are 31 MB as float32, the 1,000 it scores 3 MB).
+            data.validation.head(task.train.eval_samples),
             eval_every=task.train.eval_every,
             eval_samples=task.train.eval_samples,
             budget=task.train.total_steps,
+            personal=self.personal.parameters,
+            personal_steps=task.train.personal_steps,
         )
         exchange = self._exchange_service(trainer_service, params, access, algorithm)
         exchange.edges.update(edges)
@@ -227,7 +265,7 @@ class TaskRuntime:
             exchange=exchange,
             discovery=self._discovery_service(exchange, access),
             store=store,
-            state_specs=state_specs(trainer.model.state_dict(), half=self.half_state),
+            state_specs=state_specs(shared_part(trainer.model.state_dict(), self.personal.state), half=self.half_state),
             fresh=fresh,
         )
 
@@ -235,14 +273,15 @@ class TaskRuntime:
         """The services around a script's model: no data, no trainer, no checkpoints of the daemon's."""
         host = attachment.trainer
         access = resolve_access(self.task.access, self.task.folder)
-        params = {e.name: host.mirror[e.name] for e in host.layout.parameters}
+        self.personal = host.personal
+        params = {e.name: host.mirror[e.name] for e in host.mixed}
         exchange = self._exchange_service(host, params, access, make_algorithm(self.task.gossip))
         return Services(
             trainer=host,
             exchange=exchange,
             discovery=self._discovery_service(exchange, access),
             store=None,
-            state_specs=state_specs(host.mirror, half=self.half_state),
+            state_specs=state_specs(shared_part(host.mirror, self.personal.state), half=self.half_state),
             fresh=attachment.fresh,
         )
 
@@ -268,7 +307,17 @@ class TaskRuntime:
             edge_capacity=task.gossip.view_size + 4,
             clipper=Clipper(task.robust),
             access=access,
+            ledger=self.ledger,
+            examples=self._weighing_examples(),
         )
+
+    def _weighing_examples(self) -> int | None:
+        """The dataset size that weights this peer's exchanges (`[gossip] weigh_by = "samples"`), else None."""
+        if self.task.gossip.weigh_by != "samples":
+            return None
+        if self.examples is None:
+            raise ValueError('[gossip] weigh_by = "samples" needs the number of training examples this peer has')
+        return self.examples
 
     def _discovery_service(self, exchange: ExchangeService, access: Access) -> DiscoveryService:
         task, options = self.task, self.options
@@ -285,10 +334,65 @@ class TaskRuntime:
             heartbeat_interval=options.heartbeat_interval,
             rewire_interval=task.gossip.rewire_interval,
             access=access,
+            ledger=self.ledger,
         )
 
+    def _enough_peers(self) -> bool:
+        return len(self.peers.live_members()) >= self.task.train.min_peers
+
+    async def _wait_for_peers(self, services: Services) -> None:
+        """`[train] min_peers`: neither train nor mix until that many neighbours are live (state `waiting`,
+        entered in `run` before the trainer starts)."""
+        if self.state is not TaskState.WAITING:
+            return
+        log.info("task %s waits for %d live neighbours ([train] min_peers)", self.task.id, self.task.train.min_peers)
+        await _until(self._enough_peers)
+        services.trainer.resume()
+        log.info("task %s sees %d live neighbours: training starts", self.task.id, len(self.peers.live_members()))
+
+    async def _keep_min_peers(self, services: Services) -> None:
+        """Once training, fall back to waiting when fewer than `min_peers` neighbours have been live for the
+        grace period (a neighbour restarting, or a blip in its heartbeats, is not reason enough). A peer past
+        its training budget has nothing left to hold back."""
+        grace = self.task.train.min_peers_grace
+        short_since: float | None = None
+        while True:
+            await trio.sleep(PEER_CHECK_INTERVAL)
+            if self.state is not TaskState.TRAINING or services.trainer.training_done or self._enough_peers():
+                short_since = None
+                continue
+            now = trio.current_time()
+            short_since = now if short_since is None else short_since
+            if now - short_since < grace:
+                continue
+            log.warning(
+                "task %s: %d live neighbours for %.0f s, fewer than [train] min_peers = %d: training pauses",
+                self.task.id,
+                len(self.peers.live_members()),
+                now - short_since,
+                self.task.train.min_peers,
+            )
+            self.state = TaskState.WAITING
+            services.trainer.pause()
+            await _until(lambda: self._enough_peers() or self.state is not TaskState.WAITING)
+            if self.state is TaskState.WAITING:  # not stopping meanwhile
+                services.trainer.resume()
+                self.state = TaskState.TRAINING
+                log.info(
+                    "task %s sees %d live neighbours again: training goes on",
+                    self.task.id,
+                    len(self.peers.live_members()),
+                )
+            short_since = None
+
+    def _nobody_trained_yet(self) -> bool:
+        """With `min_peers`, peers that waited for each other start together: when every live neighbour is
+        still at step 0 there is no trained model to copy, and each starts from the task's seed at once."""
+        live = [self.peers.records[p] for p in self.peers.live_members()]
+        return self.task.train.min_peers > 0 and bool(live) and all(r.step == 0 for r in live)
+
     async def _join_if_needed(self, services: Services) -> None:
-        if not services.fresh or self.options.join_timeout <= 0:
+        if not services.fresh or self.options.join_timeout <= 0 or self._nobody_trained_yet():
             self.state = TaskState.TRAINING
             return
         self.state = TaskState.JOINING
@@ -296,6 +400,8 @@ class TaskRuntime:
         with trio.move_on_after(self.options.join_timeout):
             while True:
                 if await self._copy_from_a_neighbour(services):
+                    break
+                if self._nobody_trained_yet():
                     break
                 await trio.sleep(0.5)
         services.trainer.resume()
@@ -308,6 +414,8 @@ class TaskRuntime:
         its model, and writes no checkpoint over the last good one."""
         while True:
             await services.trainer.diverged.wait()
+            # Waiting for min_peers: the neighbours to copy a model from are not there yet.
+            await _until(lambda: self.state is not TaskState.WAITING)
             if self.state is not TaskState.TRAINING:
                 return  # stopping: the checkpoint it writes is skipped (see checkpoint), nothing to recover
             self.state = TaskState.JOINING
@@ -317,14 +425,17 @@ class TaskRuntime:
             delay = min(RECOVERY_BACKOFF_MAX, RECOVERY_RETRY * 2 ** (self.divergences - 1))
             while True:
                 await trio.sleep(delay)
-                if await self._copy_from_a_neighbour(services):
+                if await self._copy_from_a_neighbour(services, reset_personal=True):
                     break
                 delay = RECOVERY_RETRY
             services.trainer.recovered()
             if self.state is TaskState.JOINING:
                 self.state = TaskState.TRAINING
 
-    async def _copy_from_a_neighbour(self, services: Services) -> bool:
+    async def _copy_from_a_neighbour(self, services: Services, *, reset_personal: bool = False) -> bool:
+        """Copy a live neighbour's shared state (all but the personal part, which it never sends); the
+        personal part stays this peer's own, or with `reset_personal` (a model that blew up, which part is
+        unknown) goes back to its first values."""
         donors = sorted(
             (r for r in self.peers.records.values() if self.peers.is_live(r.peer_id) and (r.step or 0) > 0),
             key=lambda r: -(r.step or 0),
@@ -344,13 +455,23 @@ class TaskRuntime:
                 log.info("could not copy the model from %s: %s", donor.peer_id, exc)
                 self.peers.exchange_failed(donor.peer_id)
                 continue
-            await services.trainer.at_boundary(functools.partial(services.trainer.load_model_state, state, step))
+            keep = self._initial_personal if reset_personal else None
+            await services.trainer.at_boundary(
+                functools.partial(self._load_shared, services.trainer, state, step, keep)
+            )
             services.exchange.forget_all_edges()
-            services.exchange.counters.state_bytes_received += received
+            services.exchange.count_state_transfer(donor.peer_id, received=received)
             self.state_transfers += 1
             log.info("task %s copied the model of %s at step %d", self.task.id, donor.peer_id, step)
             return True
         return False
+
+    def _load_shared(
+        self, host: ModelHost, shared: dict[str, torch.Tensor], step: int, personal: dict[str, torch.Tensor] | None
+    ) -> None:
+        """At a boundary: a neighbour's shared state with this peer's personal part (its own, or `personal`)."""
+        own = personal if personal is not None else personal_part(host.model_state(), self.personal.state)
+        host.load_model_state({**shared, **own}, step)
 
     async def serve_state(self, stream: FrameStream, request: Message) -> None:
         """Answer a neighbour's state request (the daemon routed it here by task hash)."""
@@ -363,12 +484,36 @@ class TaskRuntime:
                 if not services.exchange.access.admits(stream.peer_id):
                     raise WireError(f"{stream.peer_id} is not on the task's allow-list")
                 await services.exchange.admit(stream, request)
-                sent = await serve_state(stream, services.trainer, task_hash=self.task.hash, half=self.half_state)
+                sent = await serve_state(
+                    stream,
+                    services.trainer,
+                    task_hash=self.task.hash,
+                    half=self.half_state,
+                    personal=self.personal.state,
+                )
         except (StreamClosed, FrameTooLarge, trio.TooSlowError, RuntimeError, WireError) as exc:
             log.info("state transfer to %s failed: %s", stream.peer_id, exc)
             await stream.reset()
             return
-        services.exchange.counters.state_bytes_sent += sent
+        services.exchange.count_state_transfer(stream.peer_id, sent=sent)
+
+    # -- personal fine-tuning ([train] personal_steps) -------------------------------------------------
+
+    async def _personalise_when_finished(self, trainer: TrainerService, exchange: ExchangeService) -> None:
+        """Once this peer has finished (past its budget, done with its finish exchanges), fine-tune its
+        personal parameters: after the finish, so the shared part they are fitted to is the swarm's."""
+        # The finish has no change event; it takes seconds to minutes, so a look every 0.5 s costs nothing.
+        while not exchange.finished:  # noqa: ASYNC110
+            await trio.sleep(0.5)
+        trainer.start_personal()
+
+    @staticmethod
+    def _personalised(host: ModelHost) -> bool:
+        return not isinstance(host, TrainerService) or host.personalised
+
+    @staticmethod
+    def _personal_steps_done(host: ModelHost) -> int:
+        return host.trainer.personal_steps if isinstance(host, TrainerService) else 0
 
     # -- checkpoints -----------------------------------------------------------------------------------
 
@@ -400,6 +545,7 @@ class TaskRuntime:
                 "trainer": trainer.capture(),
                 "edges": edges_to_state({p: e for p, e in exchange.edges.items() if p not in exchange.in_flight}),
                 "peers": [self._peer_to_state(r) for r in self.peers.records.values()],
+                "ledger": self.ledger.to_state(),
             }
 
         try:
@@ -451,6 +597,7 @@ class TaskRuntime:
             step=stats.step if stats else 0,
             loss=stats.loss if stats else None,
             exchanges=services.exchange.counters.exchanges if services else 0,
+            dataset=self.examples,
         )
 
     async def export(self) -> bytes:
@@ -464,6 +611,8 @@ class TaskRuntime:
             "step": str(trainer.step),
             "algorithm": self.task.gossip.algorithm,
             "model": self.task.model.name,
+            # The personal parameters ([gossip] personal) are in the file too: it is this peer's own model.
+            "personal": json.dumps(sorted(self.personal.parameters)),
         }
         return await trio.to_thread.run_sync(model_to_safetensors, state, metadata)
 
@@ -478,7 +627,8 @@ class TaskRuntime:
         )
         state = self.state
         if state is TaskState.TRAINING and services is not None and services.trainer.training_done:
-            state = TaskState.FINISHED if services.exchange.finished else TaskState.FINISHING
+            done = services.exchange.finished and self._personalised(services.trainer)
+            state = TaskState.FINISHED if done else TaskState.FINISHING
         return TaskStatus(
             id=self.task.id,
             hash=self.task.hash.hex(),
@@ -513,13 +663,44 @@ class TaskRuntime:
             suspects=exchange.suspects if exchange else 0,
             mix_wait_seconds=trainer.held_seconds if trainer else 0.0,
             divergences=self.divergences,
+            personal=tuple(sorted(self.personal.parameters)),
+            personal_values=self.personal.values,
+            personal_steps=self.task.train.personal_steps,
+            personal_steps_done=self._personal_steps_done(services.trainer) if services is not None else 0,
             total_steps=self.task.train.total_steps,
             finish_exchanges=exchange.finish_exchanges if exchange else 0,
             attached_pid=self.attachment.pid if self.attachment is not None else None,
             steps_per_exchange=exchange.steps_per_exchange if exchange else None,
             mixing_cpu=exchange.mixing_cpu if exchange else None,
             mixing_cpu_allowed=exchange.mixing_cpu_allowed if exchange else None,
+            min_peers=self.task.train.min_peers,
+            live_peers=len(self.peers.live_members()),
+            weigh_by=self.task.gossip.weigh_by,
+            examples=self.examples,
             peers=self._peer_statuses(),
+            ledger=self._ledger_statuses(),
+        )
+
+    def _ledger_statuses(self) -> tuple[ContributionStatus, ...]:
+        return tuple(
+            ContributionStatus(
+                peer_id=c.peer_id,
+                live=self.peers.is_live(c.peer_id),
+                first_seen=c.first_seen,
+                last_seen=c.last_seen,
+                seen_seconds=c.seen_seconds,
+                started=c.started,
+                answered=c.answered,
+                failed=c.failed,
+                bytes_sent=c.bytes_sent,
+                bytes_received=c.bytes_received,
+                state_bytes_sent=c.state_bytes_sent,
+                state_bytes_received=c.state_bytes_received,
+                rejections=dict(c.rejections),
+                declared_step=c.declared_step,
+                declared_dataset=c.declared_dataset,
+            )
+            for c in self.ledger.entries()
         )
 
     def _peer_statuses(self) -> tuple[PeerStatus, ...]:
@@ -548,6 +729,12 @@ class TaskRuntime:
             )
             for r in sorted(self.peers.records.values(), key=lambda r: r.peer_id)
         )
+
+
+async def _until(condition: Callable[[], bool]) -> None:
+    # Liveness changes as heartbeats age out, with no event to wait on: look again every PEER_CHECK_INTERVAL.
+    while not condition():  # noqa: ASYNC110
+        await trio.sleep(PEER_CHECK_INTERVAL)
 
 
 def _finite(value: float | None) -> float | None:

@@ -9,6 +9,9 @@ fails, or `hold_limit` seconds pass; it never holds while the peer has no neighb
 
 With a training budget (`[train] total_steps`) the trainer stops at that step for good; it still applies the
 deltas of exchanges and serves the model at boundaries, so mixing goes on (the exchange service's finish).
+With personal parameters ([gossip] personal) and `[train] personal_steps`, once the peer has finished the
+runtime calls `start_personal`: the trainer then fine-tunes those parameters alone, a chunk at a time
+between boundaries, and the task stays `finishing` until it is done.
 
 A model can blow up (lr 0.05 with momentum 0.9 is at the edge of stability for the MNIST CNN: a peer training
 alone for a few hundred steps sometimes does). Its weights are then finite but so large that every batch's
@@ -67,9 +70,14 @@ class TrainerService:
         chunk_seconds: float = 0.1,
         limiter: trio.CapacityLimiter | None = None,
         budget: int | None = None,
+        personal: frozenset[str] = frozenset(),
+        personal_steps: int = 0,
     ) -> None:
         self.trainer = trainer
         self.budget = budget
+        self.personal = personal  # [gossip] personal: never in a snapshot, so never mixed
+        self.personal_steps = personal_steps if personal else 0
+        self._personalising = False
         self.validation = validation
         self.eval_every = eval_every
         self.eval_samples = eval_samples
@@ -223,6 +231,9 @@ class TrainerService:
                 if self._paused or self.training_done or self.diverged.is_set():
                     if self.training_done:
                         self._reached_budget()
+                        if self._personalising and not self.personalised and not self._paused:
+                            await self._train_personal_chunk()
+                            continue
                         if self._evaluate_now:
                             await self._evaluate()
                             continue  # deltas may have come in meanwhile: back to a boundary first
@@ -265,6 +276,31 @@ class TrainerService:
         if self.pacer is None or not self._may_hold():
             return steps
         return self.pacer.chunk(self.trainer.step, steps)
+
+    @property
+    def personalised(self) -> bool:
+        """Whether the personal fine-tuning ([train] personal_steps) is done (or there is none)."""
+        return self.trainer.personal_steps >= self.personal_steps
+
+    def start_personal(self) -> None:
+        """The peer has finished (past its budget, done finishing): fine-tune the personal parameters now.
+        Exchanges it still answers go on between chunks; they never touch the personal parameters."""
+        if not self._personalising and not self.personalised:
+            self._personalising = True
+            log.info("finished: fine-tuning the personal parameters for %d steps", self.personal_steps)
+            self._wake.set()
+
+    async def _train_personal_chunk(self) -> None:
+        steps = min(self._steps_per_chunk, self.personal_steps - self.trainer.personal_steps)
+        stats = await trio.to_thread.run_sync(
+            self.trainer.train_personal, steps, self.personal, self.personal_steps, limiter=self.limiter
+        )
+        self._version += 1
+        if math.isfinite(stats.loss):
+            self._loss = stats.loss if self._loss is None else 0.9 * self._loss + 0.1 * stats.loss
+        if self.personalised:
+            log.info("personal fine-tuning done (%d steps): evaluating the personalised model", self.personal_steps)
+            self._evaluate_now = True
 
     def _reached_budget(self) -> None:
         if not self._budget_logged:
@@ -347,7 +383,7 @@ class TrainerService:
         self._snapshot_version = self._version
 
     def _clone_params(self) -> dict[str, torch.Tensor]:
-        return {name: t.detach().clone() for name, t in mixed_parameters(self.trainer.model).items()}
+        return {name: t.detach().clone() for name, t in mixed_parameters(self.trainer.model, self.personal).items()}
 
     # -- whole-state operations (run at a boundary) ----------------------------------------------------
 

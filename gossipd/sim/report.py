@@ -38,6 +38,9 @@ class SimulationReport:
     finish_rounds: int  # rounds of mixing alone after the last training round
     stopped_mean_accuracy: float | None  # with finish rounds: the mean accuracy as training stopped
     centralised_accuracy: float | None
+    # Held-out loss as training stopped and of the centralised model: a language model is judged by its loss.
+    stopped_mean_loss: float | None = None
+    centralised_loss: float | None = None
     consensus_distance_start: float
     consensus_distance_end: float
     exchanges: int
@@ -55,6 +58,17 @@ class SimulationReport:
     mix_seconds_per_exchange: float
     wall_seconds: float
     history: tuple[RoundRecord, ...]
+    personal: tuple[str, ...] = ()  # the parameters each peer kept to itself ([gossip] personal)
+    personal_steps: int = 0  # each peer's fine-tuning of them after the finish ([train] personal_steps)
+    # Classification: each honest peer's accuracy on the held-out examples reweighted to its own label mix
+    # (gossipd.sim.own_distribution), their mean and the worst; empty or None otherwise.
+    own_accuracies: tuple[float, ...] = ()
+    own_accuracy: float | None = None
+    worst_own_accuracy: float | None = None
+    # With personal parameters: each honest peer's held-out accuracy with its personal part replaced by the
+    # peers' average, and their mean.
+    averaged_personal_accuracies: tuple[float, ...] = ()
+    averaged_personal_accuracy: float | None = None
 
     @classmethod
     def build(
@@ -62,13 +76,15 @@ class SimulationReport:
         *,
         simulation: Simulation,
         final: Sequence[Evaluation],
-        centralised: float | None,
+        centralised: Evaluation | None,
         distance_start: float,
         distance_end: float,
         plain_bytes: int,
         stopped: Sequence[Evaluation] | None = None,
         history: Sequence[RoundRecord],
         wall_seconds: float,
+        own: Sequence[float] = (),
+        averaged: Sequence[float] = (),
     ) -> SimulationReport:
         task = simulation.task
         per_exchange = simulation.exchange_bytes / simulation.exchanges if simulation.exchanges else 0.0
@@ -88,7 +104,9 @@ class SimulationReport:
             mean_loss=sum(e.loss for e in final) / len(final),
             finish_rounds=simulation.config.finish_rounds if stopped is not None else 0,
             stopped_mean_accuracy=sum(e.accuracy for e in stopped) / len(stopped) if stopped else None,
-            centralised_accuracy=centralised,
+            centralised_accuracy=centralised.accuracy if centralised is not None else None,
+            stopped_mean_loss=sum(e.loss for e in stopped) / len(stopped) if stopped else None,
+            centralised_loss=centralised.loss if centralised is not None else None,
             consensus_distance_start=distance_start,
             consensus_distance_end=distance_end,
             exchanges=simulation.exchanges,
@@ -106,6 +124,13 @@ class SimulationReport:
             mix_seconds_per_exchange=simulation.mix_seconds / max(simulation.exchanges, 1),
             wall_seconds=wall_seconds,
             history=tuple(history),
+            personal=tuple(sorted(simulation.personal.parameters)),
+            personal_steps=task.train.personal_steps if simulation.personal.parameters else 0,
+            own_accuracies=tuple(own),
+            own_accuracy=sum(own) / len(own) if own else None,
+            worst_own_accuracy=min(own) if own else None,
+            averaged_personal_accuracies=tuple(averaged),
+            averaged_personal_accuracy=sum(averaged) / len(averaged) if averaged else None,
         )
 
     def to_json(self) -> dict[str, Any]:

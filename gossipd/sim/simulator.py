@@ -5,6 +5,12 @@ One round: every online peer runs `local_steps` training steps, then every onlin
 starts one exchange with a random online member of its view. Churn takes peers away and brings them back;
 a returning peer first copies a full model from a neighbour, as a joining daemon does. `finish_rounds` more
 rounds of exchanges without training follow the last, as daemons past their training budget finish.
+
+With personal parameters (`[gossip] personal`) each peer keeps its own: exchanges and a returning peer's
+copy carry only the shared part, and after the finish each peer fine-tunes its personal part for
+`[train] personal_steps` steps. A classification run also reports each peer's accuracy on test examples
+weighted like its own labels, and, with personal parameters, a personalised model's global accuracy with
+its personal part replaced by the peers' average (gossipd.sim.own_distribution).
 """
 
 from __future__ import annotations
@@ -23,18 +29,20 @@ from gossipd.data.spec import DataBundle
 from gossipd.metrics import consensus_distance
 from gossipd.mixing.clipping import Clipper
 from gossipd.mixing.edge import EdgeState
-from gossipd.mixing.layout import ParamLayout, max_message_bytes, mixed_parameters
+from gossipd.mixing.layout import ParamLayout, max_message_bytes, mixed_parameters, personal_of
 from gossipd.mixing.local import plain_exchange_bytes, run_pair
+from gossipd.mixing.personal import Personal, personal_part, shared_part
 from gossipd.mixing.registry import make_algorithm
 from gossipd.mixing.session import ExchangeSession
 from gossipd.mixing.state import half_state, read_state, state_message, state_specs
 from gossipd.models.registry import build_model
 from gossipd.peering.view import PeerView
+from gossipd.sim.own_distribution import ClassCounts, evaluate_by_class, label_distribution, with_averaged_personal
 from gossipd.sim.progress import Progress
 from gossipd.sim.report import RoundRecord, SimulationReport
 from gossipd.task.loader import Task
 from gossipd.train.device import pick_device
-from gossipd.train.trainer import Trainer
+from gossipd.train.trainer import Evaluation, Trainer
 from gossipd.wire.errors import WireError
 from gossipd.wire.messages import decode_message, encode_message, framed_size
 
@@ -98,9 +106,10 @@ class SimPeer:
     returns_at: int = -1
     exchanges: int = 0
     bytes_sent: int = 0
+    personal: frozenset[str] = frozenset()  # parameters this peer never mixes ([gossip] personal)
 
     def params(self) -> dict[str, torch.Tensor]:
-        return mixed_parameters(self.trainer.model)
+        return mixed_parameters(self.trainer.model, self.personal)
 
 
 class Simulation:
@@ -121,7 +130,11 @@ class Simulation:
         self.shards = [
             peer_shard(data, partition, i, config.peers, task.task.seed + config.seed) for i in range(config.peers)
         ]
+        self.personal = Personal()
         self.peers = [self._new_peer(i) for i in range(config.peers)]
+        self.personal = personal_of(self.peers[0].trainer.model, task.gossip.personal)
+        for peer in self.peers:
+            peer.personal = self.personal.parameters
         for peer in self.peers:
             peer.view.fill(p.index for p in self.peers if p is not peer)
         for peer in self.peers[config.peers - config.byzantine :]:
@@ -159,6 +172,7 @@ class Simulation:
             trainer=trainer,
             view=view,
             clipper=Clipper(self.task.robust),
+            personal=self.personal.parameters,
         )
 
     # -- the run ---------------------------------------------------------------------------------------
@@ -202,9 +216,14 @@ class Simulation:
         if progress is not None and finishing:
             progress.phase(f"{self.config.finish_rounds} finish rounds")
         stopped = self._finish() if finishing else None
+        personal_steps = self.task.train.personal_steps if self.personal.parameters else 0
+        if progress is not None and personal_steps:
+            progress.phase(f"{personal_steps} personal fine-tuning steps per peer")
+        for peer in self._honest() if personal_steps else []:
+            peer.trainer.train_personal(personal_steps, self.personal.parameters, personal_steps)
         if progress is not None:
             progress.phase(f"evaluating {len(self.peers)} peers")
-        final = self._evaluate_all()
+        final, own = self._evaluate_final()
         baseline = self.config.centralised and self.config.train
         if progress is not None and baseline:
             progress.phase("the centralised baseline: one model on all the peers' data")
@@ -219,6 +238,8 @@ class Simulation:
             stopped=stopped,
             history=history,
             wall_seconds=time.perf_counter() - started,
+            own=own,
+            averaged=self._averaged_personal_accuracies(),
         )
 
     def _finish(self) -> list[Any]:
@@ -280,6 +301,8 @@ class Simulation:
             rng=self.rng,
             device=self.device,
             clipper=me.clipper,
+            # weigh_by = "samples": each peer declares its own shard's size, as a daemon declares its dataset's
+            examples=len(self.shards[me.index]) if self.task.gossip.weigh_by == "samples" else None,
         )
 
     def _rewire(self, round_index: int) -> None:
@@ -315,7 +338,7 @@ class Simulation:
         from one online neighbour through the state-transfer message."""
         donors = [p for p in self.peers if p.online]
         donor = self.rng.choice(donors)
-        state = donor.trainer.model.state_dict()
+        state = shared_part(donor.trainer.model.state_dict(), self.personal.state)  # the personal part stays
         half = half_state(self.task.gossip.config)
         wire = encode_message(
             state_message(state, task=self.task.hash, step=donor.trainer.step, degree=donor.view.degree, half=half)
@@ -327,7 +350,8 @@ class Simulation:
             self.device,
         )
         fresh = self._new_peer(peer.index)
-        fresh.trainer.model.load_state_dict(received)
+        own = personal_part(fresh.trainer.model.state_dict(), self.personal.state)  # its first values
+        fresh.trainer.model.load_state_dict({**received, **own})
         fresh.trainer.step = donor.trainer.step
         peer.trainer = fresh.trainer
         peer.edges.clear()
@@ -347,6 +371,41 @@ class Simulation:
     def _evaluate_all(self) -> list[Any]:
         return [p.trainer.evaluate(self.data.validation, self.config.eval_samples) for p in self._honest()]
 
+    def _evaluate_final(self) -> tuple[list[Evaluation], list[float]]:
+        """Each honest peer on the held-out examples and, for classification, on its own label mix."""
+        spec = self.data.spec
+        if spec.kind != "classification":
+            return self._evaluate_all(), []
+        final, own = [], []
+        for peer in self._honest():
+            counts = self._by_class(peer.trainer.model)
+            final.append(counts.evaluation())
+            own.append(counts.reweighted(label_distribution(self.shards[peer.index].y, spec.num_classes)))
+        return final, own
+
+    def _averaged_personal_accuracies(self) -> list[float]:
+        """With personal parameters: each honest peer's held-out accuracy with its personal part replaced by
+        the honest peers' average."""
+        honest = self._honest()
+        if not self.personal.parameters or self.data.spec.kind != "classification":
+            return []
+        models = [p.trainer.model for p in honest]
+        return [
+            self._by_class(with_averaged_personal(models, i, self.personal.state)).evaluation().accuracy
+            for i in range(len(models))
+        ]
+
+    def _by_class(self, model: torch.nn.Module) -> ClassCounts:
+        spec = self.data.spec
+        return evaluate_by_class(
+            model,
+            self.data.validation,
+            spec.num_classes,
+            kind=spec.kind,
+            device=self.device,
+            max_samples=self.config.eval_samples,
+        )
+
     def _record(self, round_index: int, *, evaluate: bool) -> RoundRecord:
         accuracies = [e.accuracy for e in self._evaluate_all()] if evaluate else []
         return RoundRecord(
@@ -358,7 +417,7 @@ class Simulation:
             worst_accuracy=min(accuracies) if accuracies else None,
         )
 
-    def _centralised(self) -> float:
+    def _centralised(self) -> Evaluation:
         """One model trained on every shard's examples with the swarm's total batch, for as many steps:
         the same samples in the order all-reduce SGD would see them."""
         union = peer_shard(self.data, "iid", 0, 1, 0)
@@ -372,4 +431,4 @@ class Simulation:
             seed=self.config.seed * 1000 + 999,
         )
         trainer.train_steps(self.config.rounds * self.task.train.local_steps)
-        return trainer.evaluate(self.data.validation, self.config.eval_samples).accuracy
+        return trainer.evaluate(self.data.validation, self.config.eval_samples)

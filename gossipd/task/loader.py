@@ -7,7 +7,7 @@ import hashlib
 import json
 import re
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,6 +43,9 @@ class Task:
     access: AccessSection | None = None
     folder: Path = Path(".")  # where the file was: relative key files resolve against it
     hash: bytes
+    # The file's text exactly as read, which `hash` was computed from: what a daemon serves to peers that
+    # fetch the task (`gossipd join --from`). Empty for a task not parsed from text.
+    text: str = field(default="", repr=False, compare=False)
 
     @property
     def id(self) -> str:
@@ -77,7 +80,7 @@ def parse_task(
         raise top.error("model", "missing; expected a [model] table with at least `name`")
     data = _read_data(doc["data"], top.child("data"), base_dir, data_root)
     model = _read_variant(ModelSection, doc["model"], top.child("model"), "name", "options", MODELS)
-    return _task(doc, top, file=file, base_dir=base_dir, data=data, model=model)
+    return dataclasses.replace(_task(doc, top, file=file, base_dir=base_dir, data=data, model=model), text=text)
 
 
 def _read_document(text: str, file: str) -> tuple[dict[str, Any], Where]:
@@ -107,6 +110,7 @@ def _task(
         )
     train = read_table(TrainSection, doc.get("train", {}), top.child("train"))
     gossip = _read_gossip(doc.get("gossip", {}), top.child("gossip"))
+    _check_personal_steps(train, gossip, top.child("train"))
     robust = read_table(RobustSection, doc.get("robust", {}), top.child("robust"))
     privacy = read_table(PrivacySection, doc["privacy"], top.child("privacy")) if "privacy" in doc else None
     access = read_table(AccessSection, doc["access"], top.child("access")) if "access" in doc else None
@@ -128,7 +132,7 @@ def _task(
 
 
 ATTACHED_MODEL = "attached"  # the [model] name an attached task's hash is computed under
-ATTACHED_TRAIN_KEYS = ("total_steps",)
+ATTACHED_TRAIN_KEYS = ("total_steps", "min_peers", "min_peers_grace")
 
 
 @dataclass(frozen=True)
@@ -139,11 +143,15 @@ class AttachedModel:
     parameters: int
 
 
-def parse_attached_task(text: str, *, file: str, base_dir: Path, layout: str, parameters: int) -> Task:
+def parse_attached_task(
+    text: str, *, file: str, base_dir: Path, model: Callable[[tuple[str, ...]], AttachedModel]
+) -> Task:
     """A task file for a script that attaches its own model and training loop (`gossipd.attach`): like any
     task file but without [model] and [data], which the script owns, [train] only for `total_steps`, and no
     [privacy] (DP-SGD needs gossipd's trainer). The hash covers the model's parameter layout, so scripts
-    whose models differ never mix."""
+    whose models differ never mix. `model` gives the script's model as the hash sees
+    it, its shared parameters only, from the task's `[gossip] personal` patterns (a ValueError there names
+    what does not fit)."""
     doc, top = _read_document(text, file)
     for name in ("model", "data"):
         if name in doc:
@@ -152,9 +160,16 @@ def parse_attached_task(text: str, *, file: str, base_dir: Path, layout: str, pa
         raise top.error("privacy", "DP-SGD needs gossipd's own trainer; an attached script trains by itself")
     for key in doc.get("train", {}):
         if key not in ATTACHED_TRAIN_KEYS:
-            raise top.child("train").error(key, "an attached script trains by itself; [train] takes only total_steps")
-    model = ModelSection(name=ATTACHED_MODEL, options=AttachedModel(layout=layout, parameters=parameters))
-    return _task(doc, top, file=file, base_dir=base_dir, data=DataSection(format=ATTACHED_MODEL), model=model)
+            raise top.child("train").error(
+                key, "an attached script trains by itself; [train] takes only " + ", ".join(ATTACHED_TRAIN_KEYS)
+            )
+    gossip = _read_gossip(doc.get("gossip", {}), top.child("gossip"))
+    try:
+        attached = model(gossip.personal)
+    except ValueError as exc:
+        raise top.child("gossip").error("personal", str(exc)) from None
+    section = ModelSection(name=ATTACHED_MODEL, options=attached)
+    return _task(doc, top, file=file, base_dir=base_dir, data=DataSection(format=ATTACHED_MODEL), model=section)
 
 
 def task_hash(task: TaskSection, model: ModelSection, gossip: GossipSection) -> bytes:
@@ -162,12 +177,16 @@ def task_hash(task: TaskSection, model: ModelSection, gossip: GossipSection) -> 
 
     Local choices (data paths, batch size, device, timing) are left out, so peers may differ in them.
     """
-    canonical = {
+    canonical: dict[str, Any] = {
         "id": task.id,
         "seed": task.seed,
         "model": {"name": model.name, "options": _plain(model.options)},
         "gossip": {"algorithm": gossip.algorithm, "config": _plain(gossip.config)},
     }
+    if gossip.weigh_by != "none":  # added only when set, so the hashes of tasks without it stay as they were
+        canonical["gossip"]["weigh_by"] = gossip.weigh_by
+    if gossip.personal:  # likewise only when set; the patterns' order and repeats do not matter
+        canonical["gossip"]["personal"] = sorted(set(gossip.personal))
     blob = json.dumps(canonical, sort_keys=True, separators=(",", ":")).encode()
     return hashlib.sha256(b"gossipd-task-v1\0" + blob).digest()[:16]
 
@@ -237,6 +256,14 @@ def _read_data(table: Mapping[str, Any], where: Where, base_dir: Path, data_root
     return section
 
 
+def _check_personal_steps(train: TrainSection, gossip: GossipSection, where: Where) -> None:
+    """Personal fine-tuning runs once a peer has finished: it needs personal parameters and a budget."""
+    if train.personal_steps and not gossip.personal:
+        raise where.error("personal_steps", "needs personal parameters to fine-tune ([gossip] personal)")
+    if train.personal_steps and train.total_steps is None:
+        raise where.error("personal_steps", "runs once the training budget is spent: set [train] total_steps")
+
+
 def _read_gossip(table: Mapping[str, Any], where: Where) -> GossipSection:
     section: GossipSection = _read_variant(
         GossipSection, table, where, "algorithm", "config", ALGORITHMS, default_kind="powergossip"
@@ -247,4 +274,7 @@ def _read_gossip(table: Mapping[str, Any], where: Where) -> GossipSection:
             parse_compressor(spec)
         except ValueError as exc:
             raise where.error("compressor", str(exc)) from None
+    for index, pattern in enumerate(section.personal):
+        if not pattern.strip():
+            raise where.error(f"personal[{index}]", "found an empty pattern, expected a glob over parameter names")
     return section

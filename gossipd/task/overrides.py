@@ -4,7 +4,7 @@ checked exactly as the same keys in a task file would be."""
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from gossipd.mixing.registry import ALGORITHMS
@@ -24,3 +24,11 @@ def with_gossip(task: Task, algorithm: str | None, options: Mapping[str, Any]) -
     config = read_table(entry.config_type, merged, Where("command line"))
     gossip = dataclasses.replace(task.gossip, algorithm=name, config=config)
     return dataclasses.replace(task, gossip=gossip, hash=task_hash(task.task, task.model, gossip))
+
+
+def with_personal(task: Task, patterns: Sequence[str], steps: int | None) -> Task:
+    """The task with other `[gossip] personal` patterns (none given: the task's) and `[train] personal_steps`
+    (None: the task's). The hash follows the patterns, as it would in a task file."""
+    gossip = dataclasses.replace(task.gossip, personal=tuple(patterns)) if patterns else task.gossip
+    train = dataclasses.replace(task.train, personal_steps=steps) if steps is not None else task.train
+    return dataclasses.replace(task, gossip=gossip, train=train, hash=task_hash(task.task, task.model, gossip))

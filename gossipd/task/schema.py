@@ -63,11 +63,19 @@ class TrainSection:
     # The training budget per peer (also the cosine schedule's horizon): a peer that reaches it stops training
     # and mixes on until its copy agrees with its neighbours' ([gossip] finish_exchanges). Unset: no end.
     total_steps: int | None = field(default=None, metadata=bounds(min=1))
+    # With [gossip] personal: steps that fine-tune only the personal parameters on this peer's examples, once
+    # the peer has finished (past total_steps, done with its finish exchanges). A local choice, not hashed.
+    personal_steps: int = field(default=0, metadata=bounds(min=0, max=10_000_000))
     grad_clip: float | None = field(default=None, metadata=bounds(min=0.0, exclusive_min=True))
     device: str = "auto"
     # Evaluating is not training: 1000 held-out examples every 500 steps costs ~2% of a CNN peer's time.
     eval_every: int = field(default=500, metadata=bounds(min=1))
     eval_samples: int = field(default=1000, metadata=bounds(min=1))
+    # Swarm Learning's minPeers: do not train (nor mix) until this many neighbours are live; fall back to
+    # waiting when fewer have been live for `min_peers_grace` seconds (a restart or a blip is not a reason
+    # to stop). 0: train alone if need be.
+    min_peers: int = field(default=0, metadata=bounds(min=0, max=1024))
+    min_peers_grace: float = field(default=30.0, metadata=bounds(min=0.0))
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -97,4 +105,12 @@ class GossipSection:
     # Compressed gossip leaves the copies apart by what the last steps' corrections have not yet carried over;
     # these exchanges close that gap, at the cost of a few compressed messages (see gossipd.services.exchange).
     finish_exchanges: int = field(default=50, metadata=bounds(min=0, max=100000))
+    # "samples": each exchange moves the two ends towards their average weighted by the dataset sizes they
+    # declare, so the swarm converges to the sample-weighted average (Swarm Learning's node weightage);
+    # the weighted sum is conserved as the plain sum is otherwise (see gossipd.mixing.weights). Peers must
+    # agree on it: it is part of the task hash.
+    weigh_by: Literal["none", "samples"] = "none"
+    # Glob patterns over parameter names (`"classifier.3.*"`): those parameters are each peer's own, never
+    # mixed and never sent (gossipd.mixing.personal). Part of the task hash: peers must agree on what they mix.
+    personal: tuple[str, ...] = ()
     config: Any = None

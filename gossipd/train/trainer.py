@@ -6,6 +6,7 @@ Mixing never races with it: deltas from exchanges are applied between steps (`ap
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import time
@@ -153,6 +154,8 @@ class Trainer:
         self.sample_rate = min(1.0, section.batch_size / max(len(data), 1))
         self.noise = torch.Generator().manual_seed(seed + 1)
         self._steps_left: int | None = None  # private steps left before target_epsilon (computed once)
+        self.personal_steps = 0  # steps taken on the personal parameters alone (`train_personal`)
+        self._personal_optimizer: torch.optim.Optimizer | None = None
 
     @property
     def budget_spent(self) -> bool:
@@ -252,6 +255,51 @@ class Trainer:
         self.samples += samples
         return StepStats(steps=taken, samples=samples, loss=total / taken if taken else float("nan"))
 
+    def train_personal(self, steps: int, names: frozenset[str], horizon: int) -> StepStats:
+        """Fine-tune only the parameters `names` ([gossip] personal) for `steps` steps on this peer's examples,
+        every other parameter held still; `horizon` is the whole fine-tuning's length (a cosine schedule
+        decays over it, since the training's own reached zero at total_steps). Gradients are taken for the
+        personal parameters alone, so a personal last layer costs a forward pass and its own backward. These
+        are plain steps even with [privacy]: nothing they change leaves the peer (the shared parameters,
+        which do, are not touched)."""
+        started = time.thread_time()
+        try:
+            return self._personal_steps(steps, names, horizon)
+        finally:
+            self.cpu_seconds += time.thread_time() - started
+
+    def _personal_steps(self, steps: int, names: frozenset[str], horizon: int) -> StepStats:
+        params = [p for name, p in self.model.named_parameters() if name in names]
+        if not params:
+            raise ValueError("no personal parameters to fine-tune")
+        if self._personal_optimizer is None:
+            self._personal_optimizer = build_optimizer(self.section, iter(params))
+        optimizer = self._personal_optimizer
+        schedule = dataclasses.replace(self.section, total_steps=horizon, warmup_steps=0)
+        self.model.train()
+        total = 0.0
+        samples = taken = 0
+        for _ in range(steps):
+            for group in optimizer.param_groups:
+                group["lr"] = learning_rate(schedule, self.personal_steps)
+            index = self.sampler.next().to(self.device)
+            loss, _ = loss_and_hits(self.kind, self.model(self.data.x[index]), self.data.y[index])
+            value = float(loss.detach())
+            self.personal_steps += 1  # a skipped step counts too: the fine-tuning is a fixed number of steps
+            if not math.isfinite(value):
+                self.skipped_steps += 1
+                continue
+            for parameter, grad in zip(params, torch.autograd.grad(loss, params), strict=True):
+                parameter.grad = grad
+            if self.section.grad_clip is not None:
+                nn.utils.clip_grad_norm_(params, self.section.grad_clip)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            total += value
+            taken += 1
+            samples += int(index.numel())
+        return StepStats(steps=taken, samples=samples, loss=total / taken if taken else float("nan"))
+
     def reset_optimizer(self) -> None:
         """Forget momentum and adaptive statistics (after the model was replaced by another's)."""
         self.optimizer = build_optimizer(self.section, self.model.parameters())
@@ -298,6 +346,7 @@ class Trainer:
             "step": self.step,
             "samples": self.samples,
             "privacy": self.dp.to_state(),
+            "personal_steps": self.personal_steps,
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -312,4 +361,5 @@ class Trainer:
         self.step = int(state["step"])
         self.samples = int(state["samples"])
         self.dp = DPState.from_state(state.get("privacy", []))
+        self.personal_steps = int(state.get("personal_steps", 0))  # absent from checkpoints that predate it
         self._steps_left = None

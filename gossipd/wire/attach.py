@@ -114,10 +114,12 @@ class SharedLayout:
     def parameters(self) -> tuple[Entry, ...]:
         return tuple(e for e in self.entries if e.parameter)
 
-    def digest(self) -> str:
+    def digest(self, personal: frozenset[str] = frozenset()) -> str:
         """What peers' models must share to mix: the parameters' names, shapes and order (their dtypes and
-        the buffers are each peer's own)."""
-        text = "\n".join(f"{e.name}:{','.join(map(str, e.shape))}" for e in self.parameters)
+        the buffers are each peer's own), less the `personal` ones ([gossip] personal): those are never
+        mixed, so scripts whose personal heads differ in shape still mix the rest."""
+        shared = [e for e in self.parameters if e.name not in personal]
+        text = "\n".join(f"{e.name}:{','.join(map(str, e.shape))}" for e in shared)
         return hashlib.sha256(b"gossipd-layout-v1\0" + text.encode()).hexdigest()[:32]
 
     def differences(self, other: SharedLayout, limit: int = 5) -> list[str]:

@@ -15,11 +15,16 @@ import msgpack
 from gossipd.wire.auth import AuthFailed, heartbeat_mac, same
 from gossipd.wire.errors import MalformedMessage, UnsupportedVersion, WrongTask
 
-HEARTBEAT_VERSION = 1
+HEARTBEAT_VERSION = 2
 MAX_HEARTBEAT_BYTES = 8192
 MAX_ADDRESSES = 16
 MAX_ADDRESS_LENGTH = 256
-_KEYS = ("v", "task", "peer", "addrs", "step", "loss", "exchanges")
+# Version 2 adds the dataset size a peer declares (for neighbours' ledgers and `weigh_by`); a version-1
+# heartbeat (a daemon of before December 2026) is still read, without it.
+_KEYS = {
+    1: ("v", "task", "peer", "addrs", "step", "loss", "exchanges"),
+    2: ("v", "task", "peer", "addrs", "step", "loss", "exchanges", "dataset"),
+}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -30,6 +35,7 @@ class Heartbeat:
     step: int
     loss: float | None
     exchanges: int
+    dataset: int | None = None  # training examples it declares; None: it does not say (an attached script)
 
 
 def encode_heartbeat(beat: Heartbeat, key: bytes | None = None) -> bytes:
@@ -51,6 +57,7 @@ def _encode_body(beat: Heartbeat) -> bytes:
             "step": beat.step,
             "loss": beat.loss if beat.loss is not None and math.isfinite(beat.loss) else None,
             "exchanges": beat.exchanges,
+            "dataset": beat.dataset,
         },
         use_bin_type=True,
     )
@@ -70,15 +77,18 @@ def decode_heartbeat(data: bytes, *, task: bytes, key: bytes | None = None) -> H
             max_str_len=MAX_ADDRESS_LENGTH,
             max_bin_len=64,
             max_array_len=MAX_ADDRESSES,
-            max_map_len=len(_KEYS),
+            max_map_len=len(_KEYS[HEARTBEAT_VERSION]),
             max_ext_len=0,
         )
     except (ValueError, TypeError, msgpack.UnpackException) as exc:
         raise MalformedMessage(f"heartbeat is not msgpack: {exc}") from None
-    if not isinstance(obj, dict) or set(obj) != set(_KEYS):
-        raise MalformedMessage("heartbeat does not have exactly the expected keys")
-    if obj["v"] != HEARTBEAT_VERSION or isinstance(obj["v"], bool):
-        raise UnsupportedVersion(f"heartbeat version {obj['v']!r}")
+    if not isinstance(obj, dict):
+        raise MalformedMessage("heartbeat is not a map")
+    version = obj.get("v")
+    if not isinstance(version, int) or isinstance(version, bool) or version not in _KEYS:
+        raise UnsupportedVersion(f"heartbeat version {version!r}")
+    if set(obj) != set(_KEYS[version]):
+        raise MalformedMessage(f"heartbeat version {version} does not have exactly the expected keys")
     if obj["task"] != task:
         raise WrongTask("heartbeat for another task")
     peer, addresses = obj["peer"], obj["addrs"]
@@ -93,6 +103,7 @@ def decode_heartbeat(data: bytes, *, task: bytes, key: bytes | None = None) -> H
         step=_count(obj, "step"),
         loss=_loss(obj["loss"]),
         exchanges=_count(obj, "exchanges"),
+        dataset=None if obj.get("dataset") is None else _count(obj, "dataset"),
     )
 
 

@@ -38,6 +38,10 @@ class MessageType(enum.StrEnum):
 
 
 _HEADER_KEYS = ("v", "type", "task", "epoch", "round", "deg")
+# In a task that weighs by samples ([gossip] weigh_by), every message carries the dataset size its sender
+# declares, right after `deg`; in any other task none does (the session checks which; the hash pins it).
+EXAMPLES_KEY = "n"
+MAX_EXAMPLES = (1 << 48) - 1
 _BODY_KEYS: dict[MessageType, tuple[str, ...]] = {
     MessageType.HELLO: (),
     MessageType.FULL: ("phase", "data"),
@@ -63,6 +67,7 @@ class Message:
     data: bytes = b""
     reason: str = ""
     proof: bytes = b""
+    examples: int | None = None  # the sender's declared dataset size: tasks with `weigh_by = "samples"` only
 
 
 def encode_message(message: Message) -> bytes:
@@ -75,6 +80,8 @@ def encode_message(message: Message) -> bytes:
         "round": message.round,
         "deg": message.degree,
     }
+    if message.examples is not None:
+        body[EXAMPLES_KEY] = message.examples
     keys = _BODY_KEYS[message.type]
     if "phase" in keys:
         body["phase"] = message.phase
@@ -124,7 +131,7 @@ def decode_message(data: bytes, *, max_size: int, task: bytes | None = None) -> 
         kind = MessageType(str(raw_type))
     except ValueError:
         raise UnknownMessageType(f"unknown message type {raw_type!r}") from None
-    expected_keys = _HEADER_KEYS + _BODY_KEYS[kind]
+    expected_keys = _HEADER_KEYS + _BODY_KEYS[kind] + ((EXAMPLES_KEY,) if EXAMPLES_KEY in obj else ())
     if set(obj) != set(expected_keys):
         extra = sorted(set(obj) - set(expected_keys))
         missing = sorted(set(expected_keys) - set(obj))
@@ -151,6 +158,7 @@ def decode_message(data: bytes, *, max_size: int, task: bytes | None = None) -> 
         data=data,
         reason=reason,
         proof=proof,
+        examples=_int(obj, EXAMPLES_KEY, MAX_EXAMPLES) if EXAMPLES_KEY in obj else None,
     )
 
 

@@ -1,0 +1,175 @@
+"""`make bench-personal`: what a personal last layer (`[gossip] personal`) buys on skewed splits.
+
+8 simulated peers, the MNIST CNN (tasks/mnist-cnn.toml on full MNIST from ../shared/datasets/mnist, else
+the embedded task on its 10k images), Dirichlet(0.1) and two-label shards. For each split two runs of the
+same rounds and seed, so peer i holds the same examples in both: everything mixed (the shared model), and
+the last layer (`classifier.3.*`) personal, fine-tuned alone for `--personal-steps` steps after the finish.
+Measured per peer: accuracy on the test set reweighted to its own label mix (gossipd.sim.own_distribution),
+and for the personalised run the global test accuracy with the personal layer replaced by the peers'
+average. The goal (issue 18): personalised ≥ shared + 2 points on the own distributions, and with the
+averaged layer never more than 1 point below the shared model on the global test set.
+
+Progress goes to stderr; the table to stdout, out/bench-personal.json, and BENCHMARKS.md's section.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from gossipd.tools.reporting import machine, replace_section
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_MNIST = REPO.parent / "shared" / "datasets" / "mnist"
+OUT = REPO / "out"
+HEAD = ("classifier.3.*",)  # the CNN's last layer
+PARTITIONS = ("dirichlet:0.1", "shards:2")
+
+
+def task_and_data_root() -> tuple[Path, str | None]:
+    if (SHARED_MNIST / "train-images-idx3-ubyte.gz").exists():
+        return REPO / "tasks" / "mnist-cnn.toml", str(SHARED_MNIST)
+    return REPO / "gossipd" / "embedded" / "default.toml", None
+
+
+def run_one(job: dict[str, Any]) -> dict[str, Any]:
+    import torch
+
+    torch.set_num_threads(1)
+    from gossipd.data.registry import load_data
+    from gossipd.sim.progress import Progress
+    from gossipd.sim.simulator import Simulation, SimulationConfig
+    from gossipd.task.loader import load_task
+    from gossipd.task.overrides import with_personal
+
+    task = with_personal(load_task(job["task"], data_root=job["data_root"]), job["personal"], job["personal_steps"])
+    data = load_data(task.data, task.task.seed)
+    config = SimulationConfig(
+        peers=8,
+        rounds=job["rounds"],
+        partition=job["partition"],
+        seed=0,
+        centralised=False,
+        finish_rounds=job["finish_rounds"],
+    )
+    label = f"{job['partition']} {job['label']}"
+
+    def say(line: str) -> None:
+        print(f"  {label}: {line}", file=sys.stderr, flush=True)
+
+    report = Simulation(task, data, config).run(progress=Progress(job["rounds"], say, every=30.0)).to_json()
+    report["label"] = job["label"]
+    return report
+
+
+def points(value: float) -> str:
+    return f"{value * 100:+.1f}"
+
+
+def verdict(shared: dict[str, Any], personal: dict[str, Any]) -> dict[str, Any]:
+    """The two goals, per peer (peer i holds the same examples in both runs) and on the means."""
+    gains = [p - s for p, s in zip(personal["own_accuracies"], shared["own_accuracies"], strict=True)]
+    losses = [shared["mean_accuracy"] - a for a in personal["averaged_personal_accuracies"]]
+    return {
+        "own_gain_mean": sum(gains) / len(gains),
+        "own_gain_worst": min(gains),
+        "averaged_loss_mean": sum(losses) / len(losses),
+        "averaged_loss_worst": max(losses),
+        "own_goal_met": min(gains) >= 0.02,
+        "averaged_goal_met": max(losses) <= 0.01,
+    }
+
+
+def table(reports: list[dict[str, Any]]) -> tuple[list[str], dict[str, Any]]:
+    lines = [
+        "| split | model | global acc. | own-labels acc. mean (worst) | global, personal layer averaged "
+        "| own gain, points: mean (worst peer) | averaged − shared, points: mean (worst peer) |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    verdicts: dict[str, Any] = {}
+    for partition in PARTITIONS:
+        shared, personal = (next(r for r in reports if r["partition"] == partition and r["label"] == k) for k in KINDS)
+        v = verdicts[partition] = verdict(shared, personal)
+        lines.append(
+            f"| {partition} | shared | {shared['mean_accuracy']:.4f} | {shared['own_accuracy']:.4f} "
+            f"({shared['worst_own_accuracy']:.4f}) | — | | |"
+        )
+        lines.append(
+            f"| {partition} | last layer personal | {personal['mean_accuracy']:.4f} | {personal['own_accuracy']:.4f} "
+            f"({personal['worst_own_accuracy']:.4f}) | {personal['averaged_personal_accuracy']:.4f} "
+            f"| {points(v['own_gain_mean'])} ({points(v['own_gain_worst'])}) "
+            f"| {points(-v['averaged_loss_mean'])} ({points(-v['averaged_loss_worst'])}) |"
+        )
+    return lines, verdicts
+
+
+KINDS = ("shared", "personal")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--rounds", type=int, default=300, help="training rounds (one step and exchange each)")
+    parser.add_argument("--finish-rounds", type=int, default=25, help="rounds of mixing alone after training")
+    parser.add_argument("--personal-steps", type=int, default=200, help="fine-tuning of the personal layer")
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--no-write", action="store_true", help="do not update BENCHMARKS.md")
+    args = parser.parse_args()
+
+    task_path, data_root = task_and_data_root()
+    jobs = [
+        {
+            "label": kind,
+            "personal": HEAD if kind == "personal" else (),
+            "personal_steps": args.personal_steps if kind == "personal" else 0,
+            "task": str(task_path),
+            "data_root": data_root,
+            "rounds": args.rounds,
+            "finish_rounds": args.finish_rounds,
+            "partition": partition,
+        }
+        for partition in PARTITIONS
+        for kind in KINDS
+    ]
+    started = time.perf_counter()
+    print(f"bench-personal: {len(jobs)} runs of 8 peers × {args.rounds} rounds on {task_path.name}", file=sys.stderr)
+    with ProcessPoolExecutor(max_workers=args.workers) as pool:
+        reports = list(pool.map(run_one, jobs))
+    elapsed = time.perf_counter() - started
+    rows, verdicts = table(reports)
+    OUT.mkdir(exist_ok=True)
+    (OUT / "bench-personal.json").write_text(json.dumps({"reports": reports, "verdicts": verdicts}, indent=1))
+    met = [f"{p}: own +2 {'met' if v['own_goal_met'] else 'NOT met'}, averaged −1 "
+           f"{'met' if v['averaged_goal_met'] else 'NOT met'}" for p, v in verdicts.items()]  # fmt: skip
+    dataset = "full MNIST" if data_root else "embedded MNIST 10k"
+    text = "\n".join(
+        [
+            f"Measured {datetime.date.today().isoformat()} on {machine()}; `make bench-personal` "
+            f"({elapsed / 60:.0f} min). 8 peers, CNN, {dataset}, PowerGossip r1, {args.rounds} rounds + "
+            f"{args.finish_rounds} finish rounds; personal: `classifier.3.*`, then {args.personal_steps} "
+            "steps on it alone. Own-labels: test accuracy reweighted to each peer's label mix (same peers, same "
+            "examples in both runs); averaged: the personal layer replaced by the peers' mean.",
+            "",
+            *rows,
+            "",
+            "Goal (≥ +2 points own, ≥ −1 point averaged, every peer): " + "; ".join(met) + ".",
+        ]
+    )
+    print(text)
+    if not args.no_write:
+        replace_section(
+            REPO / "BENCHMARKS.md",
+            "bench-personal",
+            text,
+            title="Benchmarks",
+            heading="## Personal last layer (`[gossip] personal`)",
+        )
+
+
+if __name__ == "__main__":
+    main()
