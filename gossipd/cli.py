@@ -115,6 +115,9 @@ def keygen(key_file: Path, force: bool) -> None:
 @click.option("--no-clip", is_flag=True, help="Turn self-centred clipping off ([robust] clip = false).")
 @click.option("--personal", multiple=True, help="Keep parameters matching this glob on each peer (repeatable).")
 @click.option("--personal-steps", type=click.IntRange(0), help="Personal fine-tuning steps after the finish.")
+@click.option(
+    "--personal-training", type=click.Choice(["local", "frozen"]), help="Personal parameters before the finish."
+)
 @click.option("--no-train", is_flag=True, help="Only mix (with --independent-init: a pure consensus run).")
 @click.option("--independent-init", is_flag=True, help="Each peer starts from its own random model.")
 @click.option("--eval-every", default=0, type=click.IntRange(0), help="Rounds between evaluations.")
@@ -143,6 +146,7 @@ def simulate(
     no_clip: bool,
     personal: tuple[str, ...],
     personal_steps: int | None,
+    personal_training: str | None,
     no_train: bool,
     independent_init: bool,
     eval_every: int,
@@ -173,7 +177,7 @@ def simulate(
             task = dataclasses.replace(task, gossip=dataclasses.replace(task.gossip, weight=weight))
         if no_clip:
             task = dataclasses.replace(task, robust=dataclasses.replace(task.robust, clip=False))
-        task = with_personal(task, personal, personal_steps)
+        task = with_personal(task, personal, personal_steps, personal_training)
         data = load_data(task.data, task.task.seed)
         config = SimulationConfig(
             peers=peers,
@@ -284,6 +288,14 @@ def _summary(report: Any) -> str:
     help="Seconds a fresh peer looks for a model to copy.",
 )
 @click.option(
+    "--heartbeat-interval",
+    default=2.0,
+    show_default=True,
+    type=click.FloatRange(0.1),
+    help="Seconds between this peer's announcements on its tasks' topics; a neighbour counts as live for "
+    "5 of them (at least 15 s) after its last.",
+)
+@click.option(
     "--checkpoint-interval",
     default=60.0,
     show_default=True,
@@ -318,6 +330,7 @@ def run(
     peer_index: int | None,
     peer_count: int | None,
     join_timeout: float,
+    heartbeat_interval: float,
     checkpoint_interval: float,
     seed: int | None,
     init_seed: int | None,
@@ -364,6 +377,7 @@ def run(
         peer_count=peer_count,
         bootstrap=bootstrap,
         join_timeout=join_timeout,
+        heartbeat_interval=heartbeat_interval,
         checkpoint_interval=checkpoint_interval,
         seed=seed,
         init_seed=init_seed,

@@ -95,7 +95,9 @@ def test_a_ledger_survives_a_restart_and_skips_malformed_entries() -> None:
 
 
 def test_heartbeats_declare_the_dataset_size() -> None:
-    beat = Heartbeat(task=TASK, peer="p", addresses=("/ip4/1.2.3.4/tcp/1",), step=5, loss=0.5, exchanges=2, dataset=9)
+    beat = Heartbeat(
+        task=TASK, peer="p", addresses=("/ip4/1.2.3.4/tcp/1",), step=5, loss=0.5, exchanges=2, dataset=9, every=8.5
+    )
     assert decode_heartbeat(encode_heartbeat(beat), task=TASK) == beat
     silent = Heartbeat(task=TASK, peer="p", addresses=(), step=0, loss=None, exchanges=0)  # an attached script's
     assert decode_heartbeat(encode_heartbeat(silent), task=TASK).dataset is None
@@ -103,14 +105,15 @@ def test_heartbeats_declare_the_dataset_size() -> None:
 
 def _raw(**fields: object) -> bytes:
     body = {"v": 2, "task": TASK, "peer": "p", "addrs": [], "step": 1, "loss": None, "exchanges": 0, "dataset": 5}
+    body["every"] = 2.0
     body.update(fields)
     packed: bytes = msgpack.packb({k: v for k, v in body.items() if v is not ...}, use_bin_type=True)
     return packed
 
 
 def test_a_version_1_heartbeat_is_still_read_without_a_dataset_size() -> None:
-    beat = decode_heartbeat(_raw(v=1, dataset=...), task=TASK)
-    assert beat.step == 1 and beat.dataset is None
+    beat = decode_heartbeat(_raw(v=1, dataset=..., every=...), task=TASK)
+    assert beat.step == 1 and beat.dataset is None and beat.every is None
 
 
 @pytest.mark.parametrize(
@@ -121,10 +124,14 @@ def test_a_version_1_heartbeat_is_still_read_without_a_dataset_size() -> None:
         ({"dataset": "many"}, MalformedMessage),
         ({"dataset": ...}, MalformedMessage),  # version 2 without it
         ({"v": 1}, MalformedMessage),  # version 1 with it
+        ({"every": 0.0}, MalformedMessage),
+        ({"every": 1e9}, MalformedMessage),
+        ({"every": "soon"}, MalformedMessage),
+        ({"every": ...}, MalformedMessage),
         ({"v": 3}, UnsupportedVersion),
         ({"v": [2]}, UnsupportedVersion),
     ],
 )
-def test_malformed_dataset_sizes_are_rejected(fields: dict[str, object], error: type[Exception]) -> None:
+def test_malformed_dataset_sizes_and_periods_are_rejected(fields: dict[str, object], error: type[Exception]) -> None:
     with pytest.raises(error):
         decode_heartbeat(_raw(**fields), task=TASK)

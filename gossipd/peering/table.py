@@ -6,6 +6,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
+from gossipd.peering.announce import liveness_window
+
 SOURCES = ("bootstrap", "dht", "pubsub", "mdns", "inbound", "exchange")
 
 
@@ -25,11 +27,13 @@ class PeerRecord:
     last_exchange: float | None = None
     distance: float | None = None
     backoff_until: float | None = None
+    period: float | None = None  # seconds between its heartbeats, as it announced; None: not said
 
 
 class PeerTable:
     """`clock` is monotonic seconds (trio.current_time in the daemon); `wall_offset` turns it into unix
-    time for reports. A member is live while heard within `liveness` seconds and not backing off."""
+        time for reports. A member is live while heard within `liveness` seconds (or five of the periods it says it
+    announces at, if longer: see gossipd.peering.announce) and not backing off."""
 
     def __init__(
         self,
@@ -65,6 +69,7 @@ class PeerTable:
         step: int | None = None,
         loss: float | None = None,
         heard: bool = True,
+        period: float | None = None,
     ) -> PeerRecord | None:
         """Record a sighting; None for our own id. `heard` is False for second-hand news (a DHT record
         may outlive its peer), which names a peer without proving it alive."""
@@ -84,6 +89,8 @@ class PeerTable:
             record.step = step
         if loss is not None:
             record.loss = loss
+        if period is not None:
+            record.period = period
         return record
 
     def exchange_succeeded(self, peer_id: str, distance: float) -> None:
@@ -118,7 +125,7 @@ class PeerTable:
         if record is None or not record.member or record.last_heard is None:
             return False
         now = self.clock()
-        if now - record.last_heard > self.liveness:
+        if now - record.last_heard > liveness_window(record.period, self.liveness):
             return False
         return record.backoff_until is None or now >= record.backoff_until
 

@@ -9,12 +9,16 @@ up again, libp2p's cache of failed dials is cleared for it, so a restarted peer 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import math
+import random
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import trio
 
+from gossipd.peering.announce import announce_period
 from gossipd.peering.ledger import Ledger
 from gossipd.peering.table import PeerTable
 from gossipd.peering.view import PeerView
@@ -36,6 +40,9 @@ class NotAllowed(WireError):
 
 
 DIAL_TIMEOUT = 5.0
+SETTLED_DHT_INTERVAL = 120.0  # seconds between DHT lookups once the view is full
+SETTLED_DHT_NAMES = 8
+NEWCOMER_REPLY = 1.0  # seconds: a heartbeat to a newcomer goes out within this (spread, not all at once)
 STALE_AFTER = 600.0  # peers not heard for this long leave the table
 
 
@@ -68,8 +75,10 @@ class DiscoveryService:
         rewire_interval: float = 30.0,
         access: Access = OPEN,
         ledger: Ledger | None = None,
+        rng: random.Random | None = None,
     ) -> None:
         self.network = network
+        self.rng = rng if rng is not None else random.Random()
         self.task_hash = task_hash
         self.peers = peers
         self.view = view
@@ -85,6 +94,7 @@ class DiscoveryService:
         self.provider_key = provider_key_for(task_hash, access.key)
         self.rejections: dict[str, int] = {}  # heartbeats ignored, by reason
         self._dialling: set[str] = set()
+        self._newcomer = trio.Event()  # set when a heartbeat comes from a member not heard before
         self._nursery: trio.Nursery | None = None
 
     async def run(self, *, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -127,8 +137,15 @@ class DiscoveryService:
 
     async def _announce(self) -> None:
         while True:
-            await self.network.publish(self.topic, encode_heartbeat(self.heartbeat(), key=self.access.key))
-            await trio.sleep(self.heartbeat_interval)
+            period = announce_period(self.heartbeat_interval, len(self.peers.live_members()))
+            beat = dataclasses.replace(self.heartbeat(), every=period)
+            await self.network.publish(self.topic, encode_heartbeat(beat, key=self.access.key))
+            with trio.move_on_after(period):
+                await self._newcomer.wait()
+                # A member this peer had not heard of: it is looking for a model to copy and for neighbours,
+                # and the swarm's periods are long; answer with a heartbeat now, not a period later.
+                await trio.sleep(NEWCOMER_REPLY * self.rng.random())
+            self._newcomer = trio.Event()
 
     async def _read_heartbeats(self, subscription: Subscription) -> None:
         async for message in subscription:
@@ -148,17 +165,46 @@ class DiscoveryService:
                 log.debug("ignored a heartbeat from %s: %s", message.sender, exc)
                 continue
             known = message.sender in self.peers
-            self.peers.saw(beat.peer, "pubsub", addresses=beat.addresses, member=True, step=beat.step, loss=beat.loss)
+            record = self.peers.get(message.sender)
+            if record is None or record.last_heard is None:
+                self._newcomer.set()
+            self.peers.saw(
+                beat.peer,
+                "pubsub",
+                addresses=beat.addresses,
+                member=True,
+                step=beat.step,
+                loss=beat.loss,
+                period=beat.every,
+            )
             if self.ledger is not None:
                 self.ledger.heard(beat.peer, step=beat.step, dataset=beat.dataset)
             self.network.forget_failures(beat.peer)
             if not known or beat.peer not in self.network.connected_peers():
                 self._dial_soon(PeerAddress(beat.peer, beat.addresses), "pubsub")
 
+    def _settled(self) -> bool:
+        """The view is full (or holds every live member): the DHT has little to tell this peer."""
+        live = len(self.peers.live_members())
+        return live > 0 and len(self.view) >= min(self.view.capacity, live)
+
     async def _query_dht(self) -> None:
-        # Announce and look quickly at first (a swarm is forming), then settle to the interval.
+        # Announce and look quickly at first (a swarm is forming), then settle to the interval; a peer whose
+        # view is full asks only every SETTLED_DHT_INTERVAL: each lookup walks the DHT (about 40 KB among
+        # 16 daemons), and the topic's heartbeats already tell it of newcomers.
         delay = 1.0
+        last = -math.inf
+        named = 0  # providers the DHT named in the last lookup
         while True:
+            ramping_up = delay < self.dht_interval  # the first lookups of a forming swarm always run
+            # Settled: the view is full and the DHT works for this peer (it named the live members, up to
+            # SETTLED_DHT_NAMES of them); until then a newcomer keeps looking every dht_interval.
+            answered = named >= min(len(self.peers.live_members()), SETTLED_DHT_NAMES)
+            settled = answered and not ramping_up and self._settled()
+            if settled and trio.current_time() - last < SETTLED_DHT_INTERVAL:
+                await trio.sleep(delay)
+                continue
+            last = trio.current_time()
             with trio.move_on_after(DIAL_TIMEOUT * 2) as provide_scope:
                 await self.network.provide(self.provider_key)
             if provide_scope.cancelled_caught:
@@ -166,6 +212,7 @@ class DiscoveryService:
             with trio.move_on_after(DIAL_TIMEOUT * 2):
                 providers = await self.network.find_providers(self.provider_key)
                 log.debug("the DHT lists %d other providers of %s", len(providers), self.provider_key)
+                named = len(providers)
                 for provider in providers:
                     # A provider record proves membership, not life: the dial decides that.
                     self.peers.saw(provider.peer_id, "dht", addresses=provider.addresses, member=True, heard=False)

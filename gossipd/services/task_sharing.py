@@ -38,7 +38,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("gossipd.tasks")
 
-ADVERT_INTERVAL = 10.0
+ADVERT_INTERVAL = 60.0  # every daemon publishes to one topic all daemons read: keep it rare (discover asks peers too)
 FIRST_ADVERT_DELAY = 1.0  # soon after start, once the bootstrap dials had a moment
 REQUEST_TIMEOUT = 10.0  # a peer has this long to ask and read the answer
 PROVIDE_TIMEOUT = 10.0

@@ -28,6 +28,7 @@ class Daemon:
     folder: Path
     process: subprocess.Popen[bytes]
     log_path: Path
+    launched: float = field(default_factory=time.monotonic)  # when its process was started
 
     @property
     def socket(self) -> Path:
@@ -197,10 +198,10 @@ class Swarm:
 
 
 @contextlib.contextmanager
-def running_swarm(swarm: Swarm, *, wait: float = 120.0) -> Iterator[Swarm]:
+def running_swarm(swarm: Swarm, *, wait: float = 120.0, all_at_once: bool = False) -> Iterator[Swarm]:
     """Start the swarm, and stop every process it started whatever happens."""
     try:
-        swarm.start(wait=wait)
+        swarm.start(wait=wait, all_at_once=all_at_once)
         yield swarm
     finally:
         swarm.stop()

@@ -17,8 +17,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from gossipd.cli import DEFAULT_TASK
+from gossipd.task.loader import load_task
 from gossipd.tools.swarm import Swarm, running_swarm
-from gossipd.tools.swarm_report import Row, record, table, write
+from gossipd.tools.swarm_report import Row, describe, record, summarise, table, wait_training, write
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -31,6 +33,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="out/swarm", help="folder for history.csv/json and the PNG plots")
     parser.add_argument("--keep", action="store_true", help="keep the daemons' state folders and logs")
     parser.add_argument("--quiet", action="store_true", help="no progress lines")
+    parser.add_argument(
+        "--all-at-once",
+        action="store_true",
+        help="launch the others together once peer 0 answers (as a real swarm would), rather than one by one",
+    )
     parser.add_argument("daemon_options", nargs="*", help="options passed to every daemon (after --)")
     args = parser.parse_args(argv)
     if args.peers < 1:
@@ -54,7 +61,8 @@ def main(argv: list[str] | None = None) -> int:
         )
 
     try:
-        with running_swarm(swarm, wait=240):
+        with running_swarm(swarm, wait=240, all_at_once=args.all_at_once):
+            startup = wait_training(swarm, timeout=120)
             print(f"swarm up in {time.monotonic() - started:.0f} s; running for {args.duration:.0f} s", flush=True)
             history = record(swarm, duration=args.duration, interval=args.interval, on_poll=progress)
             final = [r for r in history if r.time_s == history[-1].time_s]
@@ -63,6 +71,9 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(workdir, ignore_errors=True)
     print()
     print(table(final))
+    view_size = load_task(Path(args.task) if args.task else DEFAULT_TASK).gossip.view_size
+    print()
+    print(describe(summarise(history, startup, view_size), view_size))
     written = write(history, Path(args.out))
     print()
     print("wrote " + ", ".join(str(p) for p in written))

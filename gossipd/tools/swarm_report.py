@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from gossipd.cli_client import human_bytes
+from gossipd.tools.process_stats import memory_of, tcp_traffic
 from gossipd.tools.swarm import Swarm
 
 
@@ -36,15 +37,22 @@ class Row:
     peers_in_view: int
     peers_known: int
     state_transfers: int
+    resident_mb: float | None = None  # the daemon process's resident memory (VmRSS)
+    peak_mb: float | None = None  # and the most it has been (VmHWM)
+    tcp_sent: int | None = None  # bytes on all its TCP connections (ss): exchanges, discovery, everything
+    tcp_received: int | None = None
 
 
 def rows_from(swarm: Swarm, started: float) -> list[Row]:
     now = time.monotonic() - started
     rows = []
+    traffic = tcp_traffic() or {}
     for daemon, status in zip(swarm.daemons, swarm.statuses(), strict=True):
         if status is None or not status.get("tasks"):
             continue
         task = status["tasks"][0]
+        memory = memory_of(daemon.process.pid)
+        tcp = traffic.get(daemon.process.pid)
         rows.append(
             Row(
                 time_s=round(now, 2),
@@ -64,6 +72,10 @@ def rows_from(swarm: Swarm, started: float) -> list[Row]:
                 peers_in_view=sum(1 for p in task["peers"] if p["in_view"]),
                 peers_known=len(task["peers"]),
                 state_transfers=task["state_transfers"],
+                resident_mb=memory.resident_mb if memory else None,
+                peak_mb=memory.peak_mb if memory else None,
+                tcp_sent=tcp.sent if tcp else None,
+                tcp_received=tcp.received if tcp else None,
             )
         )
     return rows
@@ -155,3 +167,80 @@ def table(rows: Sequence[Row]) -> str:
         )
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
     return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)) for line in lines)
+
+
+def wait_training(swarm: Swarm, timeout: float, interval: float = 0.25) -> dict[int, float]:
+    """Seconds from each daemon's launch to the first poll that finds its task `training` (polled every
+    `interval`); daemons not training after `timeout` are left out."""
+    reached: dict[int, float] = {}
+    deadline = time.monotonic() + timeout
+    while len(reached) < len(swarm.daemons) and time.monotonic() < deadline:
+        for daemon, status in zip(swarm.daemons, swarm.statuses(), strict=True):
+            if daemon.index in reached or status is None or not status.get("tasks"):
+                continue
+            if status["tasks"][0]["state"] == "training":
+                reached[daemon.index] = time.monotonic() - daemon.launched
+        time.sleep(interval)
+    return reached
+
+
+@dataclass(frozen=True)
+class ScaleSummary:
+    """What a swarm of many daemons on one machine costs each of them."""
+
+    peers: int
+    resident_mb: tuple[float, float]  # median and largest VmRSS at the last poll
+    peak_mb: tuple[float, float]  # median and largest VmHWM
+    startup_s: tuple[float, float] | None  # median and slowest launch-to-training
+    view_full: int  # peers whose view holds view_size neighbours (or every other peer)
+    other_traffic_bps: tuple[float, float] | None  # median and largest TCP bytes/s that were not exchanges
+
+
+def summarise(history: Sequence[Row], startup: dict[int, float], view_size: int) -> ScaleSummary:
+    first_time, last_time = history[0].time_s, history[-1].time_s
+    first = {r.peer: r for r in history if r.time_s == first_time}
+    last = [r for r in history if r.time_s == last_time]
+    traffic: list[float] = []
+    for row in last:
+        before = first.get(row.peer)
+        if before is None or None in (row.tcp_sent, row.tcp_received, before.tcp_sent, before.tcp_received):
+            continue
+        tcp = (row.tcp_sent or 0) + (row.tcp_received or 0) - (before.tcp_sent or 0) - (before.tcp_received or 0)
+        mixing = row.bytes_sent + row.bytes_received - before.bytes_sent - before.bytes_received
+        if last_time > first_time:
+            traffic.append(max(0.0, tcp - mixing) / (last_time - first_time))
+    wanted = min(view_size, len(last) - 1)
+    return ScaleSummary(
+        peers=len(last),
+        resident_mb=_median_max([r.resident_mb for r in last if r.resident_mb is not None]),
+        peak_mb=_median_max([r.peak_mb for r in last if r.peak_mb is not None]),
+        startup_s=_median_max(list(startup.values())) if startup else None,
+        view_full=sum(r.peers_in_view >= wanted for r in last),
+        other_traffic_bps=_median_max(traffic) if traffic else None,
+    )
+
+
+def _median_max(values: list[float]) -> tuple[float, float]:
+    if not values:
+        return (float("nan"), float("nan"))
+    ordered = sorted(values)
+    middle = len(ordered) // 2
+    median = ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
+    return median, ordered[-1]
+
+
+def describe(summary: ScaleSummary, view_size: int) -> str:
+    lines = [
+        f"{summary.peers} daemons: resident {summary.resident_mb[0]:.0f} MB median, {summary.resident_mb[1]:.0f} "
+        f"MB largest; peak {summary.peak_mb[0]:.0f} MB median, {summary.peak_mb[1]:.0f} MB largest",
+        f"views full ({view_size} neighbours, or all others): {summary.view_full} of {summary.peers}",
+    ]
+    if summary.startup_s is not None:
+        lines.append(f"launch to training: {summary.startup_s[0]:.1f} s median, {summary.startup_s[1]:.1f} s slowest")
+    if summary.other_traffic_bps is not None:
+        lines.append(
+            f"TCP bytes that were not exchanges (discovery: pubsub, DHT, identify; and transport framing): "
+            f"{summary.other_traffic_bps[0] / 1e3:.2f} KB/s median, {summary.other_traffic_bps[1] / 1e3:.2f} KB/s "
+            "largest per daemon"
+        )
+    return "\n".join(lines)

@@ -19,12 +19,14 @@ HEARTBEAT_VERSION = 2
 MAX_HEARTBEAT_BYTES = 8192
 MAX_ADDRESSES = 16
 MAX_ADDRESS_LENGTH = 256
-# Version 2 adds the dataset size a peer declares (for neighbours' ledgers and `weigh_by`); a version-1
-# heartbeat (a daemon of before December 2026) is still read, without it.
+# Version 2 adds the dataset size a peer declares (for neighbours' ledgers and `weigh_by`) and the seconds
+# until its next heartbeat (its liveness, see gossipd.peering.announce); a version-1 heartbeat (a daemon of
+# before December 2026) is still read, without them.
 _KEYS = {
     1: ("v", "task", "peer", "addrs", "step", "loss", "exchanges"),
-    2: ("v", "task", "peer", "addrs", "step", "loss", "exchanges", "dataset"),
+    2: ("v", "task", "peer", "addrs", "step", "loss", "exchanges", "dataset", "every"),
 }
+MIN_PERIOD, MAX_PERIOD = 0.1, 3600.0
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -36,6 +38,7 @@ class Heartbeat:
     loss: float | None
     exchanges: int
     dataset: int | None = None  # training examples it declares; None: it does not say (an attached script)
+    every: float | None = 2.0  # seconds until its next heartbeat; None: not said (a version-1 heartbeat)
 
 
 def encode_heartbeat(beat: Heartbeat, key: bytes | None = None) -> bytes:
@@ -58,6 +61,7 @@ def _encode_body(beat: Heartbeat) -> bytes:
             "loss": beat.loss if beat.loss is not None and math.isfinite(beat.loss) else None,
             "exchanges": beat.exchanges,
             "dataset": beat.dataset,
+            "every": float(beat.every if beat.every is not None else 2.0),
         },
         use_bin_type=True,
     )
@@ -104,6 +108,7 @@ def decode_heartbeat(data: bytes, *, task: bytes, key: bytes | None = None) -> H
         loss=_loss(obj["loss"]),
         exchanges=_count(obj, "exchanges"),
         dataset=None if obj.get("dataset") is None else _count(obj, "dataset"),
+        every=_period(obj["every"]) if version >= 2 else None,
     )
 
 
@@ -112,6 +117,12 @@ def _count(obj: dict[str, Any], key: str) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < 1 << 63:
         raise MalformedMessage(f"heartbeat {key} is not a count")
     return value
+
+
+def _period(value: Any) -> float:
+    if not isinstance(value, int | float) or isinstance(value, bool) or not MIN_PERIOD <= value <= MAX_PERIOD:
+        raise MalformedMessage(f"heartbeat period is not a number of seconds in {MIN_PERIOD}..{MAX_PERIOD}")
+    return float(value)
 
 
 def _loss(value: Any) -> float | None:
