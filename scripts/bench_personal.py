@@ -2,8 +2,10 @@
 
 8 simulated peers, the MNIST CNN (tasks/mnist-cnn.toml on full MNIST from ../shared/datasets/mnist, else
 the embedded task on its 10k images), Dirichlet(0.1) and two-label shards. For each split two runs of the
-same rounds and seed, so peer i holds the same examples in both: everything mixed (the shared model), and
-the last layer (`classifier.3.*`) personal, fine-tuned alone for `--personal-steps` steps after the finish.
+same rounds and seed, so peer i holds the same examples in each: everything mixed (the shared model), and
+the last layer (`classifier.3.*`) personal, fine-tuned alone for `--personal-steps` steps after the finish,
+trained before it either with the rest on the peer's examples (`[train] personal_training = "local"`) or
+held at its initial values (`"frozen"`, FedBABU). Several `--personal-steps` give a personal run of each.
 Measured per peer: accuracy on the test set reweighted to its own label mix (gossipd.sim.own_distribution),
 and for the personalised run the global test accuracy with the personal layer replaced by the peers'
 average. The goal (issue 18): personalised ≥ shared + 2 points on the own distributions, and with the
@@ -48,7 +50,9 @@ def run_one(job: dict[str, Any]) -> dict[str, Any]:
     from gossipd.task.loader import load_task
     from gossipd.task.overrides import with_personal
 
-    task = with_personal(load_task(job["task"], data_root=job["data_root"]), job["personal"], job["personal_steps"])
+    task = with_personal(
+        load_task(job["task"], data_root=job["data_root"]), job["personal"], job["personal_steps"], job["training"]
+    )
     data = load_data(task.data, task.task.seed)
     config = SimulationConfig(
         peers=8,
@@ -58,13 +62,14 @@ def run_one(job: dict[str, Any]) -> dict[str, Any]:
         centralised=False,
         finish_rounds=job["finish_rounds"],
     )
-    label = f"{job['partition']} {job['label']}"
+    label = f"{job['partition']} {job['label']} {job['personal_steps']}"
 
     def say(line: str) -> None:
         print(f"  {label}: {line}", file=sys.stderr, flush=True)
 
     report = Simulation(task, data, config).run(progress=Progress(job["rounds"], say, every=30.0)).to_json()
     report["label"] = job["label"]
+    report["personal_steps"] = job["personal_steps"]
     return report
 
 
@@ -94,39 +99,66 @@ def table(reports: list[dict[str, Any]]) -> tuple[list[str], dict[str, Any]]:
     ]
     verdicts: dict[str, Any] = {}
     for partition in PARTITIONS:
-        shared, personal = (next(r for r in reports if r["partition"] == partition and r["label"] == k) for k in KINDS)
-        v = verdicts[partition] = verdict(shared, personal)
+        shared = next(r for r in reports if r["partition"] == partition and r["label"] == "shared")
         lines.append(
             f"| {partition} | shared | {shared['mean_accuracy']:.4f} | {shared['own_accuracy']:.4f} "
             f"({shared['worst_own_accuracy']:.4f}) | — | | |"
         )
-        lines.append(
-            f"| {partition} | last layer personal | {personal['mean_accuracy']:.4f} | {personal['own_accuracy']:.4f} "
-            f"({personal['worst_own_accuracy']:.4f}) | {personal['averaged_personal_accuracy']:.4f} "
-            f"| {points(v['own_gain_mean'])} ({points(v['own_gain_worst'])}) "
-            f"| {points(-v['averaged_loss_mean'])} ({points(-v['averaged_loss_worst'])}) |"
-        )
+        for personal in (r for r in reports if r["partition"] == partition and r["label"] != "shared"):
+            name = f"{personal['label']}, {personal['personal_steps']} steps"
+            v = verdicts[f"{partition} {name}"] = verdict(shared, personal)
+            lines.append(
+                f"| {partition} | last layer {name} | {personal['mean_accuracy']:.4f} "
+                f"| {personal['own_accuracy']:.4f} ({personal['worst_own_accuracy']:.4f}) "
+                f"| {personal['averaged_personal_accuracy']:.4f} "
+                f"| {points(v['own_gain_mean'])} ({points(v['own_gain_worst'])}) "
+                f"| {points(-v['averaged_loss_mean'])} ({points(-v['averaged_loss_worst'])}) |"
+            )
     return lines, verdicts
 
 
-KINDS = ("shared", "personal")
+def goal_lines(verdicts: dict[str, Any]) -> list[str]:
+    """One line per goal of issue 18, each personal run's verdict on it by its worst peer."""
+
+    def says(goal: str, worst: str, sign: int) -> str:
+        return "; ".join(
+            f"{run}: {'met' if v[goal] else 'NOT met'} ({points(sign * v[worst])})" for run, v in verdicts.items()
+        )
+
+    return [
+        "Own labels, personalised ≥ shared + 2 points for every peer (worst peer's gain): "
+        + says("own_goal_met", "own_gain_worst", 1)
+        + ".",
+        "",
+        "Global, personal layer averaged ≥ shared − 1 point for every peer (worst peer's): "
+        + says("averaged_goal_met", "averaged_loss_worst", -1)
+        + ".",
+    ]
+
+
+TRAINING = ("local", "frozen")  # [train] personal_training of the personal runs
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rounds", type=int, default=300, help="training rounds (one step and exchange each)")
     parser.add_argument("--finish-rounds", type=int, default=25, help="rounds of mixing alone after training")
-    parser.add_argument("--personal-steps", type=int, default=200, help="fine-tuning of the personal layer")
+    parser.add_argument(
+        "--personal-steps", type=int, nargs="+", default=[200], help="fine-tuning of the personal layer (a run each)"
+    )
+    parser.add_argument("--training", nargs="+", choices=TRAINING, default=list(TRAINING), help="personal runs")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--no-write", action="store_true", help="do not update BENCHMARKS.md")
     args = parser.parse_args()
 
     task_path, data_root = task_and_data_root()
+    kinds = [("shared", None, 0)] + [("personal " + t, t, n) for t in args.training for n in args.personal_steps]
     jobs = [
         {
-            "label": kind,
-            "personal": HEAD if kind == "personal" else (),
-            "personal_steps": args.personal_steps if kind == "personal" else 0,
+            "label": label,
+            "personal": HEAD if training else (),
+            "training": training,
+            "personal_steps": steps,
             "task": str(task_path),
             "data_root": data_root,
             "rounds": args.rounds,
@@ -134,7 +166,7 @@ def main() -> None:
             "partition": partition,
         }
         for partition in PARTITIONS
-        for kind in KINDS
+        for label, training, steps in kinds
     ]
     started = time.perf_counter()
     print(f"bench-personal: {len(jobs)} runs of 8 peers × {args.rounds} rounds on {task_path.name}", file=sys.stderr)
@@ -144,20 +176,19 @@ def main() -> None:
     rows, verdicts = table(reports)
     OUT.mkdir(exist_ok=True)
     (OUT / "bench-personal.json").write_text(json.dumps({"reports": reports, "verdicts": verdicts}, indent=1))
-    met = [f"{p}: own +2 {'met' if v['own_goal_met'] else 'NOT met'}, averaged −1 "
-           f"{'met' if v['averaged_goal_met'] else 'NOT met'}" for p, v in verdicts.items()]  # fmt: skip
     dataset = "full MNIST" if data_root else "embedded MNIST 10k"
     text = "\n".join(
         [
             f"Measured {datetime.date.today().isoformat()} on {machine()}; `make bench-personal` "
             f"({elapsed / 60:.0f} min). 8 peers, CNN, {dataset}, PowerGossip r1, {args.rounds} rounds + "
-            f"{args.finish_rounds} finish rounds; personal: `classifier.3.*`, then {args.personal_steps} "
-            "steps on it alone. Own-labels: test accuracy reweighted to each peer's label mix (same peers, same "
-            "examples in both runs); averaged: the personal layer replaced by the peers' mean.",
+            f"{args.finish_rounds} finish rounds; personal: `classifier.3.*`, trained with the rest (`local`) or "
+            "held at its initial values (`frozen`) before the finish, then fine-tuned alone for the steps shown. "
+            "Own-labels: test accuracy reweighted to each peer's label mix (same peers, same examples in every "
+            "run); averaged: the personal layer replaced by the peers' mean.",
             "",
             *rows,
             "",
-            "Goal (≥ +2 points own, ≥ −1 point averaged, every peer): " + "; ".join(met) + ".",
+            *goal_lines(verdicts),
         ]
     )
     print(text)

@@ -26,7 +26,9 @@ from gossipd.services.network import FrameStream
 from gossipd.services.state_transfer import STATE_PROTOCOL, fetch_state, serve_state
 from gossipd.task.fields import TaskError
 from gossipd.task.loader import parse_task
+from gossipd.task.overrides import with_personal
 from gossipd.task.schema import GossipSection, TrainSection
+from gossipd.train.privacy import PrivacySection
 from gossipd.train.trainer import Trainer
 from gossipd.wire import attach as proto
 from gossipd.wire.errors import ShapeMismatch
@@ -108,6 +110,10 @@ def test_the_task_file_reads_personal_and_its_hash_follows_the_patterns_not_thei
     local_choice = parse('personal = ["classifier.3.*"]', "total_steps = 10\npersonal_steps = 50")
     assert local_choice.train.personal_steps == 50
     assert local_choice.hash == parse('personal = ["classifier.3.*"]').hash  # fine-tuning is each peer's own
+    assert local_choice.train.personal_training == "local"
+    frozen = parse('personal = ["classifier.3.*"]', 'personal_training = "frozen"')
+    assert frozen.train.personal_training == "frozen"
+    assert frozen.hash == local_choice.hash  # so is freezing: the same parameters mix either way
 
 
 @pytest.mark.parametrize(
@@ -118,11 +124,25 @@ def test_the_task_file_reads_personal_and_its_hash_follows_the_patterns_not_thei
         ("", "total_steps = 10\npersonal_steps = 5", r"personal_steps.*\[gossip\] personal"),
         ('personal = ["classifier.3.*"]', "personal_steps = 5", r"personal_steps.*total_steps"),
         ('personal = ["classifier.3.*"]', "total_steps = 10\npersonal_steps = -1", "personal_steps"),
+        ('personal = ["classifier.3.*"]', 'personal_training = "fixed"', r"train\.personal_training.*'frozen'"),
+        ('personal = ["classifier.3.*"]', "personal_training = true", r"train\.personal_training"),
+        ("", 'personal_training = "frozen"', r"train\.personal_training.*\[gossip\] personal"),
     ],
 )
 def test_a_bad_personal_setting_is_an_error_naming_the_key(gossip: str, train: str, complaint: str) -> None:
     with pytest.raises(TaskError, match=complaint):
         parse(gossip, train)
+
+
+def test_the_command_line_sets_personal_training_checked_as_a_task_file_would_be() -> None:
+    task = with_personal(parse(), ["classifier.3.*"], 5, "frozen")
+    assert task.train.personal_training == "frozen" and task.train.personal_steps == 5
+    assert task.hash == with_personal(parse(), ["classifier.3.*"], 5, "local").hash
+    assert with_personal(task, [], None).train.personal_training == "frozen"  # None: the task's own
+    with pytest.raises(TaskError, match=r"command line: train\.personal_training.*expected"):
+        with_personal(parse(), ["classifier.3.*"], 5, "fixed")
+    with pytest.raises(TaskError, match=r"personal_training.*\[gossip\] personal"):
+        with_personal(parse(), [], None, "frozen")
 
 
 # -- an attached script's layout -----------------------------------------------------------------------------
@@ -160,6 +180,13 @@ def test_an_attached_task_refuses_a_pattern_its_model_lacks_and_personal_steps()
     }
     with pytest.raises(TaskError, match=r"train\.personal_steps"):
         read_hello({**hello, "pid": 1, "step": 0, "device": "cpu"})
+    # Nor does gossipd freeze a script's head: the script owns its optimiser (the README says how).
+    hello = _hello([*BODY, proto.Entry("head.b", (3,), "float32", True)], 'personal = ["head.*"]', FROZEN)
+    with pytest.raises(TaskError, match=r"train\.personal_training: an attached script trains by itself"):
+        read_hello({**hello, "pid": 1, "step": 0, "device": "cpu"})
+
+
+FROZEN = 'personal_training = "frozen"'
 
 
 # -- nothing personal on the wire ----------------------------------------------------------------------------
@@ -300,3 +327,50 @@ def test_personal_steps_change_only_the_personal_parameters_and_not_the_step_cou
     )
     resumed.load_state_dict(trainer.state_dict())
     assert resumed.personal_steps == 5
+
+
+def _two_layers() -> tuple[nn.Sequential, ArrayDataset]:
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(64, 6, generator=g)
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3)), ArrayDataset(x, (x[:, 0] > 0).long())
+
+
+@pytest.mark.parametrize("privacy", [None, PrivacySection(noise_multiplier=1.0)], ids=["sgd", "dp-sgd"])
+def test_a_frozen_personal_part_holds_still_while_training_and_moves_only_in_personal_steps(
+    privacy: PrivacySection | None,
+) -> None:
+    net, data = _two_layers()
+    personal = personal_of(net, HEAD).parameters
+    # Weight decay, momentum and clipping would each move a parameter the optimiser held, even without gradient.
+    section = TrainSection(lr=0.1, weight_decay=0.1, grad_clip=0.5, total_steps=10, personal_training="frozen")
+    trainer = Trainer(net, section, data, kind="classification", device=CPU, seed=0, privacy=privacy, personal=personal)
+    initial = {k: v.clone() for k, v in net.state_dict().items()}
+    assert trainer.train_steps(5).steps == 5
+    trained = {k: v.clone() for k, v in net.state_dict().items()}
+    assert all(torch.equal(trained[k], initial[k]) for k in personal)
+    assert all(not torch.equal(trained[k], initial[k]) for k in initial if k not in personal)
+    assert all(tensor(net, k).grad is None for k in personal)  # never computed, so never in the clipping norm
+    assert all(tensor(net, k).requires_grad for k in personal)  # still trainable: the layout is unchanged
+    assert set(mixed_parameters(net, personal)) == {"0.weight", "0.bias"}  # what goes on the wire
+    trainer.train_personal(5, personal, horizon=5)
+    tuned = net.state_dict()
+    assert all(not torch.equal(tuned[k], initial[k]) for k in personal)
+    assert all(torch.equal(tuned[k], trained[k]) for k in initial if k not in personal)
+
+
+def test_a_local_personal_part_trains_with_the_rest_and_a_checkpoint_crosses_modes() -> None:
+    net, data = _two_layers()
+    personal = personal_of(net, HEAD).parameters
+    trainer = Trainer(net, TrainSection(lr=0.1), data, kind="classification", device=CPU, seed=0, personal=personal)
+    initial = {k: v.clone() for k, v in net.state_dict().items()}
+    trainer.train_steps(3)
+    assert all(not torch.equal(net.state_dict()[k], initial[k]) for k in initial)
+    other, _ = _two_layers()
+    section = TrainSection(lr=0.1, personal_training="frozen")
+    frozen = Trainer(other, section, data, kind="classification", device=CPU, seed=0, personal=personal)
+    frozen.load_state_dict(trainer.state_dict())  # the optimiser held the head: its momentum starts afresh
+    assert frozen.step == 3 and all(torch.equal(other.state_dict()[k], net.state_dict()[k]) for k in initial)
+    held = {k: tensor(other, k).clone() for k in personal}
+    frozen.train_steps(2)
+    assert all(torch.equal(tensor(other, k), held[k]) for k in personal)

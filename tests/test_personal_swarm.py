@@ -121,6 +121,28 @@ def test_personal_fine_tuning_on_two_label_shards_fits_each_peer_s_own_labels() 
     assert personalised.averaged_personal_accuracy is not None
 
 
+def test_a_frozen_simulated_head_stays_the_common_initial_one_until_each_peer_fine_tunes_its_own() -> None:
+    spec = task({})
+    data = load_data(spec.data, spec.task.seed)
+    frozen = dataclasses.replace(cnn_task(personal_steps=5).train, personal_training="frozen")
+    config = SimulationConfig(peers=3, rounds=4, partition="shards:2", centralised=False, eval_samples=50)
+    sim = Simulation(dataclasses.replace(cnn_task(), train=frozen), data, config)
+    first = build_model(sim.task.model, data.spec, sim.task.task.seed).state_dict()
+    names = ("classifier.3.weight", "classifier.3.bias")
+    assert not set(names) & set(sim.layout.shapes)  # never on the wire
+
+    def held(record: Any) -> None:
+        for peer in sim.peers:
+            now = peer.trainer.model.state_dict()
+            assert all(torch.equal(now[n], first[n]) for n in names)  # trained and mixed, yet as it started
+            assert not torch.equal(now["features.0.weight"], first["features.0.weight"])
+
+    sim.run(on_round=held)
+    tuned = [state(sim, i) for i in range(3)]
+    assert all(not torch.equal(t[n], first[n]) for t in tuned for n in names)
+    assert not torch.equal(tuned[0]["classifier.3.weight"], tuned[1]["classifier.3.weight"])  # each its own
+
+
 def test_own_distribution_accuracy_weights_the_per_class_accuracies_by_the_peer_s_labels() -> None:
     counts = ClassCounts(hits=torch.tensor([9, 0, 0]), totals=torch.tensor([10, 10, 0]), loss=0.0)
     assert counts.evaluation().accuracy == pytest.approx(0.45)

@@ -228,6 +228,7 @@ class TaskRuntime:
             device=self.device,
             seed=self.rng.getrandbits(31),
             privacy=task.privacy,
+            personal=self.personal.parameters,
         )
         store = CheckpointStore(self.folder / "checkpoints", keep=options.keep_checkpoints)
         loaded = await trio.to_thread.run_sync(store.load_latest)
@@ -335,6 +336,7 @@ class TaskRuntime:
             rewire_interval=task.gossip.rewire_interval,
             access=access,
             ledger=self.ledger,
+            rng=random.Random(self.rng.getrandbits(64)),
         )
 
     def _enough_peers(self) -> bool:

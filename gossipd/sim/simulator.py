@@ -31,7 +31,7 @@ from gossipd.mixing.clipping import Clipper
 from gossipd.mixing.edge import EdgeState
 from gossipd.mixing.layout import ParamLayout, max_message_bytes, mixed_parameters, personal_of
 from gossipd.mixing.local import plain_exchange_bytes, run_pair
-from gossipd.mixing.personal import Personal, personal_part, shared_part
+from gossipd.mixing.personal import personal_part, shared_part
 from gossipd.mixing.registry import make_algorithm
 from gossipd.mixing.session import ExchangeSession
 from gossipd.mixing.state import half_state, read_state, state_message, state_specs
@@ -130,11 +130,10 @@ class Simulation:
         self.shards = [
             peer_shard(data, partition, i, config.peers, task.task.seed + config.seed) for i in range(config.peers)
         ]
-        self.personal = Personal()
+        # Known before any trainer is built: a frozen personal part ([train] personal_training) stays out of
+        # each trainer's optimiser.
+        self.personal = personal_of(build_model(task.model, data.spec, task.task.seed), task.gossip.personal)
         self.peers = [self._new_peer(i) for i in range(config.peers)]
-        self.personal = personal_of(self.peers[0].trainer.model, task.gossip.personal)
-        for peer in self.peers:
-            peer.personal = self.personal.parameters
         for peer in self.peers:
             peer.view.fill(p.index for p in self.peers if p is not peer)
         for peer in self.peers[config.peers - config.byzantine :]:
@@ -164,6 +163,7 @@ class Simulation:
             device=self.device,
             seed=self.config.seed * 1000 + index,
             privacy=self.task.privacy,
+            personal=self.personal.parameters,
         )
         view: PeerView[int] = PeerView(self.task.gossip.view_size, random.Random(self.rng.getrandbits(64)))
         return SimPeer(

@@ -111,6 +111,7 @@ def _task(
     train = read_table(TrainSection, doc.get("train", {}), top.child("train"))
     gossip = _read_gossip(doc.get("gossip", {}), top.child("gossip"))
     _check_personal_steps(train, gossip, top.child("train"))
+    check_personal_training(train, gossip, top.child("train"))
     robust = read_table(RobustSection, doc.get("robust", {}), top.child("robust"))
     privacy = read_table(PrivacySection, doc["privacy"], top.child("privacy")) if "privacy" in doc else None
     access = read_table(AccessSection, doc["access"], top.child("access")) if "access" in doc else None
@@ -262,6 +263,12 @@ def _check_personal_steps(train: TrainSection, gossip: GossipSection, where: Whe
         raise where.error("personal_steps", "needs personal parameters to fine-tune ([gossip] personal)")
     if train.personal_steps and train.total_steps is None:
         raise where.error("personal_steps", "runs once the training budget is spent: set [train] total_steps")
+
+
+def check_personal_training(train: TrainSection, gossip: GossipSection, where: Where) -> None:
+    """Freezing the personal part needs one: without [gossip] personal every parameter trains and mixes."""
+    if train.personal_training == "frozen" and not gossip.personal:
+        raise where.error("personal_training", "'frozen' needs personal parameters to hold ([gossip] personal)")
 
 
 def _read_gossip(table: Mapping[str, Any], where: Where) -> GossipSection:

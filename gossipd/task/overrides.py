@@ -9,7 +9,8 @@ from typing import Any
 
 from gossipd.mixing.registry import ALGORITHMS
 from gossipd.task.fields import Where, read_table
-from gossipd.task.loader import Task, task_hash
+from gossipd.task.loader import Task, check_personal_training, task_hash
+from gossipd.task.schema import TrainSection
 
 
 def with_gossip(task: Task, algorithm: str | None, options: Mapping[str, Any]) -> Task:
@@ -26,9 +27,15 @@ def with_gossip(task: Task, algorithm: str | None, options: Mapping[str, Any]) -
     return dataclasses.replace(task, gossip=gossip, hash=task_hash(task.task, task.model, gossip))
 
 
-def with_personal(task: Task, patterns: Sequence[str], steps: int | None) -> Task:
-    """The task with other `[gossip] personal` patterns (none given: the task's) and `[train] personal_steps`
-    (None: the task's). The hash follows the patterns, as it would in a task file."""
+def with_personal(task: Task, patterns: Sequence[str], steps: int | None, training: str | None = None) -> Task:
+    """The task with other `[gossip] personal` patterns (none given: the task's), `[train] personal_steps` and
+    `personal_training` (None: the task's), checked as in a task file. The hash follows the patterns, as it
+    would in a task file."""
     gossip = dataclasses.replace(task.gossip, personal=tuple(patterns)) if patterns else task.gossip
     train = dataclasses.replace(task.train, personal_steps=steps) if steps is not None else task.train
+    where = Where("command line").child("train")
+    if training is not None:
+        checked = read_table(TrainSection, {"personal_training": training}, where).personal_training
+        train = dataclasses.replace(train, personal_training=checked)
+    check_personal_training(train, gossip, where)
     return dataclasses.replace(task, gossip=gossip, train=train, hash=task_hash(task.task, task.model, gossip))

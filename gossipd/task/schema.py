@@ -66,6 +66,11 @@ class TrainSection:
     # With [gossip] personal: steps that fine-tune only the personal parameters on this peer's examples, once
     # the peer has finished (past total_steps, done with its finish exchanges). A local choice, not hashed.
     personal_steps: int = field(default=0, metadata=bounds(min=0, max=10_000_000))
+    # With [gossip] personal: how those parameters train before the finish. "local": with the rest, on this
+    # peer's examples. "frozen" (FedBABU): held at their initial values, the task seed's and so the same on
+    # every peer, so the shared body learns features for one common head; personal_steps then fits the head.
+    # A local choice, not hashed: either way the same parameters are mixed and the personal ones never leave.
+    personal_training: Literal["local", "frozen"] = "local"
     grad_clip: float | None = field(default=None, metadata=bounds(min=0.0, exclusive_min=True))
     device: str = "auto"
     # Evaluating is not training: 1000 held-out examples every 500 steps costs ~2% of a CNN peer's time.

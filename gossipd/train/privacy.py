@@ -127,9 +127,11 @@ def private_gradients(
     section: PrivacySection,
     expected_batch: float,
     generator: torch.Generator | None = None,
+    frozen: frozenset[str] = frozenset(),
 ) -> dict[str, torch.Tensor]:
-    """Clipped, noised, averaged gradients for a Poisson-sampled batch (which may be empty)."""
-    params = {name: p.detach() for name, p in model.named_parameters() if p.requires_grad}
+    """Clipped, noised, averaged gradients for a Poisson-sampled batch (which may be empty), for every
+    trainable parameter but the `frozen` ones (held still: the model's own values, out of the clipping norm)."""
+    params = {name: p.detach() for name, p in model.named_parameters() if p.requires_grad and name not in frozen}
     buffers = dict(model.named_buffers())
 
     def one_example(p: Mapping[str, torch.Tensor], xi: torch.Tensor, yi: torch.Tensor) -> torch.Tensor:

@@ -131,6 +131,7 @@ class Trainer:
         device: torch.device,
         seed: int,
         privacy: PrivacySection | None = None,
+        personal: frozenset[str] = frozenset(),
     ) -> None:
         if section.lr_schedule == "cosine" and section.total_steps is None:
             raise ValueError("[train] lr_schedule = 'cosine' needs total_steps")
@@ -142,7 +143,14 @@ class Trainer:
         self.model = model.to(device)
         self.data = ArrayDataset(data.x.to(device), data.y.to(device))
         self.sampler = BatchSampler(len(data), section.batch_size, seed)
-        self.optimizer = build_optimizer(section, self.model.parameters())
+        # [train] personal_training = "frozen": the personal parameters ([gossip] personal) keep their values
+        # through training (they are left out of the optimiser and get no gradient) and change only in
+        # train_personal. Their requires_grad stays as it is: it says what is trainable, which decides what
+        # the layout and the personal patterns see.
+        self.frozen = personal if section.personal_training == "frozen" else frozenset()
+        # All the rest, as before (so checkpoints of models with requires_grad-off tensors still fit).
+        self.trained = [p for name, p in self.model.named_parameters() if name not in self.frozen]
+        self.optimizer = build_optimizer(section, iter(self.trained))
         self.step = 0
         self.samples = 0
         self.cpu_seconds = 0.0  # CPU time the threads that trained and evaluated spent on it
@@ -204,9 +212,17 @@ class Trainer:
                 self.skipped_steps += 1
                 self.skipped_in_a_row += 1
                 continue
-            loss.backward()  # type: ignore[no-untyped-call]
+            if self.frozen:
+                # Gradients for the trained parameters alone: a frozen head still passes the body's gradient
+                # through, but its own is neither computed nor counted in the clipping norm.
+                wanted = [p for p in self.trained if p.requires_grad]
+                grads = torch.autograd.grad(loss, wanted, allow_unused=True)
+                for parameter, grad in zip(wanted, grads, strict=True):
+                    parameter.grad = grad
+            else:
+                loss.backward()  # type: ignore[no-untyped-call]
             if self.section.grad_clip is not None:
-                nn.utils.clip_grad_norm_(self.model.parameters(), self.section.grad_clip)
+                nn.utils.clip_grad_norm_(self.trained, self.section.grad_clip)
             self.optimizer.step()
             self.skipped_in_a_row = 0
             total += value
@@ -237,6 +253,7 @@ class Trainer:
                 section=privacy,
                 expected_batch=self.sample_rate * size,
                 generator=self.noise,
+                frozen=self.frozen,
             )
             for name, parameter in self.model.named_parameters():
                 if name in grads:
@@ -302,7 +319,7 @@ class Trainer:
 
     def reset_optimizer(self) -> None:
         """Forget momentum and adaptive statistics (after the model was replaced by another's)."""
-        self.optimizer = build_optimizer(self.section, self.model.parameters())
+        self.optimizer = build_optimizer(self.section, iter(self.trained))
 
     @torch.no_grad()
     def apply_delta(self, delta: Mapping[str, torch.Tensor]) -> None:
@@ -353,7 +370,12 @@ class Trainer:
         """Resume from `state_dict()`. If this peer's data changed since (a different size), the model,
         optimiser and counters still resume and the shuffling starts afresh."""
         self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        try:
+            self.optimizer.load_state_dict(state["optimizer"])
+        except ValueError:
+            # Its parameter groups differ in size: [train] personal_training changed since (a frozen head is
+            # not in the optimiser). The model is still good; only momentum starts over.
+            log.warning("the checkpoint's optimiser state is for other parameters: it starts afresh")
         try:
             self.sampler.load_state_dict(state["sampler"])
         except ValueError:
