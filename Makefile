@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # a multi-GB CUDA build to satisfy the project's torch range.
 TORCH ?= torch==2.13.0
 
-.PHONY: setup test lint unit demo bench-sim bench-personal bench-quality bench bench-attach bench-peers bench-wan soak fuzz clean
+.PHONY: setup test lint unit demo bench-sim bench-personal bench-quality bench-scale bench bench-attach bench-peers bench-wan soak fuzz clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -40,6 +40,10 @@ bench-personal: setup
 # Quality against one model on all the data, on non-IID splits: Tiny Shakespeare by position, Titanic, MNIST.
 bench-quality: setup
 	OMP_NUM_THREADS=1 $(BIN)/python scripts/bench_quality.py
+
+# What a daemon costs as its swarm grows: memory, startup, discovery traffic of 4-16 real daemons (ss, /proc).
+bench-scale: setup
+	$(BIN)/python scripts/bench_scale.py
 
 bench: setup
 	$(BIN)/python scripts/bench.py

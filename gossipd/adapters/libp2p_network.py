@@ -248,9 +248,16 @@ class Libp2pNetwork:
         )
         gossipsub = GossipSub(
             protocols=[PROTOCOL_ID_V11],
-            degree=4,
+            # Every message reaches each member about once per mesh link it has, so the mesh degree
+            # multiplies all discovery traffic. The topics carry a message a second or less (see
+            # gossipd.peering.announce), which a degree of 3 delivers; IHAVE gossip to 6 others covers a
+            # lost link. Adaptive gossip raised the degrees to 7 and more on loopback (its health score
+            # misreads a swarm on one address): 16 idle daemons, GossipSub bytes each way per daemon, measured
+            # 2026-12-03: 6.2 KB/s with degree 4 (2..8) and adaptive gossip, 1.8 KB/s with 3 (2..4) without.
+            degree=3,
             degree_low=2,
-            degree_high=8,
+            degree_high=4,
+            adaptive_gossip_enabled=False,
             heartbeat_interval=1,
             # Announcements are small and rare; libp2p's 10 msg/s limit would only drop them silently.
             spam_protection_enabled=False,
