@@ -3,10 +3,13 @@ and restarts; and the heartbeat field that carries the declared dataset size."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import msgpack
 import pytest
 
 from gossipd.peering.ledger import Ledger
+from gossipd.services.status import ContributionStatus
 from gossipd.wire.errors import MalformedMessage, UnsupportedVersion
 from gossipd.wire.heartbeat import Heartbeat, decode_heartbeat, encode_heartbeat
 
@@ -135,3 +138,17 @@ def test_a_version_1_heartbeat_is_still_read_without_a_dataset_size() -> None:
 def test_malformed_dataset_sizes_and_periods_are_rejected(fields: dict[str, object], error: type[Exception]) -> None:
     with pytest.raises(error):
         decode_heartbeat(_raw(**fields), task=TASK)
+
+
+def test_a_ledger_line_becomes_a_status_line_field_for_field() -> None:
+    """The status record carries the ledger's fields one for one, plus whether the neighbour is live."""
+    ledger = Ledger(clock=Clock())
+    ledger.exchanged("a", started_by_us=True)
+    ledger.rejected("a", "malformed")
+    entry = ledger.entries()[0]
+    line = ContributionStatus(live=True, **dataclasses.asdict(entry))
+    assert {f.name for f in dataclasses.fields(ContributionStatus)} == {
+        "live",
+        *(f.name for f in dataclasses.fields(entry)),
+    }
+    assert line.answered == 1 and line.rejections == {"malformed": 1} and line.rejections is not entry.rejections

@@ -684,24 +684,9 @@ class TaskRuntime:
         )
 
     def _ledger_statuses(self) -> tuple[ContributionStatus, ...]:
+        # The ledger's lines carry the status's fields one for one (asdict copies the rejections too).
         return tuple(
-            ContributionStatus(
-                peer_id=c.peer_id,
-                live=self.peers.is_live(c.peer_id),
-                first_seen=c.first_seen,
-                last_seen=c.last_seen,
-                seen_seconds=c.seen_seconds,
-                started=c.started,
-                answered=c.answered,
-                failed=c.failed,
-                bytes_sent=c.bytes_sent,
-                bytes_received=c.bytes_received,
-                state_bytes_sent=c.state_bytes_sent,
-                state_bytes_received=c.state_bytes_received,
-                rejections=dict(c.rejections),
-                declared_step=c.declared_step,
-                declared_dataset=c.declared_dataset,
-            )
+            ContributionStatus(live=self.peers.is_live(c.peer_id), **dataclasses.asdict(c))
             for c in self.ledger.entries()
         )
 
