@@ -24,6 +24,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from gossipd.task.loader import load_task
 from gossipd.tools.swarm import Swarm, running_swarm
 from gossipd.tools.swarm_report import Row, ScaleSummary, record, summarise, wait_training
 
@@ -55,8 +56,7 @@ def run_swarm(
         # period of a small view. What a settled swarm costs is measured after it.
         time.sleep(settle)
         history = record(swarm, duration=duration, interval=10.0, on_poll=lambda rows: say(f"  polled {len(rows)}"))
-    view_size = 6
-    return summarise(history, startup, view_size), history
+    return summarise(history, startup, load_task(task_file).gossip.view_size), history
 
 
 def alone(task_file: Path, work: Path) -> dict[str, float]:
@@ -65,7 +65,7 @@ def alone(task_file: Path, work: Path) -> dict[str, float]:
         startup = wait_training(swarm, timeout=120)
         time.sleep(15.0)
         history = record(swarm, duration=1.0, interval=1.0)
-    summary = summarise(history, startup, 6)
+    summary = summarise(history, startup, load_task(task_file).gossip.view_size)
     return {
         "startup_s": summary.startup_s[0] if summary.startup_s else float("nan"),
         "resident_mb": summary.resident_mb[0],
