@@ -25,19 +25,14 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from bench_sim import task_and_data_root  # the same task and data as the other simulator benchmarks
+
 from gossipd.tools.reporting import machine, replace_section
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED_MNIST = REPO.parent / "shared" / "datasets" / "mnist"
 OUT = REPO / "out"
 HEAD = ("classifier.3.*",)  # the CNN's last layer
 PARTITIONS = ("dirichlet:0.1", "shards:2")
-
-
-def task_and_data_root() -> tuple[Path, str | None]:
-    if (SHARED_MNIST / "train-images-idx3-ubyte.gz").exists():
-        return REPO / "tasks" / "mnist-cnn.toml", str(SHARED_MNIST)
-    return REPO / "gossipd" / "embedded" / "default.toml", None
 
 
 def run_one(job: dict[str, Any]) -> dict[str, Any]:
