@@ -96,12 +96,16 @@ def keygen(key_file: Path, force: bool) -> None:
 @main.command()
 @click.argument("task_file", required=False, type=click.Path(dir_okay=False))
 @click.option("--peers", default=8, show_default=True, type=click.IntRange(2, 4096))
-@click.option("--algorithm", type=click.Choice(["plain", "powergossip", "choco", "local"]))
+@click.option("--algorithm", type=click.Choice(["auto", "plain", "powergossip", "choco", "local"]))
 @click.option("--rank", type=click.IntRange(1, 64), help="PowerGossip rank.")
 @click.option("--iterations", type=click.IntRange(1, 16), help="PowerGossip power iterations per exchange.")
 @click.option("--compressor", help="Choco compressor: sign, top-k:1%, random-k:1%, qsgd:4.")
 @click.option("--gamma", type=float, help="Choco consensus step size.")
 @click.option("--weight", type=click.FloatRange(0, 0.5, min_open=True), help="Fixed mixing weight (default: MH).")
+@click.option(
+    "--link-mbit", type=click.FloatRange(0, min_open=True), help="Auto: every link's modelled rate (default: free)."
+)
+@click.option("--link-ms", default=0.0, type=click.FloatRange(0), help="Auto: every link's modelled one-way latency.")
 @click.option("--partition", help="iid, contiguous, dirichlet:ALPHA or shards:S (default: the task's).")
 @click.option("--steps", default=200, show_default=True, type=click.IntRange(1), help="Rounds to run.")
 @click.option(
@@ -135,6 +139,8 @@ def simulate(
     compressor: str | None,
     gamma: float | None,
     weight: float | None,
+    link_mbit: float | None,
+    link_ms: float,
     partition: str | None,
     steps: int,
     finish_rounds: int,
@@ -195,6 +201,8 @@ def simulate(
             byzantine=byzantine,
             attack=attack,
             finish_rounds=finish_rounds,
+            link_bytes_per_second=None if link_mbit is None else link_mbit * 1e6 / 8,
+            link_latency=link_ms / 1000,
         )
         simulation = Simulation(task, data, config)
     except (TaskError, ValueError) as exc:
@@ -247,6 +255,11 @@ def _summary(report: Any) -> str:
         f"  consensus    {report.consensus_distance_start:.4g} -> {report.consensus_distance_end:.4g}",
         f"  bytes/exch.  {report.bytes_per_exchange:,.0f} (plain {report.plain_bytes_per_exchange:,}, "
         f"ratio {report.compression_ratio:.1f}x) over {report.exchanges} exchanges",
+        *(
+            [f"  modes        {', '.join(f'{mode} ×{count:,}' for mode, count in report.modes.items())}"]
+            if report.modes
+            else []
+        ),
         f"  time         {report.wall_seconds:.1f} s",
     ]
     return "\n".join(lines)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import sys
 import tempfile
@@ -80,17 +81,20 @@ def status_command(socket_path: Path | None, as_json: bool) -> None:
 @_socket_option
 @_json_option
 @click.option("--ledger", "ledger_only", is_flag=True, help="Show only the contribution ledger.")
-def peers_command(socket_path: Path | None, as_json: bool, ledger_only: bool) -> None:
-    """Show the peers each task knows (* marks those it exchanges with), then what each neighbour
-    contributed: exchanges it started and answered, bytes each way, and what it declares."""
+@click.option("--links", "links_only", is_flag=True, help="Show only what an auto task sends on each edge, and why.")
+def peers_command(socket_path: Path | None, as_json: bool, ledger_only: bool, links_only: bool) -> None:
+    """Show the peers each task knows (* marks those it exchanges with; for an auto task, the mode of each
+    edge's latest exchange and the link's measured rate), then what each neighbour contributed: exchanges it
+    started and answered, bytes each way, and what it declares."""
     with _reporting_errors():
         data = _client(socket_path).peers()
     if as_json:
         click.echo(json.dumps(data, indent=2))
         return
     now = time.time()
-    ledger = format_ledger(data, now=now)
-    click.echo(ledger if ledger_only else f"{format_peers(data, now=now)}\n\n{ledger}")
+    sections = [format_ledger(data, now=now)] if ledger_only else []
+    sections += [format_links(data)] if links_only else []
+    click.echo("\n\n".join(sections or [format_peers(data, now=now), format_ledger(data, now=now)]))
 
 
 @click.command("tasks")
@@ -211,6 +215,7 @@ def format_status(data: dict[str, Any]) -> str:
         if task.get("attached_pid") is not None
     ]
     lines += [_budget_line(task) for task in tasks if task.get("mixing_cpu") is not None]
+    lines += [_auto_line(task) for task in tasks if task.get("exchange_budget_ms") is not None]
     lines += [
         f"{task['id']}: waiting for peers: {task['live_peers']} of the {task['min_peers']} live neighbours "
         "[train] min_peers asks for"
@@ -232,6 +237,22 @@ def _budget_line(task: dict[str, Any]) -> str:
         f"{task['id']}: an exchange every {task['steps_per_exchange']} steps; mixing used "
         f"{task['mixing_cpu']:.0%} of a core, allowed {task['mixing_cpu_allowed']:.0%} ([gossip] cpu_budget)"
     )
+
+
+def _auto_line(task: dict[str, Any]) -> str:
+    """An auto task: what an exchange may take now, and how many edges exchange in which mode."""
+    counts: dict[str, int] = {}
+    for link in task.get("links", []):
+        counts[link["mode"]] = counts.get(link["mode"], 0) + 1
+    modes = ", ".join(f"{mode} ×{counts[mode]}" for mode in sorted(counts, key=_mode_order))
+    edges = f"edges at {modes}" if counts else "no edge measured yet"
+    return f"{task['id']}: auto exchanges, {_ms(task['exchange_budget_ms'])} budget each; {edges}"
+
+
+def _mode_order(mode: str) -> float:
+    """Cheapest first, as the ladder goes: rank 1, rank 2, …, full."""
+    rank = mode.removeprefix("rank ")
+    return float(rank) if rank.isdigit() else math.inf
 
 
 def _personal_line(task: dict[str, Any]) -> str:
@@ -296,6 +317,7 @@ def format_peers(data: dict[str, Any], now: float) -> str:
     if not peers:
         return "no peers yet"
     header = ["TASK", "PEER", "VIEW", "SOURCES", "REACHED", "HEARD", "STEP", "LOSS", "EXCH/FAIL", "DISTANCE"]
+    links = {(link["task"], link["peer_id"]): link for link in data.get("links", [])}
     rows = [
         [
             peer["task"],
@@ -311,7 +333,36 @@ def format_peers(data: dict[str, Any], now: float) -> str:
         ]
         for peer in peers
     ]
-    return table(header, rows, numeric=range(5, 10))
+    if not links:
+        return table(header, rows, numeric=range(5, 10))
+    # An auto task: each edge's mode and measured rate, next to what else is known of the neighbour.
+    for peer, row in zip(peers, rows, strict=True):
+        link = links.get((peer["task"], peer["peer_id"]))
+        row += [link["mode"], _rate(link["bytes_per_second"])] if link else ["-", "-"]
+    return table([*header, "MODE", "LINK"], rows, numeric=[*range(5, 10), 11])
+
+
+def format_links(data: dict[str, Any]) -> str:
+    """An auto task's edges: the mode of the latest exchange, what exchanges take against the budget, the
+    link's measured rate, how often the pair exchanges, and why this peer chose the mode it uses."""
+    links = data.get("links", [])
+    if not links:
+        return 'no auto exchanges yet (only [gossip] algorithm = "auto" chooses per edge)'
+    header = ["TASK", "PEER", "MODE", "EXCHANGE/BUDGET", "LINK", "EXCH/S", "EXCHANGES", "REASON"]
+    rows = [
+        [
+            link["task"],
+            _short_id(link["peer_id"]),
+            link["mode"],
+            f"{_ms(link['exchange_ms'])} / {_ms(link['budget_ms'])}",
+            _rate(link["bytes_per_second"]),
+            _number(link["exchanges_per_second"], ".2f"),
+            str(link["exchanges"]),
+            link["reason"],
+        ]
+        for link in links
+    ]
+    return table(header, rows, numeric=range(3, 7))
 
 
 def format_ledger(data: dict[str, Any], now: float) -> str:
@@ -400,6 +451,16 @@ def human_duration(seconds: float) -> str:
     if minutes:
         return f"{minutes}m {secs:02d}s"
     return f"{secs}s"
+
+
+def _ms(milliseconds: float | None) -> str:
+    if milliseconds is None:
+        return "-"
+    return f"{milliseconds:.1f} ms" if milliseconds < 10 else f"{milliseconds:,.0f} ms"
+
+
+def _rate(bytes_per_second: float | None) -> str:
+    return "-" if bytes_per_second is None else f"{human_bytes(bytes_per_second)}/s"
 
 
 def _number(value: float | None, spec: str, suffix: str = "") -> str:

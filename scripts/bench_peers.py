@@ -2,7 +2,9 @@
 on one workload, side by side. Not part of `make test`.
 
 Workload: MNIST (../shared/datasets/mnist), 4 peers, IID and Dirichlet(0.5) shards (fixed seed), the small CNN
-and an MLP 784-200-200-10, SGD lr 0.05 momentum 0.9, batch 32 per peer, one torch thread per peer process.
+and an MLP 784-200-200-10 (or the 1.2M-parameter CNN of the PyTorch MNIST example, `cnn-pytorch-example`), SGD
+lr 0.05 momentum 0.9, batch 32 per peer, one torch thread per peer process. hivemind and Flower also run with a
+second setting each (`hivemind-tb2048`, `flower-quarter`); the verdicts take each rival at its best.
 
 Each run happens inside its own network namespace (`unshare -n`, loopback up) so the loopback byte counters
 count that run only; the counters are sampled every second. Every peer saves model snapshots stamped with time
@@ -13,6 +15,7 @@ be rebuilt and extended run by run), PNG plots in docs/, and a section of BENCHM
 
     python scripts/bench_peers.py [--quick] [--systems gossipd-plain,ddp,...] [--models cnn,mlp]
                                   [--splits iid,dirichlet:0.5] [--repeats 1] [--first-repeat 0] [--steps 3000]
+                                  [--snapshot-every 200]
     python scripts/bench_peers.py --inside RUN.json      # one run, called by the above inside a namespace
 """
 
@@ -66,8 +69,11 @@ SYSTEMS = (
     "gossipd-choco-paced",
     "gossipd-powergossip-f16-paced",
     "gossipd-powergossip-2it-f16-paced",
+    "gossipd-auto-paced",
     "hivemind",
+    "hivemind-tb2048",
     "flower",
+    "flower-quarter",
     "ddp",
     "alone",
     "centralised",
@@ -98,6 +104,8 @@ GOSSIP |= {
 # values as sent.
 HALF = '\nwire_dtype = "float16"'
 GOSSIP |= {
+    # The default: the exchange adapts per edge to the measured link and step time (gossipd.mixing.auto).
+    "gossipd-auto-paced": 'algorithm = "auto"' + PACED,
     "gossipd-powergossip-f16-paced": GOSSIP["gossipd-powergossip"] + HALF + PACED,
     "gossipd-powergossip-2it-f16-paced": GOSSIP["gossipd-powergossip-2it"] + HALF + PACED,
 }
@@ -220,7 +228,8 @@ def run_hivemind(run: Run, start: float) -> None:
     python = venv_python("hivemind")
     # Average the swarm's parameters every ~100 local steps per peer: about the 10,000-sample target batch of
     # hivemind's own quickstart. Every 10 steps was tried first and spent most of its time in matchmaking.
-    target = PEERS * 32 * 100
+    # hivemind-tb2048: an exact average of the 4 peers every 16 local steps, its better setting on the 1.2M CNN.
+    target = PEERS * 32 * (16 if run.system == "hivemind-tb2048" else 100)
     timeout = HIVEMIND_REQUEST_TIMEOUT.get(run.split, 3.0)
     processes = [
         subprocess.Popen(
@@ -250,11 +259,13 @@ def run_hivemind(run: Run, start: float) -> None:
 
 def run_flower_fedavg(run: Run, start: float) -> None:
     """FedAvg over all 4 peers each round, one local epoch of the shard per round: the usual FedAvg setting
-    (E = 1), and Flower's fixed cost per round (~10 s of polling and process start-up) is paid once per epoch."""
+    (E = 1), and Flower's fixed cost per round (~10 s of polling and process start-up) is paid once per epoch;
+    `flower-quarter`: a quarter epoch per round, more rounds of the same fixed cost."""
+    local_steps = FLOWER_LOCAL_STEPS // 4 if run.system == "flower-quarter" else FLOWER_LOCAL_STEPS
     if PLACEMENT.flower is not None:
         # On an emulated network the launcher runs on the SuperLink's host, where it can reach every process.
         argv = [sys.executable, str(RUNNERS / "flower_launch.py"), run.workdir, run.model, str(run.steps)]
-        argv += [str(FLOWER_LOCAL_STEPS), str(PEERS), venv_python("flower"), str(RUN_LIMIT_S - 60)]
+        argv += [str(local_steps), str(PEERS), venv_python("flower"), str(RUN_LIMIT_S - 60)]
         env = {**runner_env(run, start), "BENCH_FLOWER_PLACEMENT": json.dumps(PLACEMENT.flower)}
         subprocess.run(PLACEMENT.launch("server", argv), env=env, check=True, timeout=RUN_LIMIT_S)
         return
@@ -265,7 +276,7 @@ def run_flower_fedavg(run: Run, start: float) -> None:
         Path(run.workdir),
         run.model,
         run.steps,
-        FLOWER_LOCAL_STEPS,
+        local_steps,
         PEERS,
         venv_python("flower"),
         runner_env(run, start),
@@ -372,9 +383,9 @@ def inside(spec_path: Path) -> None:
     try:
         if run.system.startswith("gossipd-"):
             run_gossipd(run, start)
-        elif run.system == "hivemind":
+        elif run.system.startswith("hivemind"):
             run_hivemind(run, start)
-        elif run.system == "flower":
+        elif run.system.startswith("flower"):
             run_flower_fedavg(run, start)
         else:
             run_torch(run, start)
@@ -398,7 +409,7 @@ def setup_venvs(systems: list[str]) -> None:
     for name, packages in VENVS.items():
         venv = BUILD / f"venv-{name}"
         stamp = venv / ".installed"
-        if name not in systems or stamp.exists():
+        if not any(system.startswith(name) for system in systems) or stamp.exists():
             continue
         print(f"bench-peers: creating {venv} ({', '.join(packages)})", flush=True)
         subprocess.run([sys.executable, "-m", "venv", "--clear", str(venv)], check=True)
@@ -468,7 +479,26 @@ def evaluate(run: Run) -> dict[str, Any]:
         else []
     )
     meta = {k: v for k, v in run.__dict__.items() if k != "workdir"}
-    return summarise({"run": run.name, **meta}, points, byte_samples, rss)
+    summary = summarise({"run": run.name, **meta}, points, byte_samples, rss)
+    if (workdir / "statuses.json").exists():
+        summary["daemons"] = daemon_figures(json.loads((workdir / "statuses.json").read_text()))
+    return summary
+
+
+def daemon_figures(statuses: list[dict[str, Any] | None]) -> dict[str, Any]:
+    """What gossipd's peers said of their mixing at the end: exchanges (started or answered) per training
+    step, the share of them clipped, the time training waited for a mix, and an auto task's edges by mode."""
+    tasks = [s["tasks"][0] for s in statuses if s is not None and s.get("tasks")]
+    modes: dict[str, int] = {}
+    for task in tasks:
+        for link in task.get("links", []):
+            modes[link["mode"]] = modes.get(link["mode"], 0) + 1
+    return {
+        "exchanges_per_step": [round(t["exchanges"] / max(1, t["step"]), 3) for t in tasks],
+        "clipped_share": [round(t.get("clipped_exchanges", 0) / max(1, t["exchanges"]), 3) for t in tasks],
+        "mix_wait_seconds": [round(t.get("mix_wait_seconds", 0.0), 1) for t in tasks],
+        "edges_by_mode": modes,
+    }
 
 
 def write_report(out: Path) -> tuple[str, str | None]:
@@ -486,38 +516,17 @@ def write_report(out: Path) -> tuple[str, str | None]:
         name = f"bench-peers-{model}-{split.replace(':', '')}.png"
         plot(results, model, split, folder / name)
         plots[(model, split)] = str((folder / name).relative_to(REPO))
-    workload = [
-        f"MNIST (60k train, full 10k test set), {PEERS} peers each on its own shard (fixed seed), SGD lr 0.05 "
-        "momentum 0.9, batch 32 per peer, one torch thread per peer process, all peers on this one machine. "
-        f"Every run trains {' / '.join(str(s) for s in sorted({r['steps'] for r in results}))} steps per peer "
-        "inside its own network namespace, so the loopback counter (sampled every second, framing and protocol "
-        "overhead included) counts that run's bytes only. Peers save a snapshot every 200 steps, evaluated "
-        "afterwards on the 10k test set: seconds count from the launch of the first process (start-up "
-        "included) to the first moment the mean (or worst) peer's newest snapshot reaches the target. DDP and "
-        "centralised training hold one model, so their mean and worst are that model. gossipd's snapshots are "
-        "pulled over its control API, so its points are stamped up to half a second late.",
-        "",
-    ]
-    rivals = (
-        "hivemind averages parameters in groups every 100 local steps per peer (target batch "
-        f"{PEERS * 32 * 100:,} samples, about the 10,000 of its quickstart), matchmaking 1 s, request timeout "
-        "0.5 s on IID and its default 3 s on Dirichlet 0.5 (the better of the two on each); Flower runs FedAvg "
-        f"over all {PEERS} peers each round with one local epoch ({FLOWER_LOCAL_STEPS} steps) per round, through "
-        "its SuperLink/SuperNode deployment runtime. Flower's loopback bytes also count each SuperNode talking "
-        "to its ClientApp process and the ServerApp to the SuperLink: each model sent crosses loopback three "
-        "times (ServerApp, SuperLink, SuperNode, ClientApp) where a real deployment sends it once over the "
-        "network, so divide Flower's figures by about 3 for its network traffic."
-    )
     header = [
         f"Measured {_dates(results)} on {machine()}; `make bench-peers`. Current code and settings only: "
         "older settings and runs are in [docs/bench-peers/HISTORY.md](docs/bench-peers/HISTORY.md).",
         "",
-        *workload,
+        _workload(results),
+        "",
         "Settings: gossipd is *step-paced*: it starts an exchange with a random neighbour of a 6-peer view every "
         "2 local steps and holds training 4 steps past its last mix; PowerGossip sends float16 "
         "(`wire_dtype`); held-out evaluation off. Its four peers start at once from the task's model, stop at "
         "the run's steps (`[train] total_steps`) and finish (`[gossip] finish_exchanges` = 50) before their "
-        f"final snapshot. {rivals}",
+        f"final snapshot. {_rivals(results)}".rstrip(),
     ]
     text = report(results, header=header, plots=plots)
     if out != RESULTS:
@@ -526,15 +535,106 @@ def write_report(out: Path) -> tuple[str, str | None]:
         f"Measured {_dates(everything)} on {machine()}; `make bench-peers`. Every run recorded, the current "
         "ones of BENCHMARKS.md included; the older runs' JSON is in docs/bench-peers/history/.",
         "",
-        *workload,
+        _workload(everything),
+        "",
         "Settings: gossipd mixes every 0.2 s (jittered; 0.1 s in the row that says so), or in the rows marked "
         "*step-paced* every 2 local steps with training held 4 steps past its last mix, with a random "
         "neighbour of a 6-peer view, held-out evaluation off; its four peers start at once from the task's "
         "model (no join copy), stop at the run's steps (`[train] total_steps`) and finish "
         "(`[gossip] finish_exchanges` = 50) before their final snapshot (rows marked † predate this). "
-        f"{rivals}",
+        f"{_rivals(everything)}".rstrip(),
     ]
     return text, history_report(everything, header=history)
+
+
+def _workload(results: list[dict[str, Any]]) -> str:
+    """The report's paragraph on what was run and measured, as the runs in `results` were."""
+    return (
+        f"MNIST (60k train, full 10k test set), {PEERS} peers each on its own shard (fixed seed), SGD lr 0.05 "
+        "momentum 0.9, batch 32 per peer, one torch thread per peer process, all peers on this one machine. "
+        f"{_models(results)} Every run trains {_per_model(results, 'steps')} steps per peer "
+        "inside its own network namespace, so the loopback counter (sampled every second, framing and protocol "
+        "overhead included) counts that run's bytes only. Peers save a snapshot every "
+        f"{_per_model(results, 'snapshot_every')} steps, evaluated afterwards on the 10k test set: seconds count "
+        "from the launch of the first process (start-up included) to the first moment the mean (or worst) "
+        "peer's newest snapshot reaches the target; local steps to 98% are the peers' mean step count, each as "
+        "of its newest snapshot, when the mean peer reaches 98%. DDP and centralised training hold one model, "
+        "so their mean and worst are that model. gossipd's snapshots are pulled over its control API, so its "
+        "points are stamped up to half a second late."
+    )
+
+
+# What the report says of each model it has runs of, in this order.
+MODEL_TEXT = {
+    "cnn": "cnn: the small CNN of tasks/mnist-cnn.toml, 114k parameters",
+    "mlp": "mlp: an MLP 784-200-200-10, 199k parameters",
+    "cnn-pytorch-example": "cnn-pytorch-example: the CNN of the PyTorch MNIST example, 1.2M parameters",
+}
+
+
+def _models(results: list[dict[str, Any]]) -> str:
+    """The models of the runs in `results`, in the order of `MODEL_TEXT` (models it lacks by name, after)."""
+    present = dict.fromkeys(r["model"] for r in results)
+    known = [text for name, text in MODEL_TEXT.items() if name in present]
+    return f"Models: {'; '.join([*known, *(name for name in present if name not in MODEL_TEXT)])}."
+
+
+def _per_model(results: list[dict[str, Any]], key: str) -> str:
+    """A run setting as the report states it: its one value ("200"), or its values per model when the models
+    were run with different ones ("200 (cnn, mlp), 50 (cnn-pytorch-example)"), one model's own values joined
+    by " / "."""
+    values: dict[str, set[int]] = {}
+    for result in results:
+        values.setdefault(result["model"], set()).add(result[key])
+    distinct = {value for seen in values.values() for value in seen}
+    if len(distinct) == 1:
+        return str(distinct.pop())
+    models: dict[str, list[str]] = {}
+    for model, seen in values.items():
+        models.setdefault(" / ".join(str(v) for v in sorted(seen)), []).append(model)
+    return ", ".join(f"{shown} ({', '.join(sorted(names))})" for shown, names in models.items())
+
+
+# What the report says of each rival setting it has runs of (the figures those of `run_hivemind` and
+# `run_flower_fedavg`).
+HIVEMIND_TEXT = {
+    "hivemind": f"every 100 local steps per peer (target batch {PEERS * 32 * 100:,} samples, about the 10,000 of "
+    "its quickstart)",
+    "hivemind-tb2048": f"every 16 local steps per peer in `hivemind-tb2048` (target batch {PEERS * 32 * 16:,} "
+    f"samples: all {PEERS} peers at once, its better setting on the 1.2M CNN)",
+}
+FLOWER_TEXT = {
+    "flower": f"one local epoch ({FLOWER_LOCAL_STEPS} steps) per round",
+    "flower-quarter": f"a quarter epoch ({FLOWER_LOCAL_STEPS // 4} steps) per round in `flower-quarter`",
+}
+
+
+def _rivals(results: list[dict[str, Any]]) -> str:
+    """The settings of the rivals, of those with runs in `results` only."""
+    systems = {r["system"] for r in results}
+    hivemind = [text for name, text in HIVEMIND_TEXT.items() if name in systems]
+    flower = [text for name, text in FLOWER_TEXT.items() if name in systems]
+    parts = []
+    if hivemind:
+        parts.append(
+            f"hivemind averages parameters in groups {' or '.join(hivemind)}, matchmaking 1 s, request timeout "
+            "0.5 s on IID and its default 3 s on Dirichlet 0.5 (the better of the two on each)"
+        )
+    if flower:
+        parts.append(
+            f"Flower runs FedAvg over all {PEERS} peers each round with {' or '.join(flower)}, through its "
+            "SuperLink/SuperNode deployment runtime. Flower's loopback bytes also count each SuperNode talking to "
+            "its ClientApp process and the ServerApp to the SuperLink: each model sent crosses loopback three "
+            "times (ServerApp, SuperLink, SuperNode, ClientApp) where a real deployment sends it once over the "
+            "network, so divide Flower's figures by about 3 for its network traffic"
+        )
+    several = (
+        " Where a rival ran with several settings on a workload, its verdicts judge gossipd against the one that "
+        "reached 98% soonest."
+        if len(hivemind) > 1 or len(flower) > 1
+        else ""
+    )
+    return f"{'; '.join(parts)}.{several}" if parts else ""
 
 
 def _dates(results: list[dict[str, Any]]) -> str:

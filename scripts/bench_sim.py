@@ -28,6 +28,9 @@ OUT = REPO / "out"
 
 CONFIGS: list[tuple[str, str, dict[str, Any]]] = [
     ("plain", "plain", {}),
+    # The default: each edge picks its mode against the measured exchange and step times (links cost no
+    # time here, only the exchange's CPU: see `gossipd simulate --link-mbit`).
+    ("auto", "auto", {}),
     ("PowerGossip r1", "powergossip", {"rank": 1, "iterations": 1}),
     ("PowerGossip r1 ×2 it.", "powergossip", {"rank": 1, "iterations": 2}),
     ("PowerGossip r2", "powergossip", {"rank": 2, "iterations": 1}),

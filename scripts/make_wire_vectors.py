@@ -51,6 +51,7 @@ def describe(message: Message, tensors: tuple[WireTensor, ...]) -> dict[str, Any
         "reason": message.reason,
         "proof": message.proof.hex(),
         "examples": message.examples,
+        "mode": message.mode,
         "data": message.data.hex(),
         "tensors": [{"name": t.name, "dtype": t.dtype, "shape": list(t.shape), "data": t.data.hex()} for t in tensors],
     }
@@ -99,6 +100,31 @@ def main() -> None:
         "power-weighted": carrying(
             MessageType.POWER, (tensor("fc.weight", "float32", [0.25, -1, 8], (3, 1)),), phase=0, examples=7, **common
         ),
+        # An auto task (`algorithm = "auto"`): every message names the exchange's mode, chosen by the opener.
+        "hello-auto": (Message(type=MessageType.HELLO, mode=2, **common), ()),
+        # Its rank-2 rung (float16, one power iteration): q = Mᵀp of a 4×6 weight, (6, 2), then the bias whole.
+        "power-auto-rank2": carrying(
+            MessageType.POWER,
+            (
+                tensor("fc.weight", "float16", [0.5, -1, 2, 0.25, -0.125, 4, 1, 1.5, -2, 3, 0, -0.5], (6, 2)),
+                tensor("fc.bias", "float16", [0.5, -0.5, 1, -1], (4,)),
+            ),
+            phase=0,
+            mode=2,
+            **common,
+        ),
+        # Its whole-model rung (mode 0): plain averaging, every parameter in its own dtype.
+        "full-auto": carrying(
+            MessageType.FULL,
+            (
+                tensor("fc.weight", "float32", [1, 2, 3, 4, 5, 6], (2, 3)),
+                tensor("fc.bias", "float32", [0.5, -0.5], (2,)),
+            ),
+            mode=0,
+            **common,
+        ),
+        # Both optional keys: `n` first, then `m`.
+        "hello-auto-weighted": (Message(type=MessageType.HELLO, examples=60000, mode=1, **common), ()),
         "abort": (Message(type=MessageType.ABORT, reason="busy", **common), ()),
         "auth": (Message(type=MessageType.AUTH, phase=1, proof=bytes(range(32, 64)), **common), ()),
     }
@@ -143,6 +169,9 @@ def main() -> None:
         "bool-as-int": (msgpack.packb(header("hello") | {"round": True}), "malformed", ()),
         "negative-examples": (msgpack.packb(header("hello", n=-1)), "malformed", ()),
         "examples-too-large": (msgpack.packb(header("hello", n=1 << 48)), "malformed", ()),
+        "mode-too-large": (msgpack.packb(header("hello", m=65)), "malformed", ()),
+        "mode-not-int": (msgpack.packb(header("hello", m="2")), "malformed", ()),
+        "negative-mode": (msgpack.packb(header("hello", m=-1)), "malformed", ()),
         "nan-tensor": (encode_message(nan_message), "non-finite", nan_tensors),
     }
     for name, (data, reason, layout) in invalid.items():

@@ -14,6 +14,7 @@ from gossipd.tools.bench_peers_report import (
     LABELS,
     MAX_PLOT_LINES,
     aggregate,
+    best_rivals,
     bytes_at,
     goals,
     history_report,
@@ -23,6 +24,8 @@ from gossipd.tools.bench_peers_report import (
     report,
     split_history,
     summarise,
+    swarm_curve,
+    table,
     verdicts,
 )
 
@@ -77,6 +80,25 @@ def test_targets_wait_for_every_peer_and_worst_lags_mean() -> None:
     assert summary["total_bytes"] == 20000
 
 
+def test_steps_to_98_are_the_mean_peers_local_steps_when_the_mean_peer_first_reaches_it() -> None:
+    series: dict[int, list[tuple[float, int, float]]] = {
+        0: [(1.0, 0, 0.1), (2.0, 1600, 0.975), (4.0, 4800, 0.985)],
+        1: [(1.5, 0, 0.1), (3.0, 3200, 0.981)],
+    }
+    curve, steps = swarm_curve(points(series), BYTES)
+    # From 1.5 s, when both peers have a snapshot: each peer's newest samples / 32, averaged.
+    assert [c[0] for c in curve] == [1.5, 2.0, 3.0, 4.0]
+    assert steps == [0.0, 25.0, 75.0, 125.0]
+    summary = summarise(run("hivemind"), points(series), BYTES, [])
+    # At 3 s the mean is (0.975 + 0.981) / 2 < 0.98; at 4 s peer 0 is at 150 steps and peer 1 at 100.
+    assert summary["reached"]["mean_98"]["seconds"] == 4.0
+    assert summary["steps_98"] == 125.0
+    short = summarise(run("hivemind"), points({0: [(1.0, 3200, 0.975)], 1: [(1.0, 3200, 0.995)]}), BYTES, [])
+    assert short["steps_98"] == 100.0  # the mean, not the worst, peer
+    never = summarise(run("hivemind"), points({0: [(1.0, 3200, 0.97)], 1: [(1.0, 3200, 0.979)]}), BYTES, [])
+    assert never["steps_98"] is None
+
+
 def test_final_accuracy_ignores_snapshots_past_the_sample_budget() -> None:
     summary = summarise(run("alone"), points({0: [(1, 3200, 0.9), (2, 6400, 0.99)]}), BYTES, [])
     assert summary["final_accuracy"] == pytest.approx(0.9)  # budget is 100 steps × 32 samples
@@ -105,6 +127,25 @@ def test_median_counts_a_repeat_that_never_arrived_as_infinitely_slow() -> None:
     assert row.seconds["mean_98"] == 30 and row.bytes["mean_98"] == 300
     (row,) = aggregate([result(None, 0), result(None, 1), result(10, 2)])
     assert math.isinf(row.seconds["mean_98"])
+
+
+def test_steps_to_98_are_the_median_over_repeats_and_absent_from_rows_of_older_runs() -> None:
+    def result(steps: float | None, repeat: int) -> dict[str, Any]:
+        return {**synthetic("hivemind", 30, 1e6, 0.985), "repeat": repeat, "steps_98": steps}
+
+    (row,) = aggregate([result(125.0, 0), result(None, 1), result(90.0, 2)])
+    assert row.steps_98 == 125.0  # the repeat that never reached 98% counts as infinitely many steps
+    (row,) = aggregate([result(None, 0), result(None, 1), result(90.0, 2)])
+    assert row.steps_98 is not None and math.isinf(row.steps_98)
+    assert "| 30 | 30 | 30 | not reached | 1.00 |" in table([row])[2]
+    # Older runs did not record the figure: nothing recomputed, the row shows a dash, even beside a newer run.
+    older = synthetic("hivemind", 30, 1e6, 0.985)
+    (row,) = aggregate([older, result(90.0, 1)])
+    assert row.steps_98 is None
+    lines = table([row, *aggregate([{**result(1407.4, 0), "system": "flower"}])])
+    assert "| s to 98% (worst peer) | local steps to 98% | MB to 98% |" in lines[0]
+    assert "| 30 | 30 | 30 | — | 1.00 |" in lines[2]
+    assert "| 30 | 30 | 30 | 1,407 | 1.00 |" in lines[3]
 
 
 def synthetic(system: str, seconds: float | None, sent: float, final: float) -> dict[str, Any]:
@@ -183,7 +224,10 @@ def test_when_nobody_reaches_98_the_time_line_compares_97_instead() -> None:
 
     lines = goals(aggregate([only_97("gossipd-plain", 16), only_97("gossipd-choco", 15), only_97("flower", 60)]))
     assert "goal not judged" in lines[0]
-    assert "(gossipd, Choco sign) 15 s against Flower FedAvg (deployment runtime) 60 s: **0.25×**" in lines[0]
+    assert (
+        "(gossipd, Choco sign) 15 s against Flower FedAvg (deployment runtime, one epoch per round) 60 s: **0.25×**"
+        in lines[0]
+    )
 
 
 def test_report_and_plot(tmp_path: Path) -> None:
@@ -193,7 +237,7 @@ def test_report_and_plot(tmp_path: Path) -> None:
     assert text.startswith("head\n")
     assert "### CNN, iid split (one run each)" in text
     # A gossipd run from before the training budget is marked, and the mark explained.
-    assert "| gossipd, plain gossip † | 1 | 40 | 40 | 40 | 500 | 98.50 / 98.40 | 1,000 | 400 |" in text
+    assert "| gossipd, plain gossip † | 1 | 40 | 40 | 40 | — | 500 | 98.50 / 98.40 | 1,000 | 400 |" in text
     assert "| torch DDP all-reduce (gloo) | 1 |" in text and text.count("†") == 2
     finished = report([{**results[0], "finish": True}, results[1]], header=["head"], plots={})
     assert "| gossipd, plain gossip | 1 |" in finished and "†" not in finished
@@ -274,7 +318,7 @@ def test_each_published_workload_has_one_verdict_line_per_goal() -> None:
     current, _ = _published()
     rows = aggregate(current)
     workloads = {(r.model, r.split) for r in rows}
-    assert len(workloads) == 4
+    assert len(workloads) == 5  # CNN, MLP (IID, Dirichlet 0.5) and the 1.2M CNN (IID)
     for model, split in workloads:
         lines = verdicts([r for r in rows if (r.model, r.split) == (model, split)])
         assert [line.split(":")[0] for line in lines] == [f"- {goal}" for goal in GOALS]
@@ -320,11 +364,13 @@ def test_a_workload_without_current_gossipd_runs_still_gets_one_line_per_goal() 
 
 
 def test_a_plot_draws_at_most_seven_lines_in_the_order_of_the_current_list(tmp_path: Path) -> None:
-    everything = [synthetic(name, 30, 10e6, 0.98) for name in LABELS]  # all 17 systems ever run
+    everything = [synthetic(name, 30, 10e6, 0.98) for name in LABELS]  # all 19 systems ever run
     assert len(everything) > MAX_PLOT_LINES == 7
     chosen = [r["system"] for r in plotted(everything, "cnn", "iid")]
     assert len(chosen) == MAX_PLOT_LINES
-    assert chosen == [name for name in CURRENT if name != "alone"]
+    # Of each rival only its best setting: on a tie, the first of its family.
+    eligible = [name for name in CURRENT if name not in ("alone", "hivemind-tb2048", "flower-quarter")]
+    assert chosen == eligible[:MAX_PLOT_LINES]
     assert plotted(everything, "mlp", "iid") == []
     # One peer alone stays under the axes: never drawn, even with room to spare.
     few = [synthetic("alone", 30, 0.0, 0.9), synthetic("ddp", 20, 9e9, 0.99)]
@@ -339,3 +385,97 @@ def test_a_plot_draws_at_most_seven_lines_in_the_order_of_the_current_list(tmp_p
     current, _ = _published()
     for model, split in {(r["model"], r["split"]) for r in current}:
         assert 1 <= len(plotted(current, model, split)) <= MAX_PLOT_LINES
+
+
+# -- rivals at their best: each rival family judged by its setting that reached 98% soonest ----------------------
+
+
+def test_each_rival_family_is_represented_by_its_setting_that_reached_98_soonest() -> None:
+    rows = aggregate(
+        [
+            synthetic("hivemind", 100, 50e6, 0.982),
+            synthetic("hivemind-tb2048", 60, 80e6, 0.985),
+            synthetic("flower", 80, 400e6, 0.984),
+            synthetic("flower-quarter", None, 900e6, 0.975),  # never reached 98%
+        ]
+    )
+    best = best_rivals(rows)
+    assert {family: row.system for family, row in best.items()} == {"hivemind": "hivemind-tb2048", "flower": "flower"}
+    assert best_rivals(aggregate([synthetic("flower-quarter", 70, 1e6, 0.98)]))["flower"].system == "flower-quarter"
+    assert best_rivals(aggregate([synthetic("ddp", 20, 0.0, 0.99)])) == {}
+
+    # Neither setting reached 98%: the sooner to 97% stands for the family.
+    def to_97(system: str, seconds: float) -> dict[str, Any]:
+        result = synthetic(system, seconds, 1e6, 0.975)
+        result["reached"] = {**result["reached"], "mean_98": None, "worst_98": None}
+        return result
+
+    assert best_rivals(aggregate([to_97("hivemind", 50), to_97("hivemind-tb2048", 40)]))["hivemind"].system == (
+        "hivemind-tb2048"
+    )
+
+
+def test_the_verdicts_judge_gossipd_against_each_rival_at_its_best_and_name_the_setting() -> None:
+    finished = {"finish": True}
+    gossip = [
+        {**synthetic("gossipd-plain-paced", 40, 500e6, 0.985), **finished},
+        {**synthetic("gossipd-powergossip-f16-paced", 60, 5e6, 0.983), **finished},
+    ]
+    rivals = [
+        synthetic("hivemind", 100, 50e6, 0.982),
+        synthetic("hivemind-tb2048", 50, 80e6, 0.985),
+        synthetic("flower", 80, 400e6, 0.984),
+        synthetic("flower-quarter", 90, 150e6, 0.984),
+    ]
+    lines = verdicts(aggregate([*gossip, *rivals]))
+    assert len(lines) == len(GOALS)
+    # 40 s against hivemind every 16 steps, the faster of both families at their best.
+    assert (
+        lines[0]
+        == f"- {GOALS[0]}: plain gossip 40 s against hivemind at its best (every 16 steps) 50 s: **0.80×, not met**."
+    )
+    # The bytes goal against Flower: one epoch per round reached 98% sooner (80 s against 90 s), so its bytes.
+    assert (
+        "5.00 MB against Flower at its best (one epoch per round), 400 MB on loopback, about 133 MB over the "
+        "network: **26.7× fewer, not met**" in lines[2]
+    )
+    # A quarter epoch per round reaching 98% first makes it the yardstick, bytes included.
+    quicker = [*rivals[:3], synthetic("flower-quarter", 30, 150e6, 0.984)]
+    lines = verdicts(aggregate([*gossip, *quicker]))
+    assert lines[0].startswith(f"- {GOALS[0]}: plain gossip 40 s against Flower at its best (¼ epoch per round) 30 s")
+    assert "about 50 MB over the network: **10.0× fewer, not met**" in lines[2]
+    # A family's only setting keeps its short name.
+    lines = verdicts(aggregate([*gossip, rivals[1], rivals[3]]))
+    assert "against hivemind (every 16 steps) 50 s" in lines[0]
+    assert "against Flower (¼ epoch per round), 150 MB on loopback" in lines[2]
+
+
+def test_the_history_verdicts_also_take_each_rival_at_its_best() -> None:
+    rows = aggregate(
+        [
+            synthetic("gossipd-plain", 40, 500e6, 0.985),
+            synthetic("gossipd-powergossip", 60, 5e6, 0.983),
+            synthetic("hivemind", 100, 50e6, 0.982),
+            synthetic("hivemind-tb2048", 50, 80e6, 0.985),
+            synthetic("flower", 80, 400e6, 0.984),
+            synthetic("flower-quarter", 45, 90e6, 0.984),
+        ]
+    )
+    lines = goals(rows)
+    assert f"against {LABELS['flower-quarter']} 45 s: **0.89×** (goal ≤ 0.7×, not met)" in lines[0]
+    assert f"against {LABELS['flower-quarter']} 90 MB, about 30 MB of it over the network" in lines[2]
+    assert "**6.0× fewer** (goal ≥ 50×, not met)" in lines[2]
+
+
+def test_a_plot_draws_each_rival_at_its_best() -> None:
+    runs = [
+        synthetic("gossipd-plain-paced", 40, 500e6, 0.985),
+        synthetic("hivemind", 100, 50e6, 0.982),
+        synthetic("hivemind-tb2048", 50, 80e6, 0.985),
+        synthetic("flower", 80, 400e6, 0.984),
+        synthetic("flower-quarter", 90, 150e6, 0.984),
+        synthetic("ddp", 20, 900e6, 0.99),
+        synthetic("centralised", 10, 0.0, 0.99),
+    ]
+    chosen = [r["system"] for r in plotted(runs, "cnn", "iid")]
+    assert chosen == ["gossipd-plain-paced", "hivemind-tb2048", "flower", "ddp", "centralised"]

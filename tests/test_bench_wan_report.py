@@ -71,7 +71,10 @@ def test_report_has_a_table_and_verdict_per_speed(tmp_path: Path) -> None:
     assert (
         "| gossipd, plain gossip, step-paced | 1/1 | 20 (20) | 5.0, 50% | 98.50 | 15 (15) | 5.0, 50% | 98.50 |" in text
     )
-    assert "| hivemind (Optimizer, local updates) | 1 | 80 (80) | 5.0, 50% | 98.50 | — | — | — |" in text
+    assert (
+        "| hivemind (Optimizer, local updates, average every 100 steps) | 1 | 80 (80) | 5.0, 50% | 98.50 | — | — | — |"
+        in text
+    )
     path = tmp_path / "plot.png"
     plot(results, "cnn", path)
     assert path.stat().st_size > 0

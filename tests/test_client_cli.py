@@ -3,7 +3,9 @@ server over a fake backend: their tables, their `--json`, and their exit codes."
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,7 +17,15 @@ from gossipd.cli import main
 from gossipd.cli_client import format_status, human_bytes, human_duration
 from gossipd.services.control import JoinRequest
 from gossipd.services.status import to_json
-from tests.test_control_api import MODEL_BYTES, FakeBackend, make_status, names, short_socket_dir, start_server
+from tests.test_control_api import (
+    MODEL_BYTES,
+    FakeBackend,
+    make_auto_task,
+    make_status,
+    names,
+    short_socket_dir,
+    start_server,
+)
 
 
 @pytest.fixture
@@ -122,6 +132,44 @@ async def test_peers_show_the_contribution_ledger_with_declared_figures_marked(s
     assert ledger[0]["task"] == "mnist" and ledger[0]["declared_dataset"] == 15_000
 
 
+async def test_peers_show_each_auto_edges_mode_and_link_rate(socket_path: Path, backend: FakeBackend) -> None:
+    backend.daemon = dataclasses.replace(backend.daemon, tasks=(make_auto_task(),))
+    result = await gossipd("peers", "--socket", str(socket_path))
+    assert result.exit_code == 0, result.output
+    header, first, second = result.stdout.splitlines()[:3]
+    assert header.split()[-3:] == ["DISTANCE", "MODE", "LINK"]
+    assert first.split()[-6:] == ["40/2", "0.0456", "rank", "4", "2.0", "MB/s"]
+    assert second.split()[-5:] == ["40/2", "-", "full", "8.0", "MB/s"]
+    assert first.index("rank 4") == header.index("MODE")
+    assert first.index("MB/s") + len("MB/s") == len(header)  # the rate ends under its title
+
+
+async def test_peers_links_explain_each_edges_mode(socket_path: Path, backend: FakeBackend) -> None:
+    backend.daemon = dataclasses.replace(backend.daemon, tasks=(make_auto_task(),))
+    result = await gossipd("peers", "--links", "--socket", str(socket_path))
+    assert result.exit_code == 0, result.output
+    header, *rows = result.stdout.splitlines()
+    assert header.split() == ["TASK", "PEER", "MODE", "EXCHANGE/BUDGET", "LINK", "EXCH/S", "EXCHANGES", "REASON"]
+    cells = [re.split(r"\s{2,}", row) for row in rows]  # columns are two spaces apart or more
+    assert cells[0] == [
+        "mnist", "…AAAApeerone1", "rank 4", "6.5 ms / 125 ms", "2.0 MB/s", "1.95", "40",
+        "rank 4: rank 2 took 3 ms, rank 4 predicted 6 ms of a 125 ms budget",
+    ]  # fmt: skip
+    assert cells[1][1:7] == ["…BBBBpeertwo2", "full", "48 ms / 125 ms", "8.0 MB/s", "-", "12"]
+    assert cells[2][:3] == ["mnist", "…CCCCpeerthr3", "rank 4"]
+    assert rows[0].index("1.95") + len("1.95") == header.index("EXCH/S") + len("EXCH/S")  # numbers end under it
+    both = await gossipd("peers", "--links", "--ledger", "--socket", str(socket_path))
+    assert "EXAMPLES*" in both.stdout and "EXCHANGE/BUDGET" in both.stdout and "DISTANCE" not in both.stdout
+
+
+async def test_peers_links_of_a_task_that_is_not_auto(socket_path: Path) -> None:
+    result = await gossipd("peers", "--links", "--socket", str(socket_path))
+    assert result.exit_code == 0, result.output
+    assert result.stdout.startswith("no auto exchanges yet")
+    plain = await gossipd("peers", "--socket", str(socket_path))
+    assert "MODE" not in plain.stdout.splitlines()[0]
+
+
 async def test_tasks_table(socket_path: Path) -> None:
     result = await gossipd("tasks", "--socket", str(socket_path))
     assert result.exit_code == 0, result.output
@@ -211,3 +259,14 @@ def test_status_says_what_pace_a_cpu_budget_set() -> None:
     text = format_status(data)
     assert "mnist: an exchange every 6 steps; mixing used 12% of a core, allowed 5% ([gossip] cpu_budget)" in text
     assert "cifar: an exchange every" not in text  # no budget there: no line
+
+
+def test_status_sums_up_the_modes_an_auto_task_exchanges_in() -> None:
+    status = make_status()
+    status = dataclasses.replace(status, tasks=(make_auto_task(), make_auto_task("fresh"), *status.tasks[1:]))
+    data = to_json(status)
+    data["tasks"][1].update(links=[], exchange_budget_ms=7.25)
+    text = format_status(data)
+    assert "mnist: auto exchanges, 125 ms budget each; edges at rank 4 ×2, full ×1" in text.splitlines()
+    assert "fresh: auto exchanges, 7.2 ms budget each; no edge measured yet" in text.splitlines()
+    assert "cifar: auto" not in text

@@ -29,7 +29,15 @@ from gossipd.client import ControlClient
 from gossipd.services.control import ControlError, ErrorCode, JoinRequest
 from gossipd.services.control_api import JOIN_FIELD_TYPES, control_handler
 from gossipd.services.network import RelayOffer, RelayStatus
-from gossipd.services.status import ContributionStatus, DaemonStatus, PeerStatus, TaskState, TaskStatus, to_json
+from gossipd.services.status import (
+    ContributionStatus,
+    DaemonStatus,
+    LinkStatus,
+    PeerStatus,
+    TaskState,
+    TaskStatus,
+    to_json,
+)
 
 T = TypeVar("T")
 MODEL_BYTES = b"\x08\x00\x00\x00\x00\x00\x00\x00{}      " + bytes(range(256)) * 4
@@ -115,6 +123,35 @@ def make_task(task_id: str, **changes: Any) -> TaskStatus:
         ),
     )
     return dataclasses.replace(task, **changes)
+
+
+PEER_ONE = "12D3KooWAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAApeerone1"
+PEER_TWO = "12D3KooWBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBpeertwo2"
+
+
+def make_link(peer_id: str, mode: str, bytes_per_second: float | None, **changes: Any) -> LinkStatus:
+    link = LinkStatus(
+        peer_id=peer_id,
+        mode=mode,
+        reason=f"{mode}: rank 2 took 3 ms, {mode} predicted 6 ms of a 125 ms budget",
+        exchanges=40,
+        exchanges_per_second=1.95,
+        exchange_ms=6.5,
+        budget_ms=125.0,
+        bytes_per_second=bytes_per_second,
+    )
+    return dataclasses.replace(link, **changes)
+
+
+def make_auto_task(task_id: str = "mnist") -> TaskStatus:
+    """An auto task with three edges: two at rank 4, one sending whole models (a departed neighbour's edge
+    stays until the view drops it, so one link has no peer line)."""
+    links = (
+        make_link(PEER_ONE, "rank 4", 2_000_000.0),
+        make_link(PEER_TWO, "full", 8_000_000.0, exchanges=12, exchanges_per_second=None, exchange_ms=48.0),
+        make_link("12D3KooWCCCCCCCCCCCCCCCCCCCCCCCCCCCCCCCCCCCCCCCCpeerthr3", "rank 4", 5_000_000.0),
+    )
+    return make_task(task_id, algorithm="auto", settings={"max_rank": 16}, links=links, exchange_budget_ms=125.0)
 
 
 def make_status() -> DaemonStatus:
@@ -325,11 +362,27 @@ async def test_peers_carry_their_task(client: ControlClient, backend: FakeBacken
 
 
 async def test_tasks_leave_out_peers_but_one_task_has_them(client: ControlClient, backend: FakeBackend) -> None:
+    backend.daemon = dataclasses.replace(backend.daemon, tasks=(make_auto_task(), backend.daemon.tasks[1]))
     tasks = (await in_thread(client.tasks))["tasks"]
     assert [task["id"] for task in tasks] == ["mnist", "cifar"]
-    assert all("peers" not in task for task in tasks)
+    assert all(not {"peers", "ledger", "links"} & set(task) for task in tasks)
+    assert tasks[0]["exchange_budget_ms"] == 125.0
     assert tasks[0]["rejections"] == {"wrong-task": 3, "too-large": 1}
     assert await in_thread(client.task, "mnist") == to_json(backend.daemon.tasks[0])
+    assert [link["mode"] for link in (await in_thread(client.task, "mnist"))["links"]] == ["rank 4", "full", "rank 4"]
+
+
+async def test_peers_carry_each_auto_edge_with_its_task(client: ControlClient, backend: FakeBackend) -> None:
+    assert (await in_thread(client.peers))["links"] == []  # not an auto task
+    backend.daemon = dataclasses.replace(backend.daemon, tasks=(make_auto_task(), backend.daemon.tasks[1]))
+    links = (await in_thread(client.peers))["links"]
+    assert [(link["task"], link["peer_id"], link["mode"]) for link in links] == [
+        ("mnist", PEER_ONE, "rank 4"),
+        ("mnist", PEER_TWO, "full"),
+        ("mnist", "12D3KooWCCCCCCCCCCCCCCCCCCCCCCCCCCCCCCCCCCCCCCCCpeerthr3", "rank 4"),
+    ]
+    assert links[1] == {"task": "mnist", **to_json(backend.daemon.tasks[0].links[1])}
+    assert links[1]["exchange_ms"] == 48.0 and links[1]["exchanges_per_second"] is None
 
 
 async def test_join(client: ControlClient, socket_path: Path, backend: FakeBackend) -> None:
@@ -399,8 +452,38 @@ async def test_metrics(client: ControlClient, socket_path: Path) -> None:
     # None is left out, not exported as 0 or NaN.
     assert all(s.labels["task"] != "cifar" for s in families["gossipd_training_loss"].samples)
     assert "gossipd_compression_ratio" in families
+    # Not auto tasks: no budget, no edge modes, no link rate.
+    assert not {"gossipd_edges_by_mode", "gossipd_exchange_budget_seconds", "gossipd_link_bytes_per_second"} & set(
+        families
+    )
     reply = await request(socket_path, "GET", "/metrics")
     assert reply.headers["content-type"].startswith("text/plain; version=0.0.4")
+
+
+async def test_metrics_count_an_auto_tasks_edges_by_mode(client: ControlClient, backend: FakeBackend) -> None:
+    backend.daemon = dataclasses.replace(backend.daemon, tasks=(make_auto_task(), backend.daemon.tasks[1]))
+    families = {family.name: family for family in text_string_to_metric_families(await in_thread(client.metrics))}
+    by_mode = {s.labels["mode"]: s.value for s in families["gossipd_edges_by_mode"].samples}
+    assert by_mode == {"rank 4": 2, "full": 1}
+    assert all(s.labels["task"] == "mnist" for s in families["gossipd_edges_by_mode"].samples)
+    [budget] = families["gossipd_exchange_budget_seconds"].samples
+    assert budget.labels == {"task": "mnist"} and budget.value == pytest.approx(0.125)
+    [rate] = families["gossipd_link_bytes_per_second"].samples
+    assert rate.labels == {"task": "mnist"} and rate.value == 5_000_000.0  # the median of 2, 8 and 5 MB/s
+    # No per-peer series: a peer id never becomes a label.
+    peer_ids = {link.peer_id for link in backend.daemon.tasks[0].links}
+    assert not any(peer_ids & set(s.labels.values()) for f in families.values() for s in f.samples)
+
+
+async def test_link_rate_leaves_out_edges_not_measured(client: ControlClient, backend: FakeBackend) -> None:
+    auto = make_auto_task()
+    unmeasured = dataclasses.replace(
+        auto, links=tuple(dataclasses.replace(link, bytes_per_second=None) for link in auto.links)
+    )
+    backend.daemon = dataclasses.replace(backend.daemon, tasks=(unmeasured,))
+    families = {family.name: family for family in text_string_to_metric_families(await in_thread(client.metrics))}
+    assert "gossipd_link_bytes_per_second" not in families
+    assert sum(s.value for s in families["gossipd_edges_by_mode"].samples) == 3
 
 
 async def test_non_finite_numbers_become_null(client: ControlClient, backend: FakeBackend) -> None:

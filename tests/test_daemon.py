@@ -29,7 +29,6 @@ TASK = (
     .replace('id = "mnist-default"', 'id = "daemon-test"')
     .replace('name = "cnn"', 'name = "mlp"\nhidden = [32]')
     .replace("[gossip]", f"[gossip]\nexchange_interval = 0.1\nexchange_timeout = {EXCHANGE_TIMEOUT}\nview_size = 4")
-    .replace("rank = 2\niterations = 1", "rank = 4\niterations = 1")
 )
 STATUS_KEYS = {"peer_id", "addresses", "tasks", "uptime_s"}
 TASK_KEYS = {

@@ -352,7 +352,9 @@ async def test_a_partition_heals_without_restarts(fault: LinkFault, autojump_clo
     for peer in swarm:
         inside = sum(n for (a, b), n in during.items() if a == peer.id and (b in LEFT) == (a in LEFT))
         assert inside >= 5, (peer.id, during)
-    assert all(during[pair] == 0 for pair in crossing), during
+    # An exchange in flight at the split may end on one side only: an opener whose peer skipped its hello sends
+    # its last round and is done, while the cut loses that round. Never both ends, never more than that one.
+    assert all(during[a, b] + during[b, a] <= 1 for a, b in crossing), during
     assert gap(cut) >= GROWTH * gap(mixed), (gap(mixed), gap(cut))
     assert consensus_distance(cut) >= GROWTH * consensus_distance(mixed)
     # Healed, with every service still the one that ran through the cut: every pair across it exchanges

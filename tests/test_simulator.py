@@ -13,7 +13,7 @@ from gossipd.cli import main
 from gossipd.data.registry import load_data
 from gossipd.sim.progress import Progress
 from gossipd.sim.simulator import Simulation, SimulationConfig
-from gossipd.task.loader import load_task, parse_task
+from gossipd.task.loader import parse_task
 from tests.conftest import DEFAULT_TASK
 
 REQUIRED_KEYS = {
@@ -21,15 +21,18 @@ REQUIRED_KEYS = {
     "consensus_distance_end", "bytes_per_exchange", "plain_bytes_per_exchange", "compression_ratio",
     "centralised_accuracy", "wall_seconds",
 }  # fmt: skip
+# The default task with the algorithm these tests' thresholds were measured with (PowerGossip rank 2, its
+# algorithm before `auto` became the default): they test the simulator, not the choice of mode.
+DEFAULT_TEXT = DEFAULT_TASK.read_text().replace('algorithm = "auto"', 'algorithm = "powergossip"\nrank = 2')
 
 
 def small_task(model: str = "logistic") -> Any:
-    text = DEFAULT_TASK.read_text().replace('name = "cnn"', f'name = "{model}"')
+    text = DEFAULT_TEXT.replace('name = "cnn"', f'name = "{model}"')
     return parse_task(text, file="small.toml", base_dir=DEFAULT_TASK.parent)
 
 
 def test_eight_iid_peers_on_the_default_task_come_within_1_5_points_of_centralised() -> None:
-    task = load_task(DEFAULT_TASK)
+    task = parse_task(DEFAULT_TEXT, file=str(DEFAULT_TASK), base_dir=DEFAULT_TASK.parent)
     data = load_data(task.data, task.task.seed)
     report = Simulation(task, data, SimulationConfig(peers=8, rounds=200, seed=0)).run()
     assert report.centralised_accuracy is not None
@@ -93,7 +96,7 @@ def test_finish_rounds_mix_without_training_and_bring_the_copies_together() -> N
 
 
 def test_a_swarm_weighted_by_samples_trains_on_skewed_shards() -> None:
-    text = DEFAULT_TASK.read_text().replace('name = "cnn"', 'name = "logistic"')
+    text = DEFAULT_TEXT.replace('name = "cnn"', 'name = "logistic"')
     task = parse_task(
         text.replace("[gossip]", "[gossip]\nweigh_by = 'samples'"), file="w.toml", base_dir=DEFAULT_TASK.parent
     )
@@ -106,7 +109,7 @@ def test_a_swarm_weighted_by_samples_trains_on_skewed_shards() -> None:
 
 def test_simulate_command_prints_the_json_contract(tmp_path: Path) -> None:
     task_file = tmp_path / "t.toml"
-    task_file.write_text(DEFAULT_TASK.read_text().replace('name = "cnn"', 'name = "logistic"'))
+    task_file.write_text(DEFAULT_TEXT.replace('name = "cnn"', 'name = "logistic"'))
     result = CliRunner().invoke(
         main,
         ["simulate", str(task_file), "--peers", "4", "--steps", "5", "--algorithm", "choco", "--compressor",

@@ -9,8 +9,8 @@ from click.testing import CliRunner
 
 from gossipd.cli import EXIT_INVALID_TASK, main
 from gossipd.compress.sign import SignCompressor
+from gossipd.mixing.auto import AutoConfig
 from gossipd.mixing.choco import ChocoConfig
-from gossipd.mixing.powergossip import PowerGossipConfig
 from gossipd.models.cnn import CNNConfig
 from gossipd.task.fields import TaskError
 from gossipd.task.loader import load_task, parse_task
@@ -50,7 +50,7 @@ def test_embedded_default_task_loads_with_its_data_inside_the_package() -> None:
     assert task.data.base_dir.is_dir()
     assert (task.data.base_dir / "t10k-images-idx3-ubyte.gz").is_file()
     assert task.model.options == CNNConfig()
-    assert isinstance(task.gossip.config, PowerGossipConfig)
+    assert isinstance(task.gossip.config, AutoConfig)
 
 
 def test_defaults_and_variants_are_typed_dataclasses() -> None:
@@ -69,9 +69,13 @@ def test_defaults_and_variants_are_typed_dataclasses() -> None:
         ("[train]\nbatch_size = 1.5\n", "train.batch_size", "expected an integer"),
         ("[train]\nbatchsize = 4\n", "train.batchsize", "unknown key; expected one of"),
         ("[train]\noptimizer = 'rmsprop'\n", "train.optimizer", "expected one of 'sgd', 'adam', 'adamw'"),
-        ("[gossip]\nalgorithm = 'magic'\n", "gossip.algorithm", "expected one of: choco, plain, powergossip"),
-        ("[gossip]\nrank = 0\n", "gossip.rank", "expected a number ≥ 1"),
-        ("[gossip]\ncompressor = 'sign'\n", "gossip.compressor", "not a key for algorithm = 'powergossip'"),
+        ("[gossip]\nalgorithm = 'magic'\n", "gossip.algorithm", "expected one of: auto, choco, plain, powergossip"),
+        ("[gossip]\nalgorithm = 'powergossip'\nrank = 0\n", "gossip.rank", "expected a number ≥ 1"),
+        ("[gossip]\nmax_rank = 0\n", "gossip.max_rank", "expected a number ≥ 1"),
+        ("[gossip]\ntime_share = 0\n", "gossip.time_share", "expected a number > 0"),
+        ("[gossip]\nmax_exchange_bytes = 10\n", "gossip.max_exchange_bytes", "expected a number ≥ 1024"),
+        ("[gossip]\ncompressor = 'sign'\n", "gossip.compressor", "not a key for algorithm = 'auto'"),
+        ("[gossip]\nrank = 2\n", "gossip.rank", "not a key for algorithm = 'auto'"),
         ("[gossip]\nalgorithm = 'choco'\ncompressor = 'zip'\n", "gossip.compressor", "expected one of: sign"),
         ("[gossip]\nweight = 0.9\n", "gossip.weight", "≤ 0.5"),
         ("[gossip]\nwire_dtype = 'bfloat16'\n", "gossip.wire_dtype", "expected one of 'float32', 'float16'"),
@@ -123,7 +127,8 @@ def test_missing_sections_are_named() -> None:
 def test_task_hash_covers_what_peers_must_share_and_nothing_local() -> None:
     a = parse()
     assert a.hash == parse("[train]\nbatch_size = 64\ndevice = 'cpu'\n").hash  # type: ignore[attr-defined]
-    assert a.hash != parse("[gossip]\nrank = 2\n").hash  # type: ignore[attr-defined]
+    assert a.hash != parse("[gossip]\nmax_rank = 2\n").hash  # type: ignore[attr-defined]
+    assert a.hash != parse("[gossip]\nalgorithm = 'powergossip'\n").hash  # type: ignore[attr-defined]
     assert a.hash != parse(base=MINIMAL.replace("t1", "t2")).hash  # type: ignore[attr-defined]
 
 
@@ -167,7 +172,9 @@ def test_command_line_overrides_are_checked_like_the_file() -> None:
     with pytest.raises(TaskError, match="rank: unknown key"):
         with_gossip(task, "choco", {"rank": 2})
     with pytest.raises(TaskError, match="expected a number ≥ 1"):
-        with_gossip(task, None, {"rank": 0})
+        with_gossip(task, "powergossip", {"rank": 0})
+    with pytest.raises(TaskError, match="rank: unknown key"):
+        with_gossip(task, None, {"rank": 2})  # the default task's algorithm is auto, which has no rank
 
 
 def test_check_command_exit_codes(tmp_path: Path) -> None:

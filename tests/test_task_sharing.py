@@ -233,7 +233,7 @@ def test_a_fetched_file_must_be_the_advertised_task(tmp_path: Path) -> None:
     fetched = check_fetched(text, advertised=task.hash, file="f.toml", base_dir=tmp_path, data_root=tmp_path)
     assert fetched.hash == task.hash
     assert fetched.data.base_dir == tmp_path  # the user's data folder, not the serving peer's
-    other = text.replace(b"rank = 2", b"rank = 3")
+    other = text.replace(b"[gossip]", b"[gossip]\nmax_rank = 3", 1)
     with pytest.raises(FetchedTaskRejected, match="not the advertised"):
         check_fetched(other, advertised=task.hash, file="f.toml", base_dir=tmp_path, data_root=None)
     with pytest.raises(FetchedTaskRejected, match="not valid"):

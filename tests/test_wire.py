@@ -72,6 +72,7 @@ def test_golden_vectors(entry: dict[str, Any]) -> None:
     assert message.reason == expected["reason"]
     assert message.proof.hex() == expected["proof"]
     assert message.examples == expected["examples"]
+    assert message.mode == expected["mode"]
     assert message.data.hex() == expected["data"]
     assert [(t.name, t.dtype, list(t.shape), t.data.hex()) for t in records.values()] == [
         (t["name"], t["dtype"], t["shape"], t["data"]) for t in expected["tensors"]
@@ -184,7 +185,7 @@ def test_arbitrary_bytes_only_ever_raise_wire_errors(data: bytes) -> None:
 @settings(max_examples=200, deadline=None)
 @given(
     st.dictionaries(
-        st.sampled_from(["v", "type", "task", "epoch", "round", "deg", "phase", "data", "reason", "zz"]),
+        st.sampled_from(["v", "type", "task", "epoch", "round", "deg", "n", "m", "phase", "data", "reason", "zz"]),
         st.one_of(
             st.integers(-(1 << 63), (1 << 64) - 1),
             st.booleans(),

@@ -6,6 +6,8 @@ collector in a fresh registry, so the numbers a scrape shows are the ones `gossi
 
 from __future__ import annotations
 
+import statistics
+from collections import Counter
 from collections.abc import Callable, Iterator
 
 from prometheus_client import CollectorRegistry, generate_latest
@@ -17,6 +19,13 @@ from gossipd.services.status import DaemonStatus, TaskStatus
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 _Getter = Callable[[TaskStatus], float | None]
+
+
+def _median_link_rate(task: TaskStatus) -> float | None:
+    """The median, not the mean: one slow or idle edge should not hide how fast the others are."""
+    rates = [link.bytes_per_second for link in task.links if link.bytes_per_second is not None]
+    return statistics.median(rates) if rates else None
+
 
 # Per-task series with the single label `task`: (name, help, value); a None value leaves the series out.
 _COUNTERS: tuple[tuple[str, str, _Getter], ...] = (
@@ -52,6 +61,16 @@ _GAUGES: tuple[tuple[str, str, _Getter], ...] = (
     ("gossipd_steps_per_exchange", "A step-paced task's steps between exchanges now.", lambda t: t.steps_per_exchange),
     ("gossipd_mixing_cpu", "Share of a core mixing used lately (CPU budget).", lambda t: t.mixing_cpu),
     ("gossipd_mixing_cpu_allowed", "Share of a core the CPU budget allowed mixing.", lambda t: t.mixing_cpu_allowed),
+    (
+        "gossipd_exchange_budget_seconds",
+        "Seconds an exchange of an auto task may take now.",
+        lambda t: None if t.exchange_budget_ms is None else t.exchange_budget_ms / 1000,
+    ),
+    (
+        "gossipd_link_bytes_per_second",
+        "Median over an auto task's edges of the bytes per second measured in exchanges.",
+        _median_link_rate,
+    ),
 )
 
 
@@ -71,7 +90,8 @@ class _SnapshotCollector:
         families += [_per_task(CounterMetricFamily, n, h, get, self._status.tasks) for n, h, get in _COUNTERS]
         families += [_per_task(GaugeMetricFamily, n, h, get, self._status.tasks) for n, h, get in _GAUGES]
         families += [_exchanges(self._status.tasks), _peers(self._status.tasks), _rejections(self._status.tasks)]
-        families += [_reached(self._status.tasks), *_ledger(self._status.tasks), *_relay(self._status)]
+        families += [_reached(self._status.tasks), *_ledger(self._status.tasks), _edges_by_mode(self._status.tasks)]
+        families += _relay(self._status)
         yield from (family for family in families if family.samples)
 
 
@@ -180,3 +200,15 @@ def _ledger(tasks: tuple[TaskStatus, ...]) -> list[Metric]:
         declared.add_metric([task.id], sum(e.declared_dataset or 0 for e in task.ledger if e.live))
         rejected.add_metric([task.id], sum(sum(e.rejections.values()) for e in task.ledger))
     return [by_starter, neighbours, declared, rejected]
+
+
+def _edges_by_mode(tasks: tuple[TaskStatus, ...]) -> Metric:
+    """An auto task's edges by the mode of their latest exchange. Per-edge figures stay in /v1/peers, as the
+    ledger's do."""
+    family = GaugeMetricFamily(
+        "gossipd_edges_by_mode", "Edges of an auto task by the mode of their latest exchange.", labels=["task", "mode"]
+    )
+    for task in tasks:
+        for mode, count in sorted(Counter(link.mode for link in task.links).items()):
+            family.add_metric([task.id, mode], count)
+    return family

@@ -81,6 +81,10 @@ class Algorithm(ABC, Generic[EdgeData]):
         """Floats of per-edge state, for memory reports."""
         return 0
 
+    def edge_type_for(self, mode: int | None) -> type[Any] | None:
+        """The per-edge state's dataclass for an edge of `mode` (an auto task's; None elsewhere)."""
+        return self.edge_type
+
 
 def full_tensors(params: Params) -> tuple[WireTensor, ...]:
     """Every tensor at full precision, in layout order."""

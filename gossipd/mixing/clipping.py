@@ -2,6 +2,11 @@
 Jaggi, arXiv 2202.01545): a peer moves towards a neighbour by at most w·τ, so a Byzantine neighbour that
 sends a sign-flipped, scaled or noisy model can only nudge it. τ adapts to the distances this peer has seen
 recently — a multiple of their median, which a minority of attackers cannot drag up — or is fixed.
+
+Distances are estimated differently by each exchange mode of an auto task (a rank-1 projection sees less of
+the difference than a rank-8 one or whole models), so each mode (`kind`) keeps its own recent distances. A
+mode an edge has just climbed to borrows, until it has enough of its own, the largest radius among the
+modes that have: never 0 (a switch must not stop mixing), and no looser than the coarsest estimate's.
 """
 
 from __future__ import annotations
@@ -39,35 +44,45 @@ class Clipper:
 
     def __init__(self, section: RobustSection) -> None:
         self.section = section
-        self.recent: deque[float] = deque(maxlen=section.window)
+        self._recent: dict[int | None, deque[float]] = {}
         self.clipped = 0
         self._streak: dict[bytes, int] = {}
 
-    def radius(self) -> float:
+    def recent(self, kind: int | None = None) -> deque[float]:
+        """The latest distances of exchanges of one mode (None: a task with a single mode)."""
+        return self._recent.setdefault(kind, deque(maxlen=self.section.window))
+
+    def radius(self, kind: int | None = None) -> float:
         if not self.section.clip:
             return math.inf
         if self.section.radius is not None:
             return self.section.radius
-        if len(self.recent) < self.section.min_samples:
-            # No trusted scale yet: move not at all rather than let an early attacker in unclipped.
-            return 0.0
-        return self.section.multiplier * statistics.median(self.recent)
+        if self._trusted(kind):
+            return self.section.multiplier * statistics.median(self.recent(kind))
+        others = [self.section.multiplier * statistics.median(self.recent(k)) for k in self._recent if self._trusted(k)]
+        # No trusted scale yet: move not at all rather than let an early attacker in unclipped.
+        return max(others, default=0.0)
 
-    def factor(self, distance: float, peer: bytes = b"", pull: float = 1.0) -> float:
+    def _trusted(self, kind: int | None) -> bool:
+        return len(self.recent(kind)) >= self.section.min_samples
+
+    def factor(self, distance: float, peer: bytes = b"", pull: float = 1.0, kind: int | None = None) -> float:
         """The scale for this exchange's delta (1 when within the radius), and remember the distance.
 
         `pull` is how much more than w this end moves (weighted mixing, `weigh_by`: up to 2 towards a peer
         that declares far more examples); the move is still at most w·τ, so a peer that declares a huge
-        dataset pulls no further than any other."""
-        tau = self.radius()
+        dataset pulls no further than any other. `kind`: the exchange's mode in an auto task."""
+        tau = self.radius(kind)
+        borrowed = self.section.radius is None and not self._trusted(kind)
         if math.isfinite(distance):
-            self.recent.append(distance)
+            self.recent(kind).append(distance)
         reach = distance * pull
         if math.isfinite(distance) and (reach <= tau or reach == 0):
             self._streak.pop(peer, None)
             return 1.0
         # A warm-up exchange (τ = 0) says nothing about the neighbour: only count real clips against it.
-        if not math.isfinite(distance) or (tau > 0 and distance > self.section.suspect_ratio * tau):
+        # Nor does a radius borrowed from another mode, whose distances are not this one's.
+        if not math.isfinite(distance) or (tau > 0 and not borrowed and distance > self.section.suspect_ratio * tau):
             self._streak[peer] = self._streak.get(peer, 0) + 1
         else:
             self._streak.pop(peer, None)

@@ -18,6 +18,7 @@ class EdgeState:
     round: int = 0
     synced: bool = False  # False until both ends have agreed on this epoch
     data: Any = None  # the algorithm's per-edge state, set when the edge is synchronised
+    mode: int | None = None  # an auto task's exchange mode the state belongs to (gossipd.mixing.auto)
 
     @classmethod
     def fresh(cls, rng: random.Random) -> EdgeState:

@@ -6,6 +6,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
 from gossipd.mixing.algorithm import Algorithm
+from gossipd.mixing.auto import AutoConfig, AutoGossip
 from gossipd.mixing.choco import ChocoConfig, ChocoGossip
 from gossipd.mixing.plain import PlainConfig, PlainGossip
 from gossipd.mixing.powergossip import PowerGossip, PowerGossipConfig
@@ -18,6 +19,7 @@ class AlgorithmEntry(NamedTuple):
 
 
 ALGORITHMS: Mapping[str, AlgorithmEntry] = {
+    "auto": AlgorithmEntry(AutoConfig, AutoGossip),
     "plain": AlgorithmEntry(PlainConfig, PlainGossip),
     "powergossip": AlgorithmEntry(PowerGossipConfig, PowerGossip),
     "choco": AlgorithmEntry(ChocoConfig, ChocoGossip),

@@ -27,6 +27,7 @@ from typing import Any
 import torch
 
 from gossipd.mixing.algorithm import Algorithm, Delta, ExchangeContext, MixOutcome, Outgoing, Rounds
+from gossipd.mixing.auto import AutoGossip, describe_mode
 from gossipd.mixing.clipping import Clipper
 from gossipd.mixing.edge import EdgeState, derive_epoch
 from gossipd.mixing.layout import ParamLayout, Params
@@ -80,15 +81,27 @@ class ExchangeSession:
         device: torch.device,
         clipper: Clipper | None = None,
         examples: int | None = None,
+        mode: int | None = None,
     ) -> None:
         """`examples`: this end's declared dataset size in a task weighted by samples (`weigh_by`), else None;
-        the peer's comes in its messages, and each end scales its step by `sample_pull`."""
+        the peer's comes in its messages, and each end scales its step by `sample_pull`.
+
+        With an `AutoGossip` algorithm the opener passes the exchange's `mode` (a rung of its ladder); the
+        answering end passes none and follows the mode of the opener's hello."""
         if self_id == peer_id:
             raise ValueError("a peer cannot exchange with itself")
         missing = [name for name in layout.shapes if name not in params]
         if missing:
             raise ValueError(f"the layout's tensors {missing[:5]} are not among the parameters to mix")
-        self.algorithm = algorithm
+        self.family = algorithm if isinstance(algorithm, AutoGossip) else None
+        if self.family is None and mode is not None:
+            raise ValueError(f"only an auto task's exchanges have a mode (got {mode} for {algorithm.name})")
+        if self.family is not None and mode is not None and not self.family.accepts(mode, layout):
+            raise ValueError(f"mode {mode} is not on this task's ladder {self.family.ladder(layout)}")
+        self.mode = mode
+        self.algorithm: Algorithm[Any] = algorithm
+        if self.family is not None and mode is not None:
+            self.algorithm = self.family.for_mode(mode)
         # Only the layout's tensors are mixed or sent, whatever else the caller holds: personal parameters
         # ([gossip] personal) are left out of the layout and so can never reach the wire.
         self.params = {name: params[name] for name in layout.shapes}
@@ -119,6 +132,8 @@ class ExchangeSession:
     def start(self) -> Message:
         """The opener's first message: its hello."""
         self._expect_phase(Phase.NEW)
+        if self.family is not None and self.mode is None:
+            raise ValueError("the opener of an auto exchange must choose its mode")
         self.phase = Phase.HELLO
         return self._message(MessageType.HELLO)
 
@@ -129,6 +144,7 @@ class ExchangeSession:
         try:
             if hello.type is not MessageType.HELLO:
                 raise ProtocolViolation(f"expected hello, received {hello.type}")
+            self._follow_mode(hello)
             if self._in_step(hello):
                 self.phase = Phase.HELLO
                 return self._on_hello(hello)
@@ -179,7 +195,17 @@ class ExchangeSession:
         return self.phase is Phase.DONE
 
     def _in_step(self, peer: Message) -> bool:
-        return self.edge.synced and self.edge.key == (peer.epoch, peer.round)
+        return self.edge.synced and self.edge.key == (peer.epoch, peer.round) and self.edge.mode == peer.mode
+
+    def _follow_mode(self, hello: Message) -> None:
+        """The answering end of an auto exchange takes the opener's mode, if it is on the task's ladder."""
+        if self.family is None:
+            return
+        if hello.mode is None or not self.family.accepts(hello.mode, self.layout):
+            ladder = ", ".join(describe_mode(mode) for mode in self.family.ladder(self.layout))
+            raise ProtocolViolation(f"hello for exchange mode {hello.mode!r}, expected one of: {ladder}")
+        self.mode = hello.mode
+        self.algorithm = self.family.for_mode(hello.mode)
 
     def _on_hello(self, hello: Message) -> list[Message]:
         if hello.type is not MessageType.HELLO:
@@ -188,7 +214,7 @@ class ExchangeSession:
         if not self._in_step(hello):
             epoch = derive_epoch(self.edge.key, (hello.epoch, hello.round))
             data = self.algorithm.reset_edge(epoch, self.layout, self.device)
-            self.edge = EdgeState(epoch=epoch, round=0, synced=True, data=data)
+            self.edge = EdgeState(epoch=epoch, round=0, synced=True, data=data, mode=self.mode)
             self.reset = True
         return self._begin_rounds(hello)
 
@@ -204,10 +230,15 @@ class ExchangeSession:
         return ours + self._on_round(message)
 
     def _check_examples(self, message: Message) -> None:
-        """Both ends of a task weighted by samples declare their dataset size in every message; no other does."""
+        """Both ends of a task weighted by samples declare their dataset size in every message; no other does.
+        Every message of an auto exchange carries its mode, the same throughout; no other task's does."""
         if (message.examples is None) != (self.examples is None):
             expected = "its declared dataset size" if self.examples is not None else "no dataset size"
             raise ProtocolViolation(f"{message.type} message should carry {expected} (weigh_by)")
+        if message.mode != self.mode:
+            raise ProtocolViolation(
+                f"{message.type} message for exchange mode {message.mode!r}, expected {self.mode!r}"
+            )
 
     def _begin_rounds(self, first: Message) -> list[Message]:
         """The weight, from the peer's first message (its hello, or its phase 0 when it skipped the hello)."""
@@ -267,7 +298,7 @@ class ExchangeSession:
         """Self-centred clipping: the move towards the peer is at most w·τ (only this end decides)."""
         if self.clipper is None:
             return outcome
-        factor = self.clipper.factor(outcome.distance, self.peer_id, self.pull)
+        factor = self.clipper.factor(outcome.distance, self.peer_id, self.pull, kind=self.mode)
         if factor >= 1.0:
             return outcome
         self.clipped = True
@@ -281,6 +312,7 @@ class ExchangeSession:
             round=self.edge.round,
             degree=self.degree,
             examples=self.examples,
+            mode=self.mode,
             **body,
         )
 

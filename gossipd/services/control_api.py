@@ -118,12 +118,17 @@ async def _get_peers(request: Request, backend: ControlBackend, params: tuple[st
     tasks = backend.status().tasks
     peers = [{"task": task.id, **to_json(peer)} for task in tasks for peer in task.peers]
     ledger = [{"task": task.id, **to_json(entry)} for task in tasks for entry in task.ledger]
-    return _json({"peers": peers, "ledger": ledger})
+    links = [{"task": task.id, **to_json(link)} for task in tasks for link in task.links]
+    return _json({"peers": peers, "ledger": ledger, "links": links})
+
+
+# What grows with the neighbours a task has known: in /v1/status, /v1/tasks/{id} and /v1/peers, not the list.
+_PER_PEER = ("peers", "ledger", "links")
 
 
 async def _get_tasks(request: Request, backend: ControlBackend, params: tuple[str, ...]) -> Response:
-    tasks = [to_json(dataclasses.replace(task, peers=(), ledger=())) for task in backend.status().tasks]
-    return _json({"tasks": [{k: v for k, v in task.items() if k not in ("peers", "ledger")} for task in tasks]})
+    tasks = [to_json(dataclasses.replace(task, peers=(), ledger=(), links=())) for task in backend.status().tasks]
+    return _json({"tasks": [{k: v for k, v in task.items() if k not in _PER_PEER} for task in tasks]})
 
 
 async def _get_task(request: Request, backend: ControlBackend, params: tuple[str, ...]) -> Response:

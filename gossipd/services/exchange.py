@@ -24,6 +24,7 @@ exchanges among finished peers bring every copy to that average.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import random
 import time
@@ -37,10 +38,12 @@ import trio
 
 from gossipd.adapters.cpu_usage import idle_cpu_seconds, process_cpu_seconds
 from gossipd.mixing.algorithm import Algorithm
+from gossipd.mixing.auto import AutoGossip
 from gossipd.mixing.clipping import Clipper
 from gossipd.mixing.cpu_budget import INTERVAL, CpuBudget, Reading
 from gossipd.mixing.edge import EdgeState
 from gossipd.mixing.layout import ParamLayout
+from gossipd.mixing.link_budget import Bounds, EdgeLink, LinkBudget, exchange_bounds
 from gossipd.mixing.pacing import StepPacer
 from gossipd.mixing.session import ExchangeResult, ExchangeSession, PeerAborted, Phase
 from gossipd.peering.ledger import Ledger
@@ -76,6 +79,9 @@ PASSING_REFUSALS = ("busy", "joining", "backoff")
 # (then resets the stream), so a stream is only given up by the end that would have reused it.
 STREAM_REUSE = 10.0
 STREAM_IDLE = 30.0
+# An auto task's exchanges are budgeted against at least this period: a peer mixing back to back (interval 0)
+# still gets a budget an exchange can fit in.
+MIN_EXCHANGE_PERIOD = 0.05
 FINISH_CAP = 5  # past the budget, a peer starts at most this many times finish_exchanges exchanges itself
 
 log = logging.getLogger("gossipd.exchange")
@@ -119,6 +125,8 @@ class ExchangeStatistics:
     steps_per_exchange: int | None  # a step-paced peer's pace now (the CPU budget may have stretched it)
     mixing_cpu: float | None  # share of a core mixing used over the CPU budget's last window
     mixing_cpu_allowed: float | None  # and what the budget allowed it then
+    links: dict[str, EdgeLink]  # an auto task's edges: what each exchanges now, measured how (by peer)
+    exchange_budget: float | None  # an auto task's seconds an exchange may take now
 
 
 class ExchangeService:
@@ -187,6 +195,10 @@ class ExchangeService:
         self.cpu_clock = cpu_clock
         self.idle_clock = idle_clock
         self.cpu_budget: CpuBudget | None = None
+        # An auto task's per-edge choice of mode (gossipd.mixing.link_budget); None for fixed algorithms.
+        self.family = algorithm if isinstance(algorithm, AutoGossip) else None
+        self.ladder = () if self.family is None else self.family.ladder(layout)
+        self.links = LinkBudget(clock=time.monotonic)
         if gossip.steps_per_exchange is not None:
             trainer.pace(
                 StepPacer(gossip.steps_per_exchange), may_hold=self.can_mix, hold_limit=gossip.exchange_timeout
@@ -215,6 +227,55 @@ class ExchangeService:
             steps_per_exchange=None if self.trainer.pacer is None else self.trainer.pacer.every,
             mixing_cpu=None if self.cpu_budget is None else self.cpu_budget.usage,
             mixing_cpu_allowed=None if self.cpu_budget is None else self.cpu_budget.allowed,
+            links={peer: dataclasses.replace(link) for peer, link in self.links.links.items()},
+            exchange_budget=None if self.family is None else self.exchange_bounds().budget,
+        )
+
+    # -- what an auto task's exchanges send ----------------------------------------------------------
+
+    def exchange_period(self) -> float:
+        """Seconds between two exchanges this peer starts: a step-paced peer's steps per exchange times its
+        measured time per training step (waits for mixes left out), else the exchange interval."""
+        pacer = self.trainer.pacer
+        if pacer is not None and not self.trainer.training_done:
+            stats = self.trainer.statistics()
+            if stats.samples_per_second > 0 and stats.step > 0 and stats.samples > 0:
+                return pacer.every * (stats.samples / stats.step) / stats.samples_per_second
+        return max(self.gossip.exchange_interval, MIN_EXCHANGE_PERIOD)
+
+    def exchange_bounds(self) -> Bounds:
+        assert self.family is not None
+        config = self.family.config
+        return exchange_bounds(
+            interval=self.exchange_period(),
+            time_share=config.time_share,
+            max_exchange_bytes=config.max_exchange_bytes,
+            max_bytes_per_second=config.max_bytes_per_second,
+        )
+
+    def _choose_mode(self, peer: str) -> int | None:
+        if self.family is None:
+            return None
+        family = self.family
+        choice = self.links.choose(
+            peer, self.ladder, lambda mode: family.message_bytes(mode, self.layout), self.exchange_bounds()
+        )
+        return choice.mode
+
+    def _record_link(
+        self, peer: str, session: ExchangeSession, *, seconds: float, sent: int, received: int, started_here: bool
+    ) -> None:
+        if self.family is None or session.mode is None:
+            return
+        self.links.record(
+            peer,
+            session.mode,
+            self.ladder,
+            seconds=seconds,
+            sent=sent,
+            received=received,
+            budget=self.exchange_bounds().budget,
+            started_here=started_here,
         )
 
     @property
@@ -270,6 +331,7 @@ class ExchangeService:
         """Drop a neighbour's edge state (it left the view); not while an exchange with it runs."""
         if peer not in self.in_flight:
             self.edges.pop(peer, None)
+            self.links.forget(peer)
 
     def forget_all_edges(self) -> None:
         """After the model was replaced wholesale, every edge must start afresh."""
@@ -392,10 +454,11 @@ class ExchangeService:
         stream: FrameStream | None = None
         session: ExchangeSession | None = None
         reused = False
+        mode = self._choose_mode(peer)
         try:
             with trio.fail_after(self.gossip.exchange_timeout):
                 stream, reused = await self._stream_to(peer)
-                session = await self._session(peer)
+                session = await self._session(peer, mode)
                 try:
                     result = await self._finish(peer, stream, session, first=None)
                 except StreamClosed:
@@ -406,7 +469,7 @@ class ExchangeService:
                     await stream.reset()
                     stream, reused = None, False
                     stream = await self._open(peer)
-                    session = await self._session(peer)
+                    session = await self._session(peer, mode)
                     result = await self._finish(peer, stream, session, first=None)
                 await self._park(peer, stream)
                 return result
@@ -569,7 +632,8 @@ class ExchangeService:
 
     # -- the exchange itself ---------------------------------------------------------------------------
 
-    async def _session(self, peer: str) -> ExchangeSession:
+    async def _session(self, peer: str, mode: int | None = None) -> ExchangeSession:
+        """`mode`: the opener's choice in an auto task (the answering end follows the hello's)."""
         params = await self.trainer.snapshot()
         return ExchangeSession(
             algorithm=self.algorithm,
@@ -585,31 +649,40 @@ class ExchangeService:
             device=self.device,
             clipper=self.clipper,
             examples=self.examples,
+            mode=mode,
         )
 
     async def _finish(
         self, peer: str, stream: FrameStream, session: ExchangeSession, first: Message | None
     ) -> ExchangeResult:
+        # Timed from here for an auto task's choice of mode: opening a stream (a dial, the key handshake) is
+        # a cost of the edge, not of what an exchange sends, and a parked stream skips it for 10 s anyway.
+        started = trio.current_time()
         # Low-rank projections, compression and decoding run off the event loop when they take long.
         if first is None:
             outgoing = [session.start()]
+            sent, received = 0, 0
         else:
             outgoing = await self.offload.run(partial(session.answer, first))
+            sent, received = 0, framed_size(len(encode_message(first)))
         while True:
             payloads = [encode_message(message) for message in outgoing]
+            out = sum(framed_size(len(payload)) for payload in payloads)
+            sent += out
             if session.done:
                 # An opener whose peer skipped its hello has its own last round still to send.
                 for payload in payloads:
                     await stream.send(payload)
-                self._count_bytes(peer, sent=sum(framed_size(len(payload)) for payload in payloads))
+                self._count_bytes(peer, sent=out)
                 break
             raw = await duplex(stream, payloads, self.max_bytes)
-            self._count_bytes(
-                peer, sent=sum(framed_size(len(payload)) for payload in payloads), received=framed_size(len(raw))
-            )
+            received += framed_size(len(raw))
+            self._count_bytes(peer, sent=out, received=framed_size(len(raw)))
             incoming = decode_message(raw, max_size=self.max_bytes, task=self.task_hash)
             outgoing = await self.offload.run(partial(session.receive, incoming))
         result = session.result()
+        seconds = trio.current_time() - started
+        self._record_link(peer, session, seconds=seconds, sent=sent, received=received, started_here=first is None)
         self.trainer.submit(result.delta)
         self._last_success = trio.current_time()
         self._keep_edge(peer, result.edge)
@@ -660,6 +733,8 @@ class ExchangeService:
         else:
             log.info("exchange with %s failed: %s: %s", peer, type(error).__name__, error)
         if not soft:
+            if self.family is not None and session is not None and session.mode is not None:
+                self.links.failed(peer, self.ladder)
             self.counters.failed += 1
             self.peers.exchange_failed(peer)
             self.ledger.failed(peer)

@@ -78,6 +78,21 @@ class ContributionStatus:
 
 
 @dataclass(frozen=True, kw_only=True)
+class LinkStatus:
+    """An edge of an auto task ([gossip] algorithm = "auto"): what its exchanges send now, and why
+    (gossipd.mixing.link_budget). Only edges with a completed exchange; the measurements are this peer's."""
+
+    peer_id: str
+    mode: str  # of the edge's latest exchange, whichever end started it: "rank 4", "full"
+    reason: str  # why this peer's own exchanges on the edge use the mode they do
+    exchanges: int  # completed exchanges on the edge, started by either end
+    exchanges_per_second: float | None  # since the first; None before the second
+    exchange_ms: float | None  # running mean duration of an exchange in `mode`, first message to last
+    budget_ms: float | None  # what an exchange could take at the latest one
+    bytes_per_second: float | None  # both directions over an exchange's wall time, running mean
+
+
+@dataclass(frozen=True, kw_only=True)
 class TaskStatus:
     id: str
     hash: str  # hex of the 16-byte task hash peers must share
@@ -125,6 +140,8 @@ class TaskStatus:
     examples: int | None = None  # training examples this peer declares to its neighbours (None: not known)
     peers: tuple[PeerStatus, ...] = ()
     ledger: tuple[ContributionStatus, ...] = ()  # what each neighbour contributed, departed ones included
+    links: tuple[LinkStatus, ...] = ()  # an auto task's edges, by peer id
+    exchange_budget_ms: float | None = None  # an auto task's time an exchange may take now; None: not auto
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -17,7 +17,7 @@ import logging
 import math
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -31,9 +31,11 @@ from gossipd.adapters.memory import release_free_memory
 from gossipd.data.registry import load_data, load_peer_data
 from gossipd.data.spec import ArrayDataset, DataBundle
 from gossipd.mixing.algorithm import Algorithm
+from gossipd.mixing.auto import describe_mode
 from gossipd.mixing.clipping import Clipper
 from gossipd.mixing.edge_store import edges_from_state, edges_to_state
 from gossipd.mixing.layout import ParamLayout, max_message_bytes, mixed_parameters, personal_of
+from gossipd.mixing.link_budget import EdgeLink, exchange_rate
 from gossipd.mixing.local import plain_exchange_bytes
 from gossipd.mixing.personal import Personal, personal_part, shared_part
 from gossipd.mixing.registry import make_algorithm
@@ -48,7 +50,7 @@ from gossipd.services.exchange import ExchangeService
 from gossipd.services.model_host import ModelHost
 from gossipd.services.network import DialError, FrameStream, FrameTooLarge, Network, StreamClosed
 from gossipd.services.state_transfer import fetch_state, serve_state
-from gossipd.services.status import ContributionStatus, PeerStatus, TaskState, TaskStatus
+from gossipd.services.status import ContributionStatus, LinkStatus, PeerStatus, TaskState, TaskStatus
 from gossipd.services.trainer_service import TrainerService
 from gossipd.task.access import Access, resolve_access
 from gossipd.task.loader import Task
@@ -681,6 +683,8 @@ class TaskRuntime:
             examples=self.examples,
             peers=self._peer_statuses(),
             ledger=self._ledger_statuses(),
+            links=link_statuses(exchange.links) if exchange else (),
+            exchange_budget_ms=_ms(exchange.exchange_budget) if exchange else None,
         )
 
     def _ledger_statuses(self) -> tuple[ContributionStatus, ...]:
@@ -722,6 +726,29 @@ async def _until(condition: Callable[[], bool]) -> None:
     # Liveness changes as heartbeats age out, with no event to wait on: look again every PEER_CHECK_INTERVAL.
     while not condition():  # noqa: ASYNC110
         await trio.sleep(PEER_CHECK_INTERVAL)
+
+
+def link_statuses(links: Mapping[str, EdgeLink]) -> tuple[LinkStatus, ...]:
+    """An auto task's edges as the status shows them, by peer id; an edge with no completed exchange yet has
+    nothing measured to show."""
+    return tuple(
+        LinkStatus(
+            peer_id=peer,
+            mode=describe_mode(link.last_mode),
+            reason=link.reason,
+            exchanges=link.exchanges,
+            exchanges_per_second=exchange_rate(link),
+            exchange_ms=_ms(link.seconds.get(link.last_mode)),
+            budget_ms=_ms(link.budget),
+            bytes_per_second=link.bytes_per_second,
+        )
+        for peer, link in sorted(links.items())
+        if link.last_mode is not None
+    )
+
+
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else seconds * 1000
 
 
 def _finite(value: float | None) -> float | None:

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from gossipd.mixing.auto import describe_mode
 from gossipd.train.trainer import Evaluation
 
 if TYPE_CHECKING:
@@ -69,6 +70,9 @@ class SimulationReport:
     # peers' average, and their mean.
     averaged_personal_accuracies: tuple[float, ...] = ()
     averaged_personal_accuracy: float | None = None
+    # An auto task's exchanges by the mode its edges chose ("rank 1", "full", …), and the modelled link.
+    modes: dict[str, int] = dataclasses.field(default_factory=dict)
+    link_bytes_per_second: float | None = None
 
     @classmethod
     def build(
@@ -131,6 +135,8 @@ class SimulationReport:
             worst_own_accuracy=min(own) if own else None,
             averaged_personal_accuracies=tuple(averaged),
             averaged_personal_accuracy=sum(averaged) / len(averaged) if averaged else None,
+            modes={describe_mode(mode): count for mode, count in sorted(simulation.modes.items())},
+            link_bytes_per_second=simulation.config.link_bytes_per_second,
         )
 
     def to_json(self) -> dict[str, Any]:

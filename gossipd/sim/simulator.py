@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import random
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,10 +28,12 @@ import torch
 from gossipd.data.registry import peer_shard
 from gossipd.data.spec import DataBundle
 from gossipd.metrics import consensus_distance
+from gossipd.mixing.auto import AutoGossip
 from gossipd.mixing.clipping import Clipper
 from gossipd.mixing.edge import EdgeState
 from gossipd.mixing.layout import ParamLayout, max_message_bytes, mixed_parameters, personal_of
-from gossipd.mixing.local import plain_exchange_bytes, run_pair
+from gossipd.mixing.link_budget import Bounds, LinkBudget, exchange_bounds
+from gossipd.mixing.local import Traffic, plain_exchange_bytes, run_pair
 from gossipd.mixing.personal import personal_part, shared_part
 from gossipd.mixing.registry import make_algorithm
 from gossipd.mixing.session import ExchangeSession
@@ -64,6 +67,10 @@ class SimulationConfig:
     byzantine: int = 0  # the last `byzantine` peers attack instead of training
     attack: str = "sign-flip"  # what they send: see ATTACKS
     finish_rounds: int = 0  # after the last round, rounds of mixing alone (the daemon's finish)
+    # An auto task's modelled links (gossipd.mixing.link_budget): an exchange takes the CPU it measurably
+    # takes here, plus its bytes over this rate (None: bytes cost no time), plus a round trip per round.
+    link_bytes_per_second: float | None = None
+    link_latency: float = 0.0  # seconds, one way
 
 
 def _sign_flip(params: dict[str, torch.Tensor], rng: torch.Generator) -> dict[str, torch.Tensor]:
@@ -107,6 +114,7 @@ class SimPeer:
     exchanges: int = 0
     bytes_sent: int = 0
     personal: frozenset[str] = frozenset()  # parameters this peer never mixes ([gossip] personal)
+    links: LinkBudget | None = None  # an auto task's per-edge choice of mode
 
     def params(self) -> dict[str, torch.Tensor]:
         return mixed_parameters(self.trainer.model, self.personal)
@@ -151,6 +159,9 @@ class Simulation:
         self.mix_seconds = 0.0
         self.train_seconds = 0.0
         self.train_steps = 0
+        self.family = self.algorithm if isinstance(self.algorithm, AutoGossip) else None
+        self.ladder = () if self.family is None else self.family.ladder(self.layout)
+        self.modes: Counter[int] = Counter()  # an auto task's exchanges by mode
 
     def _new_peer(self, index: int) -> SimPeer:
         seed = self.task.task.seed + (index + 1) * 7919 if self.config.independent_init else self.task.task.seed
@@ -173,6 +184,7 @@ class Simulation:
             view=view,
             clipper=Clipper(self.task.robust),
             personal=self.personal.parameters,
+            links=LinkBudget(clock=lambda: float(self.round)),
         )
 
     # -- the run ---------------------------------------------------------------------------------------
@@ -260,10 +272,16 @@ class Simulation:
         partner = self.peers[partner_index]
         if partner.blocked.get(peer.index, -1) >= self.round:
             return  # the partner refuses a suspect, as a daemon does
-        ends = [self._session(peer, partner), self._session(partner, peer)]
+        mode = self._choose_mode(peer, partner)
+        ends = [self._session(peer, partner, mode), self._session(partner, peer)]
+        tick = time.perf_counter()
         try:
             traffic = run_pair(ends[0], ends[1], max_message_bytes=self.max_bytes)
         except WireError:
+            if mode is not None:
+                for owner, other in ((peer, partner), (partner, peer)):
+                    assert owner.links is not None
+                    owner.links.failed(str(other.index), self.ladder)
             # As in the daemon: a failed exchange costs the edge, which both ends rebuild next time.
             peer.edges.pop(partner.index, None)
             partner.edges.pop(peer.index, None)
@@ -279,12 +297,63 @@ class Simulation:
             owner.trainer.apply_delta(result.delta)
             owner.edges[other.index] = result.edge
             owner.exchanges += 1
+        if mode is not None:
+            self._record_link(peer, partner, mode, traffic, time.perf_counter() - tick)
         peer.bytes_sent += traffic.a_sent
         partner.bytes_sent += traffic.b_sent
         self.exchange_bytes += traffic.total
         self.exchanges += 1
 
-    def _session(self, me: SimPeer, other: SimPeer) -> ExchangeSession:
+    def _bounds(self) -> Bounds:
+        """An exchange's bounds as a daemon computes them: a peer here starts one exchange per round, so the
+        time between two is a round's training steps at the measured time per step."""
+        assert self.family is not None
+        config = self.family.config
+        per_step = self.train_seconds / self.train_steps if self.train_steps else 0.0
+        interval = per_step * self.task.train.local_steps if per_step > 0 else self.task.gossip.exchange_interval
+        return exchange_bounds(
+            interval=max(interval, 1e-4),
+            time_share=config.time_share,
+            max_exchange_bytes=config.max_exchange_bytes,
+            max_bytes_per_second=config.max_bytes_per_second,
+        )
+
+    def _choose_mode(self, peer: SimPeer, partner: SimPeer) -> int | None:
+        if self.family is None:
+            return None
+        family = self.family
+        assert peer.links is not None
+        choice = peer.links.choose(
+            str(partner.index), self.ladder, lambda mode: family.message_bytes(mode, self.layout), self._bounds()
+        )
+        return choice.mode
+
+    def _record_link(self, peer: SimPeer, partner: SimPeer, mode: int, traffic: Traffic, cpu: float) -> None:
+        """What the exchange would have taken between two daemons: the two ends compute at once (here one
+        after the other, so half the measured time), each direction carries its own bytes, and every round
+        costs a round trip."""
+        seconds = cpu / 2 + 2 * self.config.link_latency * max(1, traffic.messages // 2)
+        if self.config.link_bytes_per_second is not None:
+            seconds += max(traffic.a_sent, traffic.b_sent) / self.config.link_bytes_per_second
+        budget = self._bounds().budget
+        for owner, other, sent, received in (
+            (peer, partner, traffic.a_sent, traffic.b_sent),
+            (partner, peer, traffic.b_sent, traffic.a_sent),
+        ):
+            assert owner.links is not None
+            owner.links.record(
+                str(other.index),
+                mode,
+                self.ladder,
+                seconds=seconds,
+                sent=sent,
+                received=received,
+                budget=budget,
+                started_here=owner is peer,
+            )
+        self.modes[mode] += 1
+
+    def _session(self, me: SimPeer, other: SimPeer, mode: int | None = None) -> ExchangeSession:
         params = me.params()
         if me.byzantine:
             params = ATTACKS[self.config.attack](params, self.attack_rng)
@@ -303,6 +372,7 @@ class Simulation:
             clipper=me.clipper,
             # weigh_by = "samples": each peer declares its own shard's size, as a daemon declares its dataset's
             examples=len(self.shards[me.index]) if self.task.gossip.weigh_by == "samples" else None,
+            mode=mode,
         )
 
     def _rewire(self, round_index: int) -> None:

@@ -273,7 +273,7 @@ def check_personal_training(train: TrainSection, gossip: GossipSection, where: W
 
 def _read_gossip(table: Mapping[str, Any], where: Where) -> GossipSection:
     section: GossipSection = _read_variant(
-        GossipSection, table, where, "algorithm", "config", ALGORITHMS, default_kind="powergossip"
+        GossipSection, table, where, "algorithm", "config", ALGORITHMS, default_kind="auto"
     )
     spec = getattr(section.config, "compressor", None)
     if isinstance(spec, str):

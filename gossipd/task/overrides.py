@@ -21,7 +21,7 @@ def with_gossip(task: Task, algorithm: str | None, options: Mapping[str, Any]) -
         raise ValueError(f"unknown algorithm {name!r}; expected one of: {', '.join(ALGORITHMS)}")
     entry = ALGORITHMS[name]
     current = task.gossip.config if name == task.gossip.algorithm else entry.config_type()
-    merged = {**dataclasses.asdict(current), **{k: v for k, v in options.items() if v is not None}}
+    merged = {k: v for k, v in {**dataclasses.asdict(current), **options}.items() if v is not None}
     config = read_table(entry.config_type, merged, Where("command line"))
     gossip = dataclasses.replace(task.gossip, algorithm=name, config=config)
     return dataclasses.replace(task, gossip=gossip, hash=task_hash(task.task, task.model, gossip))

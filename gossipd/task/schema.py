@@ -92,7 +92,7 @@ class GossipSection:
     `gossipd.mixing.weights`). `config` is the algorithm's own settings.
     """
 
-    algorithm: str = "powergossip"
+    algorithm: str = "auto"
     weight: float | None = field(default=None, metadata=bounds(min=0.0, max=0.5, exclusive_min=True))
     view_size: int = field(default=6, metadata=bounds(min=1, max=64))
     exchange_interval: float = field(default=0.2, metadata=bounds(min=0.0))

@@ -42,6 +42,10 @@ _HEADER_KEYS = ("v", "type", "task", "epoch", "round", "deg")
 # declares, right after `deg`; in any other task none does (the session checks which; the hash pins it).
 EXAMPLES_KEY = "n"
 MAX_EXAMPLES = (1 << 48) - 1
+# In an auto task ([gossip] algorithm = "auto") every message of an exchange carries the exchange's mode, after
+# `n` if both are there: 0 whole models, r ≥ 1 PowerGossip at rank r. Other tasks' messages carry none.
+MODE_KEY = "m"
+MAX_MODE = 64
 _BODY_KEYS: dict[MessageType, tuple[str, ...]] = {
     MessageType.HELLO: (),
     MessageType.FULL: ("phase", "data"),
@@ -68,6 +72,7 @@ class Message:
     reason: str = ""
     proof: bytes = b""
     examples: int | None = None  # the sender's declared dataset size: tasks with `weigh_by = "samples"` only
+    mode: int | None = None  # the exchange's mode: auto tasks only (gossipd.mixing.auto)
 
 
 def encode_message(message: Message) -> bytes:
@@ -82,6 +87,8 @@ def encode_message(message: Message) -> bytes:
     }
     if message.examples is not None:
         body[EXAMPLES_KEY] = message.examples
+    if message.mode is not None:
+        body[MODE_KEY] = message.mode
     keys = _BODY_KEYS[message.type]
     if "phase" in keys:
         body["phase"] = message.phase
@@ -131,7 +138,8 @@ def decode_message(data: bytes, *, max_size: int, task: bytes | None = None) -> 
         kind = MessageType(str(raw_type))
     except ValueError:
         raise UnknownMessageType(f"unknown message type {raw_type!r}") from None
-    expected_keys = _HEADER_KEYS + _BODY_KEYS[kind] + ((EXAMPLES_KEY,) if EXAMPLES_KEY in obj else ())
+    optional = tuple(key for key in (EXAMPLES_KEY, MODE_KEY) if key in obj)
+    expected_keys = _HEADER_KEYS + _BODY_KEYS[kind] + optional
     if set(obj) != set(expected_keys):
         extra = sorted(set(obj) - set(expected_keys))
         missing = sorted(set(expected_keys) - set(obj))
@@ -159,6 +167,7 @@ def decode_message(data: bytes, *, max_size: int, task: bytes | None = None) -> 
         reason=reason,
         proof=proof,
         examples=_int(obj, EXAMPLES_KEY, MAX_EXAMPLES) if EXAMPLES_KEY in obj else None,
+        mode=_int(obj, MODE_KEY, MAX_MODE) if MODE_KEY in obj else None,
     )
 
 

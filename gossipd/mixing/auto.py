@@ -1,0 +1,128 @@
+"""`[gossip] algorithm = "auto"`: a ladder of exchange modes, one chosen per edge and per exchange.
+
+An auto task mixes by PowerGossip at rank 1, 2, 4, … `max_rank` (float16 on the wire, one power iteration)
+or, at the top of the ladder, by whole models (plain averaging). Which rung an edge uses is decided per
+exchange by the end that starts it (`gossipd.mixing.link_budget`) and travels in every message (`mode`, see
+protocols/mix-v2.md): the answering end follows, since the ladder is a function of the task alone (the
+config is in the task hash, the layout in the model). A mode change restarts the edge's state, as any
+disagreement about it does, so the pair's sum stays exactly conserved across switches.
+
+Pure: the concrete algorithms do the mixing; this module names the rungs and what they send.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from functools import cache
+from typing import Any, Literal
+
+import torch
+
+from gossipd.mixing.algorithm import Algorithm, ExchangeContext, Rounds
+from gossipd.mixing.layout import ParamLayout, low_rank_pays, matrix_shape
+from gossipd.mixing.plain import PlainConfig, PlainGossip
+from gossipd.mixing.powergossip import PowerGossip, PowerGossipConfig
+from gossipd.task.fields import bounds
+from gossipd.wire.messages import MAX_MODE
+from gossipd.wire.tensors import DTYPES
+
+FULL = 0  # the mode of whole models; a mode r ≥ 1 is PowerGossip at rank r
+
+
+@dataclass(frozen=True, kw_only=True)
+class AutoConfig:
+    """The bounds of the ladder and of what an edge may spend (see gossipd.mixing.link_budget).
+
+    `time_share`: the share of the time between two of a peer's exchanges one exchange may take (a quarter:
+    mixing keeps pace with training and leaves it most of the machine). `max_exchange_bytes` and
+    `max_bytes_per_second` cap what one peer sends per exchange and per second on average; unset, the
+    measured link and step times alone decide."""
+
+    max_rank: int = field(default=16, metadata=bounds(min=1, max=MAX_MODE))
+    full: bool = True
+    time_share: float = field(default=0.25, metadata=bounds(min=0.0, max=1.0, exclusive_min=True))
+    max_exchange_bytes: int | None = field(default=None, metadata=bounds(min=1024))
+    max_bytes_per_second: float | None = field(default=None, metadata=bounds(min=0.0, exclusive_min=True))
+    wire_dtype: Literal["float32", "float16"] = "float16"
+
+
+def describe_mode(mode: int) -> str:
+    return "full" if mode == FULL else f"rank {mode}"
+
+
+class AutoGossip(Algorithm[Any]):
+    """The family of rungs. The session asks `for_mode` for the concrete algorithm of an exchange; this
+    object itself never runs rounds."""
+
+    name = "auto"
+
+    def __init__(self, config: AutoConfig) -> None:
+        self.config = config
+
+    def ladder(self, layout: ParamLayout) -> tuple[int, ...]:
+        """The modes from cheapest to dearest: ranks doubling while a higher rank still compresses some
+        matrix and sends under half a whole model (past that, whole models mix better for the bytes), then
+        whole models when the task allows them."""
+        return _ladder(layout, self.config.max_rank, self.config.full, self.config.wire_dtype)
+
+    def accepts(self, mode: int, layout: ParamLayout) -> bool:
+        return mode in self.ladder(layout)
+
+    def for_mode(self, mode: int) -> Algorithm[Any]:
+        return _rung(mode, self.config.wire_dtype)
+
+    def message_bytes(self, mode: int, layout: ParamLayout) -> int:
+        """About what one end sends in an exchange of `mode` (tensor data only; framing adds ~1%)."""
+        return _message_bytes(mode, layout, self.config.wire_dtype)
+
+    def edge_type_for(self, mode: int | None) -> type[Any] | None:
+        return None if mode is None else self.for_mode(mode).edge_type
+
+    def reset_edge(self, epoch: int, layout: ParamLayout, device: torch.device) -> Any:
+        raise TypeError("an auto edge is reset by its mode's algorithm (AutoGossip.for_mode)")
+
+    def rounds(self, ctx: ExchangeContext, edge: Any) -> Rounds:
+        raise TypeError("an auto exchange runs its mode's algorithm (AutoGossip.for_mode)")
+
+    def edge_floats(self, layout: ParamLayout) -> int:
+        top = max((mode for mode in self.ladder(layout) if mode != FULL), default=1)
+        return self.for_mode(top).edge_floats(layout)
+
+
+@cache
+def _rung(mode: int, wire_dtype: Literal["float32", "float16"]) -> Algorithm[Any]:
+    if mode == FULL:
+        return PlainGossip(PlainConfig())
+    if not 1 <= mode <= MAX_MODE:
+        raise ValueError(f"no exchange mode {mode}")
+    return PowerGossip(PowerGossipConfig(rank=mode, iterations=1, wire_dtype=wire_dtype))
+
+
+def _ladder(layout: ParamLayout, max_rank: int, full: bool, wire_dtype: str) -> tuple[int, ...]:
+    whole = _message_bytes(FULL, layout, wire_dtype)
+    modes = [1]
+    rank = 2
+    while rank <= max_rank:
+        compresses = any(low_rank_pays(shape, rank) for shape in layout.shapes.values())
+        if not compresses or _message_bytes(rank, layout, wire_dtype) * 2 > whole:
+            break
+        modes.append(rank)
+        rank *= 2
+    if full:
+        modes.append(FULL)
+    return tuple(modes)
+
+
+def _message_bytes(mode: int, layout: ParamLayout, wire_dtype: str) -> int:
+    if mode == FULL:
+        return sum(math.prod(shape) * DTYPES[layout.dtypes[name]].itemsize for name, shape in layout.shapes.items())
+    size = DTYPES[wire_dtype].itemsize
+    total = 0
+    for shape in layout.shapes.values():
+        if low_rank_pays(shape, mode):
+            m, n = matrix_shape(shape)
+            total += (m + n) * mode * size // 2  # q alternates between n×r and m×r
+        else:
+            total += math.prod(shape) * size
+    return total

@@ -1,0 +1,232 @@
+"""Which rung of the auto ladder an edge's next exchange uses, from what this peer measured on that edge.
+
+Time to accuracy is steps needed × time per step. Sending more per exchange (a higher rank, whole models)
+mixes more per step, so fewer steps are needed, but only pays while an exchange stays short next to the
+time it has: the time between two of this peer's exchanges (the steps between them times the measured step
+time, or the exchange interval), times `time_share`. On a fast link and a small model that budget buys
+whole models; on a slow link or a big model, rank 1. What an exchange costs is measured, not guessed: its
+wall time from first message to last, which holds the link's bandwidth and round trip and the CPU both ends
+spend, contention included.
+
+Per edge the controller climbs one rung after `CLIMB_AFTER` exchanges in a row that took under half the
+budget, if the next rung is predicted to fit (its own recent duration, or this rung's plus the extra bytes at
+the measured cost per byte), and drops at once when the rung's running mean goes over the budget, when one
+exchange takes over `SPIKE` budgets, or when one fails. Byte caps bound the rungs outright.
+
+What the exchanges this peer starts leave of their budgets is banked per edge (up to `BANK_CAP` budgets),
+and once the bank covers a dearer mode's predicted time, one exchange is spent on it: whole models now and
+then between low-rank ones, at the same time per exchange on average. On a model whose differences no low
+rank captures (the 1.2M-parameter CNN: ranks 1-8 needed as many steps as rank 1, whole models half as many;
+BENCHMARKS.md) that is where mixing gains per step; a mode over `BANK_CAP` budgets is never bought.
+
+Pure bookkeeping: the exchange service feeds it durations and byte counts and asks it for modes.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from gossipd.mixing.auto import describe_mode
+
+CLIMB_AFTER = 3  # exchanges comfortably within budget before trying the next rung
+COMFORT = 0.5  # "comfortably": under this share of the budget
+REMEASURE_AFTER = 64  # exchanges after which a rung's old duration no longer vetoes a climb
+SMOOTHING = 0.3  # weight of the newest duration in a rung's running mean
+SPIKE = 2.0  # one exchange over this many budgets steps down at once, whatever the running mean
+BANK_CAP = 32  # budgets of unspent time an edge may save up for one dearer exchange
+
+
+@dataclass(frozen=True)
+class Choice:
+    mode: int
+    reason: str
+
+
+@dataclass
+class EdgeLink:
+    """What one peer knows of one edge's exchanges."""
+
+    rung: int = 0  # index into the ladder
+    calm: int = 0  # exchanges in a row comfortably within budget at this rung
+    exchanges: int = 0
+    seconds: dict[int, float] = field(default_factory=dict)  # mode → running mean duration
+    measured_at: dict[int, int] = field(default_factory=dict)  # mode → `exchanges` when last measured
+    bytes_per_second: float | None = None  # both directions over the exchange's wall time, running mean
+    banked: float = 0.0  # seconds: what exchanges started here left of their budgets, not yet spent
+    budget: float | None = None  # seconds: the budget of the latest exchange
+    reason: str = "new edge: starting at the cheapest mode"
+    last_mode: int | None = None
+    last_seconds: float | None = None
+    first_at: float | None = None  # clock of the first exchange
+    last_at: float | None = None
+
+
+@dataclass(frozen=True)
+class Bounds:
+    """What the task allows per exchange (None: no cap)."""
+
+    budget: float  # seconds one exchange may take
+    max_bytes: float | None  # bytes one end may send in one exchange
+
+
+class LinkBudget:
+    """The per-edge controller of one peer."""
+
+    def __init__(self, clock: Callable[[], float]) -> None:
+        self.clock = clock
+        self.links: dict[str, EdgeLink] = {}
+
+    def choose(self, peer: str, ladder: Sequence[int], bytes_of: Callable[[int], int], bounds: Bounds) -> Choice:
+        """The mode of the next exchange this peer starts with `peer`."""
+        link = self.links.setdefault(peer, EdgeLink())
+        allowed = [i for i, mode in enumerate(ladder) if bounds.max_bytes is None or bytes_of(mode) <= bounds.max_bytes]
+        top = allowed[-1] if allowed else 0  # the cheapest rung whatever the cap: an edge must mix
+        rung = min(link.rung, len(ladder) - 1, top)
+        if rung < link.rung:
+            link.reason = f"{describe_mode(ladder[rung])}: the byte cap allows no more"
+        link.rung = rung
+        if link.calm >= CLIMB_AFTER and rung < top:
+            mode, higher = ladder[rung], ladder[rung + 1]
+            predicted = self._predict(link, mode, higher, bytes_of)
+            if predicted is not None and predicted <= bounds.budget:
+                link.rung, link.calm = rung + 1, 0
+                link.reason = (
+                    f"{describe_mode(higher)}: {describe_mode(mode)} took {_ms(link.seconds[mode])}, "
+                    f"{describe_mode(higher)} predicted {_ms(predicted)} of a {_ms(bounds.budget)} budget"
+                )
+        return self._spend(link, ladder, top, bytes_of, bounds) or Choice(ladder[link.rung], link.reason)
+
+    def _spend(
+        self, link: EdgeLink, ladder: Sequence[int], top: int, bytes_of: Callable[[int], int], bounds: Bounds
+    ) -> Choice | None:
+        """The dearest mode above this edge's rung that its bank and this exchange's budget cover, if any."""
+        steady = ladder[link.rung]
+        if steady not in link.seconds:
+            return None
+        for index in range(top, link.rung, -1):
+            mode = ladder[index]
+            predicted = self._predict(link, steady, mode, bytes_of)
+            if predicted is not None and bounds.budget < predicted <= link.banked + bounds.budget:
+                return Choice(
+                    mode,
+                    f"{describe_mode(mode)} once: {_ms(link.banked)} saved from cheaper exchanges and this one's "
+                    f"{_ms(bounds.budget)} cover its predicted {_ms(predicted)}",
+                )
+        return None
+
+    def record(
+        self,
+        peer: str,
+        mode: int,
+        ladder: Sequence[int],
+        *,
+        seconds: float,
+        sent: int,
+        received: int,
+        budget: float,
+        started_here: bool = False,
+    ) -> None:
+        """An exchange of `mode` with `peer` finished in `seconds` (either end started it; only what this end
+        started is paid from its budgets)."""
+        link = self.links.setdefault(peer, EdgeLink())
+        if started_here:
+            limit = BANK_CAP * budget
+            link.banked = max(-limit, min(limit, link.banked + budget - seconds))
+        now = self.clock()
+        link.first_at = now if link.first_at is None else link.first_at
+        link.last_at = now
+        link.exchanges += 1
+        link.budget = budget
+        link.last_mode, link.last_seconds = mode, seconds
+        old = link.seconds.get(mode)
+        link.seconds[mode] = seconds if old is None else (1 - SMOOTHING) * old + SMOOTHING * seconds
+        link.measured_at[mode] = link.exchanges
+        if seconds > 0:
+            rate = (sent + received) / seconds
+            link.bytes_per_second = (
+                rate if link.bytes_per_second is None else (1 - SMOOTHING) * link.bytes_per_second + SMOOTHING * rate
+            )
+        if mode not in ladder or ladder.index(mode) != link.rung:
+            return  # an exchange the peer chose at another rung: measured, but it does not move ours
+        # Over budget on the running mean, or by far once: a lone spike (a core busy elsewhere for a moment)
+        # does not move the edge, a slower link does.
+        if (link.seconds[mode] > budget or seconds > SPIKE * budget) and link.rung > 0:
+            # Remembered at its worst: a mode found too slow is not tried again until REMEASURE_AFTER.
+            link.seconds[mode] = max(link.seconds[mode], seconds)
+            link.rung -= 1
+            link.calm = 0
+            link.reason = (
+                f"{describe_mode(ladder[link.rung])}: {describe_mode(mode)} took {_ms(seconds)}, "
+                f"over its {_ms(budget)} budget"
+            )
+        elif seconds <= COMFORT * budget:
+            link.calm += 1
+        else:
+            link.calm = 0
+
+    def failed(self, peer: str, ladder: Sequence[int]) -> None:
+        """An exchange with `peer` failed or timed out: one rung down (a dead link also sends little)."""
+        link = self.links.setdefault(peer, EdgeLink())
+        link.calm = 0
+        if link.rung > 0:
+            link.rung = min(link.rung, len(ladder) - 1) - 1
+            link.reason = f"{describe_mode(ladder[link.rung])}: the last exchange failed"
+
+    def forget(self, peer: str) -> None:
+        self.links.pop(peer, None)
+
+    def rate(self, peer: str) -> float | None:
+        """Exchanges per second with `peer` since the first one."""
+        link = self.links.get(peer)
+        return None if link is None else exchange_rate(link)
+
+    @staticmethod
+    def _predict(link: EdgeLink, mode: int, higher: int, bytes_of: Callable[[int], int]) -> float | None:
+        """The next rung's duration: its own recent measurement if there is one. Otherwise this rung's plus
+        the extra bytes at the cost per byte measured between two rungs (most of an exchange's time on a
+        fast link is fixed: messages through the stack, round trips), or, with one rung measured, this
+        rung's scaled by the bytes (an over-estimate, as the fixed part does not grow)."""
+        if higher in link.seconds and link.exchanges - link.measured_at[higher] < REMEASURE_AFTER:
+            return link.seconds[higher]
+        current = link.seconds.get(mode)
+        if current is None:
+            return None
+        size, bigger = bytes_of(mode), bytes_of(higher)
+        others = [m for m in link.seconds if m != mode and bytes_of(m) != size and m != higher]
+        if others:
+            other = max(others, key=lambda m: link.measured_at[m])  # the most recently measured
+            per_byte = (current - link.seconds[other]) / (size - bytes_of(other))
+            if math.isfinite(per_byte):
+                return current + max(0.0, per_byte) * (bigger - size)
+        return current * bigger / max(1, size)
+
+
+def exchange_rate(link: EdgeLink) -> float | None:
+    """Exchanges per second on an edge since its first one; None before two."""
+    if link.first_at is None or link.last_at is None or link.exchanges < 2:
+        return None
+    span = link.last_at - link.first_at
+    return (link.exchanges - 1) / span if span > 0 else None
+
+
+def exchange_bounds(
+    *,
+    interval: float,
+    time_share: float,
+    max_exchange_bytes: int | None,
+    max_bytes_per_second: float | None,
+) -> Bounds:
+    """The bounds of one exchange, given the seconds between two exchanges this peer starts (`interval`).
+
+    A peer starts one exchange per interval and answers about as many, so a cap in bytes per second allows
+    half of interval × cap per exchange."""
+    caps = [float(max_exchange_bytes)] if max_exchange_bytes is not None else []
+    if max_bytes_per_second is not None:
+        caps.append(max_bytes_per_second * interval / 2)
+    return Bounds(budget=time_share * interval, max_bytes=min(caps) if caps else None)
+
+
+def _ms(seconds: float) -> str:
+    return f"{seconds * 1000:.0f} ms"

@@ -1,0 +1,398 @@
+"""`algorithm = "auto"`: the ladder of modes, exchanges that follow the opener's mode and keep the pair's sum
+through switches, the per-edge choice of mode, and clipping that keeps each mode's scale."""
+
+from __future__ import annotations
+
+import math
+import random
+from typing import Any
+
+import pytest
+import torch
+
+from gossipd.data.spec import InputSpec
+from gossipd.mixing.auto import FULL, AutoConfig, AutoGossip, describe_mode
+from gossipd.mixing.clipping import Clipper, RobustSection
+from gossipd.mixing.edge import EdgeState
+from gossipd.mixing.edge_store import edges_from_state, edges_to_state
+from gossipd.mixing.layout import ParamLayout, max_message_bytes
+from gossipd.mixing.link_budget import CLIMB_AFTER, Bounds, LinkBudget, exchange_bounds
+from gossipd.mixing.local import run_pair
+from gossipd.mixing.plain import PlainConfig, PlainGossip
+from gossipd.mixing.powergossip import PowerGossipEdge
+from gossipd.mixing.session import ExchangeSession
+from gossipd.models.cnn_pytorch_example import CNNPyTorchExampleConfig
+from gossipd.models.registry import build_model
+from gossipd.task.schema import ModelSection
+from gossipd.wire.errors import ProtocolViolation
+from gossipd.wire.messages import MessageType, decode_message, encode_message
+
+TASK = b"A" * 16
+CPU = torch.device("cpu")
+AUTO = AutoGossip(AutoConfig())
+
+
+def model(seed: int) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return {
+        "conv.weight": torch.randn(16, 8, 3, 3, generator=g),
+        "conv.bias": torch.randn(16, generator=g),
+        "fc.weight": torch.randn(40, 144, generator=g),
+        "fc.bias": torch.randn(40, generator=g),
+    }
+
+
+LAYOUT = ParamLayout.of(model(0))
+
+
+class Peer:
+    def __init__(self, index: int) -> None:
+        self.id = f"peer-{index:03d}".encode()
+        self.params = model(index)
+        self.edges: dict[bytes, EdgeState] = {}
+
+    def session(self, other: Peer, mode: int | None, algorithm: Any = AUTO) -> ExchangeSession:
+        return ExchangeSession(
+            algorithm=algorithm,
+            params=self.params,
+            layout=LAYOUT,
+            self_id=self.id,
+            peer_id=other.id,
+            edge=self.edges.get(other.id),
+            degree=1,
+            task=TASK,
+            fixed_weight=None,
+            rng=random.Random(hash(self.id) & 0xFFFF),
+            device=CPU,
+        )
+
+
+def exchange(opener: Peer, answerer: Peer, mode: int) -> tuple[ExchangeSession, ExchangeSession]:
+    ends = (
+        ExchangeSession(**{**_kwargs(opener, answerer), "mode": mode}),
+        ExchangeSession(**_kwargs(answerer, opener)),
+    )
+    run_pair(*ends, max_message_bytes=max_message_bytes(LAYOUT))
+    for end, peer, other in ((ends[0], opener, answerer), (ends[1], answerer, opener)):
+        result = end.result()
+        peer.edges[other.id] = result.edge
+        peer.params = {k: v + result.delta[k] for k, v in peer.params.items()}
+    return ends
+
+
+def _kwargs(me: Peer, other: Peer) -> dict[str, Any]:
+    return {
+        "algorithm": AUTO,
+        "params": me.params,
+        "layout": LAYOUT,
+        "self_id": me.id,
+        "peer_id": other.id,
+        "edge": me.edges.get(other.id),
+        "degree": 1,
+        "task": TASK,
+        "fixed_weight": None,
+        "rng": random.Random(hash(me.id) & 0xFFFF),
+        "device": CPU,
+    }
+
+
+def pair_sum(a: Peer, b: Peer) -> dict[str, torch.Tensor]:
+    return {k: a.params[k].double() + b.params[k].double() for k in a.params}
+
+
+def distance(a: Peer, b: Peer) -> float:
+    return math.sqrt(sum(float((a.params[k] - b.params[k]).pow(2).sum()) for k in a.params))
+
+
+# -- the ladder --------------------------------------------------------------------------------------------
+
+
+def test_the_ladder_doubles_the_rank_while_it_compresses_then_ends_with_whole_models() -> None:
+    # Rank 32 compresses neither matrix (the conv kernel already goes whole at rank 16).
+    assert AUTO.ladder(LAYOUT) == (1, 2, 4, 8, 16, FULL)
+    assert AutoGossip(AutoConfig(max_rank=64)).ladder(LAYOUT) == (1, 2, 4, 8, 16, FULL)
+    assert AutoGossip(AutoConfig(max_rank=3)).ladder(LAYOUT) == (1, 2, FULL)
+    assert AutoGossip(AutoConfig(full=False)).ladder(LAYOUT) == (1, 2, 4, 8, 16)
+    whole = sum(t.numel() * 4 for t in model(0).values())
+    assert AUTO.message_bytes(FULL, LAYOUT) == whole
+    # Rank 1 in float16: (m + n)/2 per matrix, biases whole, two bytes a value.
+    assert AUTO.message_bytes(1, LAYOUT) == (16 + 72) + (40 + 144) + (16 + 40) * 2
+    assert [describe_mode(m) for m in (1, 4, FULL)] == ["rank 1", "rank 4", "full"]
+
+
+def test_the_ladder_of_the_pytorch_example_cnn_reaches_rank_16_before_whole_models() -> None:
+    net = build_model(
+        ModelSection(name="cnn-pytorch-example", options=CNNPyTorchExampleConfig()),
+        InputSpec(kind="classification", input_shape=(1, 28, 28), num_classes=10),
+        seed=0,
+    )
+    layout = ParamLayout.of({k: v.detach() for k, v in net.named_parameters()})
+    ladder = AUTO.ladder(layout)
+    assert ladder == (1, 2, 4, 8, 16, FULL)
+    sizes = [AUTO.message_bytes(mode, layout) for mode in ladder]
+    assert sizes == sorted(sizes) and sizes[-1] > 100 * sizes[0]
+
+
+# -- exchanges --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", [1, 2, 4, FULL])
+def test_every_mode_keeps_the_pairs_sum_and_brings_the_two_closer(mode: int) -> None:
+    a, b = Peer(0), Peer(1)
+    before, apart = pair_sum(a, b), distance(a, b)
+    for _ in range(3):
+        ends = exchange(a, b, mode)
+    assert ends[0].mode == ends[1].mode == mode
+    after = pair_sum(a, b)
+    for key in before:
+        assert torch.allclose(after[key], before[key], atol=1e-4), key
+    assert distance(a, b) < apart * (0.05 if mode == FULL else 0.97)
+
+
+def test_switching_modes_on_a_live_edge_restarts_it_and_keeps_the_sum() -> None:
+    a, b = Peer(0), Peer(1)
+    before = pair_sum(a, b)
+    modes = [1, 1, 4, 4, FULL, 2, FULL, FULL, 1, 2]
+    resets = []
+    for index, mode in enumerate(modes):
+        opener, answerer = (a, b) if index % 2 == 0 else (b, a)  # either end may open and choose
+        ends = exchange(opener, answerer, mode)
+        resets.append(ends[0].result().reset)
+        assert ends[1].result().reset == resets[-1]
+        assert a.edges[b.id].mode == b.edges[a.id].mode == mode
+        assert a.edges[b.id].key == b.edges[a.id].key
+    # A new edge, then a reset at every change of mode and none while the mode holds.
+    assert resets == [True, False, True, False, True, True, True, False, True, True]
+    after = pair_sum(a, b)
+    for key in before:
+        assert torch.allclose(after[key], before[key], atol=1e-4), key
+
+
+def test_an_answering_end_in_step_and_in_mode_skips_its_hello() -> None:
+    a, b = Peer(0), Peer(1)
+    exchange(a, b, 2)
+    ends = (ExchangeSession(**{**_kwargs(a, b), "mode": 2}), ExchangeSession(**_kwargs(b, a)))
+    traffic = run_pair(*ends, max_message_bytes=max_message_bytes(LAYOUT))
+    assert traffic.messages == 3  # the opener's hello and one round each way
+    ends = (ExchangeSession(**{**_kwargs(a, b), "mode": FULL}), ExchangeSession(**_kwargs(b, a)))
+    traffic = run_pair(*ends, max_message_bytes=max_message_bytes(LAYOUT))
+    assert traffic.messages == 4  # a new mode: the answering end says hello too
+
+
+def test_a_mode_off_the_ladder_or_missing_is_refused() -> None:
+    a, b = Peer(0), Peer(1)
+    with pytest.raises(ValueError, match="not on this task's ladder"):
+        ExchangeSession(**{**_kwargs(a, b), "mode": 3})
+    with pytest.raises(ValueError, match="must choose its mode"):
+        ExchangeSession(**_kwargs(a, b)).start()
+    hello = ExchangeSession(**{**_kwargs(a, b), "mode": 1}).start()
+    for forged in (3, 32, None):
+        message = decode_message(
+            encode_message(type(hello)(**{**hello.__dict__, "mode": forged})), max_size=1 << 20, task=TASK
+        )
+        with pytest.raises(ProtocolViolation, match="exchange mode"):
+            ExchangeSession(**_kwargs(b, a)).answer(message)
+
+
+def test_a_round_in_another_mode_is_a_protocol_violation() -> None:
+    a, b = Peer(0), Peer(1)
+    opener = ExchangeSession(**{**_kwargs(a, b), "mode": 1})
+    answerer = ExchangeSession(**_kwargs(b, a))
+    hello, first_round = answerer.answer(opener.start())
+    opener.receive(hello)
+    forged = type(first_round)(**{**first_round.__dict__, "mode": 2})
+    with pytest.raises(ProtocolViolation, match="exchange mode 2, expected 1"):
+        opener.receive(forged)
+
+
+def test_fixed_algorithms_carry_no_mode_and_refuse_one() -> None:
+    a, b = Peer(0), Peer(1)
+    plain = PlainGossip(PlainConfig())
+    with pytest.raises(ValueError, match="only an auto task"):
+        ExchangeSession(**{**_kwargs(a, b), "algorithm": plain, "mode": 1})
+    hello = ExchangeSession(**{**_kwargs(a, b), "algorithm": plain}).start()
+    assert hello.mode is None and "m" not in _keys(encode_message(hello))
+    with_mode = type(hello)(**{**hello.__dict__, "mode": 1})
+    with pytest.raises(ProtocolViolation, match="exchange mode"):
+        ExchangeSession(**{**_kwargs(b, a), "algorithm": plain}).answer(with_mode)
+
+
+def _keys(payload: bytes) -> set[str]:
+    import msgpack
+
+    return set(msgpack.unpackb(payload, raw=False))
+
+
+def test_the_mode_travels_in_every_message_of_an_auto_exchange() -> None:
+    a, b = Peer(0), Peer(1)
+    opener = ExchangeSession(**{**_kwargs(a, b), "mode": 4})
+    hello = opener.start()
+    assert hello.type is MessageType.HELLO and _keys(encode_message(hello)) >= {"m"}
+    replies = ExchangeSession(**_kwargs(b, a)).answer(hello)
+    assert [m.mode for m in replies] == [4, 4] and [m.type for m in replies] == [MessageType.HELLO, MessageType.POWER]
+
+
+def test_edges_keep_their_mode_through_a_checkpoint() -> None:
+    a, b = Peer(0), Peer(1)
+    exchange(a, b, 2)
+    exchange(a, b, FULL)
+    c = Peer(2)
+    exchange(a, c, 4)
+    restored = edges_from_state(edges_to_state({"b": a.edges[b.id], "c": a.edges[c.id]}), AUTO)
+    assert restored["b"].mode == FULL and restored["b"].data is None and restored["b"].synced
+    assert restored["c"].mode == 4 and isinstance(restored["c"].data, PowerGossipEdge)
+    assert restored["c"].key == a.edges[c.id].key
+    # A mode no algorithm has: that edge restarts.
+    state = edges_to_state({"c": a.edges[c.id]})
+    state["c"]["mode"] = 99
+    assert edges_from_state(state, AUTO) == {}
+
+
+# -- the per-edge choice ------------------------------------------------------------------------------------
+
+
+LADDER = (1, 2, 4, FULL)
+BYTES = {1: 1_000, 2: 2_000, 4: 4_000, FULL: 100_000}
+
+
+def choose(links: LinkBudget, budget: float, cap: float | None = None) -> int:
+    return links.choose("p", LADDER, BYTES.__getitem__, Bounds(budget=budget, max_bytes=cap)).mode
+
+
+def record(links: LinkBudget, mode: int, seconds: float, budget: float) -> None:
+    links.record("p", mode, LADDER, seconds=seconds, sent=BYTES[mode], received=BYTES[mode], budget=budget)
+
+
+def test_an_edge_climbs_while_the_next_mode_fits_its_budget_and_stops_where_it_would_not() -> None:
+    links = LinkBudget(clock=lambda: 0.0)
+    chosen = []
+    for _ in range(20):
+        mode = choose(links, budget=0.1)
+        chosen.append(mode)
+        # 1 ms of round trip plus 1 MB/s: rank 4 takes 5 ms, whole models 101 ms (over the 100 ms budget).
+        record(links, mode, 0.001 + BYTES[mode] / 1e6, budget=0.1)
+    assert chosen[:CLIMB_AFTER] == [1] * CLIMB_AFTER
+    assert chosen[-1] == 4 and FULL not in chosen
+    assert "rank 4" in links.links["p"].reason
+    # The same link with a budget twice as large: whole models fit.
+    roomy = LinkBudget(clock=lambda: 0.0)
+    for _ in range(30):
+        mode = choose(roomy, budget=0.25)
+        record(roomy, mode, 0.001 + BYTES[mode] / 1e6, budget=0.25)
+    assert choose(roomy, budget=0.25) == FULL
+
+
+def test_where_fixed_costs_dominate_the_cost_per_byte_measured_between_two_modes_lets_an_edge_climb_further() -> None:
+    """10 ms an exchange whatever it sends, plus 100 MB/s: whole models take 11 ms, within a 50 ms budget,
+    although scaling rank 4's 10 ms by the bytes (25×) would predict 250 ms."""
+    links = LinkBudget(clock=lambda: 0.0)
+    for _ in range(20):
+        mode = choose(links, budget=0.05)
+        record(links, mode, 0.010 + BYTES[mode] / 1e8, budget=0.05)
+    assert choose(links, budget=0.05) == FULL
+    assert links.links["p"].seconds[FULL] == pytest.approx(0.011)
+
+
+def test_a_slower_link_or_a_failure_steps_down_at_once_and_a_lone_spike_does_not() -> None:
+    links = LinkBudget(clock=lambda: 0.0)
+    for _ in range(12):
+        record(links, choose(links, budget=1.0), 0.001, budget=1.0)
+    assert choose(links, budget=1.0) == FULL
+    record(links, FULL, 1.5, budget=1.0)  # a lone spike: the running mean (0.45 s) is within budget
+    assert choose(links, budget=1.0) == FULL
+    record(links, FULL, 2.5, budget=1.0)  # over two budgets at once: down
+    assert choose(links, budget=1.0) == 4
+    assert "over its 1000 ms budget" in links.links["p"].reason
+    links.failed("p", LADDER)
+    assert choose(links, budget=1.0) == 2
+    assert "failed" in links.links["p"].reason
+    # Whole models measured too slow are not tried again soon, although rank 4 alone would predict they fit.
+    for _ in range(10):
+        record(links, choose(links, budget=1.0), 0.001, budget=1.0)
+    assert choose(links, budget=1.0) == 4
+
+
+def test_a_byte_cap_bounds_the_modes_whatever_the_link() -> None:
+    links = LinkBudget(clock=lambda: 0.0)
+    for _ in range(20):
+        record(links, choose(links, budget=10.0, cap=2_500), 0.0001, budget=10.0)
+    assert choose(links, budget=10.0, cap=2_500) == 2
+    assert choose(links, budget=10.0, cap=10) == 1  # below the cheapest mode: still mixes, at rank 1
+    assert "byte cap" in links.links["p"].reason
+
+
+def test_the_peers_choices_are_measured_but_do_not_move_this_ends_mode() -> None:
+    links = LinkBudget(clock=lambda: 0.0)
+    record(links, FULL, 5.0, budget=0.1)  # an exchange the peer opened in whole models
+    assert choose(links, budget=0.1) == 1 and links.links["p"].seconds[FULL] == 5.0
+
+
+def test_exchange_bounds_share_the_interval_and_split_a_rate_cap_between_started_and_answered() -> None:
+    assert exchange_bounds(interval=0.2, time_share=0.25, max_exchange_bytes=None, max_bytes_per_second=None) == (
+        Bounds(budget=0.05, max_bytes=None)
+    )
+    bounds = exchange_bounds(interval=0.2, time_share=0.5, max_exchange_bytes=50_000, max_bytes_per_second=100_000)
+    assert bounds == Bounds(budget=0.1, max_bytes=10_000)
+
+
+def test_exchanges_per_second_come_from_the_edges_clock() -> None:
+    now = [0.0]
+    links = LinkBudget(clock=lambda: now[0])
+    for _ in range(5):
+        record(links, 1, 0.001, budget=1.0)
+        now[0] += 0.5
+    assert links.rate("p") == pytest.approx(2.0)
+    assert links.rate("unknown") is None
+
+
+# -- clipping per mode ----------------------------------------------------------------------------------------
+
+
+def test_each_mode_clips_on_its_own_scale_and_a_new_mode_borrows_the_widest_radius() -> None:
+    clipper = Clipper(RobustSection(min_samples=4, multiplier=2.0))
+    for _ in range(4):
+        assert clipper.factor(1.0, b"x", kind=1) < 1.0 or clipper.radius(1) > 0  # warm-up: observe
+    assert clipper.radius(1) == pytest.approx(2.0)
+    # Whole models see the whole difference, 10 times the rank-1 projection: borrowed radius, no suspicion.
+    assert clipper.radius(FULL) == pytest.approx(2.0)
+    for _ in range(4):
+        clipper.factor(10.0, b"x", kind=FULL)
+    assert not clipper.is_suspect(b"x")
+    assert clipper.radius(FULL) == pytest.approx(20.0)
+    assert clipper.factor(10.0, b"x", kind=FULL) == 1.0
+    assert clipper.radius(1) == pytest.approx(2.0)
+
+
+def test_a_sustained_slowdown_steps_down_on_the_running_mean() -> None:
+    links = LinkBudget(clock=lambda: 0.0)
+    for _ in range(12):
+        record(links, choose(links, budget=1.0), 0.001, budget=1.0)
+    slow = []
+    for _ in range(5):
+        record(links, FULL, 1.8, budget=1.0)  # each under two budgets, but again and again
+        slow.append(choose(links, budget=1.0))
+    assert slow[:2] == [FULL, FULL] and slow[-1] == 4  # the mean crossed 1 s on the third
+
+
+def test_unspent_budget_buys_whole_models_now_and_then_at_the_budget_on_average() -> None:
+    """10 ms an exchange plus 1 MB/s: rank 4 takes 14 ms of a 50 ms budget, whole models 110 ms (never within
+    one budget). What rank 4 leaves is banked and spent on a whole model about every third exchange."""
+    links = LinkBudget(clock=lambda: 0.0)
+    chosen, spent = [], []
+    for _ in range(60):
+        mode = choose(links, budget=0.05)
+        seconds = 0.010 + BYTES[mode] / 1e6
+        links.record(
+            "p", mode, LADDER, seconds=seconds, sent=BYTES[mode], received=BYTES[mode], budget=0.05, started_here=True
+        )
+        chosen.append(mode)
+        spent.append(seconds)
+    late = chosen[20:]
+    assert 10 <= late.count(FULL) <= 20 and late.count(4) == len(late) - late.count(FULL)
+    assert sum(spent[20:]) / len(spent[20:]) <= 0.05 * 1.05  # the budget, on average
+    assert links.links["p"].rung == LADDER.index(4)  # the edge's own mode stays where one budget reaches
+    # Exchanges the peer started are not paid from this end's budget: nothing banked from them.
+    answered = LinkBudget(clock=lambda: 0.0)
+    for _ in range(60):
+        record(answered, 4, 0.014, budget=0.05)
+    assert answered.links["p"].banked == 0.0
