@@ -51,21 +51,6 @@ class Peer:
         self.params = model(index)
         self.edges: dict[bytes, EdgeState] = {}
 
-    def session(self, other: Peer, mode: int | None, algorithm: Any = AUTO) -> ExchangeSession:
-        return ExchangeSession(
-            algorithm=algorithm,
-            params=self.params,
-            layout=LAYOUT,
-            self_id=self.id,
-            peer_id=other.id,
-            edge=self.edges.get(other.id),
-            degree=1,
-            task=TASK,
-            fixed_weight=None,
-            rng=random.Random(hash(self.id) & 0xFFFF),
-            device=CPU,
-        )
-
 
 def exchange(opener: Peer, answerer: Peer, mode: int) -> tuple[ExchangeSession, ExchangeSession]:
     ends = (
