@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # a multi-GB CUDA build to satisfy the project's torch range.
 TORCH ?= torch==2.13.0
 
-.PHONY: setup test lint unit demo bench-sim bench-personal bench-quality bench-scale bench bench-attach bench-peers bench-wan soak fuzz clean
+.PHONY: setup test lint unit demo bench-sim bench-personal bench-quality bench-scale bench-sim-scale bench bench-attach bench-peers bench-wan soak fuzz clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -44,6 +44,10 @@ bench-quality: setup
 # What a daemon costs as its swarm grows: memory, startup, discovery traffic of 4-16 real daemons (ss, /proc).
 bench-scale: setup
 	$(BIN)/python scripts/bench_scale.py
+
+# The simulator with hundreds of peers: time per round, memory per peer, accuracy for the same total samples.
+bench-sim-scale: setup
+	OMP_NUM_THREADS=1 $(BIN)/python scripts/bench_sim_scale.py --write
 
 bench: setup
 	$(BIN)/python scripts/bench.py

@@ -126,6 +126,7 @@ def keygen(key_file: Path, force: bool) -> None:
 @click.option("--independent-init", is_flag=True, help="Each peer starts from its own random model.")
 @click.option("--eval-every", default=0, type=click.IntRange(0), help="Rounds between evaluations.")
 @click.option("--eval-samples", type=click.IntRange(1), help="Cap on validation examples per evaluation.")
+@click.option("--eval-peers", type=click.IntRange(1), help="Score this many peers (a fixed sample), not all.")
 @click.option("--no-centralised", is_flag=True, help="Skip the centralised reference run.")
 @click.option("--data", "data_root", type=click.Path(file_okay=False), help="Data folder (replaces [data] root).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a summary.")
@@ -157,6 +158,7 @@ def simulate(
     independent_init: bool,
     eval_every: int,
     eval_samples: int | None,
+    eval_peers: int | None,
     no_centralised: bool,
     data_root: str | None,
     as_json: bool,
@@ -197,6 +199,7 @@ def simulate(
             downtime=downtime,
             eval_every=eval_every,
             eval_samples=eval_samples,
+            eval_peers=eval_peers,
             centralised=not no_centralised,
             byzantine=byzantine,
             attack=attack,

@@ -381,3 +381,35 @@ def test_unspent_budget_buys_whole_models_now_and_then_at_the_budget_on_average(
     for _ in range(60):
         record(answered, 4, 0.014, budget=0.05)
     assert answered.links["p"].banked == 0.0
+
+
+def settle(links: LinkBudget, limit: float, cap: float | None = None) -> int:
+    return links.settle("p", LADDER, BYTES.__getitem__, Bounds(budget=0.01, max_bytes=cap), limit=limit).mode
+
+
+def test_a_finishing_peer_settles_each_edge_on_the_dearest_mode_within_its_limit_and_keeps_it() -> None:
+    fresh = LinkBudget(clock=lambda: 0.0)
+    assert settle(fresh, limit=1.0) == FULL  # nothing measured: the top, a failure steps it down
+    assert "finishing" in fresh.links["p"].reason
+    # Measured during training at 1 MB/s plus 1 ms: whole models would take 101 ms.
+    links = LinkBudget(clock=lambda: 0.0)
+    for _ in range(4):
+        record(links, choose(links, budget=0.003), 0.001 + BYTES[1] / 1e6, budget=0.003)
+    assert choose(links, budget=0.003) == 1
+    assert settle(links, limit=0.2) == FULL  # the training budget is gone: whole models fit the limit
+    # One rung measured says nothing of the cost per byte: not scaled up (its fixed part would be too).
+    lone = LinkBudget(clock=lambda: 0.0)
+    record(lone, 1, 0.05, budget=0.003)
+    assert settle(lone, limit=0.2) == FULL
+    tight = LinkBudget(clock=lambda: 0.0)
+    record(tight, 1, 0.001 + BYTES[1] / 1e6, budget=0.003)
+    record(tight, 2, 0.001 + BYTES[2] / 1e6, budget=0.003)
+    # From the cost per byte between ranks 1 and 2: rank 4 5 ms, whole models 101 ms.
+    assert settle(tight, limit=0.01) == 4
+    # Kept whatever the exchanges measure: a switch would restart PowerGossip's warm start.
+    for _ in range(10):
+        record(tight, 4, 0.0001, budget=0.003)
+    assert settle(tight, limit=0.01) == 4
+    tight.failed("p", LADDER)
+    assert settle(tight, limit=0.01) == 2 and "failed" in tight.links["p"].reason
+    assert settle(links, limit=0.2, cap=2_500) == 2  # a byte cap still bounds it

@@ -95,6 +95,39 @@ def test_finish_rounds_mix_without_training_and_bring_the_copies_together() -> N
     assert finished.finish_rounds == 40
 
 
+def test_an_auto_swarm_finishes_in_whole_models_on_a_modelled_slow_link_too() -> None:
+    """The default task's `auto`: while training a 1 Mbit/s link keeps edges on low ranks; the finish rounds
+    settle every edge on whole models (within half the exchange timeout) and keep it there."""
+    task = parse_task(
+        DEFAULT_TASK.read_text().replace('name = "cnn"', 'name = "logistic"'),
+        file="a.toml",
+        base_dir=DEFAULT_TASK.parent,
+    )
+    data = load_data(task.data, task.task.seed)
+    config = SimulationConfig(
+        peers=4, rounds=20, centralised=False, seed=2, finish_rounds=10, link_bytes_per_second=125_000.0
+    )
+    report = Simulation(task, data, config).run()
+    assert report.modes.get("full", 0) >= 4 * 10, report.modes
+    assert sum(report.modes.values()) == report.exchanges == 4 * 30
+
+
+def test_a_large_swarm_scores_a_fixed_sample_of_its_peers() -> None:
+    task = small_task()
+    data = load_data(task.data, task.task.seed)
+
+    def run(eval_peers: int | None) -> Any:
+        config = SimulationConfig(peers=12, rounds=3, centralised=False, seed=1, eval_peers=eval_peers, eval_every=1)
+        return Simulation(task, data, config).run()
+
+    every, sampled = run(None), run(4)
+    assert every.evaluated_peers == 12 and sampled.evaluated_peers == 4
+    # The same training; the sample's accuracies are among all the peers'.
+    assert sampled.consensus_distance_end == every.consensus_distance_end
+    assert every.worst_accuracy <= sampled.worst_accuracy <= sampled.mean_accuracy
+    assert all(record.mean_accuracy is not None for record in sampled.history)
+
+
 def test_a_swarm_weighted_by_samples_trains_on_skewed_shards() -> None:
     text = DEFAULT_TEXT.replace('name = "cnn"', 'name = "logistic"')
     task = parse_task(

@@ -378,3 +378,31 @@ def test_status_says_what_the_daemon_offers() -> None:
     assert "offers    mnist, cifar (1 task file served)" in format_status(status | {"sharing": sharing})
     closed_only = {"offered": [], "files_served": 0, "rejections": {}}
     assert "offers    no open task (0 task files served)" in format_status(status | {"sharing": closed_only})
+
+
+async def test_members_of_one_swarm_take_turns_advertising_its_task(hub: FakeHub, autojump_clock: Any) -> None:
+    """Four daemons offer the same task: the topic carries about one advert of it per interval, not four;
+    a task only one of them offers is still advertised every interval."""
+    daemons = [hub.add_peer() for _ in range(4)]
+    listener = hub.add_peer()
+    heard = await listener.subscribe(TASKS_TOPIC)
+    services = []
+    for index, network in enumerate(daemons):
+        tasks = [offered(network, "mnist", HASH)] + ([offered(network, "cifar", bytes(16))] if index == 0 else [])
+        service = TaskSharingService(
+            network=network, shared=tasks.copy, interval=10.0, first_delay=0.5, rng=random.Random(index)
+        )
+        services.append(service)
+        hub.nursery.start_soon(service.run)
+    counts: dict[bytes, int] = {}
+
+    async def count() -> None:
+        async for message in heard:
+            task_hash = decode_advert(message.data).task_hash
+            counts[task_hash] = counts.get(task_hash, 0) + 1
+
+    hub.nursery.start_soon(count)
+    await trio.sleep(200.0)  # 20 intervals
+    assert counts[bytes(16)] >= 18  # the lone offer, every interval (jittered)
+    assert 15 <= counts[HASH] <= 30, counts  # not 80
+    assert sum(service.adverts_sent for service in services) == sum(counts.values())

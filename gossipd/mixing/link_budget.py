@@ -19,6 +19,12 @@ then between low-rank ones, at the same time per exchange on average. On a model
 rank captures (the 1.2M-parameter CNN: ranks 1-8 needed as many steps as rank 1, whole models half as many;
 BENCHMARKS.md) that is where mixing gains per step; a mode over `BANK_CAP` budgets is never bought.
 
+A peer past its training budget *finishes*: exchanges alone, to bring the copies to their average. Nothing
+then competes for the time, and every mode switch restarts PowerGossip's warm start (three daemons on the
+MLP stayed 26% apart after 20 finish exchanges climbing the ladder, against under 1% with whole models), so
+a finishing peer starts every exchange at one mode per edge, `settle`: the dearest the byte caps allow whose
+predicted time stays within a limit (half the exchange timeout), whole models on any link that carries them.
+
 Pure bookkeeping: the exchange service feeds it durations and byte counts and asks it for modes.
 """
 
@@ -36,6 +42,7 @@ REMEASURE_AFTER = 64  # exchanges after which a rung's old duration no longer ve
 SMOOTHING = 0.3  # weight of the newest duration in a rung's running mean
 SPIKE = 2.0  # one exchange over this many budgets steps down at once, whatever the running mean
 BANK_CAP = 32  # budgets of unspent time an edge may save up for one dearer exchange
+FINISH_TIME_SHARE = 0.5  # of the exchange timeout: what one exchange may take while finishing
 
 
 @dataclass(frozen=True)
@@ -61,6 +68,7 @@ class EdgeLink:
     last_seconds: float | None = None
     first_at: float | None = None  # clock of the first exchange
     last_at: float | None = None
+    settled: int | None = None  # the rung exchanges started while finishing use (chosen once, lowered on failure)
 
 
 @dataclass(frozen=True)
@@ -116,6 +124,43 @@ class LinkBudget:
                 )
         return None
 
+    def settle(
+        self, peer: str, ladder: Sequence[int], bytes_of: Callable[[int], int], bounds: Bounds, *, limit: float
+    ) -> Choice:
+        """The mode of an exchange this peer starts while finishing: chosen once per edge (see the module's
+        docstring), then kept, one rung lower after each failure."""
+        link = self.links.setdefault(peer, EdgeLink())
+        allowed = [i for i, mode in enumerate(ladder) if bounds.max_bytes is None or bytes_of(mode) <= bounds.max_bytes]
+        top = allowed[-1] if allowed else 0
+        if link.settled is None:
+            link.settled = self._fastest_within(link, ladder, top, bytes_of, limit)
+            mode = ladder[link.settled]
+            link.reason = f"{describe_mode(mode)}: finishing, the dearest mode predicted within {_ms(limit)}"
+            if link.settled == top and top < len(ladder) - 1:
+                link.reason = f"{describe_mode(mode)}: finishing, the byte cap allows no more"
+        link.settled = min(link.settled, top)
+        return Choice(ladder[link.settled], link.reason)
+
+    def _fastest_within(
+        self, link: EdgeLink, ladder: Sequence[int], top: int, bytes_of: Callable[[int], int], limit: float
+    ) -> int:
+        """The highest rung up to `top` predicted to take at most `limit`, from this edge's measurements: a
+        rung's own, or from the cost per byte measured between two rungs. Scaling one rung's time by the bytes
+        is not used: its fixed part (training's contention, round trips) scaled 30-fold put whole models of
+        a small MLP on loopback over a 1.5 s limit. Nothing to predict from: the top, as a rung too slow
+        fails and steps down."""
+        measured = [m for m in ladder[: top + 1] if m in link.seconds]
+        if not measured:
+            return top
+        # Predictions are made from the most recently measured mode, as a climb makes them.
+        base = max(measured, key=lambda m: link.measured_at[m])
+        for index in range(top, 0, -1):
+            mode = ladder[index]
+            predicted = link.seconds[base] if mode == base else self._predict(link, base, mode, bytes_of, scale=False)
+            if predicted is None or predicted <= limit:
+                return index
+        return 0
+
     def record(
         self,
         peer: str,
@@ -170,6 +215,10 @@ class LinkBudget:
         """An exchange with `peer` failed or timed out: one rung down (a dead link also sends little)."""
         link = self.links.setdefault(peer, EdgeLink())
         link.calm = 0
+        if link.settled is not None and link.settled > 0:
+            link.settled = min(link.settled, len(ladder) - 1) - 1
+            link.reason = f"{describe_mode(ladder[link.settled])}: finishing, the last exchange failed"
+            return
         if link.rung > 0:
             link.rung = min(link.rung, len(ladder) - 1) - 1
             link.reason = f"{describe_mode(ladder[link.rung])}: the last exchange failed"
@@ -183,11 +232,13 @@ class LinkBudget:
         return None if link is None else exchange_rate(link)
 
     @staticmethod
-    def _predict(link: EdgeLink, mode: int, higher: int, bytes_of: Callable[[int], int]) -> float | None:
+    def _predict(
+        link: EdgeLink, mode: int, higher: int, bytes_of: Callable[[int], int], *, scale: bool = True
+    ) -> float | None:
         """The next rung's duration: its own recent measurement if there is one. Otherwise this rung's plus
         the extra bytes at the cost per byte measured between two rungs (most of an exchange's time on a
         fast link is fixed: messages through the stack, round trips), or, with one rung measured, this
-        rung's scaled by the bytes (an over-estimate, as the fixed part does not grow)."""
+        rung's scaled by the bytes (an over-estimate, as the fixed part does not grow; None if not `scale`)."""
         if higher in link.seconds and link.exchanges - link.measured_at[higher] < REMEASURE_AFTER:
             return link.seconds[higher]
         current = link.seconds.get(mode)
@@ -200,7 +251,7 @@ class LinkBudget:
             per_byte = (current - link.seconds[other]) / (size - bytes_of(other))
             if math.isfinite(per_byte):
                 return current + max(0.0, per_byte) * (bigger - size)
-        return current * bigger / max(1, size)
+        return current * bigger / max(1, size) if scale else None
 
 
 def exchange_rate(link: EdgeLink) -> float | None:

@@ -43,7 +43,7 @@ from gossipd.mixing.clipping import Clipper
 from gossipd.mixing.cpu_budget import INTERVAL, CpuBudget, Reading
 from gossipd.mixing.edge import EdgeState
 from gossipd.mixing.layout import ParamLayout
-from gossipd.mixing.link_budget import Bounds, EdgeLink, LinkBudget, exchange_bounds
+from gossipd.mixing.link_budget import FINISH_TIME_SHARE, Bounds, EdgeLink, LinkBudget, exchange_bounds
 from gossipd.mixing.pacing import StepPacer
 from gossipd.mixing.session import ExchangeResult, ExchangeSession, PeerAborted, Phase
 from gossipd.peering.ledger import Ledger
@@ -257,10 +257,14 @@ class ExchangeService:
         if self.family is None:
             return None
         family = self.family
-        choice = self.links.choose(
-            peer, self.ladder, lambda mode: family.message_bytes(mode, self.layout), self.exchange_bounds()
-        )
-        return choice.mode
+
+        def bytes_of(mode: int) -> int:
+            return family.message_bytes(mode, self.layout)
+
+        if self.trainer.training_done:
+            limit = self.gossip.exchange_timeout * FINISH_TIME_SHARE
+            return self.links.settle(peer, self.ladder, bytes_of, self.exchange_bounds(), limit=limit).mode
+        return self.links.choose(peer, self.ladder, bytes_of, self.exchange_bounds()).mode
 
     def _record_link(
         self, peer: str, session: ExchangeSession, *, seconds: float, sent: int, received: int, started_here: bool

@@ -3,7 +3,7 @@ the client side of protocols/tasks-v1.md, on any `Network`.
 
 Three sources fill a `Catalog` within one deadline: the adverts heard on the well-known topic, and the
 answers to `list` from the bootstrap peers and from every provider of the well-known DHT key. Asking over a
-stream answers at once, where adverts come every 10 s; listening catches advertisers no record led to.
+stream answers at once, where adverts come about once a minute; listening catches advertisers no record led to.
 """
 
 from __future__ import annotations

@@ -9,6 +9,7 @@ The daemon says what it runs through `shared`, called afresh each time, so a tas
 from __future__ import annotations
 
 import logging
+import random
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -42,6 +43,10 @@ ADVERT_INTERVAL = 60.0  # every daemon publishes to one topic all daemons read: 
 FIRST_ADVERT_DELAY = 1.0  # soon after start, once the bootstrap dials had a moment
 REQUEST_TIMEOUT = 10.0  # a peer has this long to ask and read the answer
 PROVIDE_TIMEOUT = 10.0
+# The DHT keeps a provider record for hours; walking to the key's closest peers every advert cost 16 daemons
+# about as much as their heartbeats. Re-provided this often, or at once when what is offered changes.
+PROVIDE_INTERVAL = 600.0
+MAX_HEARD = 4096  # task hashes remembered from others' adverts (a flood of made-up tasks stops here)
 
 
 @dataclass(frozen=True)
@@ -82,11 +87,16 @@ class TaskSharingService:
         shared: Callable[[], list[SharedTask]],
         interval: float = ADVERT_INTERVAL,
         first_delay: float = FIRST_ADVERT_DELAY,
+        rng: random.Random | None = None,
     ) -> None:
         self.network = network
         self.shared = shared
         self.interval = interval
         self.first_delay = first_delay
+        self.rng = rng or random.Random()
+        self.heard: dict[bytes, float] = {}  # task hash → when another daemon's advert of it was last read
+        self.adverts_sent = 0
+        self._provided: tuple[frozenset[bytes], float] | None = None  # what was provided, and when
         self.rejections: dict[str, int] = {}  # requests and adverts refused, by reason
         self.files_served = 0
 
@@ -107,15 +117,30 @@ class TaskSharingService:
             await trio.sleep(self.first_delay)
             while True:
                 await self._advertise()
-                await trio.sleep(self.interval)
+                # Jittered, so among the members of one swarm whoever comes first advertises and the rest
+                # hear it and stay quiet (see _advertise).
+                await trio.sleep(self.interval * self.rng.uniform(0.75, 1.25))
 
     async def _advertise(self) -> None:
+        """Publish each offered task's advert unless another daemon's advert of the same task was read
+        within the interval: every member of a swarm offers the same task, and a topic all daemons read
+        needs one advert of it per interval, not one per member (a discoverer asks the advertiser, which
+        names its peers). Re-provide the DHT record when due (see PROVIDE_INTERVAL)."""
         shared = self.shared()
+        now = trio.current_time()
+        self.heard = {key: at for key, at in self.heard.items() if now - at < self.interval}
         for task in shared:
+            heard = self.heard.get(task.advert.task_hash)
+            if heard is not None and now - heard < self.interval:
+                continue
             await self.network.publish(TASKS_TOPIC, encode_advert(task.advert))
-        if shared:
-            # Re-providing on every round keeps the record fresh; a daemon whose open tasks all left stops,
-            # and its record lapses (a discoverer treats providers as hints and asks them).
+            self.adverts_sent += 1
+        offered = frozenset(task.advert.task_hash for task in shared)
+        due = self._provided is None or self._provided[0] != offered or now - self._provided[1] >= PROVIDE_INTERVAL
+        if shared and due:
+            # A daemon whose open tasks all left stops, and its record lapses (a discoverer treats providers
+            # as hints and asks them).
+            self._provided = (offered, now)
             with trio.move_on_after(PROVIDE_TIMEOUT):
                 await self.network.provide(TASK_LIST_KEY)
 
@@ -124,9 +149,13 @@ class TaskSharingService:
             if message.sender == self.network.peer_id:
                 continue
             try:
-                check_signer(decode_advert(message.data), message.sender)
+                advert = decode_advert(message.data)
+                check_signer(advert, message.sender)
             except WireError as exc:
                 self._reject(f"advert-{exc.reason}", message.sender, exc)
+                continue
+            if len(self.heard) < MAX_HEARD or advert.task_hash in self.heard:
+                self.heard[advert.task_hash] = trio.current_time()
 
     async def serve(self, stream: FrameStream) -> None:
         """Answer one request on a `/gossipd/tasks/1.0.0` stream, then close it."""

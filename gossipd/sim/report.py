@@ -73,6 +73,7 @@ class SimulationReport:
     # An auto task's exchanges by the mode its edges chose ("rank 1", "full", …), and the modelled link.
     modes: dict[str, int] = dataclasses.field(default_factory=dict)
     link_bytes_per_second: float | None = None
+    evaluated_peers: int = 0  # how many honest peers the accuracies are over (all, or `eval_peers`)
 
     @classmethod
     def build(
@@ -137,6 +138,7 @@ class SimulationReport:
             averaged_personal_accuracy=sum(averaged) / len(averaged) if averaged else None,
             modes={describe_mode(mode): count for mode, count in sorted(simulation.modes.items())},
             link_bytes_per_second=simulation.config.link_bytes_per_second,
+            evaluated_peers=len(final),
         )
 
     def to_json(self) -> dict[str, Any]:

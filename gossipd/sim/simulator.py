@@ -32,7 +32,7 @@ from gossipd.mixing.auto import AutoGossip
 from gossipd.mixing.clipping import Clipper
 from gossipd.mixing.edge import EdgeState
 from gossipd.mixing.layout import ParamLayout, max_message_bytes, mixed_parameters, personal_of
-from gossipd.mixing.link_budget import Bounds, LinkBudget, exchange_bounds
+from gossipd.mixing.link_budget import FINISH_TIME_SHARE, Bounds, LinkBudget, exchange_bounds
 from gossipd.mixing.local import Traffic, plain_exchange_bytes, run_pair
 from gossipd.mixing.personal import personal_part, shared_part
 from gossipd.mixing.registry import make_algorithm
@@ -63,6 +63,9 @@ class SimulationConfig:
     downtime: int = 10  # rounds a departed peer stays away
     eval_every: int = 0  # rounds between progress evaluations; 0: only at the end
     eval_samples: int | None = None  # cap on validation examples per evaluation; None: all
+    # Score this many honest peers (a fixed sample, drawn from `seed`) instead of all: with hundreds of peers
+    # evaluation costs more than training. Consensus distance is always over all of them.
+    eval_peers: int | None = None
     centralised: bool = True  # also train one model on the union of the shards, same samples
     byzantine: int = 0  # the last `byzantine` peers attack instead of training
     attack: str = "sign-flip"  # what they send: see ATTACKS
@@ -162,6 +165,7 @@ class Simulation:
         self.family = self.algorithm if isinstance(self.algorithm, AutoGossip) else None
         self.ladder = () if self.family is None else self.family.ladder(self.layout)
         self.modes: Counter[int] = Counter()  # an auto task's exchanges by mode
+        self.finishing = False  # in the finish rounds: modes are settled per edge, as a finishing daemon does
 
     def _new_peer(self, index: int) -> SimPeer:
         seed = self.task.task.seed + (index + 1) * 7919 if self.config.independent_init else self.task.task.seed
@@ -234,7 +238,7 @@ class Simulation:
         for peer in self._honest() if personal_steps else []:
             peer.trainer.train_personal(personal_steps, self.personal.parameters, personal_steps)
         if progress is not None:
-            progress.phase(f"evaluating {len(self.peers)} peers")
+            progress.phase(f"evaluating {len(self._scored())} peers")
         final, own = self._evaluate_final()
         baseline = self.config.centralised and self.config.train
         if progress is not None and baseline:
@@ -258,6 +262,7 @@ class Simulation:
         """The peers as training stopped (evaluated), then `finish_rounds` rounds of exchanges alone."""
         stopped = self._evaluate_all()
         tick = time.perf_counter()
+        self.finishing = True
         for _ in range(self.config.finish_rounds):
             online = [p for p in self.peers if p.online]
             for peer in self.rng.sample(online, len(online)):
@@ -323,10 +328,14 @@ class Simulation:
             return None
         family = self.family
         assert peer.links is not None
-        choice = peer.links.choose(
-            str(partner.index), self.ladder, lambda mode: family.message_bytes(mode, self.layout), self._bounds()
-        )
-        return choice.mode
+
+        def bytes_of(mode: int) -> int:
+            return family.message_bytes(mode, self.layout)
+
+        if self.finishing:
+            limit = self.task.gossip.exchange_timeout * FINISH_TIME_SHARE
+            return peer.links.settle(str(partner.index), self.ladder, bytes_of, self._bounds(), limit=limit).mode
+        return peer.links.choose(str(partner.index), self.ladder, bytes_of, self._bounds()).mode
 
     def _record_link(self, peer: SimPeer, partner: SimPeer, mode: int, traffic: Traffic, cpu: float) -> None:
         """What the exchange would have taken between two daemons: the two ends compute at once (here one
@@ -435,11 +444,22 @@ class Simulation:
     def _honest(self) -> list[SimPeer]:
         return [p for p in self.peers if p.online and not p.byzantine]
 
+    def _scored(self) -> list[SimPeer]:
+        """The honest peers evaluated: all, or `eval_peers` of them, the same sample every time."""
+        honest = self._honest()
+        wanted = self.config.eval_peers
+        if wanted is None or wanted >= len(honest):
+            return honest
+        # A fixed order of all peers: the sample stays the same as peers leave and return.
+        order = random.Random(self.config.seed).sample(range(len(self.peers)), len(self.peers))
+        rank = {index: position for position, index in enumerate(order)}
+        return sorted(honest, key=lambda p: rank[p.index])[:wanted]
+
     def _consensus(self) -> float:
         return consensus_distance([p.params() for p in self._honest()])
 
     def _evaluate_all(self) -> list[Any]:
-        return [p.trainer.evaluate(self.data.validation, self.config.eval_samples) for p in self._honest()]
+        return [p.trainer.evaluate(self.data.validation, self.config.eval_samples) for p in self._scored()]
 
     def _evaluate_final(self) -> tuple[list[Evaluation], list[float]]:
         """Each honest peer on the held-out examples and, for classification, on its own label mix."""
@@ -447,7 +467,7 @@ class Simulation:
         if spec.kind != "classification":
             return self._evaluate_all(), []
         final, own = [], []
-        for peer in self._honest():
+        for peer in self._scored():
             counts = self._by_class(peer.trainer.model)
             final.append(counts.evaluation())
             own.append(counts.reweighted(label_distribution(self.shards[peer.index].y, spec.num_classes)))
