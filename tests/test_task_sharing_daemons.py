@@ -89,7 +89,7 @@ def test_discover_lists_the_open_task_and_never_the_closed_one(open_daemon: Swar
 
 
 def test_join_from_needs_the_users_own_data_folder(open_daemon: Swarm, tmp_path: Path) -> None:
-    result = gossipd("join", "--from", "shared-open", "--bootstrap", open_daemon.bootstrap, "--timeout", "1",
+    result = gossipd("join", "--from", "shared-open", "--bootstrap", open_daemon.bootstrap, "--timeout", "3",
                      "--state-dir", str(tmp_path / "state"), "--yes")  # fmt: skip
     assert result.returncode == 2, result.stdout + result.stderr
     assert "give --data DIR" in result.stderr
@@ -100,7 +100,7 @@ def test_join_from_needs_the_users_own_data_folder(open_daemon: Swarm, tmp_path:
 @contextlib.contextmanager
 def joined(open_daemon: Swarm, folder: Path) -> Iterator[tuple[subprocess.Popen[bytes], Path, Path]]:
     log_path, socket = folder / "join.log", folder / "sock"
-    args = ["join", "--from", hash_of(open_daemon)[:8], "--bootstrap", open_daemon.bootstrap, "--timeout", "1",
+    args = ["join", "--from", hash_of(open_daemon)[:8], "--bootstrap", open_daemon.bootstrap, "--timeout", "3",
             "--data", str(MNIST), "--yes", "--state-dir", str(folder / "state"), "--socket", str(socket),
             "--listen", "/ip4/127.0.0.1/tcp/0"]  # fmt: skip
     with log_path.open("wb") as log:
@@ -160,7 +160,7 @@ def test_join_from_a_peer_runs_the_same_task_and_mixes_with_it(open_daemon: Swar
 def test_join_from_hands_the_task_to_the_daemon_on_the_socket(open_daemon: Swarm, tmp_path: Path) -> None:
     # The daemon answering on the socket gets the fetched task over the control API; this one already runs
     # it, and says so (exit 5, as `gossipd join FILE` would).
-    result = gossipd("join", "--from", "shared-open", "--bootstrap", open_daemon.bootstrap, "--timeout", "1",
+    result = gossipd("join", "--from", "shared-open", "--bootstrap", open_daemon.bootstrap, "--timeout", "3",
                      "--data", str(MNIST), "--yes", "--save", str(tmp_path / "t.toml"),
                      "--socket", str(open_daemon.daemons[0].socket))  # fmt: skip
     assert result.returncode == 5, result.stdout + result.stderr
