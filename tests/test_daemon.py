@@ -119,8 +119,11 @@ def test_a_late_joiner_is_found_through_the_dht_and_copies_a_full_model(swarm: S
     swarm.size = 4
     joiner = swarm.start_one(3, wait=180)
 
+    seen: list[dict[str, object]] = []
+
     def joined() -> bool:
         task = task_of(joiner.status())
+        seen[:] = [{k: task[k] for k in ("state", "state_transfers", "exchanges")}, task["peers"]]
         found_by_dht = [p for p in task["peers"] if "dht" in p["sources"] and p["peer_id"] != bootstrap_id]
         return (
             task["state"] == "training"
@@ -130,7 +133,10 @@ def test_a_late_joiner_is_found_through_the_dht_and_copies_a_full_model(swarm: S
         )
 
     bootstrap_id = swarm.bootstrap.rsplit("/p2p/", 1)[-1]
-    wait_for(joined, 90, "the joiner to find peers in the DHT, copy a model and start exchanging", swarm)
+    try:
+        wait_for(joined, 90, "the joiner to find peers in the DHT, copy a model and start exchanging", swarm)
+    except AssertionError as failure:
+        raise AssertionError(f"{failure}\nthe joiner last reported {seen}") from None
     assert task_of(joiner.status())["step"] > 0  # it took the donor's progress with the model
 
 
@@ -151,13 +157,19 @@ def gaps_while(swarm: Swarm, live: list[int], seconds: float) -> dict[int, float
     return longest
 
 
+def stalled(swarm: Swarm, gaps: dict[int, float]) -> str:
+    """The gaps, with the log of the peer that waited longest (what it was doing is the diagnosis)."""
+    worst = max(gaps, key=lambda i: gaps[i])
+    return f"{gaps}\n--- peer {worst}\n{tail(swarm.daemons[worst].log_path, 60)}"
+
+
 def test_a_hung_peer_costs_the_others_at_most_one_deadline(swarm: Swarm) -> None:
     swarm.signal(2, signal.SIGSTOP)
     try:
         gaps = gaps_while(swarm, [0, 1, 3], 4 * EXCHANGE_TIMEOUT)
     finally:
         swarm.signal(2, signal.SIGCONT)
-    assert max(gaps.values()) <= EXCHANGE_TIMEOUT + 3.0, gaps
+    assert max(gaps.values()) <= EXCHANGE_TIMEOUT + 3.0, stalled(swarm, gaps)
 
 
 def test_a_peer_killed_mid_exchange_does_not_stall_the_others(swarm: Swarm) -> None:
@@ -168,7 +180,7 @@ def test_a_peer_killed_mid_exchange_does_not_stall_the_others(swarm: Swarm) -> N
     swarm.signal(3, signal.SIGKILL)
     swarm.daemons[3].process.wait(10)
     gaps = gaps_while(swarm, [0, 1, 2], 3 * EXCHANGE_TIMEOUT)
-    assert max(gaps.values()) <= EXCHANGE_TIMEOUT + 3.0, gaps
+    assert max(gaps.values()) <= EXCHANGE_TIMEOUT + 3.0, stalled(swarm, gaps)
     after = {i: task_of(swarm.daemons[i].status())["failed_exchanges"] for i in (0, 1, 2)}
     assert all(after[i] >= before[i] for i in before)
 

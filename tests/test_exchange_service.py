@@ -34,6 +34,7 @@ import trio.testing
 from gossipd.data.spec import ArrayDataset, InputSpec
 from gossipd.mixing.algorithm import Algorithm
 from gossipd.mixing.auto import FULL, AutoConfig
+from gossipd.mixing.clipping import Clipper, RobustSection
 from gossipd.mixing.layout import ParamLayout, max_message_bytes, mixed_parameters
 from gossipd.mixing.local import plain_exchange_bytes
 from gossipd.mixing.pacing import StepPacer
@@ -487,6 +488,67 @@ async def test_a_hung_peer_costs_one_timeout_per_attempt_never_a_stall_and_is_ba
     assert backoffs[0] == pytest.approx(1.0) and backoffs[-1] >= 8.0, backoffs
     assert all(later == pytest.approx(2 * earlier) for earlier, later in itertools.pairwise(backoffs)), backoffs
     assert recovered_at - revived_at <= 30.0 + TIMEOUT  # once C answers again, A mixes with it again
+
+
+async def test_a_peer_backed_off_for_failures_is_answered_as_soon_as_it_is_back_and_a_penalised_one_is_not(
+    autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A peer whose process was paused (SIGSTOP, a laptop asleep) comes back backed off by every neighbour that
+    # tried it meanwhile. Were its own exchanges refused too, it would be cut off for the whole back-off
+    # whenever the neighbours it still had went away (a daemon test saw 8 s). Only a rejection refuses.
+    caplog.set_level(logging.DEBUG, logger="gossipd.exchange")
+    with trio.fail_after(200):
+        async with fake_swarm(seed=11, latency=0.02) as hub:
+            a, c = await start_peers(hub, "AC", section=gossip(), trainer="paused")
+            assert await exchange(a, c) is not None
+            hub.hang(c.id)
+            for _ in range(4):
+                assert await a.exchange.initiate(c.id) is None  # each costs A one deadline
+            hub.revive(c.id)
+            record = a.table.get(c.id)
+            assert record is not None and record.consecutive_failures == 4
+            assert record.backoff_until is not None and record.backoff_until - trio.current_time() > 7.0
+            assert not a.table.is_live(c.id)  # A starts none with C for 8 s ...
+            answered_at = trio.current_time()
+            answered = await exchange(c, a)  # ... but answers the one C starts, at once
+            answered_after = trio.current_time() - answered_at
+            live_after = a.table.is_live(c.id)  # and the success ends the back-off
+
+            a.table.back_off(c.id, REJECTION_BACKOFF)  # as after a message A had to reject
+            refused = await exchange(c, a)
+
+    assert answered is not None and answered_after < 1.0
+    assert live_after
+    assert refused is None
+    assert any("backoff" in m for m in declines(caplog)), declines(caplog)
+
+
+async def test_a_far_neighbour_is_clipped_at_once_but_judged_a_suspect_only_after_the_grace(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    robust = RobustSection(radius=1.0, suspect_after=3, suspect_grace=60.0, suspect_backoff=30.0)
+
+    def far_away(model: torch.nn.Module) -> None:
+        with torch.no_grad():
+            for tensor in model.parameters():
+                tensor.fill_(1e6)
+
+    with trio.fail_after(200):
+        async with fake_swarm(seed=12, latency=0.01) as hub:
+            a, m = await start_peers(hub, "AM", section=gossip(), trainer="paused")
+            a.exchange.clipper = Clipper(robust)
+            await m.trainer.at_boundary(lambda: far_away(m.trainer.trainer.model))
+            for _ in range(4):  # far every time, from its first exchange on
+                assert await exchange(a, m) is not None
+            within = (a.exchange.statistics().suspects, a.table.refuses(m.id), a.table.is_live(m.id))
+            await trio.sleep(robust.suspect_grace)
+            await m.trainer.at_boundary(lambda: far_away(m.trainer.trainer.model))
+            assert await exchange(a, m) is not None
+            after = (a.exchange.statistics().suspects, a.table.refuses(m.id), a.table.is_live(m.id))
+
+    assert a.exchange.statistics().clipped == 5  # clipped every time, grace or not
+    assert within == (0, False, True)  # a newcomer as far as an attacker is not left alone at first ...
+    assert after == (1, True, False)  # ... but one still that far after the grace is
 
 
 # -- a killed peer -------------------------------------------------------------------------------------------

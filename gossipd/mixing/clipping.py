@@ -33,6 +33,7 @@ class RobustSection:
     suspect_after: int = field(default=3, metadata=bounds(min=1))
     suspect_ratio: float = field(default=4.0, metadata=bounds(min=1.0))
     suspect_backoff: float = field(default=60.0, metadata=bounds(min=0.0))
+    suspect_grace: float = field(default=60.0, metadata=bounds(min=0.0))
 
 
 class Clipper:
@@ -40,7 +41,10 @@ class Clipper:
     found `suspect_ratio` times beyond the radius `suspect_after` exchanges in a row is a suspect: honest
     neighbours rarely stray that far even while distances grow or compressed estimates fluctuate, while a
     sign-flipping or scaling attacker is far out every time and, clipped or not, keeps pulling the same wrong
-    way. The caller leaves suspects alone for `suspect_backoff`."""
+    way. The caller leaves suspects alone for `suspect_backoff`, but judges none within `suspect_grace` of
+    its first exchange with it: a newcomer whose data the swarm has not seen trains away from the swarm's
+    model at first, as far as an attacker sits (in a daemon test a joiner was left alone by all three
+    neighbours a second after it joined, its own data never mixed in); clipping bounds what either can do."""
 
     def __init__(self, section: RobustSection) -> None:
         self.section = section

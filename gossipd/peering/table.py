@@ -24,9 +24,11 @@ class PeerRecord:
     exchanges: int = 0
     failures: int = 0
     consecutive_failures: int = 0
+    first_exchange: float | None = None
     last_exchange: float | None = None
     distance: float | None = None
-    backoff_until: float | None = None
+    backoff_until: float | None = None  # this end starts no exchange with it before then
+    penalty_until: float | None = None  # it sent messages we rejected or looks Byzantine: refused both ways
     period: float | None = None  # seconds between its heartbeats, as it announced; None: not said
 
 
@@ -100,6 +102,8 @@ class PeerTable:
             record.consecutive_failures = 0
             record.backoff_until = None
             record.last_exchange = self.clock()
+            if record.first_exchange is None:
+                record.first_exchange = record.last_exchange
             record.distance = distance
 
     def exchange_failed(self, peer_id: str) -> float:
@@ -115,10 +119,20 @@ class PeerTable:
         return delay
 
     def back_off(self, peer_id: str, seconds: float) -> None:
-        """Leave a peer alone for a while (it sent messages we had to reject)."""
+        """Leave a peer alone for a while, both ways (it sent messages we had to reject, or looks Byzantine)."""
         record = self.records.get(peer_id)
         if record is not None:
-            record.backoff_until = max(record.backoff_until or 0.0, self.clock() + seconds)
+            until = self.clock() + seconds
+            record.backoff_until = max(record.backoff_until or 0.0, until)
+            record.penalty_until = max(record.penalty_until or 0.0, until)
+
+    def refuses(self, peer_id: str) -> bool:
+        """Whether exchanges the peer starts are refused now. Only a penalty refuses them: a peer backed off
+        for failures alone (it hung, or its process was paused) that opens an exchange shows it is back, and
+        refusing it would cut a resumed peer off from every neighbour that had backed it off, for up to the
+        whole back-off (30 s at most), whenever the neighbours it still had went away."""
+        record = self.records.get(peer_id)
+        return record is not None and record.penalty_until is not None and record.penalty_until > self.clock()
 
     def is_live(self, peer_id: str) -> bool:
         record = self.records.get(peer_id)
@@ -126,6 +140,8 @@ class PeerTable:
             return False
         now = self.clock()
         if now - record.last_heard > liveness_window(record.period, self.liveness):
+            return False
+        if record.penalty_until is not None and now < record.penalty_until:
             return False
         return record.backoff_until is None or now >= record.backoff_until
 

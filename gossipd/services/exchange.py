@@ -39,7 +39,7 @@ import trio
 from gossipd.adapters.cpu_usage import idle_cpu_seconds, process_cpu_seconds
 from gossipd.mixing.algorithm import Algorithm
 from gossipd.mixing.auto import AutoGossip
-from gossipd.mixing.clipping import Clipper
+from gossipd.mixing.clipping import Clipper, RobustSection
 from gossipd.mixing.cpu_budget import INTERVAL, CpuBudget, Reading
 from gossipd.mixing.edge import EdgeState
 from gossipd.mixing.layout import ParamLayout
@@ -618,9 +618,8 @@ class ExchangeService:
             return "joining"
         if peer in self.in_flight or len(self.in_flight) >= MAX_CONCURRENT:
             return "busy"
-        record = self.peers.get(peer)
-        if record is not None and record.backoff_until is not None and record.backoff_until > self.peers.clock():
-            return "backoff"  # it failed, sent messages we rejected, or looks Byzantine: not now
+        if self.peers.refuses(peer):
+            return "backoff"  # it sent messages we rejected, or looks Byzantine: not now
         return None
 
     async def _refuse(self, stream: FrameStream, reason: str, *, close: bool = True) -> None:
@@ -698,7 +697,7 @@ class ExchangeService:
         self.counters.plain_bytes += self.plain_exchange_bytes
         self.counters.distances.append(result.distance)
         self.counters.clipped += int(result.clipped)
-        if result.suspect and self.clipper is not None:
+        if result.suspect and self.clipper is not None and self._past_grace(peer, self.clipper.section):
             log.warning(
                 "%s was clipped %d exchanges in a row: leaving it alone for %.0f s",
                 peer,
@@ -709,6 +708,12 @@ class ExchangeService:
             self.clipper.forgive(peer.encode())
             self.counters.suspects += 1
         return result
+
+    def _past_grace(self, peer: str, robust: RobustSection) -> bool:
+        """Whether `peer` was first exchanged with over `suspect_grace` seconds ago (see Clipper)."""
+        record = self.peers.get(peer)
+        first = record.first_exchange if record is not None else None
+        return first is not None and self.peers.clock() - first >= robust.suspect_grace
 
     async def _failed(
         self,

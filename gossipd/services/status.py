@@ -51,7 +51,7 @@ class PeerStatus:
     failures: int  # failed exchanges with it
     last_exchange: float | None
     distance: float | None  # estimated ‖x_peer − x_self‖ at the last exchange
-    backoff_until: float | None  # no exchanges with it before this time (repeated failures or rejections)
+    backoff_until: float | None  # this end starts none with it before this time (repeated failures or rejections)
     reached: str | None = None  # how it is connected now: direct, relayed, hole-punched; None: not connected
 
 

@@ -113,6 +113,7 @@ class SimPeer:
     byzantine: bool = False
     clipper: Clipper | None = None
     blocked: dict[int, int] = field(default_factory=dict)  # suspects left alone, until this round
+    met: dict[int, int] = field(default_factory=dict)  # the round of the first exchange with each neighbour
     returns_at: int = -1
     exchanges: int = 0
     bytes_sent: int = 0
@@ -295,8 +296,10 @@ class Simulation:
         for end, owner, other in ((ends[0], peer, partner), (ends[1], partner, peer)):
             result = end.result()
             self.clipped += int(result.clipped and not owner.byzantine)
-            if result.suspect and owner.clipper is not None:
-                # The simulator counts the back-off in rounds.
+            met = owner.met.setdefault(other.index, self.round)
+            past_grace = self.round - met >= self.task.robust.suspect_grace
+            if result.suspect and owner.clipper is not None and past_grace:
+                # The simulator counts the back-off and the grace in rounds.
                 owner.blocked[other.index] = self.round + int(self.task.robust.suspect_backoff)
                 owner.clipper.forgive(other.id)
             owner.trainer.apply_delta(result.delta)
