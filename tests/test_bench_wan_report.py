@@ -78,3 +78,11 @@ def test_report_has_a_table_and_verdict_per_speed(tmp_path: Path) -> None:
     path = tmp_path / "plot.png"
     plot(results, "cnn", path)
     assert path.stat().st_size > 0
+
+
+def test_the_verdict_judges_the_default_where_it_ran_even_when_a_fixed_setting_was_faster() -> None:
+    results = [run("gossipd-auto-paced", 60), run("gossipd-plain-paced", 30), run("flower", 100)]
+    line = verdict(rows(results, "cnn", TEN), TEN)
+    assert "0.60×, not met" in line and "auto" in line
+    missed = [run("gossipd-auto-paced", None), run("gossipd-plain-paced", 30), run("flower", 100)]
+    assert "**not met**, gossipd's default did not reach 98%" in verdict(rows(missed, "cnn", TEN), TEN)

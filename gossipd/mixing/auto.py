@@ -34,14 +34,18 @@ FULL = 0  # the mode of whole models; a mode r ≥ 1 is PowerGossip at rank r
 class AutoConfig:
     """The bounds of the ladder and of what an edge may spend (see gossipd.mixing.link_budget).
 
-    `time_share`: the share of the time between two of a peer's exchanges one exchange may take (a quarter:
-    mixing keeps pace with training and leaves it most of the machine). `max_exchange_bytes` and
+    `time_share`: the share of the time between two of a peer's exchanges one exchange may take. All of it by
+    default: an exchange runs beside training, which steps on while it is in flight, so what keeps mixing
+    at training's pace is that each exchange ends before the next is due. (A quarter, the first default,
+    held whole models back on loopback where they paid: 4 peers of either MNIST CNN took about twice as long
+    to 98%, BENCHMARKS.md.) A lower share leaves training more of cores that mixing shares with it.
+    `max_exchange_bytes` and
     `max_bytes_per_second` cap what one peer sends per exchange and per second on average; unset, the
     measured link and step times alone decide."""
 
     max_rank: int = field(default=16, metadata=bounds(min=1, max=MAX_MODE))
     full: bool = True
-    time_share: float = field(default=0.25, metadata=bounds(min=0.0, max=1.0, exclusive_min=True))
+    time_share: float = field(default=1.0, metadata=bounds(min=0.0, max=1.0, exclusive_min=True))
     max_exchange_bytes: int | None = field(default=None, metadata=bounds(min=1024))
     max_bytes_per_second: float | None = field(default=None, metadata=bounds(min=0.0, exclusive_min=True))
     wire_dtype: Literal["float32", "float16"] = "float16"

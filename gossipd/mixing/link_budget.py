@@ -3,8 +3,9 @@
 Time to accuracy is steps needed × time per step. Sending more per exchange (a higher rank, whole models)
 mixes more per step, so fewer steps are needed, but only pays while an exchange stays short next to the
 time it has: the time between two of this peer's exchanges (the steps between them times the measured step
-time, or the exchange interval), times `time_share`. On a fast link and a small model that budget buys
-whole models; on a slow link or a big model, rank 1. What an exchange costs is measured, not guessed: its
+time, or the exchange interval), times `time_share` (1 by default: the trainer steps on while an exchange
+is in flight, so an exchange may take until the next is due). On a fast link that budget buys whole
+models; on a slow link, or a big model on a modest one, a low rank. What an exchange costs is measured, not guessed: its
 wall time from first message to last, which holds the link's bandwidth and round trip and the CPU both ends
 spend, contention included.
 

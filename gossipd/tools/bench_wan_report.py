@@ -16,9 +16,11 @@ from typing import Any
 from gossipd.tools.bench_peers_report import LABELS
 from gossipd.tools.netlab_topology import format_rate
 
-GOSSIPD = ("gossipd-plain-paced", "gossipd-powergossip-f16-paced", "gossipd-powergossip-2it-f16-paced")
+DEFAULT = "gossipd-auto-paced"  # the task file's default exchange, step-paced as every gossipd row here
+GOSSIPD = (DEFAULT, "gossipd-plain-paced", "gossipd-powergossip-f16-paced", "gossipd-powergossip-2it-f16-paced")
 RIVALS = ("hivemind", "flower")
-# Goal: gossipd's best setting reaches 98% (mean peer) in at most this share of the faster rival's time.
+# Goal: gossipd's default (its best setting where the default did not run) reaches 98% (mean peer) in at most
+# this share of the faster rival's time.
 TIME_GOALS = {10_000_000: 0.5, 100_000_000: 0.7}
 MAX_PLOT_LINES = 7
 
@@ -108,7 +110,10 @@ def verdict(found: list[dict[str, Any]], rate: int) -> str:
         return f"- {name}: no goal set for this speed."
     if not ours:
         return f"- {name}: **not met**, no gossipd setting reached 98%."
-    best = min(ours, key=lambda r: r["mean_98"])
+    ran_default = [r for r in found if r["system"] == DEFAULT]
+    if ran_default and not any(r["system"] == DEFAULT for r in ours):
+        return f"- {name}: **not met**, gossipd's default did not reach 98%."
+    best = next((r for r in ours if r["system"] == DEFAULT), None) or min(ours, key=lambda r: r["mean_98"])
     if not theirs:
         ran = [r["system"] for r in found if r["system"] in RIVALS]
         why = "neither rival reached 98%" if ran else "no rival run recorded"
