@@ -214,7 +214,7 @@ def format_status(data: dict[str, Any]) -> str:
         for task in tasks
         if task.get("attached_pid") is not None
     ]
-    lines += [_budget_line(task) for task in tasks if task.get("mixing_cpu") is not None]
+    lines += [_budget_line(task) for task in tasks if task.get("mixing_cpu_allowed") is not None]
     lines += [_auto_line(task) for task in tasks if task.get("exchange_budget_ms") is not None]
     lines += [
         f"{task['id']}: waiting for peers: {task['live_peers']} of the {task['min_peers']} live neighbours "
@@ -246,7 +246,10 @@ def _auto_line(task: dict[str, Any]) -> str:
         counts[link["mode"]] = counts.get(link["mode"], 0) + 1
     modes = ", ".join(f"{mode} ×{counts[mode]}" for mode in sorted(counts, key=_mode_order))
     edges = f"edges at {modes}" if counts else "no edge measured yet"
-    return f"{task['id']}: auto exchanges, {_ms(task['exchange_budget_ms'])} budget each; {edges}"
+    line = f"{task['id']}: auto exchanges, {_ms(task['exchange_budget_ms'])} budget each; {edges}"
+    if task.get("mixing_cpu") is not None and task.get("mixing_cpu_allowed") is None:  # a budget has its own line
+        line += f"; mixing used {task['mixing_cpu']:.0%} of a core"
+    return line
 
 
 def _mode_order(mode: str) -> float:

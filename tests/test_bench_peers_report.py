@@ -318,7 +318,7 @@ def test_each_published_workload_has_one_verdict_line_per_goal() -> None:
     current, _ = _published()
     rows = aggregate(current)
     workloads = {(r.model, r.split) for r in rows}
-    assert len(workloads) == 5  # CNN, MLP (IID, Dirichlet 0.5) and the 1.2M CNN (IID)
+    assert len(workloads) == 6  # CNN, MLP and the 1.2M CNN, each IID and Dirichlet 0.5
     for model, split in workloads:
         lines = verdicts([r for r in rows if (r.model, r.split) == (model, split)])
         assert [line.split(":")[0] for line in lines] == [f"- {goal}" for goal in GOALS]

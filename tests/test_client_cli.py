@@ -270,3 +270,6 @@ def test_status_sums_up_the_modes_an_auto_task_exchanges_in() -> None:
     assert "mnist: auto exchanges, 125 ms budget each; edges at rank 4 ×2, full ×1" in text.splitlines()
     assert "fresh: auto exchanges, 7.2 ms budget each; no edge measured yet" in text.splitlines()
     assert "cifar: auto" not in text
+    data["tasks"][0].update(mixing_cpu=0.42)  # measured whether or not a CPU budget caps it
+    line = "mnist: auto exchanges, 125 ms budget each; edges at rank 4 ×2, full ×1; mixing used 42% of a core"
+    assert line in format_status(data).splitlines()

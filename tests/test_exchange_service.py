@@ -1097,6 +1097,30 @@ async def test_a_cpu_budget_stretches_the_pace_while_the_cores_are_busy(
             assert stats.mixing_cpu_allowed == pytest.approx(0.1 + 2.0 - 0.25)
 
 
+async def test_without_a_cpu_budget_mixing_s_cpu_is_still_measured_and_the_pace_kept(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # As above, each exchange costs 50 ms of CPU, about half a core at this pace: the status says so (what
+    # mixing costs training where they share cores), and with no budget nothing stretches.
+    with trio.fail_after(300):
+        async with fake_swarm(seed=11, latency=0.02) as hub:
+            peers = await start_peers(hub, "AB", section=gossip(steps_per_exchange=2), trainer="stepping")
+            for peer in peers:
+                trainer, counters = peer.trainer.trainer, peer.exchange.counters
+
+                def cpu(trainer: Trainer = trainer, counters: ExchangeCounters = counters) -> float:
+                    return trainer.cpu_seconds + 0.05 * (counters.exchanges + counters.failed)
+
+                peer.exchange.cpu_clock = cpu
+            await mix_for(hub, peers, 40)
+
+    for peer in peers:
+        stats = peer.exchange.statistics()
+        assert peer.exchange.cpu_budget is None and stats.mixing_cpu_allowed is None
+        assert stats.mixing_cpu is not None and stats.mixing_cpu >= 0.25, stats.mixing_cpu
+        assert stats.steps_per_exchange == 2 and stats.exchanges >= 20
+
+
 # -- a training budget and the finish ------------------------------------------------------------------------
 
 

@@ -26,6 +26,7 @@ from libp2p.exceptions import BaseLibp2pError
 from libp2p.identity_utils import load_identity, save_identity
 from libp2p.io.abc import Reader
 from libp2p.io.exceptions import MessageTooLarge
+from libp2p.io.trio import TrioTCPStream
 from libp2p.kad_dht import DHTMode, KadDHT
 from libp2p.kad_dht.common import PROTOCOL_ID as DHT_PROTOCOL
 from libp2p.network.config import ConnectionConfig
@@ -33,8 +34,10 @@ from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import PeerInfo, info_from_p2p_addr
 from libp2p.pubsub.gossipsub import PROTOCOL_ID_V11, GossipSub
 from libp2p.pubsub.pubsub import Pubsub
+from libp2p.security.noise.io import MAX_PLAINTEXT_LENGTH
 from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_ID
 from libp2p.security.noise.transport import Transport as NoiseTransport
+from libp2p.stream_muxer.yamux import yamux as yamux_module
 from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_ID
 from libp2p.stream_muxer.yamux.yamux import Yamux, YamuxStream
 from libp2p.tools.anyio_service import background_trio_service
@@ -122,6 +125,49 @@ async def _return_credit_at_half_window(self: YamuxStream, *, bytes_read: int = 
 # Replaced on the class, not in a subclass: py-libp2p's Yamux builds its streams by that name. The adapter
 # is the one user of libp2p in the process, and libp2p is pinned to 0.8.1, whose private names this uses.
 YamuxStream._auto_tune_and_send_window_update = _return_credit_at_half_window  # type: ignore[method-assign]
+
+
+# A Yamux data frame of py-libp2p's largest payload (64 KiB, plus its 12-byte header) is 29 bytes over what
+# one Noise message carries (65,519 bytes of plaintext), so Noise sent every full frame as two messages, the
+# second of 29 bytes: two encryptions, two writes, and two length-then-body reads on the far end for each
+# 64 KiB. Frames of at most one Noise message's plaintext halve that. Only what this end writes changes
+# (py-libp2p reads the name when it slices a write; a reader takes frames of any size up to 64 KiB), so stock
+# peers are unaffected.
+yamux_module.MAX_MESSAGE_SIZE = MAX_PLAINTEXT_LENGTH
+
+
+_TCP_READ = 1 << 18  # bytes asked of the socket at once
+
+
+async def _read_buffered(self: TrioTCPStream, n: int | None = None) -> bytes:
+    """Up to n bytes from the TCP connection, served from what an earlier read took beyond its ask.
+
+    Noise reads each message as its 2-byte length, then its body, each a separate socket read: two system
+    calls and two trips through trio's scheduler per message even when the kernel holds many messages.
+    Asking the socket for up to 256 KiB at once and keeping the rest serves most of those reads from memory.
+    Errors and end of stream are as py-libp2p's own read: it runs once the buffer is empty.
+    """
+    state: tuple[trio.Lock, bytearray] | None = getattr(self, "_gossipd_buffered", None)
+    if state is None:
+        state = self._gossipd_buffered = (trio.Lock(), bytearray())  # type: ignore[attr-defined]
+    lock, buffer = state
+    if n == 0:
+        return b""
+    async with lock:  # one reader at a time, as py-libp2p's read (its own lock guards the socket alone)
+        if not buffer:
+            chunk: bytes = await _stock_tcp_read(self, max(n or 0, _TCP_READ))
+            if n is None or len(chunk) <= n:
+                return chunk
+            buffer += memoryview(chunk)[n:]
+            return chunk[:n]
+        take = len(buffer) if n is None else min(n, len(buffer))
+        data = bytes(buffer[:take])
+        del buffer[:take]
+        return data
+
+
+_stock_tcp_read = TrioTCPStream.read
+TrioTCPStream.read = _read_buffered  # type: ignore[method-assign]
 
 
 _stock_write_msg = Pubsub.write_msg

@@ -59,7 +59,7 @@ _GAUGES: tuple[tuple[str, str, _Getter], ...] = (
     ),
     ("gossipd_samples_per_second", "Recent training throughput.", lambda t: t.samples_per_second),
     ("gossipd_steps_per_exchange", "A step-paced task's steps between exchanges now.", lambda t: t.steps_per_exchange),
-    ("gossipd_mixing_cpu", "Share of a core mixing used lately (CPU budget).", lambda t: t.mixing_cpu),
+    ("gossipd_mixing_cpu", "Share of a core spent on anything but training lately.", lambda t: t.mixing_cpu),
     ("gossipd_mixing_cpu_allowed", "Share of a core the CPU budget allowed mixing.", lambda t: t.mixing_cpu_allowed),
     (
         "gossipd_exchange_budget_seconds",

@@ -123,7 +123,7 @@ class ExchangeStatistics:
     finish_exchanges: int  # exchanges with finished neighbours since this peer's training budget was reached
     finished: bool  # past the budget and done finishing: this peer starts no more exchanges
     steps_per_exchange: int | None  # a step-paced peer's pace now (the CPU budget may have stretched it)
-    mixing_cpu: float | None  # share of a core mixing used over the CPU budget's last window
+    mixing_cpu: float | None  # share of a core spent on anything but training over the last window (2 s)
     mixing_cpu_allowed: float | None  # and what the budget allowed it then
     links: dict[str, EdgeLink]  # an auto task's edges: what each exchanges now, measured how (by peer)
     exchange_budget: float | None  # an auto task's seconds an exchange may take now
@@ -195,6 +195,7 @@ class ExchangeService:
         self.cpu_clock = cpu_clock
         self.idle_clock = idle_clock
         self.cpu_budget: CpuBudget | None = None
+        self.mixing_usage: float | None = None  # share of a core spent on anything but training, last window
         # An auto task's per-edge choice of mode (gossipd.mixing.link_budget); None for fixed algorithms.
         self.family = algorithm if isinstance(algorithm, AutoGossip) else None
         self.ladder = () if self.family is None else self.family.ladder(layout)
@@ -225,7 +226,7 @@ class ExchangeService:
             finish_exchanges=self.settled,
             finished=self.finished,
             steps_per_exchange=None if self.trainer.pacer is None else self.trainer.pacer.every,
-            mixing_cpu=None if self.cpu_budget is None else self.cpu_budget.usage,
+            mixing_cpu=self.mixing_usage,
             mixing_cpu_allowed=None if self.cpu_budget is None else self.cpu_budget.allowed,
             links={peer: dataclasses.replace(link) for peer, link in self.links.links.items()},
             exchange_budget=None if self.family is None else self.exchange_bounds().budget,
@@ -373,8 +374,7 @@ class ExchangeService:
         task_status.started()
         pacer = self.trainer.pacer
         async with trio.open_nursery() as nursery:
-            if self.cpu_budget is not None:
-                nursery.start_soon(self._keep_cpu_budget, self.cpu_budget)
+            nursery.start_soon(self._watch_cpu, self.cpu_budget)
             while True:
                 # Past the training budget no steps come, so finishing is paced by the clock.
                 paced = pacer is not None and not self.trainer.training_done
@@ -400,26 +400,30 @@ class ExchangeService:
                 self._initiated += 1
                 nursery.start_soon(self._initiate_counted, partner)
 
-    async def _keep_cpu_budget(self, budget: CpuBudget) -> None:
-        """Every INTERVAL seconds, stretch or restore the steps between exchanges to keep mixing's CPU time
-        within the budget (gossipd.mixing.cpu_budget)."""
+    async def _watch_cpu(self, budget: CpuBudget | None) -> None:
+        """Every INTERVAL seconds, read the share of a core mixing used (the status shows it: what mixing costs
+        training where they share cores), and with a CPU budget stretch or restore the steps between
+        exchanges to keep it within the budget (gossipd.mixing.cpu_budget)."""
         pacer = self.trainer.pacer
-        assert pacer is not None
         last = (trio.current_time(), self._mixing_cpu(), self.idle_clock())
         while True:
             await trio.sleep(INTERVAL)
             now = (trio.current_time(), self._mixing_cpu(), self.idle_clock())
-            idle = None if now[2] is None or last[2] is None else now[2] - last[2]
-            every = budget.update(Reading(wall=now[0] - last[0], mixing_cpu=now[1] - last[1], idle=idle))
+            wall = now[0] - last[0]
+            if wall > 0:
+                self.mixing_usage = max(0.0, (now[1] - last[1]) / wall)
+            if budget is not None and pacer is not None:
+                idle = None if now[2] is None or last[2] is None else now[2] - last[2]
+                every = budget.update(Reading(wall=wall, mixing_cpu=now[1] - last[1], idle=idle))
+                if every != pacer.every:
+                    log.debug(
+                        "mixing used %.2f of a core (allowed %.2f): an exchange every %d steps",
+                        budget.usage or 0.0,
+                        budget.allowed or 0.0,
+                        every,
+                    )
+                    pacer.set_every(every)
             last = now
-            if every != pacer.every:
-                log.debug(
-                    "mixing used %.2f of a core (allowed %.2f): an exchange every %d steps",
-                    budget.usage or 0.0,
-                    budget.allowed or 0.0,
-                    every,
-                )
-                pacer.set_every(every)
 
     def _mixing_cpu(self) -> float:
         return self.cpu_clock() - self.trainer.training_cpu_seconds()

@@ -132,7 +132,7 @@ class TaskStatus:
     finish_exchanges: int = 0  # exchanges with finished neighbours since the budget was reached
     attached_pid: int | None = None  # the script whose model this task mixes (`gossipd.attach`); None: gossipd's
     steps_per_exchange: int | None = None  # a step-paced task's pace now ([gossip] cpu_budget may stretch it)
-    mixing_cpu: float | None = None  # share of a core mixing used lately (step-paced, with a CPU budget)
+    mixing_cpu: float | None = None  # share of a core spent on anything but training lately (mixing, mostly)
     mixing_cpu_allowed: float | None = None  # what the CPU budget allowed it: the budget, or more when cores idle
     min_peers: int = 0  # [train] min_peers: live neighbours needed to train; 0: none
     live_peers: int = 0  # live neighbours now
