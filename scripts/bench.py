@@ -49,18 +49,12 @@ SPEED_GOAL = 0.9
 WARMUP, WINDOWS, WINDOW = 20.0, 3, 20.0  # seconds; the daemon's figure is the median window
 # Model label -> task file whose model and gossip the speed is measured with.
 SPEED_TASKS = {"small CNN": "mnist-cnn.toml", "1.2M CNN": "mnist-pytorch-example.toml"}
-EMBEDDED_MNIST = REPO / "gossipd" / "embedded" / "mnist"
 
 
 def task_and_data() -> tuple[Path, str | None]:
     if (SHARED_MNIST / "train-images-idx3-ubyte.gz").exists():
         return REPO / "tasks" / "mnist-cnn.toml", str(SHARED_MNIST)
     return REPO / "gossipd" / "embedded" / "default.toml", None
-
-
-def speed_data() -> str:
-    """Full MNIST when present; else the embedded 10k images, which the task files read as well."""
-    return str(SHARED_MNIST) if (SHARED_MNIST / "train-images-idx3-ubyte.gz").exists() else str(EMBEDDED_MNIST)
 
 
 def with_gossip(task_text: str, gossip: str | None, extra_train: str = "") -> str:

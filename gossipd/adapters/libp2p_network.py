@@ -139,6 +139,17 @@ yamux_module.MAX_MESSAGE_SIZE = MAX_PLAINTEXT_LENGTH
 _TCP_READ = 1 << 18  # bytes asked of the socket at once
 
 
+class _SocketRead:
+    """py-libp2p's own read of one TCP connection, for a BufferedReader to refill from."""
+
+    def __init__(self, stream: TrioTCPStream) -> None:
+        self._stream = stream
+
+    async def read(self, n: int | None = None) -> bytes:
+        data: bytes = await _stock_tcp_read(self._stream, n)
+        return data
+
+
 async def _read_buffered(self: TrioTCPStream, n: int | None = None) -> bytes:
     """Up to n bytes from the TCP connection, served from what an earlier read took beyond its ask.
 
@@ -147,23 +158,14 @@ async def _read_buffered(self: TrioTCPStream, n: int | None = None) -> bytes:
     Asking the socket for up to 256 KiB at once and keeping the rest serves most of those reads from memory.
     Errors and end of stream are as py-libp2p's own read: it runs once the buffer is empty.
     """
-    state: tuple[trio.Lock, bytearray] | None = getattr(self, "_gossipd_buffered", None)
+    state: tuple[trio.Lock, BufferedReader] | None = getattr(self, "_gossipd_buffered", None)
     if state is None:
-        state = self._gossipd_buffered = (trio.Lock(), bytearray())  # type: ignore[attr-defined]
-    lock, buffer = state
+        state = self._gossipd_buffered = (trio.Lock(), BufferedReader(_SocketRead(self), chunk=_TCP_READ))  # type: ignore[attr-defined]
     if n == 0:
         return b""
+    lock, reader = state
     async with lock:  # one reader at a time, as py-libp2p's read (its own lock guards the socket alone)
-        if not buffer:
-            chunk: bytes = await _stock_tcp_read(self, max(n or 0, _TCP_READ))
-            if n is None or len(chunk) <= n:
-                return chunk
-            buffer += memoryview(chunk)[n:]
-            return chunk[:n]
-        take = len(buffer) if n is None else min(n, len(buffer))
-        data = bytes(buffer[:take])
-        del buffer[:take]
-        return data
+        return await reader.read(n)
 
 
 _stock_tcp_read = TrioTCPStream.read
@@ -194,14 +196,15 @@ Pubsub.write_msg = _write_msg_record_once  # type: ignore[method-assign]
 class BufferedReader(Reader):
     """Serves reads from a buffer refilled a chunk at a time, so small reads do not each cost the peer a frame."""
 
-    def __init__(self, stream: Any) -> None:
+    def __init__(self, stream: Any, *, chunk: int = _READ_CHUNK) -> None:
         self._stream = stream
+        self._chunk = chunk
         self._buffer = bytearray()
 
     async def read(self, n: int | None = None) -> bytes:
         if not self._buffer:
             # Asking for at least the caller's n: a large frame's body arrives in as few reads as yamux allows.
-            chunk: bytes = await self._stream.read(max(n or 0, _READ_CHUNK))
+            chunk: bytes = await self._stream.read(max(n or 0, self._chunk))
             if not chunk:
                 return b""
             self._buffer += chunk

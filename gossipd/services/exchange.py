@@ -405,10 +405,15 @@ class ExchangeService:
         training where they share cores), and with a CPU budget stretch or restore the steps between
         exchanges to keep it within the budget (gossipd.mixing.cpu_budget)."""
         pacer = self.trainer.pacer
-        last = (trio.current_time(), self._mixing_cpu(), self.idle_clock())
+        budgeted = budget is not None and pacer is not None  # idle cores count only towards a budget
+
+        def reading() -> tuple[float, float, float | None]:
+            return trio.current_time(), self._mixing_cpu(), self.idle_clock() if budgeted else None
+
+        last = reading()
         while True:
             await trio.sleep(INTERVAL)
-            now = (trio.current_time(), self._mixing_cpu(), self.idle_clock())
+            now = reading()
             wall = now[0] - last[0]
             if wall > 0:
                 self.mixing_usage = max(0.0, (now[1] - last[1]) / wall)
