@@ -106,6 +106,26 @@ def keygen(key_file: Path, force: bool) -> None:
     "--link-mbit", type=click.FloatRange(0, min_open=True), help="Auto: every link's modelled rate (default: free)."
 )
 @click.option("--link-ms", default=0.0, type=click.FloatRange(0), help="Auto: every link's modelled one-way latency.")
+@click.option(
+    "--step-ms",
+    default=10.0,
+    show_default=True,
+    type=click.FloatRange(0, min_open=True),
+    help="Auto: a training step's modelled time.",
+)
+@click.option(
+    "--cpu-mb-per-s",
+    default=100.0,
+    show_default=True,
+    type=click.FloatRange(0, min_open=True),
+    help="Auto: the modelled CPU rate of an exchange (MB sent either way per CPU-second).",
+)
+@click.option(
+    "--measured-timing",
+    is_flag=True,
+    help="Auto: time steps and exchanges here instead (choices then follow this machine's load; a seed no "
+    "longer reproduces a run).",
+)
 @click.option("--partition", help="iid, contiguous, dirichlet:ALPHA or shards:S (default: the task's).")
 @click.option("--steps", default=200, show_default=True, type=click.IntRange(1), help="Rounds to run.")
 @click.option(
@@ -142,6 +162,9 @@ def simulate(
     weight: float | None,
     link_mbit: float | None,
     link_ms: float,
+    step_ms: float,
+    cpu_mb_per_s: float,
+    measured_timing: bool,
     partition: str | None,
     steps: int,
     finish_rounds: int,
@@ -168,7 +191,7 @@ def simulate(
     from gossipd.data.partition import parse_partition
     from gossipd.data.registry import load_data
     from gossipd.sim.progress import Progress
-    from gossipd.sim.simulator import Simulation, SimulationConfig
+    from gossipd.sim.simulator import MEASURED, ModelledTiming, Simulation, SimulationConfig
     from gossipd.task.overrides import with_gossip, with_personal
 
     task = _load(task_file, data_root)
@@ -206,6 +229,7 @@ def simulate(
             finish_rounds=finish_rounds,
             link_bytes_per_second=None if link_mbit is None else link_mbit * 1e6 / 8,
             link_latency=link_ms / 1000,
+            timing=MEASURED if measured_timing else ModelledTiming(step_ms / 1000, cpu_mb_per_s * 1e6),
         )
         simulation = Simulation(task, data, config)
     except (TaskError, ValueError) as exc:
@@ -259,7 +283,10 @@ def _summary(report: Any) -> str:
         f"  bytes/exch.  {report.bytes_per_exchange:,.0f} (plain {report.plain_bytes_per_exchange:,}, "
         f"ratio {report.compression_ratio:.1f}x) over {report.exchanges} exchanges",
         *(
-            [f"  modes        {', '.join(f'{mode} ×{count:,}' for mode, count in report.modes.items())}"]
+            [
+                f"  modes        {', '.join(f'{mode} ×{count:,}' for mode, count in report.modes.items())}"
+                f"  (times {report.timing})"
+            ]
             if report.modes
             else []
         ),

@@ -41,7 +41,7 @@ def run_one(job: dict[str, Any]) -> dict[str, Any]:
     torch.set_num_threads(1)
     from gossipd.data.registry import load_data
     from gossipd.sim.progress import Progress
-    from gossipd.sim.simulator import Simulation, SimulationConfig
+    from gossipd.sim.simulator import MEASURED, Simulation, SimulationConfig
     from gossipd.task.loader import load_task
     from gossipd.task.overrides import with_personal
 
@@ -50,6 +50,7 @@ def run_one(job: dict[str, Any]) -> dict[str, Any]:
     )
     data = load_data(task.data, task.task.seed)
     config = SimulationConfig(
+        timing=MEASURED,  # as daemons on this machine would time them
         peers=8,
         rounds=job["rounds"],
         partition=job["partition"],

@@ -52,7 +52,7 @@ def run_one(job: dict[str, Any]) -> dict[str, Any]:
     torch.set_num_threads(1)
     from gossipd.data.registry import load_data
     from gossipd.sim.progress import Progress
-    from gossipd.sim.simulator import Simulation, SimulationConfig
+    from gossipd.sim.simulator import MEASURED, Simulation, SimulationConfig
     from gossipd.task.loader import load_task
     from gossipd.task.overrides import with_gossip
 
@@ -61,6 +61,7 @@ def run_one(job: dict[str, Any]) -> dict[str, Any]:
         task = with_gossip(task, job["algorithm"], job["options"])
     data = load_data(task.data, task.task.seed)
     config = SimulationConfig(
+        timing=MEASURED,  # as daemons on this machine would time them
         peers=job["peers"],
         rounds=job["rounds"],
         partition=job["partition"],

@@ -51,13 +51,14 @@ def run_one(job: dict[str, Any]) -> dict[str, Any]:
     torch.set_num_threads(1)
     from gossipd.data.registry import load_data
     from gossipd.sim.progress import Progress
-    from gossipd.sim.simulator import Simulation, SimulationConfig
+    from gossipd.sim.simulator import MEASURED, Simulation, SimulationConfig
     from gossipd.task.loader import load_task
 
     task = load_task(job["task"], data_root=job["data_root"])
     task = dataclasses.replace(task, gossip=dataclasses.replace(task.gossip, view_size=job["view"]))
     data = load_data(task.data, task.task.seed)
     config = SimulationConfig(
+        timing=MEASURED,  # as daemons on this machine would time them
         peers=job["peers"],
         rounds=job["rounds"],
         seed=0,

@@ -28,6 +28,25 @@ def test_the_radius_waits_for_a_trusted_scale_then_follows_the_median() -> None:
     assert clipper.factor(30.0) == pytest.approx(clipper.radius() / 30.0, rel=0.5)
 
 
+def test_one_neighbour_however_often_it_exchanges_is_one_vote_on_the_radius() -> None:
+    clipper = Clipper(RobustSection(multiplier=2.0, min_samples=8))
+    for peer, distance in ((b"a", 1.0), (b"b", 1.2), (b"c", 0.8)):
+        clipper.factor(distance, peer)
+    for _ in range(9):  # an attacker makes three quarters of the exchanges, each far out
+        clipper.factor(1000.0, b"attacker")
+    # By exchanges the median would be 1000; by neighbours, the lower median of 0.8, 1.0, 1.2 and 1000.
+    assert clipper.radius() == pytest.approx(2.0 * 1.0)
+    assert clipper.factor(1000.0, b"attacker") == pytest.approx(2.0 / 1000.0)
+
+
+def test_with_two_neighbours_the_nearer_sets_the_scale() -> None:
+    clipper = Clipper(RobustSection(multiplier=2.0, min_samples=4))
+    for _ in range(2):
+        clipper.factor(1.0, b"honest")
+        clipper.factor(50.0, b"attacker")
+    assert clipper.radius() == pytest.approx(2.0)
+
+
 def test_a_neighbour_clipped_again_and_again_becomes_a_suspect_until_forgiven() -> None:
     clipper = Clipper(RobustSection(radius=1.0, suspect_after=3))
     for _ in range(2):

@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from gossipd.cli import main
 from gossipd.data.registry import load_data
 from gossipd.sim.progress import Progress
-from gossipd.sim.simulator import Simulation, SimulationConfig
+from gossipd.sim.simulator import ModelledTiming, Simulation, SimulationConfig
 from gossipd.task.loader import parse_task
 from tests.conftest import DEFAULT_TASK
 
@@ -73,6 +73,27 @@ def test_partition_and_seed_change_the_run_but_repeat_exactly() -> None:
     assert first.mean_accuracy == again.mean_accuracy
     assert first.consensus_distance_end == again.consensus_distance_end
     assert run(seed=1, partition="shards:2").mean_accuracy != first.mean_accuracy
+
+
+def test_an_auto_run_repeats_exactly_under_modelled_timing_and_follows_the_model() -> None:
+    """The controller's step and exchange times are modelled, not read off this machine's clock: the same
+    seed picks the same modes anywhere. A slower modelled CPU keeps edges on cheaper modes."""
+    task = parse_task(
+        DEFAULT_TASK.read_text().replace('name = "cnn"', 'name = "logistic"'),
+        file="a.toml",
+        base_dir=DEFAULT_TASK.parent,
+    )
+    data = load_data(task.data, task.task.seed)
+
+    def run(timing: ModelledTiming) -> Any:
+        config = SimulationConfig(peers=4, rounds=30, centralised=False, seed=1, timing=timing)
+        return Simulation(task, data, config).run()
+
+    first, again = run(ModelledTiming()), run(ModelledTiming())
+    assert first.modes == again.modes and first.mean_accuracy == again.mean_accuracy
+    assert first.timing == "modelled: 10 ms per step, exchange CPU 100 MB/s"
+    slow = run(ModelledTiming(cpu_bytes_per_second=1e6))  # a whole logistic model: ~60 ms of a 10 ms budget
+    assert first.modes.get("full", 0) > 0 and slow.modes.get("full", 0) < first.modes["full"] / 2, (first, slow)
 
 
 def test_finish_rounds_mix_without_training_and_bring_the_copies_together() -> None:

@@ -21,7 +21,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final, Literal
 
 import torch
 
@@ -50,6 +50,23 @@ from gossipd.wire.errors import WireError
 from gossipd.wire.messages import decode_message, encode_message, framed_size
 
 
+@dataclass(frozen=True)
+class ModelledTiming:
+    """What an auto task's controller is told steps and exchanges take, instead of timing them here: measured
+    times vary with the machine and its load, and so would every choice of mode that follows from them, and
+    the run with it. Modelled, a seed reproduces a run on any machine."""
+
+    step_seconds: float = 0.01  # one training step
+    cpu_bytes_per_second: float = 100e6  # an exchange's CPU at both ends, per byte sent either way
+
+    def __post_init__(self) -> None:
+        if self.step_seconds <= 0 or self.cpu_bytes_per_second <= 0:
+            raise ValueError("modelled step time and CPU rate must be positive")
+
+
+MEASURED: Final = "measured"  # SimulationConfig.timing: time the steps and exchanges of this run on this machine
+
+
 @dataclass(frozen=True, kw_only=True)
 class SimulationConfig:
     peers: int = 8
@@ -70,10 +87,13 @@ class SimulationConfig:
     byzantine: int = 0  # the last `byzantine` peers attack instead of training
     attack: str = "sign-flip"  # what they send: see ATTACKS
     finish_rounds: int = 0  # after the last round, rounds of mixing alone (the daemon's finish)
-    # An auto task's modelled links (gossipd.mixing.link_budget): an exchange takes the CPU it measurably
-    # takes here, plus its bytes over this rate (None: bytes cost no time), plus a round trip per round.
+    # An auto task's modelled links (gossipd.mixing.link_budget): an exchange takes its CPU (see `timing`),
+    # plus its bytes over this rate (None: bytes cost no time), plus a round trip per round.
     link_bytes_per_second: float | None = None
     link_latency: float = 0.0  # seconds, one way
+    # The step and exchange CPU times an auto task's controller goes by: modelled by default, so that a seed
+    # reproduces a run; MEASURED times them here (the choices then follow this machine and its load).
+    timing: ModelledTiming | Literal["measured"] = ModelledTiming()
 
 
 def _sign_flip(params: dict[str, torch.Tensor], rng: torch.Generator) -> dict[str, torch.Tensor]:
@@ -312,12 +332,24 @@ class Simulation:
         self.exchange_bytes += traffic.total
         self.exchanges += 1
 
+    def timing_description(self) -> str:
+        timing = self.config.timing
+        if not isinstance(timing, ModelledTiming):
+            return "measured"
+        return (
+            f"modelled: {timing.step_seconds * 1000:g} ms per step, "
+            f"exchange CPU {timing.cpu_bytes_per_second / 1e6:g} MB/s"
+        )
+
     def _bounds(self) -> Bounds:
         """An exchange's bounds as a daemon computes them: a peer here starts one exchange per round, so the
         time between two is a round's training steps at the measured time per step."""
         assert self.family is not None
         config = self.family.config
-        per_step = self.train_seconds / self.train_steps if self.train_steps else 0.0
+        if isinstance(self.config.timing, ModelledTiming):
+            per_step = self.config.timing.step_seconds
+        else:
+            per_step = self.train_seconds / self.train_steps if self.train_steps else 0.0
         interval = per_step * self.task.train.local_steps if per_step > 0 else self.task.gossip.exchange_interval
         return exchange_bounds(
             interval=max(interval, 1e-4),
@@ -343,7 +375,9 @@ class Simulation:
     def _record_link(self, peer: SimPeer, partner: SimPeer, mode: int, traffic: Traffic, cpu: float) -> None:
         """What the exchange would have taken between two daemons: the two ends compute at once (here one
         after the other, so half the measured time), each direction carries its own bytes, and every round
-        costs a round trip."""
+        costs a round trip. Under modelled timing the CPU is the bytes at the modelled rate."""
+        if isinstance(self.config.timing, ModelledTiming):
+            cpu = 2 * traffic.total / self.config.timing.cpu_bytes_per_second
         seconds = cpu / 2 + 2 * self.config.link_latency * max(1, traffic.messages // 2)
         if self.config.link_bytes_per_second is not None:
             seconds += max(traffic.a_sent, traffic.b_sent) / self.config.link_bytes_per_second
