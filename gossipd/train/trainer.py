@@ -20,6 +20,7 @@ from torch import nn
 
 from gossipd.data.spec import ArrayDataset, Kind
 from gossipd.task.schema import TrainSection
+from gossipd.train.adam import Adam
 from gossipd.train.privacy import DPState, PrivacySection, check_model, private_gradients, steps_within_budget
 from gossipd.train.sgd import Sgd
 
@@ -46,7 +47,7 @@ class Evaluation:
 
 
 class Optimizer(Protocol):
-    """What the trainer asks of an optimiser: torch's, or `Sgd`."""
+    """What the trainer asks of an optimiser: torch's, or `Sgd` and `Adam` (gossipd.train.functional_optimizer)."""
 
     param_groups: list[dict[str, Any]]
 
@@ -62,7 +63,7 @@ class Optimizer(Protocol):
 def build_optimizer(section: TrainSection, params: Iterable[nn.Parameter]) -> Optimizer:
     params = list(params)
     if section.optimizer == "sgd":
-        # Torch's SGD update without the ~70 MB of torch._dynamo that any torch.optim optimiser imports.
+        # Torch's updates without the ~70 MB of torch._dynamo that any torch.optim optimiser imports.
         return Sgd(
             params,
             lr=section.lr,
@@ -71,8 +72,8 @@ def build_optimizer(section: TrainSection, params: Iterable[nn.Parameter]) -> Op
             weight_decay=section.weight_decay,
         )
     if section.optimizer == "adam":
-        return torch.optim.Adam(params, lr=section.lr, weight_decay=section.weight_decay)
-    return torch.optim.AdamW(params, lr=section.lr, weight_decay=section.weight_decay)
+        return Adam(params, lr=section.lr, weight_decay=section.weight_decay)
+    return Adam(params, lr=section.lr, weight_decay=section.weight_decay, decoupled_weight_decay=True)
 
 
 def learning_rate(section: TrainSection, step: int) -> float:
