@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from gossipd.tools.bench_daemon_report import report
 from gossipd.tools.reporting import machine, replace_section
 from gossipd.tools.swarm import Swarm, running_swarm
 
@@ -45,7 +46,6 @@ def cpu_count() -> int:
     return len(os.sched_getaffinity(0))
 
 
-SPEED_GOAL = 0.9
 WARMUP, WINDOWS, WINDOW = 20.0, 3, 20.0  # seconds; the daemon's figure is the median window
 # Model label -> task file whose model and gossip the speed is measured with.
 SPEED_TASKS = {"small CNN": "mnist-cnn.toml", "1.2M CNN": "mnist-pytorch-example.toml"}
@@ -238,82 +238,6 @@ def time_to_accuracy(
     return {"label": label, "target": target, "reached": reached, "best_mean_accuracy": best, "trace": trace}
 
 
-# -- report ------------------------------------------------------------------------------------------
-
-
-def report(results: dict[str, Any], elapsed: float) -> str:
-    speed, flow, runs = results["speed"], results["throughput"], results["accuracy"]
-    lines = [
-        f"Measured {datetime.date.today().isoformat()} on {machine()}; `make bench` ({elapsed / 60:.0f} min).",
-        "",
-        "| measure | gossipd | yardstick | ratio | goal |",
-        "| --- | ---: | ---: | ---: | ---: |",
-    ]
-    for label, measured in speed.items():
-        for kind in ("cpu", "cuda"):
-            pair = measured if kind == "cpu" else measured.get("cuda")
-            if pair is None:
-                continue
-            daemon, bare = pair["daemon"]["samples_per_second"], pair["bare"]
-            where = "CPU, one core each" if kind == "cpu" else "CUDA"
-            lines.append(
-                f"| training samples/s, {label}, {where} (daemon mixing vs bare torch loop) | {daemon:,.0f} | "
-                f"{bare:,.0f} | **{daemon / bare:.3f}** | ≥ {SPEED_GOAL} |"
-            )
-    lines += [
-        f"| 10 MB frame, MB/s (libp2p mix stream vs raw loopback TCP) | {flow['libp2p']:.0f} | {flow['tcp']:.0f} | "
-        f"**{flow['libp2p'] / flow['tcp']:.2f}** | ≥ 0.5 |",
-        "",
-    ]
-    for label, measured in speed.items():
-        daemon = measured["daemon"]
-        modes = f": {', '.join(daemon['modes'])}" if daemon["modes"] else ""
-        cost = ""
-        if daemon.get("mixing_cpu") is not None and daemon["moved_per_second"] > 0:
-            moved = daemon["moved_per_second"] / 1e6
-            per_exchange = daemon["mixing_cpu"] * 1e3 / max(daemon["exchanges_per_second"], 1e-9)
-            cost = (
-                f"; anything but training took {daemon['mixing_cpu']:.0%} of its core while it sent and received "
-                f"{moved:,.1f} MB/s: {per_exchange:.0f} ms of CPU per exchange, "
-                f"{daemon['mixing_cpu'] * 1e3 / moved:.0f} ms per MB"
-            )
-        lines.append(
-            f"- While measured ({label}), the mixing daemon ran {daemon['exchanges_per_second']:.1f} exchanges/s "
-            f"with its one neighbour, {daemon['bytes_per_exchange'] / 1e3:,.0f} KB sent per exchange "
-            f"(`{daemon['algorithm']}`{modes}){cost}; samples/s in the three windows: "
-            f"{', '.join(f'{w:,.0f}' for w in daemon['windows'])}."
-        )
-    ratios = [m["daemon"]["samples_per_second"] / m["bare"] for m in speed.values()]
-    figures = ", ".join(f"{label} {ratio:.2f}" for label, ratio in zip(speed, ratios, strict=True))
-    verdict = "met" if min(ratios) >= SPEED_GOAL else "NOT met"
-    frame = flow["libp2p"] / flow["tcp"]
-    lines += [
-        "",
-        f"- **Training speed with the default gossip ≥ {SPEED_GOAL}× a bare loop: {verdict}** ({figures}).",
-        f"- **A 10 MB frame at ≥ 0.5× raw TCP: {'met' if frame >= 0.5 else 'NOT met'}** ({frame:.2f}).",
-        "",
-        f"4 daemons, {results['dataset']}, small CNN, SGD lr 0.05 momentum 0.9, batch 32, each daemon on "
-        f"its own quarter of the data, {cpu_count()} cores shared; time from the swarm being up until the "
-        "mean of the peers' held-out accuracy (5,000 images, every 200 steps) first reaches the target; "
-        "bytes sent by all daemons by then, framing included.",
-        "",
-        "| algorithm | target | seconds | bytes sent | exchanges | best mean accuracy |",
-        "| --- | ---: | ---: | ---: | ---: | ---: |",
-    ]
-    for run in runs:
-        hit = run["reached"]
-        if hit is None:
-            lines.append(
-                f"| {run['label']} | {run['target']:.0%} | not reached | — | — | {run['best_mean_accuracy']:.4f} |"
-            )
-        else:
-            lines.append(
-                f"| {run['label']} | {run['target']:.0%} | {hit['seconds']:.0f} | {hit['bytes'] / 1e6:,.1f} MB "
-                f"| {hit['exchanges']:,} | {run['best_mean_accuracy']:.4f} |"
-            )
-    return "\n".join(lines)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--limit", type=float, default=600.0, help="seconds allowed per accuracy run")
@@ -350,7 +274,9 @@ def main() -> None:
     results = {"speed": speed, "throughput": flow, "accuracy": runs, "dataset": dataset}
     OUT.mkdir(exist_ok=True)
     (OUT / "bench.json").write_text(json.dumps(results, indent=1))
-    text = report(results, time.monotonic() - started)
+    text = report(
+        results, elapsed=time.monotonic() - started, when=datetime.date.today(), machine=machine(), cores=cpu_count()
+    )
     print(text)
     if not args.no_write:
         replace_section(
