@@ -16,7 +16,7 @@ from gossipd.mixing.clipping import Clipper, RobustSection
 from gossipd.mixing.edge import EdgeState
 from gossipd.mixing.edge_store import edges_from_state, edges_to_state
 from gossipd.mixing.layout import ParamLayout, max_message_bytes
-from gossipd.mixing.link_budget import CLIMB_AFTER, Bounds, LinkBudget, exchange_bounds
+from gossipd.mixing.link_budget import CLIMB_AFTER, REMEASURE_AFTER, Bounds, LinkBudget, exchange_bounds
 from gossipd.mixing.local import run_pair
 from gossipd.mixing.plain import PlainConfig, PlainGossip
 from gossipd.mixing.powergossip import PowerGossipEdge
@@ -304,6 +304,32 @@ def test_a_byte_cap_bounds_the_modes_whatever_the_link() -> None:
     assert choose(links, budget=10.0, cap=2_500) == 2
     assert choose(links, budget=10.0, cap=10) == 1  # below the cheapest mode: still mixes, at rank 1
     assert "byte cap" in links.links["p"].reason
+
+
+def test_a_neighbours_refusal_for_its_byte_cap_keeps_the_edge_below_that_mode_until_it_is_tried_again() -> None:
+    links = LinkBudget(clock=lambda: 0.0)
+    for _ in range(20):
+        record(links, choose(links, budget=10.0), 0.0001, budget=10.0)
+    assert choose(links, budget=10.0) == FULL
+    links.over_cap("p", FULL, LADDER)
+    assert "neighbour's byte cap" in links.links["p"].reason
+    # Calm exchanges and a full bank buy nothing above the ceiling...
+    chosen = set()
+    for _ in range(REMEASURE_AFTER - 1):
+        mode = choose(links, budget=10.0)
+        chosen.add(mode)
+        links.record("p", mode, LADDER, seconds=0.0001, sent=1, received=1, budget=10.0, started_here=True)
+    assert chosen == {4}
+    # ...and a finishing peer settles under it too; a later refusal only lowers it.
+    assert settle(links, limit=1.0) == 4
+    links.over_cap("p", 4, LADDER)
+    assert choose(links, budget=10.0) == 2 and settle(links, limit=1.0) == 2
+    # The neighbour's cap per second follows its pace: after REMEASURE_AFTER exchanges the edge may try again.
+    for _ in range(REMEASURE_AFTER):
+        record(links, choose(links, budget=10.0), 0.0001, budget=10.0)
+    assert choose(links, budget=10.0) > 2
+    links.over_cap("p", 1, LADDER)  # the cheapest mode is never refused; were it, the edge would keep it
+    assert choose(links, budget=10.0) == 1
 
 
 def test_the_peers_choices_are_measured_but_do_not_move_this_ends_mode() -> None:

@@ -263,13 +263,18 @@ async def start_peers(
     trainer: Trainers,
     budgets: list[int | None] | None = None,
     examples: list[int] | None = None,
+    own: dict[str, GossipSection] | None = None,
 ) -> list[Peer]:
     """Peers that all know each other as live members of the task, in their views; with `examples`, their
-    declared dataset sizes in a task weighted by samples."""
+    declared dataset sizes in a task weighted by samples; `own`: a peer's own section instead of `section`
+    (settings outside the task hash)."""
     budgets = budgets or [None] * len(names)
     sizes: list[int | None] = list(examples) if examples is not None else [None] * len(names)
+    own = own or {}
     peers = [
-        await start_peer(hub, name, seed=i, section=section, trainer=trainer, budget=budget, examples=size)
+        await start_peer(
+            hub, name, seed=i, section=own.get(name, section), trainer=trainer, budget=budget, examples=size
+        )
         for i, (name, budget, size) in enumerate(zip(names, budgets, sizes, strict=True))
     ]
     for peer in peers:
@@ -404,6 +409,31 @@ async def test_auto_edges_send_whole_models_on_a_fast_link_and_stay_at_rank_1_on
         for link in stats.links.values():
             assert link.bytes_per_second is not None and link.bytes_per_second > 0
             assert link.reason
+
+
+async def test_a_peer_with_a_byte_cap_mixes_in_an_uncapped_swarm_and_no_exchange_it_is_in_exceeds_its_cap(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A's own `max_exchange_bytes` lies between the logistic model's rank 1 and its whole model. B and C climb
+    to whole models with each other; A starts none, refuses the ones B and C open (`over-cap`, no failure)
+    and they learn to stay at rank 1 with it. The pairs' sums hold throughout."""
+    capped = dataclasses.replace(gossip("auto"), config=AutoConfig(max_exchange_bytes=50))
+    with trio.fail_after(120):
+        async with fake_swarm(seed=2, latency=0.001) as hub:
+            peers = await start_peers(hub, "ABC", section=gossip("auto"), trainer="paused", own={"A": capped})
+            before, after = await mix_for(hub, peers, 40)
+    assert sum_drift(before, after) <= 1e-5
+    a, b, c = peers
+    assert spread(after) < spread(before) / 2
+    assert {mode for link in a.exchange.statistics().links.values() for mode in link.seconds} == {1}
+    for neighbour, other in ((b, c), (c, b)):
+        stats = neighbour.exchange.statistics()
+        assert stats.failed == 0
+        to_a, to_other = stats.links[a.id], stats.links[other.id]
+        assert set(to_a.seconds) == {1} and to_a.ceiling == 0, to_a
+        assert "neighbour's byte cap" in to_a.reason
+        assert FULL in to_other.seconds  # the uncapped pair still sends whole models
+    assert a.exchange.statistics().failed == 0 and a.exchange.statistics().exchanges > 10
 
 
 async def test_each_peers_ledger_books_every_exchange_and_byte_to_the_neighbour_it_was_with(

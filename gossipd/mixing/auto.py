@@ -23,7 +23,7 @@ from gossipd.mixing.algorithm import Algorithm, ExchangeContext, Rounds
 from gossipd.mixing.layout import ParamLayout, low_rank_pays, matrix_shape
 from gossipd.mixing.plain import PlainConfig, PlainGossip
 from gossipd.mixing.powergossip import PowerGossip, PowerGossipConfig
-from gossipd.task.fields import bounds
+from gossipd.task.fields import LOCAL, bounds
 from gossipd.wire.messages import MAX_MODE
 from gossipd.wire.tensors import DTYPES
 
@@ -41,13 +41,14 @@ class AutoConfig:
     to 98%, BENCHMARKS.md.) A lower share leaves training more of cores that mixing shares with it.
     `max_exchange_bytes` and
     `max_bytes_per_second` cap what one peer sends per exchange and per second on average; unset, the
-    measured link and step times alone decide."""
+    measured link and step times alone decide. These three are each peer's own (LOCAL: outside the task
+    hash); the ladder's bounds, which both ends of an exchange must share, are in it."""
 
     max_rank: int = field(default=16, metadata=bounds(min=1, max=MAX_MODE))
     full: bool = True
-    time_share: float = field(default=1.0, metadata=bounds(min=0.0, max=1.0, exclusive_min=True))
-    max_exchange_bytes: int | None = field(default=None, metadata=bounds(min=1024))
-    max_bytes_per_second: float | None = field(default=None, metadata=bounds(min=0.0, exclusive_min=True))
+    time_share: float = field(default=1.0, metadata={**bounds(min=0.0, max=1.0, exclusive_min=True), **LOCAL})
+    max_exchange_bytes: int | None = field(default=None, metadata={**bounds(min=1024), **LOCAL})
+    max_bytes_per_second: float | None = field(default=None, metadata={**bounds(min=0.0, exclusive_min=True), **LOCAL})
     wire_dtype: Literal["float32", "float16"] = "float16"
 
 

@@ -12,7 +12,9 @@ spend, contention included.
 Per edge the controller climbs one rung after `CLIMB_AFTER` exchanges in a row that took under half the
 budget, if the next rung is predicted to fit (its own recent duration, or this rung's plus the extra bytes at
 the measured cost per byte), and drops at once when the rung's running mean goes over the budget, when one
-exchange takes over `SPIKE` budgets, or when one fails. Byte caps bound the rungs outright.
+exchange takes over `SPIKE` budgets, or when one fails. Byte caps bound the rungs outright: this peer's own,
+and the neighbour's, learnt when it refuses a mode over its cap (`over_cap`; caps are each peer's own
+setting, not the task's, so a capped peer mixes in the same swarm as uncapped ones).
 
 What the exchanges this peer starts leave of their budgets is banked per edge (up to `BANK_CAP` budgets),
 and once the bank covers a dearer mode's predicted time, one exchange is spent on it: whole models now and
@@ -70,6 +72,8 @@ class EdgeLink:
     first_at: float | None = None  # clock of the first exchange
     last_at: float | None = None
     settled: int | None = None  # the rung exchanges started while finishing use (chosen once, lowered on failure)
+    ceiling: int | None = None  # the highest rung the neighbour accepts: it refused the one above for its byte cap
+    ceiling_at: int = 0  # `exchanges` when the ceiling was learnt (it lapses after REMEASURE_AFTER)
 
 
 @dataclass(frozen=True)
@@ -90,11 +94,10 @@ class LinkBudget:
     def choose(self, peer: str, ladder: Sequence[int], bytes_of: Callable[[int], int], bounds: Bounds) -> Choice:
         """The mode of the next exchange this peer starts with `peer`."""
         link = self.links.setdefault(peer, EdgeLink())
-        allowed = [i for i, mode in enumerate(ladder) if bounds.max_bytes is None or bytes_of(mode) <= bounds.max_bytes]
-        top = allowed[-1] if allowed else 0  # the cheapest rung whatever the cap: an edge must mix
+        top = _top(link, ladder, bytes_of, bounds)
         rung = min(link.rung, len(ladder) - 1, top)
         if rung < link.rung:
-            link.reason = f"{describe_mode(ladder[rung])}: the byte cap allows no more"
+            link.reason = f"{describe_mode(ladder[rung])}: {_capped_by(link, top)} allows no more"
         link.rung = rung
         if link.calm >= CLIMB_AFTER and rung < top:
             mode, higher = ladder[rung], ladder[rung + 1]
@@ -131,14 +134,13 @@ class LinkBudget:
         """The mode of an exchange this peer starts while finishing: chosen once per edge (see the module's
         docstring), then kept, one rung lower after each failure."""
         link = self.links.setdefault(peer, EdgeLink())
-        allowed = [i for i, mode in enumerate(ladder) if bounds.max_bytes is None or bytes_of(mode) <= bounds.max_bytes]
-        top = allowed[-1] if allowed else 0
+        top = _top(link, ladder, bytes_of, bounds)
         if link.settled is None:
             link.settled = self._fastest_within(link, ladder, top, bytes_of, limit)
             mode = ladder[link.settled]
             link.reason = f"{describe_mode(mode)}: finishing, the dearest mode predicted within {_ms(limit)}"
             if link.settled == top and top < len(ladder) - 1:
-                link.reason = f"{describe_mode(mode)}: finishing, the byte cap allows no more"
+                link.reason = f"{describe_mode(mode)}: finishing, {_capped_by(link, top)} allows no more"
         link.settled = min(link.settled, top)
         return Choice(ladder[link.settled], link.reason)
 
@@ -224,6 +226,22 @@ class LinkBudget:
             link.rung = min(link.rung, len(ladder) - 1) - 1
             link.reason = f"{describe_mode(ladder[link.rung])}: the last exchange failed"
 
+    def over_cap(self, peer: str, mode: int, ladder: Sequence[int]) -> None:
+        """`peer` refused an exchange of `mode` this peer started: it sends more than the neighbour's byte cap
+        allows. The edge stays at most one rung lower for REMEASURE_AFTER exchanges (its cap per second
+        follows its own pace, so the ceiling may lift), and the refusal counts as no failure."""
+        if mode not in ladder:
+            return
+        link = self.links.setdefault(peer, EdgeLink())
+        ceiling = max(0, ladder.index(mode) - 1)
+        link.ceiling = ceiling if link.ceiling is None or _ceiling_lapsed(link) else min(link.ceiling, ceiling)
+        link.ceiling_at = link.exchanges
+        link.rung = min(link.rung, link.ceiling)
+        link.calm = 0
+        if link.settled is not None:
+            link.settled = min(link.settled, link.ceiling)
+        link.reason = f"{describe_mode(ladder[link.ceiling])}: the neighbour's byte cap refused {describe_mode(mode)}"
+
     def forget(self, peer: str) -> None:
         self.links.pop(peer, None)
 
@@ -253,6 +271,24 @@ class LinkBudget:
             if math.isfinite(per_byte):
                 return current + max(0.0, per_byte) * (bigger - size)
         return current * bigger / max(1, size) if scale else None
+
+
+def _top(link: EdgeLink, ladder: Sequence[int], bytes_of: Callable[[int], int], bounds: Bounds) -> int:
+    """The highest rung this edge may use: under this peer's byte caps and the neighbour's learnt ceiling,
+    and never below the cheapest (an edge must mix)."""
+    allowed = [i for i, mode in enumerate(ladder) if bounds.max_bytes is None or bytes_of(mode) <= bounds.max_bytes]
+    top = allowed[-1] if allowed else 0
+    if link.ceiling is not None and not _ceiling_lapsed(link):
+        top = min(top, link.ceiling)
+    return top
+
+
+def _ceiling_lapsed(link: EdgeLink) -> bool:
+    return link.exchanges - link.ceiling_at >= REMEASURE_AFTER
+
+
+def _capped_by(link: EdgeLink, top: int) -> str:
+    return "the neighbour's byte cap" if link.ceiling == top and not _ceiling_lapsed(link) else "the byte cap"
 
 
 def exchange_rate(link: EdgeLink) -> float | None:

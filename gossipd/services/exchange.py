@@ -72,9 +72,11 @@ REJECTION_BACKOFF = 30.0  # seconds a peer that sent a message we had to reject 
 # seconds (a neighbour may have come back to life). Polling every 10 ms instead cost a daemon with no
 # neighbour 5% of a core.
 PARTNER_WAIT = 0.25
-SOFT_ABORTS = ("busy", "joining", "stopping", "backoff")
+# An auto exchange whose mode sends more than the answering end's byte cap allows: the opener goes lower.
+OVER_CAP = "over-cap"
+SOFT_ABORTS = ("busy", "joining", "stopping", "backoff", OVER_CAP)
 # Refusals after which a stream that already carried an exchange stays open for the next one ("stopping" ends it).
-PASSING_REFUSALS = ("busy", "joining", "backoff")
+PASSING_REFUSALS = ("busy", "joining", "backoff", OVER_CAP)
 # An opener reuses an idle stream for this long; the answering end waits longer than that for the next hello
 # (then resets the stream), so a stream is only given up by the end that would have reused it.
 STREAM_REUSE = 10.0
@@ -585,6 +587,9 @@ class ExchangeService:
                 if hello is not first:  # a closed task's: the key handshake came first
                     self._count_bytes(peer, received=framed_size(len(encode_message(hello))))
                 self.peers.saw(peer, "inbound", member=True, addresses=self.network.known_addresses(peer))
+                if self._over_cap(hello):
+                    await self._refuse(stream, OVER_CAP, close=False)
+                    return True
                 session = await self._session(peer)
                 await self._finish(peer, stream, session, first=hello)
                 return True
@@ -616,6 +621,17 @@ class ExchangeService:
 
     def count_rejection(self, reason: str) -> None:
         self.counters.rejections[reason] = self.counters.rejections.get(reason, 0) + 1
+
+    def _over_cap(self, hello: Message) -> bool:
+        """Whether the opener of an auto exchange chose a mode that sends more than this peer's own byte caps
+        allow. Caps are each peer's setting, outside the task hash, so the opener may not know them; it
+        learns from the refusal (LinkBudget.over_cap). The cheapest mode is never refused: an edge must mix."""
+        if self.family is None or hello.mode is None or not self.family.accepts(hello.mode, self.layout):
+            return False  # a fixed algorithm, or a mode off the ladder, which the session rejects
+        cap = self.exchange_bounds().max_bytes
+        if cap is None or hello.mode == self.ladder[0]:
+            return False
+        return self.family.message_bytes(hello.mode, self.layout) > cap
 
     def _refusal(self, peer: str) -> str | None:
         if not self.access.admits(peer):
@@ -763,6 +779,10 @@ class ExchangeService:
         if soft and "busy" in str(error):
             self._not_before = trio.current_time() + self.rng.uniform(0, 2 * elapsed)
             self.trainer.mix_declined()
+        elif _refused_for(error, (OVER_CAP,)):
+            if self.family is not None and session is not None and session.mode is not None:
+                self.links.over_cap(peer, session.mode, self.ladder)
+            self.trainer.mix_declined()  # due again now, at a mode the neighbour takes
         else:
             self.trainer.mix_failed()
         if stream is not None:

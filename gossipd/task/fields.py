@@ -12,7 +12,7 @@ import math
 import types
 import typing
 from collections.abc import Mapping
-from typing import Any, Literal, TypeVar, get_args, get_origin
+from typing import Any, Final, Literal, TypeVar, get_args, get_origin
 
 T = TypeVar("T")
 
@@ -31,6 +31,21 @@ class TaskError(ValueError):
 def bounds(*, min: float | None = None, max: float | None = None, exclusive_min: bool = False) -> dict[str, Any]:
     """Field metadata for numeric bounds: `x: float = field(default=1.0, metadata=bounds(min=0))`."""
     return {"min": min, "max": max, "exclusive_min": exclusive_min}
+
+
+# Field metadata for a setting that is each peer's own, not the swarm's: the task hash takes its default
+# whatever a file says, so peers that differ in it still mix (a byte cap on a metered link, say).
+LOCAL: Final[dict[str, Any]] = {"local": True}
+
+
+def without_local(value: T) -> T:
+    """`value` (a dataclass) with every field marked LOCAL set back to its default."""
+    defaults = {
+        f.name: f.default
+        for f in dataclasses.fields(value)  # type: ignore[arg-type]
+        if f.metadata.get("local") and f.default is not dataclasses.MISSING
+    }
+    return dataclasses.replace(value, **defaults) if defaults else value  # type: ignore[type-var]
 
 
 def describe(value: object) -> str:

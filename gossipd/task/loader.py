@@ -19,7 +19,7 @@ from gossipd.mixing.clipping import RobustSection
 from gossipd.mixing.registry import ALGORITHMS
 from gossipd.models.registry import MODELS
 from gossipd.task.access import AccessSection
-from gossipd.task.fields import TaskError, Where, describe, read_table
+from gossipd.task.fields import TaskError, Where, describe, read_table, without_local
 from gossipd.task.schema import DataSection, GossipSection, ModelSection, TaskSection, TrainSection
 from gossipd.train.privacy import PrivacySection
 
@@ -176,13 +176,15 @@ def parse_attached_task(
 def task_hash(task: TaskSection, model: ModelSection, gossip: GossipSection) -> bytes:
     """16 bytes naming what must match for two peers to mix: the task id, the model and the algorithm.
 
-    Local choices (data paths, batch size, device, timing) are left out, so peers may differ in them.
+    Local choices (data paths, batch size, device, timing, an auto task's time share and byte caps) are left
+    out, so peers may differ in them; an algorithm setting marked LOCAL hashes as its default, so the hash of
+    a task that leaves it unset is the same as before it was local.
     """
     canonical: dict[str, Any] = {
         "id": task.id,
         "seed": task.seed,
         "model": {"name": model.name, "options": _plain(model.options)},
-        "gossip": {"algorithm": gossip.algorithm, "config": _plain(gossip.config)},
+        "gossip": {"algorithm": gossip.algorithm, "config": _plain(without_local(gossip.config))},
     }
     if gossip.weigh_by != "none":  # added only when set, so the hashes of tasks without it stay as they were
         canonical["gossip"]["weigh_by"] = gossip.weigh_by
