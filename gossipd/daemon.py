@@ -22,6 +22,7 @@ import trio
 
 from gossipd.adapters.http_unix import serve_unix_http, serve_unix_streams
 from gossipd.adapters.libp2p_network import Libp2pNetwork, load_or_create_identity
+from gossipd.adapters.memory import trim_every
 from gossipd.paths import attach_socket, ensure_private_dir
 from gossipd.services.attach_server import serve_attach_session
 from gossipd.services.control import ControlError, ErrorCode, JoinRequest
@@ -47,6 +48,7 @@ STOP_TIMEOUT = 20.0
 MAX_CRASHES = 5  # crashes of one task within CRASH_WINDOW before the daemon gives up on it
 CRASH_WINDOW = 600.0
 RESTART_PAUSE = 5.0
+MEMORY_TRIM_INTERVAL = 2.0  # seconds between hand-backs of freed C heap (gossipd.adapters.memory.trim_every)
 ATTACHED_STOP_GRACE = 5.0  # a detached script's exchanges in flight get this long to finish
 
 
@@ -117,6 +119,7 @@ class Daemon:
                         for task, options in initial:
                             await self._start_task(task, options)
                         await nursery.start(sharing.run)
+                        await nursery.start(trim_every, MEMORY_TRIM_INTERVAL)
                         log.info(
                             "gossipd %s running: peer %s on %s, control socket %s",
                             package_version(),
