@@ -285,7 +285,8 @@ def _summary(report: Any) -> str:
         *(
             [
                 f"  modes        {', '.join(f'{mode} ×{count:,}' for mode, count in report.modes.items())}"
-                f"  (times {report.timing})"
+                + (f", skipped ×{report.skipped_exchanges:,} (saving)" if report.skipped_exchanges else "")
+                + f"  (times {report.timing})"
             ]
             if report.modes
             else []

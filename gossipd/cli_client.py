@@ -351,7 +351,7 @@ def format_links(data: dict[str, Any]) -> str:
     links = data.get("links", [])
     if not links:
         return 'no auto exchanges yet (only [gossip] algorithm = "auto" chooses per edge)'
-    header = ["TASK", "PEER", "MODE", "EXCHANGE/BUDGET", "LINK", "EXCH/S", "EXCHANGES", "REASON"]
+    header = ["TASK", "PEER", "MODE", "EXCHANGE/BUDGET", "LINK", "EXCH/S", "CAPTURED", "EXCHANGES", "REASON"]
     rows = [
         [
             link["task"],
@@ -360,12 +360,17 @@ def format_links(data: dict[str, Any]) -> str:
             f"{_ms(link['exchange_ms'])} / {_ms(link['budget_ms'])}",
             _rate(link["bytes_per_second"]),
             _number(link["exchanges_per_second"], ".2f"),
+            _share(link.get("captured")),
             str(link["exchanges"]),
             link["reason"],
         ]
         for link in links
     ]
-    return table(header, rows, numeric=range(3, 7))
+    return table(header, rows, numeric=range(3, 8))
+
+
+def _share(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1%}"
 
 
 def format_ledger(data: dict[str, Any], now: float) -> str:

@@ -16,10 +16,19 @@ from gossipd.mixing.clipping import Clipper, RobustSection
 from gossipd.mixing.edge import EdgeState
 from gossipd.mixing.edge_store import edges_from_state, edges_to_state
 from gossipd.mixing.layout import ParamLayout, max_message_bytes
-from gossipd.mixing.link_budget import CLIMB_AFTER, REMEASURE_AFTER, Bounds, LinkBudget, exchange_bounds
+from gossipd.mixing.link_budget import (
+    CLIMB_AFTER,
+    REMEASURE_AFTER,
+    SAVE_CAP,
+    SKIP,
+    Bounds,
+    LinkBudget,
+    exchange_bounds,
+)
 from gossipd.mixing.local import run_pair
 from gossipd.mixing.plain import PlainConfig, PlainGossip
 from gossipd.mixing.powergossip import PowerGossipEdge
+from gossipd.mixing.probe import Probe, captured_share
 from gossipd.mixing.session import ExchangeSession
 from gossipd.models.cnn_pytorch_example import CNNPyTorchExampleConfig
 from gossipd.models.registry import build_model
@@ -100,8 +109,9 @@ def test_the_ladder_doubles_the_rank_while_it_compresses_then_ends_with_whole_mo
     assert AutoGossip(AutoConfig(full=False)).ladder(LAYOUT) == (1, 2, 4, 8, 16)
     whole = sum(t.numel() * 4 for t in model(0).values())
     assert AUTO.message_bytes(FULL, LAYOUT) == whole
-    # Rank 1 in float16: (m + n)/2 per matrix, biases whole, two bytes a value.
-    assert AUTO.message_bytes(1, LAYOUT) == (16 + 72) + (40 + 144) + (16 + 40) * 2
+    # Rank 1 in float16: (m + n)/2 per matrix, biases whole, two bytes a value, and the probe's 32
+    # coordinates per compressed matrix.
+    assert AUTO.message_bytes(1, LAYOUT) == (16 + 72) + (40 + 144) + (16 + 40) * 2 + 2 * 32 * 2
     assert [describe_mode(m) for m in (1, 4, FULL)] == ["rank 1", "rank 4", "full"]
 
 
@@ -439,3 +449,111 @@ def test_a_finishing_peer_settles_each_edge_on_the_dearest_mode_within_its_limit
     tight.failed("p", LADDER)
     assert settle(tight, limit=0.01) == 2 and "failed" in tight.links["p"].reason
     assert settle(links, limit=0.2, cap=2_500) == 2  # a byte cap still bounds it
+
+
+# -- what a mode captures, and saving for a dearer one ------------------------------------------------------
+
+
+def exact_share(a: Peer, b: Peer, mode: int) -> tuple[float, float | None]:
+    """(the exact share of the squared difference one exchange removed, the share the ends estimated)."""
+    before = distance(a, b) ** 2
+    ends = exchange(a, b, mode)
+    estimates = {end.result().captured for end in ends}
+    assert len(estimates) == 1  # both ends estimate the same share from the same two probes
+    return 1 - distance(a, b) ** 2 / before, estimates.pop()
+
+
+def test_a_probe_samples_the_same_coordinates_on_both_ends_and_is_exact_where_it_covers_a_tensor() -> None:
+    names = ["conv.weight", "fc.weight"]
+    probe, again = Probe.of(LAYOUT, names, 2_000), Probe.of(LAYOUT, reversed(names), 2_000)
+    assert probe.names == again.names == ("conv.weight", "fc.weight")  # model order, whatever asked
+    assert all(torch.equal(i, j) for i, j in zip(probe.indices, again.indices, strict=True))
+    assert probe.size == 1152 + 2000 and probe.scales == (1.0, 5760 / 2000)
+    a, b = model(0), model(1)
+    mine, theirs = probe.values(a, half=False), probe.values(b, half=False)
+    conv = float((b["conv.weight"] - a["conv.weight"]).pow(2).sum())
+    fc = float((b["fc.weight"] - a["fc.weight"]).pow(2).sum())
+    estimate = probe.distance_squared(mine, theirs)
+    # conv.weight is covered whole, so exact; fc.weight is a third sampled: an estimate, close for a
+    # difference spread over all its coordinates.
+    small = Probe.of(LAYOUT, ["conv.weight"], 2_000)
+    assert small.distance_squared(small.values(a, half=False), small.values(b, half=False)) == pytest.approx(conv)
+    assert estimate == pytest.approx(conv + fc, rel=0.1)
+    with pytest.raises(ValueError, match="probe values"):
+        probe.distance_squared(mine[:-1], theirs[:-1])
+    assert captured_share(5.0, 4.0) == 1.0 and captured_share(1.0, 0.0) is None
+
+
+@pytest.mark.parametrize("probe", [32, 4096])
+def test_a_low_rank_exchange_estimates_the_share_of_the_difference_it_captured(probe: int) -> None:
+    """Two unrelated models: rank 1 removes a small part of their difference and whole models all of it.
+    The ends' estimate follows the exact share: closely with a large probe, within a factor of two with the
+    default 32 coordinates per matrix (its job is to tell 2% from 50%, not 2% from 2.5%)."""
+    global AUTO
+    default = AUTO
+    AUTO = AutoGossip(AutoConfig(probe=probe))
+    try:
+        a, b = Peer(0), Peer(1)
+        exact, estimated = exact_share(a, b, 1)
+        assert estimated is not None and 0.0 < exact < 0.2
+        assert estimated == pytest.approx(exact, rel=0.15 if probe == 4096 else 1.0)
+        assert exact_share(a, b, FULL) == (pytest.approx(1.0, abs=1e-6), None)  # whole models: known exactly
+    finally:
+        AUTO = default
+
+
+def saving_run(share: float, intervals: int = 80) -> tuple[list[int], list[float], LinkBudget]:
+    """The costs of test_unspent_budget_…: rank 4 takes 14 ms of a 50 ms budget, whole models 110 ms."""
+    links = LinkBudget(clock=lambda: 0.0)
+    chosen, spent = [], []
+    for _ in range(intervals):
+        choice = links.choose("p", LADDER, BYTES.__getitem__, Bounds(budget=0.05, max_bytes=None))
+        mode = choice.mode
+        chosen.append(mode)
+        if mode == SKIP:
+            spent.append(0.0)
+            continue
+        seconds = 0.010 + BYTES[mode] / 1e6
+        links.record(
+            "p",
+            mode,
+            LADDER,
+            seconds=seconds,
+            sent=BYTES[mode],
+            received=BYTES[mode],
+            budget=0.05,
+            started_here=True,
+            captured=None if mode == FULL else share,
+        )
+        spent.append(seconds)
+    return chosen, spent, links
+
+
+def test_where_the_rung_captures_little_per_second_the_edge_skips_intervals_to_afford_whole_models() -> None:
+    # Rank 4 captures 5% in 14 ms (3.6 per second), whole models all of it in 110 ms (9.1 per second).
+    chosen, spent, links = saving_run(share=0.05)
+    late = chosen[30:]
+    assert late.count(SKIP) >= 15 and late.count(FULL) >= 12
+    assert 1 <= late.count(4) <= 6  # measured again every REMEASURE_SAVE skips, not abandoned
+    assert late.count(FULL) > 2 * late.count(4)
+    assert sum(spent[30:]) / len(spent[30:]) <= 0.05 * 1.05  # the budget, on average over the intervals
+    assert links.links["p"].rung == LADDER.index(4)  # the edge's own rung is unchanged
+    assert links.links["p"].shares == pytest.approx({1: 0.05, 2: 0.05, 4: 0.05, FULL: 1.0})
+    # A skip's reason says what it saves for (the status shows the edge's reason).
+    assert links.links["p"].reason.startswith(("saving for full: it captures 100% of the difference", "full once"))
+
+
+def test_a_rung_that_captures_enough_per_second_exchanges_every_interval_as_before() -> None:
+    # 40% in 14 ms (29 per second) against whole models' 9.1: no skips; the bank still buys whole models.
+    chosen, _, _ = saving_run(share=0.4)
+    assert SKIP not in chosen and chosen[30:].count(FULL) >= 8
+    # A mode beyond SAVE_CAP budgets is never saved for, however little the rung captures (1% in 14 ms):
+    # at a 15 ms budget whole models are 7.3 budgets away and saved for, at 10 ms 11 and not.
+    links = LinkBudget(clock=lambda: 0.0)
+    for mode in (1, 2, 4):
+        links.record("p", mode, LADDER, seconds=0.003, sent=BYTES[mode], received=0, budget=0.01, captured=0.01)
+    links.links["p"].rung = LADDER.index(4)
+    links.links["p"].seconds = {1: 0.011, 2: 0.012, 4: 0.014}  # 10 ms + 1 µs a byte: whole models 110 ms
+    assert choose(links, budget=0.015) == SKIP
+    links.links["p"].banked = 0.0
+    assert choose(links, budget=0.01) == 4 and SAVE_CAP < 0.110 / 0.01

@@ -149,14 +149,17 @@ async def test_peers_links_explain_each_edges_mode(socket_path: Path, backend: F
     result = await gossipd("peers", "--links", "--socket", str(socket_path))
     assert result.exit_code == 0, result.output
     header, *rows = result.stdout.splitlines()
-    assert header.split() == ["TASK", "PEER", "MODE", "EXCHANGE/BUDGET", "LINK", "EXCH/S", "EXCHANGES", "REASON"]
+    assert header.split() == [
+        "TASK", "PEER", "MODE", "EXCHANGE/BUDGET", "LINK", "EXCH/S", "CAPTURED", "EXCHANGES", "REASON"
+    ]  # fmt: skip
     cells = [re.split(r"\s{2,}", row) for row in rows]  # columns are two spaces apart or more
     assert cells[0] == [
-        "mnist", "…AAAApeerone1", "rank 4", "6.5 ms / 125 ms", "2.0 MB/s", "1.95", "40",
+        "mnist", "…AAAApeerone1", "rank 4", "6.5 ms / 125 ms", "2.0 MB/s", "1.95", "4.1%", "40",
         "rank 4: rank 2 took 3 ms, rank 4 predicted 6 ms of a 125 ms budget",
     ]  # fmt: skip
-    assert cells[1][1:7] == ["…BBBBpeertwo2", "full", "48 ms / 125 ms", "8.0 MB/s", "-", "12"]
+    assert cells[1][1:8] == ["…BBBBpeertwo2", "full", "48 ms / 125 ms", "8.0 MB/s", "-", "100.0%", "12"]
     assert cells[2][:3] == ["mnist", "…CCCCpeerthr3", "rank 4"]
+    assert cells[2][6] == "-"  # not known (a task with probe = 0)
     assert rows[0].index("1.95") + len("1.95") == header.index("EXCH/S") + len("EXCH/S")  # numbers end under it
     both = await gossipd("peers", "--links", "--ledger", "--socket", str(socket_path))
     assert "EXAMPLES*" in both.stdout and "EXCHANGE/BUDGET" in both.stdout and "DISTANCE" not in both.stdout

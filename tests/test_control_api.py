@@ -147,8 +147,10 @@ def make_auto_task(task_id: str = "mnist") -> TaskStatus:
     """An auto task with three edges: two at rank 4, one sending whole models (a departed neighbour's edge
     stays until the view drops it, so one link has no peer line)."""
     links = (
-        make_link(PEER_ONE, "rank 4", 2_000_000.0),
-        make_link(PEER_TWO, "full", 8_000_000.0, exchanges=12, exchanges_per_second=None, exchange_ms=48.0),
+        make_link(PEER_ONE, "rank 4", 2_000_000.0, captured=0.0412),
+        make_link(
+            PEER_TWO, "full", 8_000_000.0, exchanges=12, exchanges_per_second=None, exchange_ms=48.0, captured=1.0
+        ),
         make_link("12D3KooWCCCCCCCCCCCCCCCCCCCCCCCCCCCCCCCCCCCCCCCCpeerthr3", "rank 4", 5_000_000.0),
     )
     return make_task(task_id, algorithm="auto", settings={"max_rank": 16}, links=links, exchange_budget_ms=125.0)

@@ -52,10 +52,13 @@ class ExchangeContext:
 class MixOutcome:
     """What an exchange leaves this end with: the delta to add to its model, and its estimate of the
     distance ‖x_peer − x_self‖ reconstructed from what it received (exact for plain gossip, a projection
-    for PowerGossip, the public copies' distance for Choco)."""
+    for PowerGossip, the public copies' distance for Choco). `total`, where the exchange also estimated the
+    whole distance (an auto task's PowerGossip rungs, gossipd.mixing.probe), says how much of it `distance`
+    captured."""
 
     delta: Delta
     distance: float
+    total: float | None = None
 
 
 Rounds = Generator[Outgoing, Records, MixOutcome]

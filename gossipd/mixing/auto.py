@@ -42,10 +42,14 @@ class AutoConfig:
     `max_exchange_bytes` and
     `max_bytes_per_second` cap what one peer sends per exchange and per second on average; unset, the
     measured link and step times alone decide. These three are each peer's own (LOCAL: outside the task
-    hash); the ladder's bounds, which both ends of an exchange must share, are in it."""
+    hash); the ladder's bounds, which both ends of an exchange must share, are in it.
+    `probe`: coordinates per compressed tensor a low-rank exchange also sends, so that both ends estimate
+    what share of the models' difference it captured (gossipd.mixing.probe; 0: none, and the controller
+    then goes by time alone). In the task hash: both ends must send the same round layout."""
 
     max_rank: int = field(default=16, metadata=bounds(min=1, max=MAX_MODE))
     full: bool = True
+    probe: int = field(default=32, metadata=bounds(min=0, max=4096))
     time_share: float = field(default=1.0, metadata={**bounds(min=0.0, max=1.0, exclusive_min=True), **LOCAL})
     max_exchange_bytes: int | None = field(default=None, metadata={**bounds(min=1024), **LOCAL})
     max_bytes_per_second: float | None = field(default=None, metadata={**bounds(min=0.0, exclusive_min=True), **LOCAL})
@@ -75,11 +79,11 @@ class AutoGossip(Algorithm[Any]):
         return mode in self.ladder(layout)
 
     def for_mode(self, mode: int) -> Algorithm[Any]:
-        return _rung(mode, self.config.wire_dtype)
+        return _rung(mode, self.config.wire_dtype, self.config.probe)
 
     def message_bytes(self, mode: int, layout: ParamLayout) -> int:
         """About what one end sends in an exchange of `mode` (tensor data only; framing adds ~1%)."""
-        return _message_bytes(mode, layout, self.config.wire_dtype)
+        return _message_bytes(mode, layout, self.config.wire_dtype, self.config.probe)
 
     def edge_type_for(self, mode: int | None) -> type[Any] | None:
         return None if mode is None else self.for_mode(mode).edge_type
@@ -96,21 +100,21 @@ class AutoGossip(Algorithm[Any]):
 
 
 @cache
-def _rung(mode: int, wire_dtype: Literal["float32", "float16"]) -> Algorithm[Any]:
+def _rung(mode: int, wire_dtype: Literal["float32", "float16"], probe: int) -> Algorithm[Any]:
     if mode == FULL:
         return PlainGossip(PlainConfig())
     if not 1 <= mode <= MAX_MODE:
         raise ValueError(f"no exchange mode {mode}")
-    return PowerGossip(PowerGossipConfig(rank=mode, iterations=1, wire_dtype=wire_dtype))
+    return PowerGossip(PowerGossipConfig(rank=mode, iterations=1, wire_dtype=wire_dtype), probe=probe)
 
 
 def _ladder(layout: ParamLayout, max_rank: int, full: bool, wire_dtype: str) -> tuple[int, ...]:
-    whole = _message_bytes(FULL, layout, wire_dtype)
+    whole = _message_bytes(FULL, layout, wire_dtype, 0)
     modes = [1]
     rank = 2
     while rank <= max_rank:
         compresses = any(low_rank_pays(shape, rank) for shape in layout.shapes.values())
-        if not compresses or _message_bytes(rank, layout, wire_dtype) * 2 > whole:
+        if not compresses or _message_bytes(rank, layout, wire_dtype, 0) * 2 > whole:
             break
         modes.append(rank)
         rank *= 2
@@ -119,7 +123,7 @@ def _ladder(layout: ParamLayout, max_rank: int, full: bool, wire_dtype: str) -> 
     return tuple(modes)
 
 
-def _message_bytes(mode: int, layout: ParamLayout, wire_dtype: str) -> int:
+def _message_bytes(mode: int, layout: ParamLayout, wire_dtype: str, probe: int) -> int:
     if mode == FULL:
         return sum(math.prod(shape) * DTYPES[layout.dtypes[name]].itemsize for name, shape in layout.shapes.items())
     size = DTYPES[wire_dtype].itemsize
@@ -128,6 +132,7 @@ def _message_bytes(mode: int, layout: ParamLayout, wire_dtype: str) -> int:
         if low_rank_pays(shape, mode):
             m, n = matrix_shape(shape)
             total += (m + n) * mode * size // 2  # q alternates between n×r and m×r
+            total += min(probe, m * n) * size
         else:
             total += math.prod(shape) * size
     return total

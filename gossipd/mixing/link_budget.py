@@ -22,6 +22,17 @@ then between low-rank ones, at the same time per exchange on average. On a model
 rank captures (the 1.2M-parameter CNN: ranks 1-8 needed as many steps as rank 1, whole models half as many;
 BENCHMARKS.md) that is where mixing gains per step; a mode over `BANK_CAP` budgets is never bought.
 
+What a mode is worth is not only its time: low-rank exchanges send a sample of both models as well
+(gossipd.mixing.probe), so each end learns what share of the pair's squared difference a mode captures
+(`shares`: whole models capture all of it). Where the edge's own rung captures so little per second that a
+dearer mode beyond this exchange's budget would capture more than `SAVE_GAIN` times as much per second of
+its own time, the peer *saves*: it skips its exchange on that edge for this interval (answering others still),
+banks the budget, and spends the bank on the dearer mode once it covers it, at most `SAVE_CAP` budgets
+ahead: fewer, fuller exchanges at the same time per interval. Rank 1 captures about 1-3% of the
+difference per exchange on the MNIST CNNs (whole models are 40-100× the bytes), so on a link or core where a
+rank-1 exchange's fixed cost dominates, whole models every few intervals mix faster. Every `REMEASURE_SAVE`
+skips the rung is measured again.
+
 A peer past its training budget *finishes*: exchanges alone, to bring the copies to their average. Nothing
 then competes for the time, and every mode switch restarts PowerGossip's warm start (three daemons on the
 MLP stayed 26% apart after 20 finish exchanges climbing the ladder, against under 1% with whole models), so
@@ -37,7 +48,7 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from gossipd.mixing.auto import describe_mode
+from gossipd.mixing.auto import FULL, describe_mode
 
 CLIMB_AFTER = 3  # exchanges comfortably within budget before trying the next rung
 COMFORT = 0.5  # "comfortably": under this share of the budget
@@ -46,6 +57,10 @@ SMOOTHING = 0.3  # weight of the newest duration in a rung's running mean
 SPIKE = 2.0  # one exchange over this many budgets steps down at once, whatever the running mean
 BANK_CAP = 32  # budgets of unspent time an edge may save up for one dearer exchange
 FINISH_TIME_SHARE = 0.5  # of the exchange timeout: what one exchange may take while finishing
+SAVE_GAIN = 1.5  # a dearer mode must capture this many times more per second before exchanges are skipped for it
+SAVE_CAP = 8  # budgets: the dearest exchange skipping may save for (the drift it allows between mixes)
+REMEASURE_SAVE = 16  # skips in a row after which the rung is exchanged once again, to measure it afresh
+SKIP = -1  # Choice.mode: start no exchange on this edge this interval (saving, see the module's docstring)
 
 
 @dataclass(frozen=True)
@@ -74,6 +89,8 @@ class EdgeLink:
     settled: int | None = None  # the rung exchanges started while finishing use (chosen once, lowered on failure)
     ceiling: int | None = None  # the highest rung the neighbour accepts: it refused the one above for its byte cap
     ceiling_at: int = 0  # `exchanges` when the ceiling was learnt (it lapses after REMEASURE_AFTER)
+    shares: dict[int, float] = field(default_factory=dict)  # mode → running mean share of the difference captured
+    skips: int = 0  # intervals skipped, saving for a dearer mode, since this end last exchanged at the rung
 
 
 @dataclass(frozen=True)
@@ -108,7 +125,40 @@ class LinkBudget:
                     f"{describe_mode(higher)}: {describe_mode(mode)} took {_ms(link.seconds[mode])}, "
                     f"{describe_mode(higher)} predicted {_ms(predicted)} of a {_ms(bounds.budget)} budget"
                 )
-        return self._spend(link, ladder, top, bytes_of, bounds) or Choice(ladder[link.rung], link.reason)
+        spent = self._spend(link, ladder, top, bytes_of, bounds)
+        if spent is not None:
+            return spent
+        saving = self._save(link, ladder, top, bytes_of, bounds)
+        if saving is not None:
+            link.reason = saving.reason  # the status shows it: the edge's pattern until something changes it
+            link.skips += 1
+            limit = BANK_CAP * bounds.budget
+            link.banked = min(limit, link.banked + bounds.budget)
+            return saving
+        return Choice(ladder[link.rung], link.reason)
+
+    def _save(
+        self, link: EdgeLink, ladder: Sequence[int], top: int, bytes_of: Callable[[int], int], bounds: Bounds
+    ) -> Choice | None:
+        """SKIP, if a dearer mode beyond this budget captures SAVE_GAIN times more of the difference per second
+        than the edge's rung (see the module's docstring); None to exchange at the rung as usual."""
+        steady = ladder[link.rung]
+        share, seconds = link.shares.get(steady), link.seconds.get(steady)
+        if share is None or seconds is None or seconds <= 0 or link.skips >= REMEASURE_SAVE:
+            return None
+        for index in range(top, link.rung, -1):
+            mode = ladder[index]
+            gain = link.shares.get(mode, 1.0 if mode == FULL else None)
+            predicted = self._predict(link, steady, mode, bytes_of)
+            if gain is None or predicted is None or not bounds.budget < predicted <= SAVE_CAP * bounds.budget:
+                continue
+            if gain / predicted > SAVE_GAIN * share / seconds:
+                return Choice(
+                    SKIP,
+                    f"saving for {describe_mode(mode)}: it captures {gain:.0%} of the difference in a predicted "
+                    f"{_ms(predicted)}, {describe_mode(steady)} {share:.1%} in {_ms(seconds)}",
+                )
+        return None
 
     def _spend(
         self, link: EdgeLink, ladder: Sequence[int], top: int, bytes_of: Callable[[int], int], bounds: Bounds
@@ -175,13 +225,21 @@ class LinkBudget:
         received: int,
         budget: float,
         started_here: bool = False,
+        captured: float | None = None,
     ) -> None:
         """An exchange of `mode` with `peer` finished in `seconds` (either end started it; only what this end
-        started is paid from its budgets)."""
+        started is paid from its budgets); `captured`: the share of the difference it captured, if known."""
         link = self.links.setdefault(peer, EdgeLink())
         if started_here:
             limit = BANK_CAP * budget
             link.banked = max(-limit, min(limit, link.banked + budget - seconds))
+            if mode in ladder and ladder.index(mode) == link.rung:
+                link.skips = 0  # the rung measured afresh
+        if mode == FULL:
+            link.shares[mode] = 1.0
+        elif captured is not None:
+            old_share = link.shares.get(mode)
+            link.shares[mode] = captured if old_share is None else (1 - SMOOTHING) * old_share + SMOOTHING * captured
         now = self.clock()
         link.first_at = now if link.first_at is None else link.first_at
         link.last_at = now

@@ -22,6 +22,7 @@ import torch
 from gossipd.mixing.algorithm import Algorithm, Delta, ExchangeContext, MixOutcome, Outgoing, Rounds
 from gossipd.mixing.edge import seed_for
 from gossipd.mixing.layout import ParamLayout, low_rank_pays, matrix_shape
+from gossipd.mixing.probe import PROBE, Probe
 from gossipd.task.fields import bounds
 from gossipd.wire.messages import MessageType
 from gossipd.wire.tensors import TensorSpec, WireTensor, as_float16, from_wire, to_wire
@@ -56,8 +57,19 @@ class PowerGossip(Algorithm[PowerGossipEdge]):
     name = "powergossip"
     edge_type = PowerGossipEdge
 
-    def __init__(self, config: PowerGossipConfig) -> None:
+    def __init__(self, config: PowerGossipConfig, *, probe: int = 0) -> None:
+        """`probe`: coordinates per compressed tensor sent in the first round to estimate the whole difference
+        (gossipd.mixing.probe; an auto task's rungs send them, a fixed PowerGossip task does not)."""
         self.config = config
+        self.probe = probe
+        self._probes: dict[tuple[tuple[str, tuple[int, ...]], ...], Probe] = {}
+
+    def _probe_for(self, layout: ParamLayout, compressed: list[str]) -> Probe:
+        key = tuple(layout.shapes.items())
+        probe = self._probes.get(key)
+        if probe is None:
+            probe = self._probes[key] = Probe.of(layout, compressed, self.probe)
+        return probe
 
     def compressed(self, layout: ParamLayout) -> list[str]:
         return [name for name, shape in layout.shapes.items() if low_rank_pays(shape, self.config.rank)]
@@ -77,7 +89,10 @@ class PowerGossip(Algorithm[PowerGossipEdge]):
         whole = [name for name in ctx.layout.shapes if name not in set(compressed)]
         delta: Delta = {}
         distance_squared = 0.0
+        whole_squared = 0.0  # the uncompressed tensors' part: exact
+        estimated: float | None = None  # the compressed tensors' whole difference, from the probe
         half = self.config.wire_dtype == "float16"
+        probe = self._probe_for(ctx.layout, compressed) if self.probe else None
         for iteration in range(self.config.iterations):
             even = edge.iterations % 2 == 0
             p: dict[str, torch.Tensor] = {}
@@ -98,7 +113,13 @@ class PowerGossip(Algorithm[PowerGossipEdge]):
                     sent.append(to_wire(name, wire))
                     expect[name] = TensorSpec(sent[-1].dtype, ctx.layout.shapes[name])
                     mine[name] = wire.to(ctx.params[name].dtype)
+                if probe is not None:
+                    sample = probe.values(ctx.params, half=half)
+                    sent.append(to_wire(PROBE, sample))
+                    expect[PROBE] = TensorSpec(sent[-1].dtype, (probe.size,))
             records = yield Outgoing(MessageType.POWER, iteration, tuple(sent), expect)
+            if iteration == 0 and probe is not None:
+                estimated = probe.distance_squared(sample, from_wire(records[PROBE]))
 
             scale = ctx.sign * ctx.weight * self.config.alpha
             for name in compressed:
@@ -119,10 +140,11 @@ class PowerGossip(Algorithm[PowerGossipEdge]):
                 for name in whole:
                     # Against this end's value as sent: with float16 the pair's sum is still unchanged.
                     difference = from_wire(records[name], ctx.device).to(mine[name].dtype) - mine[name]
-                    distance_squared += float(difference.pow(2).sum())
+                    whole_squared += float(difference.pow(2).sum())
                     delta[name] = difference * ctx.weight
             edge.iterations += 1
-        return MixOutcome(delta, distance_squared**0.5)
+        total = None if estimated is None else (estimated + whole_squared) ** 0.5
+        return MixOutcome(delta, (distance_squared + whole_squared) ** 0.5, total)
 
     def _current(self, ctx: ExchangeContext, delta: Delta, name: str) -> torch.Tensor:
         """The matrix view of this end's model as updated by the exchange's earlier iterations."""

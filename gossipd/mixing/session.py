@@ -31,6 +31,7 @@ from gossipd.mixing.auto import AutoGossip, describe_mode
 from gossipd.mixing.clipping import Clipper
 from gossipd.mixing.edge import EdgeState, derive_epoch
 from gossipd.mixing.layout import ParamLayout, Params
+from gossipd.mixing.probe import captured_share
 from gossipd.mixing.weights import edge_weight, sample_pull
 from gossipd.wire.errors import ProtocolViolation, WireError
 from gossipd.wire.messages import Message, MessageType
@@ -55,6 +56,7 @@ class Phase(enum.Enum):
 class ExchangeResult:
     delta: Delta
     distance: float  # this end's estimate of ‖x_peer − x_self‖ at the exchange
+    captured: float | None = None  # the share of ‖x_peer − x_self‖² the exchange captured, where estimated
     edge: EdgeState
     weight: float
     peer_degree: int
@@ -181,6 +183,7 @@ class ExchangeSession:
         return ExchangeResult(
             delta=self._outcome.delta,
             distance=self._outcome.distance,
+            captured=self._captured(),
             edge=self.edge,
             weight=self.weight,
             peer_degree=self.peer_degree,
@@ -294,6 +297,11 @@ class ExchangeSession:
             self._message(outgoing.type, phase=outgoing.phase, data=pack_tensors(outgoing.tensors, outgoing.expect))
         ]
 
+    def _captured(self) -> float | None:
+        assert self._outcome is not None
+        total = self._outcome.total
+        return None if total is None else captured_share(self._outcome.distance**2, total**2)
+
     def _clip(self, outcome: MixOutcome) -> MixOutcome:
         """Self-centred clipping: the move towards the peer is at most w·τ (only this end decides)."""
         if self.clipper is None:
@@ -302,7 +310,7 @@ class ExchangeSession:
         if factor >= 1.0:
             return outcome
         self.clipped = True
-        return MixOutcome({name: d * factor for name, d in outcome.delta.items()}, outcome.distance)
+        return MixOutcome({name: d * factor for name, d in outcome.delta.items()}, outcome.distance, outcome.total)
 
     def _message(self, kind: MessageType, **body: Any) -> Message:
         return Message(

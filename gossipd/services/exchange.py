@@ -43,7 +43,7 @@ from gossipd.mixing.clipping import Clipper, RobustSection
 from gossipd.mixing.cpu_budget import INTERVAL, CpuBudget, Reading
 from gossipd.mixing.edge import EdgeState
 from gossipd.mixing.layout import ParamLayout
-from gossipd.mixing.link_budget import FINISH_TIME_SHARE, Bounds, EdgeLink, LinkBudget, exchange_bounds
+from gossipd.mixing.link_budget import FINISH_TIME_SHARE, SKIP, Bounds, EdgeLink, LinkBudget, exchange_bounds
 from gossipd.mixing.pacing import StepPacer
 from gossipd.mixing.session import ExchangeResult, ExchangeSession, PeerAborted, Phase
 from gossipd.peering.ledger import Ledger
@@ -183,6 +183,7 @@ class ExchangeService:
         self.offload = Offload()
         self.accepting = True
         self._initiated = 0
+        self._chosen: dict[str, int | None] = {}  # peer → the mode the run loop chose for the exchange it starts
         self.settled = 0  # exchanges with neighbours past the training budget, taken part in past it
         self.past_budget = 0  # exchanges this peer started past the training budget, with anyone
         self._not_before = 0.0  # a step-paced peer whose exchange was declined as busy waits until then
@@ -269,8 +270,25 @@ class ExchangeService:
             return self.links.settle(peer, self.ladder, bytes_of, self.exchange_bounds(), limit=limit).mode
         return self.links.choose(peer, self.ladder, bytes_of, self.exchange_bounds()).mode
 
+    def _saving(self, peer: str) -> bool:
+        """Whether this peer skips this interval's exchange with `peer`, saving its budget for a dearer mode
+        (gossipd.mixing.link_budget); otherwise the mode chosen waits for `initiate`."""
+        mode = self._choose_mode(peer)
+        if mode == SKIP:
+            return True
+        self._chosen[peer] = mode
+        return False
+
     def _record_link(
-        self, peer: str, session: ExchangeSession, *, seconds: float, sent: int, received: int, started_here: bool
+        self,
+        peer: str,
+        session: ExchangeSession,
+        *,
+        seconds: float,
+        sent: int,
+        received: int,
+        started_here: bool,
+        captured: float | None,
     ) -> None:
         if self.family is None or session.mode is None:
             return
@@ -283,6 +301,7 @@ class ExchangeService:
             received=received,
             budget=self.exchange_bounds().budget,
             started_here=started_here,
+            captured=captured,
         )
 
     @property
@@ -399,6 +418,12 @@ class ExchangeService:
                     continue
                 if pacer is not None:
                     pacer.started(self.trainer.step)
+                if self._saving(partner):
+                    if pacer is not None:
+                        # Skipped on purpose: the trainer goes on as if it had mixed; the dearer exchange the
+                        # interval was saved for comes within SAVE_CAP intervals.
+                        pacer.mixed(self.trainer.step)
+                    continue
                 self._initiated += 1
                 nursery.start_soon(self._initiate_counted, partner)
 
@@ -461,6 +486,7 @@ class ExchangeService:
     async def initiate(self, peer: str) -> ExchangeResult | None:
         """One exchange started by this end; None if it failed (already counted and logged) or could not
         start (an exchange with that peer is already running, or this end is stopping)."""
+        chosen = self._chosen.pop(peer, SKIP)  # the run loop's choice, if it made one
         # Checked and reserved with no await in between: nothing can slip in between the two.
         if peer in self.in_flight or not self.accepting:
             return None
@@ -469,7 +495,9 @@ class ExchangeService:
         stream: FrameStream | None = None
         session: ExchangeSession | None = None
         reused = False
-        mode = self._choose_mode(peer)
+        mode = chosen if chosen != SKIP else self._choose_mode(peer)
+        if mode == SKIP:
+            mode = self.ladder[0]  # asked to exchange now, not by the run loop: no saving
         try:
             with trio.fail_after(self.gossip.exchange_timeout):
                 stream, reused = await self._stream_to(peer)
@@ -710,7 +738,15 @@ class ExchangeService:
             outgoing = await self.offload.run(partial(session.receive, incoming))
         result = session.result()
         seconds = trio.current_time() - started
-        self._record_link(peer, session, seconds=seconds, sent=sent, received=received, started_here=first is None)
+        self._record_link(
+            peer,
+            session,
+            seconds=seconds,
+            sent=sent,
+            received=received,
+            started_here=first is None,
+            captured=result.captured,
+        )
         self.trainer.submit(result.delta)
         self._last_success = trio.current_time()
         self._keep_edge(peer, result.edge)

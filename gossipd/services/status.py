@@ -90,6 +90,9 @@ class LinkStatus:
     exchange_ms: float | None  # running mean duration of an exchange in `mode`, first message to last
     budget_ms: float | None  # what an exchange could take at the latest one
     bytes_per_second: float | None  # both directions over an exchange's wall time, running mean
+    # Running mean share of the two models' squared difference an exchange in `mode` captured (1 for whole
+    # models; estimated from a sample of coordinates for low ranks, gossipd.mixing.probe); None: not known.
+    captured: float | None = None
 
 
 @dataclass(frozen=True, kw_only=True)

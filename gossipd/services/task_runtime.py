@@ -741,6 +741,7 @@ def link_statuses(links: Mapping[str, EdgeLink]) -> tuple[LinkStatus, ...]:
             exchange_ms=_ms(link.seconds.get(link.last_mode)),
             budget_ms=_ms(link.budget),
             bytes_per_second=link.bytes_per_second,
+            captured=link.shares.get(link.last_mode),
         )
         for peer, link in sorted(links.items())
         if link.last_mode is not None

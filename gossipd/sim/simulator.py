@@ -32,7 +32,7 @@ from gossipd.mixing.auto import AutoGossip
 from gossipd.mixing.clipping import Clipper
 from gossipd.mixing.edge import EdgeState
 from gossipd.mixing.layout import ParamLayout, max_message_bytes, mixed_parameters, personal_of
-from gossipd.mixing.link_budget import FINISH_TIME_SHARE, Bounds, LinkBudget, exchange_bounds
+from gossipd.mixing.link_budget import FINISH_TIME_SHARE, SKIP, Bounds, LinkBudget, exchange_bounds
 from gossipd.mixing.local import Traffic, plain_exchange_bytes, run_pair
 from gossipd.mixing.personal import personal_part, shared_part
 from gossipd.mixing.registry import make_algorithm
@@ -178,6 +178,7 @@ class Simulation:
         self.exchange_bytes = 0
         self.exchanges = 0
         self.failed_exchanges = 0
+        self.skipped = 0
         self.state_bytes = 0
         self.joins = 0
         self.mix_seconds = 0.0
@@ -299,6 +300,9 @@ class Simulation:
         if partner.blocked.get(peer.index, -1) >= self.round:
             return  # the partner refuses a suspect, as a daemon does
         mode = self._choose_mode(peer, partner)
+        if mode == SKIP:
+            self.skipped += 1  # saving this interval for a dearer exchange (gossipd.mixing.link_budget)
+            return
         ends = [self._session(peer, partner, mode), self._session(partner, peer)]
         tick = time.perf_counter()
         try:
@@ -326,7 +330,8 @@ class Simulation:
             owner.edges[other.index] = result.edge
             owner.exchanges += 1
         if mode is not None:
-            self._record_link(peer, partner, mode, traffic, time.perf_counter() - tick)
+            captured = [end.result().captured for end in ends]
+            self._record_link(peer, partner, mode, traffic, time.perf_counter() - tick, captured)
         peer.bytes_sent += traffic.a_sent
         partner.bytes_sent += traffic.b_sent
         self.exchange_bytes += traffic.total
@@ -372,7 +377,9 @@ class Simulation:
             return peer.links.settle(str(partner.index), self.ladder, bytes_of, self._bounds(), limit=limit).mode
         return peer.links.choose(str(partner.index), self.ladder, bytes_of, self._bounds()).mode
 
-    def _record_link(self, peer: SimPeer, partner: SimPeer, mode: int, traffic: Traffic, cpu: float) -> None:
+    def _record_link(
+        self, peer: SimPeer, partner: SimPeer, mode: int, traffic: Traffic, cpu: float, captured: list[float | None]
+    ) -> None:
         """What the exchange would have taken between two daemons: the two ends compute at once (here one
         after the other, so half the measured time), each direction carries its own bytes, and every round
         costs a round trip. Under modelled timing the CPU is the bytes at the modelled rate."""
@@ -382,9 +389,9 @@ class Simulation:
         if self.config.link_bytes_per_second is not None:
             seconds += max(traffic.a_sent, traffic.b_sent) / self.config.link_bytes_per_second
         budget = self._bounds().budget
-        for owner, other, sent, received in (
-            (peer, partner, traffic.a_sent, traffic.b_sent),
-            (partner, peer, traffic.b_sent, traffic.a_sent),
+        for owner, other, sent, received, share in (
+            (peer, partner, traffic.a_sent, traffic.b_sent, captured[0]),
+            (partner, peer, traffic.b_sent, traffic.a_sent, captured[1]),
         ):
             assert owner.links is not None
             owner.links.record(
@@ -396,6 +403,7 @@ class Simulation:
                 received=received,
                 budget=budget,
                 started_here=owner is peer,
+                captured=share,
             )
         self.modes[mode] += 1
 
