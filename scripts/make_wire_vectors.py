@@ -102,12 +102,14 @@ def main() -> None:
         ),
         # An auto task (`algorithm = "auto"`): every message names the exchange's mode, chosen by the opener.
         "hello-auto": (Message(type=MessageType.HELLO, mode=2, **common), ()),
-        # Its rank-2 rung (float16, one power iteration): q = Mᵀp of a 4×6 weight, (6, 2), then the bias whole.
+        # Its rank-2 rung (float16, one power iteration): q = Mᵀp of a 4×6 weight, (6, 2), then the bias whole,
+        # then the probe: the weight's values at min(32, 24) = all 24 of its coordinates, in flat order.
         "power-auto-rank2": carrying(
             MessageType.POWER,
             (
                 tensor("fc.weight", "float16", [0.5, -1, 2, 0.25, -0.125, 4, 1, 1.5, -2, 3, 0, -0.5], (6, 2)),
                 tensor("fc.bias", "float16", [0.5, -0.5, 1, -1], (4,)),
+                tensor("#probe", "float16", [i / 8 - 1.5 for i in range(24)], (24,)),
             ),
             phase=0,
             mode=2,
