@@ -29,8 +29,9 @@ dearer mode beyond this exchange's budget would capture more than `SAVE_GAIN` ti
 its own time, the peer *saves*: it skips its exchange on that edge for this interval (answering others still),
 banks the budget, and spends the bank on the dearer mode once it covers it, at most `SAVE_CAP` budgets
 ahead: fewer, fuller exchanges at the same time per interval. Rank 1 captures about 1-3% of the
-difference per exchange on the MNIST CNNs (whole models are 40-100× the bytes), so on a link or core where a
-rank-1 exchange's fixed cost dominates, whole models every few intervals mix faster. Every `REMEASURE_SAVE`
+difference per exchange on the MNIST CNNs, where whole models are 170-450 times its bytes: per byte rank 1
+captures more, but where a rank-1 exchange's time is mostly fixed cost (round trips, the stack, the CPU
+between training steps), whole models every few intervals capture more per second. Every `REMEASURE_SAVE`
 skips the rung is measured again.
 
 A peer past its training budget *finishes*: exchanges alone, to bring the copies to their average. Nothing
@@ -59,7 +60,7 @@ BANK_CAP = 32  # budgets of unspent time an edge may save up for one dearer exch
 FINISH_TIME_SHARE = 0.5  # of the exchange timeout: what one exchange may take while finishing
 SAVE_GAIN = 1.5  # a dearer mode must capture this many times more per second before exchanges are skipped for it
 SAVE_CAP = 8  # budgets: the dearest exchange skipping may save for (the drift it allows between mixes)
-REMEASURE_SAVE = 16  # skips in a row after which the rung is exchanged once again, to measure it afresh
+REMEASURE_SAVE = 16  # skips since the rung's last exchange after which it is exchanged again, to measure it afresh
 SKIP = -1  # Choice.mode: start no exchange on this edge this interval (saving, see the module's docstring)
 
 
