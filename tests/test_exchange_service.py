@@ -77,9 +77,10 @@ Trainers = Literal["stepping", "paused"]
 
 
 def gossip(
-    algorithm: str = "plain", steps_per_exchange: int | None = None, finish_exchanges: int = 20
+    algorithm: str = "plain", steps_per_exchange: int | None = None, finish_exchanges: int = 20, *, save: bool = False
 ) -> GossipSection:
-    config = {"plain": PlainConfig(), "powergossip": PowerGossipConfig(rank=1), "auto": AutoConfig()}[algorithm]
+    auto = AutoConfig(save=save)
+    config = {"plain": PlainConfig(), "powergossip": PowerGossipConfig(rank=1), "auto": auto}[algorithm]
     return GossipSection(
         algorithm=algorithm,
         config=config,
@@ -387,19 +388,21 @@ async def test_three_peers_mix_to_consensus_and_keep_the_swarm_average(
     assert all(d is not None and d < spread(before) / 2 for d in reported), reported
 
 
-@pytest.mark.parametrize(("latency", "modes"), [(0.001, {1, FULL}), (0.5, {1, FULL})])
+@pytest.mark.parametrize(
+    ("latency", "save", "modes"), [(0.001, False, {1, FULL}), (0.5, False, {1}), (0.5, True, {1, FULL})]
+)
 async def test_auto_edges_send_whole_models_on_a_fast_link_and_stay_at_rank_1_on_a_slow_one(
-    latency: float, modes: set[int], autojump_clock: trio.testing.MockClock
+    latency: float, save: bool, modes: set[int], autojump_clock: trio.testing.MockClock
 ) -> None:
     """The logistic model's ladder is rank 1, then whole models. Time-paced every 0.5 s, all of it to spend
     (the default `time_share`), an exchange may take 500 ms: a 1 ms link fits whole models after three calm
     exchanges at rank 1. On a 500 ms one (a round trip alone takes 1 s, two budgets) the edge's rung never
-    leaves rank 1; but rank 1 captures a third of the difference in the time whole models capture all of
-    it, so the peers skip intervals to send whole models every few (saving)."""
+    leaves rank 1. With `save`, as rank 1 captures a third of the difference in the time whole models
+    capture all of it, the peers skip intervals to send whole models every few."""
     with trio.fail_after(120):
         async with fake_swarm(seed=2, latency=latency) as hub:
             # Paused trainers: a snapshot is taken at once, so an exchange's time is the link's alone.
-            peers = await start_peers(hub, "ABC", section=gossip("auto"), trainer="paused")
+            peers = await start_peers(hub, "ABC", section=gossip("auto", save=save), trainer="paused")
             before, after = await mix_for(hub, peers, 40)
     assert sum_drift(before, after) <= 1e-5
     for peer in peers:
@@ -409,6 +412,8 @@ async def test_auto_edges_send_whole_models_on_a_fast_link_and_stay_at_rank_1_on
         assert seen == modes, (peer.id, seen)
         if latency < 0.01:
             assert stats.links and {link.last_mode for link in stats.links.values()} == {FULL}
+        elif not save:
+            assert {link.last_mode for link in stats.links.values()} == {1}
         else:
             assert all(link.rung == 0 for link in stats.links.values())
             assert any(link.reason.startswith(("saving for full", "full once")) for link in stats.links.values())

@@ -72,3 +72,17 @@ def test_a_new_pace_keeps_the_lag_in_proportion_and_the_due_exchange_due() -> No
     assert pacer.lag == 3
     with pytest.raises(ValueError, match="at least 1"):
         pacer.set_every(0)
+
+
+def test_an_exchange_paid_for_by_skipped_intervals_lets_the_trainer_step_through_its_predicted_time() -> None:
+    pacer = StepPacer(2, step=0)  # lag 4
+    pacer.mixed(10)
+    assert pacer.allowance(10) == 4
+    pacer.expect(10, 12)  # whole models predicted to take 12 steps' time
+    assert pacer.allowance(10) == 12 and pacer.allowance(20) == 2 and pacer.allowance(22) == 0
+    pacer.expect(22, 3)  # it steps through a short one too, and holds past its predicted end
+    assert pacer.allowance(22) == 3
+    pacer.expect(22, 1)  # never moves the last mix back
+    assert pacer.allowance(22) == 3
+    pacer.mixed(23)  # the exchange ended: the usual lag from there
+    assert pacer.allowance(23) == 4

@@ -136,11 +136,12 @@ def test_an_auto_tasks_time_share_and_byte_caps_are_each_peers_own_and_outside_t
     """A peer on a metered link caps what it sends and still mixes with the rest of the swarm; the ladder's
     bounds, which both ends of an exchange must share, stay in the hash."""
     a = parse()
-    capped = parse("[gossip]\ntime_share = 0.25\nmax_exchange_bytes = 50000\nmax_bytes_per_second = 1e5\n")
+    capped = parse("[gossip]\ntime_share = 0.25\nmax_exchange_bytes = 50000\nmax_bytes_per_second = 1e5\nsave = true\n")
     assert capped.gossip.config.max_exchange_bytes == 50_000  # type: ignore[attr-defined]
     assert capped.gossip.config.time_share == 0.25  # type: ignore[attr-defined]
+    assert capped.gossip.config.save is True  # type: ignore[attr-defined]
     assert a.hash == capped.hash  # type: ignore[attr-defined]
-    for shared in ("max_rank = 4", "full = false", "wire_dtype = 'float32'"):
+    for shared in ("max_rank = 4", "full = false", "wire_dtype = 'float32'", "probe = 0"):
         assert a.hash != parse(f"[gossip]\n{shared}\n").hash, shared  # type: ignore[attr-defined]
 
 

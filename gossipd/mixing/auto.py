@@ -45,11 +45,16 @@ class AutoConfig:
     hash); the ladder's bounds, which both ends of an exchange must share, are in it.
     `probe`: coordinates per compressed tensor a low-rank exchange also sends, so that both ends estimate
     what share of the models' difference it captured (gossipd.mixing.probe; 0: none, and the controller
-    then goes by time alone). In the task hash: both ends must send the same round layout."""
+    then goes by time alone). In the task hash: both ends must send the same round layout.
+    `save`: skip intervals to afford dearer exchanges where the rung captures little per second
+    (gossipd.mixing.link_budget). Off by default: it helped in the simulator, but daemons sharing two cores
+    paid for the whole-model exchanges in training time (docs/bench-peers/experiments/captured-share). Each
+    peer's own (LOCAL): only the opener's choice."""
 
     max_rank: int = field(default=16, metadata=bounds(min=1, max=MAX_MODE))
     full: bool = True
     probe: int = field(default=32, metadata=bounds(min=0, max=4096))
+    save: bool = field(default=False, metadata=LOCAL)
     time_share: float = field(default=1.0, metadata={**bounds(min=0.0, max=1.0, exclusive_min=True), **LOCAL})
     max_exchange_bytes: int | None = field(default=None, metadata={**bounds(min=1024), **LOCAL})
     max_bytes_per_second: float | None = field(default=None, metadata={**bounds(min=0.0, exclusive_min=True), **LOCAL})

@@ -26,12 +26,14 @@ What a mode is worth is not only its time: low-rank exchanges send a sample of b
 (gossipd.mixing.probe), so each end learns what share of the pair's squared difference a mode captures
 (`shares`: whole models capture all of it). Where the edge's own rung captures so little per second that a
 dearer mode beyond this exchange's budget would capture more than `SAVE_GAIN` times as much per second of
-its own time, the peer *saves*: it skips its exchange on that edge for this interval (answering others still),
-banks the budget, and spends the bank on the dearer mode once it covers it, at most `SAVE_CAP` budgets
-ahead: fewer, fuller exchanges at the same time per interval. Rank 1 captures about 1-3% of the
-difference per exchange on the MNIST CNNs, where whole models are 170-450 times its bytes: per byte rank 1
-captures more, but where a rank-1 exchange's time is mostly fixed cost (round trips, the stack, the CPU
-between training steps), whole models every few intervals capture more per second. Every `REMEASURE_SAVE`
+its own time, the peer may *save* (`[gossip] save = true`; off by default): it skips its exchange on that
+edge for this interval (answering others still), banks the budget, and spends the bank on the dearer mode
+once it covers it, at most `SAVE_CAP` budgets ahead: fewer, fuller exchanges at the same time per interval.
+Rank 1 captures about 1-3% of the difference per exchange on the MNIST CNNs, where whole models are 170-450
+times its bytes: per byte rank 1 captures more, but where a rank-1 exchange's time is mostly fixed cost
+(round trips, the stack), whole models every few intervals capture more per second. Time is not all an
+exchange costs, though: daemons sharing two cores paid for whole models in training time, which this rule
+does not see (docs/bench-peers/experiments/captured-share), hence off by default. Every `REMEASURE_SAVE`
 skips the rung is measured again.
 
 A peer past its training budget *finishes*: exchanges alone, to bring the copies to their average. Nothing
@@ -68,6 +70,7 @@ SKIP = -1  # Choice.mode: start no exchange on this edge this interval (saving, 
 class Choice:
     mode: int
     reason: str
+    funded: float | None = None  # a dearer exchange paid from the bank: its predicted seconds
 
 
 @dataclass
@@ -105,8 +108,9 @@ class Bounds:
 class LinkBudget:
     """The per-edge controller of one peer."""
 
-    def __init__(self, clock: Callable[[], float]) -> None:
+    def __init__(self, clock: Callable[[], float], *, save: bool = False) -> None:
         self.clock = clock
+        self.save = save  # skip intervals to afford dearer exchanges (AutoConfig.save)
         self.links: dict[str, EdgeLink] = {}
 
     def choose(self, peer: str, ladder: Sequence[int], bytes_of: Callable[[int], int], bounds: Bounds) -> Choice:
@@ -129,7 +133,7 @@ class LinkBudget:
         spent = self._spend(link, ladder, top, bytes_of, bounds)
         if spent is not None:
             return spent
-        saving = self._save(link, ladder, top, bytes_of, bounds)
+        saving = self._save(link, ladder, top, bytes_of, bounds) if self.save else None
         if saving is not None:
             link.reason = saving.reason  # the status shows it: the edge's pattern until something changes it
             link.skips += 1
@@ -176,6 +180,7 @@ class LinkBudget:
                     mode,
                     f"{describe_mode(mode)} once: {_ms(link.banked)} saved from cheaper exchanges and this one's "
                     f"{_ms(bounds.budget)} cover its predicted {_ms(predicted)}",
+                    funded=predicted,
                 )
         return None
 

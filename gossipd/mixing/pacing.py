@@ -56,6 +56,12 @@ class StepPacer:
         """An exchange this peer took part in finished at `step`."""
         self.last_mix = max(self.last_mix, step)
 
+    def expect(self, step: int, steps: int) -> None:
+        """An exchange predicted to take `steps` training steps' time starts at `step`, its time saved from
+        intervals in which this peer started none (gossipd.mixing.link_budget): mixing is not behind, so the
+        trainer may step through it and holds only past its predicted end."""
+        self.last_mix = max(self.last_mix, step + steps - self.lag)
+
     def allowance(self, step: int) -> int:
         """How many steps the trainer may take from `step` before it must wait for a mix (0: wait now)."""
         return max(0, self.last_mix + self.lag - step)

@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import math
 import random
 import time
 from collections import OrderedDict, deque
@@ -43,7 +44,15 @@ from gossipd.mixing.clipping import Clipper, RobustSection
 from gossipd.mixing.cpu_budget import INTERVAL, CpuBudget, Reading
 from gossipd.mixing.edge import EdgeState
 from gossipd.mixing.layout import ParamLayout
-from gossipd.mixing.link_budget import FINISH_TIME_SHARE, SKIP, Bounds, EdgeLink, LinkBudget, exchange_bounds
+from gossipd.mixing.link_budget import (
+    FINISH_TIME_SHARE,
+    SKIP,
+    Bounds,
+    Choice,
+    EdgeLink,
+    LinkBudget,
+    exchange_bounds,
+)
 from gossipd.mixing.pacing import StepPacer
 from gossipd.mixing.session import ExchangeResult, ExchangeSession, PeerAborted, Phase
 from gossipd.peering.ledger import Ledger
@@ -202,7 +211,7 @@ class ExchangeService:
         # An auto task's per-edge choice of mode (gossipd.mixing.link_budget); None for fixed algorithms.
         self.family = algorithm if isinstance(algorithm, AutoGossip) else None
         self.ladder = () if self.family is None else self.family.ladder(layout)
-        self.links = LinkBudget(clock=time.monotonic)
+        self.links = LinkBudget(clock=time.monotonic, save=self.family is not None and self.family.config.save)
         if gossip.steps_per_exchange is not None:
             trainer.pace(
                 StepPacer(gossip.steps_per_exchange), may_hold=self.can_mix, hold_limit=gossip.exchange_timeout
@@ -257,7 +266,7 @@ class ExchangeService:
             max_bytes_per_second=config.max_bytes_per_second,
         )
 
-    def _choose_mode(self, peer: str) -> int | None:
+    def _choose(self, peer: str) -> Choice | None:
         if self.family is None:
             return None
         family = self.family
@@ -267,16 +276,27 @@ class ExchangeService:
 
         if self.trainer.training_done:
             limit = self.gossip.exchange_timeout * FINISH_TIME_SHARE
-            return self.links.settle(peer, self.ladder, bytes_of, self.exchange_bounds(), limit=limit).mode
-        return self.links.choose(peer, self.ladder, bytes_of, self.exchange_bounds()).mode
+            return self.links.settle(peer, self.ladder, bytes_of, self.exchange_bounds(), limit=limit)
+        return self.links.choose(peer, self.ladder, bytes_of, self.exchange_bounds())
+
+    def _choose_mode(self, peer: str) -> int | None:
+        choice = self._choose(peer)
+        return None if choice is None else choice.mode
 
     def _saving(self, peer: str) -> bool:
         """Whether this peer skips this interval's exchange with `peer`, saving its budget for a dearer mode
-        (gossipd.mixing.link_budget); otherwise the mode chosen waits for `initiate`."""
-        mode = self._choose_mode(peer)
-        if mode == SKIP:
+        (gossipd.mixing.link_budget); otherwise the mode chosen waits for `initiate`. When saving, a dearer
+        exchange paid from what earlier intervals saved lets a step-paced trainer step through its predicted
+        time (without `save`, the bank's occasional dearer exchange holds the trainer as any other)."""
+        choice = self._choose(peer)
+        if choice is not None and choice.mode == SKIP:
             return True
-        self._chosen[peer] = mode
+        self._chosen[peer] = None if choice is None else choice.mode
+        pacer = self.trainer.pacer
+        if self.links.save and choice is not None and choice.funded is not None and pacer is not None:
+            per_step = self.exchange_period() / pacer.every
+            if per_step > 0:
+                pacer.expect(self.trainer.step, math.ceil(choice.funded / per_step))
         return False
 
     def _record_link(

@@ -210,7 +210,10 @@ class Simulation:
             view=view,
             clipper=Clipper(self.task.robust),
             personal=self.personal.parameters,
-            links=LinkBudget(clock=lambda: float(self.round)),
+            links=LinkBudget(
+                clock=lambda: float(self.round),
+                save=isinstance(self.algorithm, AutoGossip) and self.algorithm.config.save,
+            ),
         )
 
     # -- the run ---------------------------------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""A/B of auto's saving: the task's auto with the probe (32) against probe = 0 (time alone), same seed.
+"""A/B of auto's saving: the task's auto with `save = true` (and the probe, 32) against probe = 0 (time alone,
+as auto was before the probe), same seed.
 
     python save_ab.py TASK_FILE DATA_ROOT PARTITION ROUNDS PEERS [STEP_MS|measured] [LINK_MBIT|none] [SEED]
 
@@ -37,7 +38,8 @@ torch.set_num_threads(1)
 base = load_task(task_file, data_root=data_root)
 data = load_data(base.data, base.task.seed)
 for probe in (32, 0):
-    gossip = dataclasses.replace(base.gossip, config=dataclasses.replace(base.gossip.config, probe=probe))
+    config_ = dataclasses.replace(base.gossip.config, probe=probe, save=probe > 0)
+    gossip = dataclasses.replace(base.gossip, config=config_)
     task = dataclasses.replace(base, gossip=gossip, hash=task_hash(base.task, base.model, gossip))
     config = SimulationConfig(
         peers=peers,
