@@ -320,8 +320,10 @@ class Simulation:
             partner.edges.pop(peer.index, None)
             self.failed_exchanges += 1
             return
+        captured: list[float | None] = []
         for end, owner, other in ((ends[0], peer, partner), (ends[1], partner, peer)):
             result = end.result()
+            captured.append(result.captured)
             self.clipped += int(result.clipped and not owner.byzantine)
             met = owner.met.setdefault(other.index, self.round)
             past_grace = self.round - met >= self.task.robust.suspect_grace
@@ -333,7 +335,6 @@ class Simulation:
             owner.edges[other.index] = result.edge
             owner.exchanges += 1
         if mode is not None:
-            captured = [end.result().captured for end in ends]
             self._record_link(peer, partner, mode, traffic, time.perf_counter() - tick, captured)
         peer.bytes_sent += traffic.a_sent
         partner.bytes_sent += traffic.b_sent
