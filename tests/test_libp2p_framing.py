@@ -1,5 +1,6 @@
 """The libp2p adapter's framing: frames read back to back from chunked reads, one stream read per chunk;
-TCP reads served from a buffer; Yamux frames that fit one Noise message."""
+TCP reads served from a buffer; Yamux frames that fit one Noise message, written several to a socket write;
+a writer out of send window woken by the window update."""
 
 from __future__ import annotations
 
@@ -10,11 +11,13 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import pytest
 import trio
 from libp2p.crypto.ed25519 import create_new_key_pair as new_ed25519
-from libp2p.io.exceptions import IncompleteReadError
+from libp2p.exceptions import ParseError
+from libp2p.io.exceptions import ConnectionClosedError, IncompleteReadError, MessageTooLarge
 from libp2p.io.trio import TrioTCPStream
 from libp2p.peer.id import ID
 from libp2p.security.noise.io import MAX_PLAINTEXT_LENGTH, NoisePacketReadWriter, NoiseTransportReadWriter
-from libp2p.stream_muxer.yamux.yamux import HEADER_SIZE, TYPE_WINDOW_UPDATE, YAMUX_HEADER_FORMAT, Yamux
+from libp2p.security.secure_session import SecureSession
+from libp2p.stream_muxer.yamux.yamux import HEADER_SIZE, TYPE_WINDOW_UPDATE, YAMUX_HEADER_FORMAT, Yamux, YamuxStream
 from libp2p.utils.varint import encode_varint_prefixed, read_varint_prefixed_bytes_limited
 
 from gossipd.adapters.libp2p_network import BufferedReader, Libp2pNetwork
@@ -192,13 +195,13 @@ async def test_a_large_frame_is_written_as_whole_noise_messages(monkeypatch: pyt
     # py-libp2p's 64 KiB Yamux payload plus its header is 29 bytes more than one Noise message carries; the
     # adapter's frames fit in one, so 1 MB goes as 1 MB / 65,507 data frames, each one Noise message.
     sizes: list[int] = []
-    write_msg = NoiseTransportReadWriter.write_msg
+    encrypt = NoiseTransportReadWriter.encrypt
 
-    async def counting(self: NoiseTransportReadWriter, msg: bytes, prefix_encoded: bool = False) -> None:
+    def counting(self: NoiseTransportReadWriter, msg: bytes) -> bytes:
         sizes.append(len(msg))
-        await write_msg(self, msg, prefix_encoded)
+        return encrypt(self, msg)
 
-    monkeypatch.setattr(NoiseTransportReadWriter, "write_msg", counting)
+    monkeypatch.setattr(NoiseTransportReadWriter, "encrypt", counting)
     body = bytes(range(256)) * 4096
 
     async def echo(stream: FrameStream) -> None:
@@ -211,3 +214,122 @@ async def test_a_large_frame_is_written_as_whole_noise_messages(monkeypatch: pyt
             assert await stream.receive(len(body)) == body
     assert max(sizes) <= MAX_PLAINTEXT_LENGTH  # py-libp2p as it ships hands Noise 65,548 bytes: two messages
     assert sum(size > 60_000 for size in sizes) >= 2 * len(body) // 65_507
+
+
+async def test_concurrent_large_sends_on_several_streams_arrive_intact() -> None:
+    # Each stream's writer encrypts up to four frames at once under the connection's write lock; three
+    # writers and the window updates flowing back share one connection and one Noise nonce sequence.
+    bodies = [bytes([i]) * 700_000 + bytes(range(256)) * 97 for i in range(3)]
+    echoed: list[bytes] = [b""] * 3
+
+    async def echo(stream: FrameStream) -> None:
+        await stream.send(await stream.receive(1 << 20))
+
+    with trio.fail_after(60):
+        async with (
+            Libp2pNetwork.running(new_ed25519(), listen=["/ip4/127.0.0.1/tcp/0"]) as a,
+            Libp2pNetwork.running(new_ed25519(), listen=["/ip4/127.0.0.1/tcp/0"]) as b,
+        ):
+            b.set_handler("/gossipd/test/1.0.0", echo)
+            await a.connect(b.addresses()[0])
+
+            async def round_trip(i: int) -> None:
+                stream = await a.open_stream(b.peer_id, "/gossipd/test/1.0.0")
+                await stream.send(bodies[i])
+                echoed[i] = await stream.receive(1 << 20)
+                await stream.close()
+
+            async with trio.open_nursery() as nursery:
+                for i in range(3):
+                    nursery.start_soon(round_trip, i)
+            await a._host.disconnect(ID.from_base58(b.peer_id))
+    assert echoed == bodies
+
+
+async def test_read_frame_returns_frames_back_to_back_and_a_large_one_whole() -> None:
+    large = bytes(range(256)) * 1000  # 256,000 bytes: beyond the 64 KiB chunk, read straight from the stream
+    frames = [b"a", b"", large, b"tail"]
+    wire = b"".join(encode_varint_prefixed(f) for f in frames)
+    stream = ChunkedStream([wire[i : i + 50_000] for i in range(0, len(wire), 50_000)])
+    reader = BufferedReader(stream)
+    assert [await reader.read_frame(len(large)) for _ in frames] == frames
+    assert await reader.read(10) == b""
+
+
+async def test_read_frame_refuses_an_oversized_length_before_reading_its_body() -> None:
+    stream = ChunkedStream([encode_varint_prefixed(b"x" * 10_000)[:3], b"x" * 9_998])
+    with pytest.raises(MessageTooLarge):
+        await BufferedReader(stream).read_frame(9_999)
+    assert stream.reads == 1 and stream.chunks == [b"x" * 9_998]
+
+
+async def test_read_frame_reports_a_truncated_frame_and_an_overlong_length() -> None:
+    with pytest.raises(IncompleteReadError):
+        await BufferedReader(ChunkedStream([encode_varint_prefixed(b"x" * 100_000)[:70_000]])).read_frame(1 << 20)
+    with pytest.raises(IncompleteReadError):
+        await BufferedReader(ChunkedStream([b"\x80"])).read_frame(1 << 20)  # the stream ends inside the length
+    with pytest.raises(ParseError):
+        await BufferedReader(ChunkedStream([b"\xff" * 11])).read_frame(1 << 20)
+
+
+class FailingOnce(ChunkedStream):
+    """Fails the read after the first, once: a read that is cancelled or breaks part way."""
+
+    async def read(self, n: int | None = -1) -> bytes:
+        if self.reads == 1:
+            self.reads += 1
+            raise trio.TooSlowError
+        return await super().read(n)
+
+
+async def test_read_exactly_that_fails_part_way_loses_none_of_the_bytes_it_took() -> None:
+    wire = bytes(range(200))
+    reader = BufferedReader(FailingOnce([wire[:30], wire[30:]]), chunk=16)
+    assert await reader.read_exactly(10) == wire[:10]
+    with pytest.raises(trio.TooSlowError):
+        await reader.read_exactly(100)  # takes the 20 buffered bytes, then the stream fails
+    assert await reader.read_exactly(190) == wire[10:]
+
+
+class Messages:
+    """A Noise transport stand-in under a SecureSession: hands out whole decrypted messages, then b""."""
+
+    def __init__(self, messages: list[bytes]) -> None:
+        self.messages = messages
+
+    async def read_msg(self) -> bytes:
+        return self.messages.pop(0) if self.messages else b""
+
+
+def session(messages: list[bytes]) -> SecureSession:
+    secure = SecureSession.__new__(SecureSession)  # the read path needs only the connection it reads from
+    secure.conn = Messages(messages)  # type: ignore[assignment]
+    return secure
+
+
+async def test_secure_session_reads_a_frame_header_then_its_body_from_one_message() -> None:
+    header, body = b"H" * 12, bytes(range(256)) * 255
+    secure = session([header + body, b"next"])
+    assert await secure.read(12) == header
+    assert await secure.read(len(body)) == body
+    assert await secure.read(100) == b"next"  # up to n: what the next message holds
+
+
+async def test_secure_session_reads_span_messages_and_end_as_py_libp2p_reads_do() -> None:
+    secure = session([b"abc", b"defgh", b"ij"])
+    assert await secure.read(2) == b"ab"
+    assert await secure.read(None) == b"c"  # n None: what is buffered, without reading on
+    assert await secure.read(6) == b"defghi"  # across two messages, the rest of the second kept
+    assert await secure.read(5) == b"j"  # the connection ends: what was read so far
+    with pytest.raises(ConnectionClosedError):
+        await secure.read(5)
+
+
+async def test_a_writer_waiting_for_send_window_is_woken_when_the_window_grows() -> None:
+    stream = YamuxStream.__new__(YamuxStream)  # the window attribute alone
+    stream.send_window = 0
+    grew = stream._gossipd_window_grew = trio.Event()  # type: ignore[attr-defined]
+    stream.send_window -= 0
+    assert not grew.is_set()
+    stream.send_window += 65_536  # as the muxer applies a window update
+    assert grew.is_set() and stream.send_window == 65_536
