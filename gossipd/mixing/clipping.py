@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 import statistics
+import threading
 from collections import deque
 from dataclasses import dataclass, field
 
@@ -60,10 +61,15 @@ class Clipper:
         self._recent: dict[int | None, deque[tuple[bytes, float]]] = {}
         self.clipped = 0
         self._streak: dict[bytes, int] = {}
+        # A daemon finishes exchanges in worker threads, several at once: one exchange's vote iterated the
+        # distances while another's were appended ("deque mutated during iteration", a daemon lost in
+        # `make bench-peers`, 2026-12-04).
+        self._lock = threading.RLock()
 
     def recent(self, kind: int | None = None) -> deque[tuple[bytes, float]]:
         """The latest (neighbour, distance) of exchanges of one mode (None: a task with a single mode)."""
-        return self._recent.setdefault(kind, deque(maxlen=self.section.window))
+        with self._lock:
+            return self._recent.setdefault(kind, deque(maxlen=self.section.window))
 
     def _scale(self, kind: int | None) -> float:
         """The neighbours' vote on this mode's distance (see the module's docstring)."""
@@ -77,9 +83,10 @@ class Clipper:
             return math.inf
         if self.section.radius is not None:
             return self.section.radius
-        if self._trusted(kind):
-            return self.section.multiplier * self._scale(kind)
-        others = [self.section.multiplier * self._scale(k) for k in self._recent if self._trusted(k)]
+        with self._lock:
+            if self._trusted(kind):
+                return self.section.multiplier * self._scale(kind)
+            others = [self.section.multiplier * self._scale(k) for k in list(self._recent) if self._trusted(k)]
         # No trusted scale yet: move not at all rather than let an early attacker in unclipped.
         return max(others, default=0.0)
 
@@ -92,6 +99,10 @@ class Clipper:
         `pull` is how much more than w this end moves (weighted mixing, `weigh_by`: up to 2 towards a peer
         that declares far more examples); the move is still at most w·τ, so a peer that declares a huge
         dataset pulls no further than any other. `kind`: the exchange's mode in an auto task."""
+        with self._lock:
+            return self._factor(distance, peer, pull, kind)
+
+    def _factor(self, distance: float, peer: bytes, pull: float, kind: int | None) -> float:
         tau = self.radius(kind)
         borrowed = self.section.radius is None and not self._trusted(kind)
         if math.isfinite(distance):
@@ -110,8 +121,10 @@ class Clipper:
         return tau / reach if math.isfinite(reach) else 0.0
 
     def is_suspect(self, peer: bytes) -> bool:
-        return self._streak.get(peer, 0) >= self.section.suspect_after
+        with self._lock:
+            return self._streak.get(peer, 0) >= self.section.suspect_after
 
     def forgive(self, peer: bytes) -> None:
         """Start counting afresh (after the caller's back-off)."""
-        self._streak.pop(peer, None)
+        with self._lock:
+            self._streak.pop(peer, None)
