@@ -49,6 +49,7 @@ BUILD = REPO / "build" / "bench-peers"
 DOCS = REPO / "docs"
 RESULTS = DOCS / "bench-peers"  # the published runs; experiments (--tag, --quick) stay under OUT
 RUN_LIMIT_S = 3600  # no single run may take longer
+PROGRESS_EVERY = 30.0  # seconds between a run's progress lines on stderr
 FLOWER_LOCAL_STEPS = 15_000 // 32  # one epoch of a 15k-image shard
 # hivemind's averager request timeout, per split: the better of the two settings measured on the CNN
 # (2026-11-29). 0.5 s (below the 1 s matchmaking time, as hivemind asks) took IID to 98% in 53-74 s against
@@ -310,6 +311,7 @@ def run_gossipd(run: Run, start: float) -> None:
     next_due = [0] * PEERS
     finished = [False] * PEERS
     trained_at: float | None = None  # when the last peer reached its budget
+    reported = time.time()
     try:
         while True:
             statuses = swarm.statuses()
@@ -332,6 +334,10 @@ def run_gossipd(run: Run, start: float) -> None:
                 trained_at = time.time()
             if all(finished) or (trained_at is not None and time.time() - trained_at > FINISH_WAIT):
                 break
+            if time.time() - reported >= PROGRESS_EVERY:
+                reported = time.time()
+                steps = [s["tasks"][0]["samples"] // 32 if s is not None else "?" for s in statuses]
+                print(f"progress: steps {steps} of {run.steps}", flush=True)
             if trained_at is None and time.time() - start > TRAIN_WAIT:
                 print(f"  {run.name}: not every peer reached its budget within {TRAIN_WAIT:.0f} s", flush=True)
                 break
@@ -426,6 +432,15 @@ def namespace_prefix() -> list[str]:
     raise SystemExit("bench-peers needs network namespaces (unshare -n) to count each run's bytes")
 
 
+def last_progress(log: Path) -> str:
+    """The newest `progress:` line a run wrote to its log, as ", ..." (empty if none yet)."""
+    with log.open("rb") as handle:
+        handle.seek(max(0, log.stat().st_size - 16384))
+        lines = handle.read().decode(errors="replace").splitlines()
+    found = [line.removeprefix("progress: ") for line in lines if line.startswith("progress: ")]
+    return f", {found[-1]}" if found else ""
+
+
 def execute(run: Run) -> bool:
     spec = Path(run.workdir) / "run.json"
     spec.write_text(json.dumps(run.__dict__))
@@ -436,12 +451,20 @@ def execute(run: Run) -> bool:
     with log.open("w") as output:
         # A session of its own, so a run past its bound goes down with every process it started.
         process = subprocess.Popen(command, cwd=REPO, stdout=output, stderr=subprocess.STDOUT, start_new_session=True)
-        try:
-            code = process.wait(RUN_LIMIT_S)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            code = process.wait()
-            output.write(f"\nbench-peers: killed after {RUN_LIMIT_S} s\n")
+        while True:
+            left = RUN_LIMIT_S - (time.monotonic() - started)
+            try:
+                code = process.wait(max(0.0, min(PROGRESS_EVERY, left)))
+                break
+            except subprocess.TimeoutExpired:
+                if left <= PROGRESS_EVERY:
+                    os.killpg(process.pid, signal.SIGKILL)
+                    code = process.wait()
+                    output.write(f"\nbench-peers: killed after {RUN_LIMIT_S} s\n")
+                    break
+                # A run takes minutes: say it is alive, and how far its peers are where the run says so.
+                line = f"  {run.name}: {time.monotonic() - started:.0f} s{last_progress(log)}"
+                print(line, file=sys.stderr, flush=True)
     status = "ok" if code == 0 else f"FAILED ({code}, see {log})"
     print(f"  {run.name}: {status} in {time.monotonic() - started:.0f} s", flush=True)
     return code == 0
