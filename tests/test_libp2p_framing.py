@@ -21,7 +21,7 @@ from libp2p.stream_muxer.yamux.yamux import HEADER_SIZE, TYPE_WINDOW_UPDATE, YAM
 from libp2p.utils.varint import encode_varint_prefixed, read_varint_prefixed_bytes_limited
 
 from gossipd.adapters.libp2p_network import BufferedReader, Libp2pNetwork
-from gossipd.services.network import FrameStream
+from gossipd.services.network import FrameStream, StreamClosed
 
 
 class ChunkedStream:
@@ -333,3 +333,36 @@ async def test_a_writer_waiting_for_send_window_is_woken_when_the_window_grows()
     assert not grew.is_set()
     stream.send_window += 65_536  # as the muxer applies a window update
     assert grew.is_set() and stream.send_window == 65_536
+
+
+async def test_a_handler_that_fails_costs_its_stream_and_the_host_answers_the_next(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    calls = 0
+
+    async def buggy_then_echo(stream: FrameStream) -> None:
+        nonlocal calls
+        calls += 1
+        message = await stream.receive(1000)
+        if calls == 1:
+            raise RuntimeError("a bug while answering")
+        await stream.send(message)
+
+    with trio.fail_after(30):
+        async with (
+            Libp2pNetwork.running(new_ed25519(), listen=["/ip4/127.0.0.1/tcp/0"]) as a,
+            Libp2pNetwork.running(new_ed25519(), listen=["/ip4/127.0.0.1/tcp/0"]) as b,
+        ):
+            b.set_handler("/gossipd/test/1.0.0", buggy_then_echo)
+            await a.connect(b.addresses()[0])
+            first = await a.open_stream(b.peer_id, "/gossipd/test/1.0.0")
+            await first.send(b"one")
+            with pytest.raises(StreamClosed):
+                await first.receive(1000)  # reset by the failed handler
+            second = await a.open_stream(b.peer_id, "/gossipd/test/1.0.0")
+            await second.send(b"two")
+            assert await second.receive(1000) == b"two"
+            await second.close()
+            await a._host.disconnect(ID.from_base58(b.peer_id))
+    assert calls == 2
+    assert any("a bug while answering" in str(r.exc_info[1]) for r in caplog.records if r.exc_info)

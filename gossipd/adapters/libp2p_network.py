@@ -648,7 +648,15 @@ class Libp2pNetwork:
 
     def set_handler(self, protocol: str, handler: StreamHandler) -> None:
         async def on_stream(stream: Any) -> None:
-            await handler(Libp2pStream(stream))
+            framed = Libp2pStream(stream)
+            try:
+                await handler(framed)
+            except Exception:
+                # A bug in a handler costs its stream, never the host: py-libp2p runs handlers in the
+                # connection's nursery, where an exception ends the connection and, up the chain, the daemon
+                # (a race in answering an exchange did, 2026-12-04).
+                log.exception("handling a %s stream from %s failed", protocol, framed.peer_id)
+                await framed.reset()
 
         self._host.set_stream_handler(TProtocol(protocol), on_stream)
 
