@@ -22,6 +22,7 @@ be rebuilt and extended run by run), PNG plots in docs/, and a section of BENCHM
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import json
 import os
@@ -50,6 +51,7 @@ DOCS = REPO / "docs"
 RESULTS = DOCS / "bench-peers"  # the published runs; experiments (--tag, --quick) stay under OUT
 RUN_LIMIT_S = 3600  # no single run may take longer
 PROGRESS_EVERY = 30.0  # seconds between a run's progress lines on stderr
+STOP_GRACE = 90.0  # seconds a stopped run gets to stop its peers (each daemon gets 60 to checkpoint and exit)
 FLOWER_LOCAL_STEPS = 15_000 // 32  # one epoch of a 15k-image shard
 # hivemind's averager request timeout, per split: the better of the two settings measured on the CNN
 # (2026-11-29). 0.5 s (below the 1 s matchmaking time, as hivemind asks) took IID to 98% in 53-74 s against
@@ -451,23 +453,41 @@ def execute(run: Run) -> bool:
     with log.open("w") as output:
         # A session of its own, so a run past its bound goes down with every process it started.
         process = subprocess.Popen(command, cwd=REPO, stdout=output, stderr=subprocess.STDOUT, start_new_session=True)
-        while True:
-            left = RUN_LIMIT_S - (time.monotonic() - started)
-            try:
-                code = process.wait(max(0.0, min(PROGRESS_EVERY, left)))
-                break
-            except subprocess.TimeoutExpired:
-                if left <= PROGRESS_EVERY:
-                    os.killpg(process.pid, signal.SIGKILL)
-                    code = process.wait()
-                    output.write(f"\nbench-peers: killed after {RUN_LIMIT_S} s\n")
-                    break
-                # A run takes minutes: say it is alive, and how far its peers are where the run says so.
-                line = f"  {run.name}: {time.monotonic() - started:.0f} s{last_progress(log)}"
-                print(line, file=sys.stderr, flush=True)
+        try:
+            code = wait_for(run, process, output, log, started)
+        except BaseException:  # interrupted: the run's processes go with this one
+            stop_run(process)
+            raise
     status = "ok" if code == 0 else f"FAILED ({code}, see {log})"
     print(f"  {run.name}: {status} in {time.monotonic() - started:.0f} s", flush=True)
     return code == 0
+
+
+def stop_run(process: subprocess.Popen[bytes]) -> int:
+    """Stop a run: SIGTERM first, so that it stops its peers (they run in sessions of their own, beyond its
+    process group), then SIGKILL to its group if it has not ended within STOP_GRACE."""
+    os.killpg(process.pid, signal.SIGTERM)
+    try:
+        return process.wait(STOP_GRACE)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        return process.wait()
+
+
+def wait_for(run: Run, process: subprocess.Popen[bytes], output: Any, log: Path, started: float) -> int:
+    """The run's exit code; stopped past RUN_LIMIT_S; a progress line on stderr every PROGRESS_EVERY."""
+    while True:
+        left = RUN_LIMIT_S - (time.monotonic() - started)
+        try:
+            return process.wait(max(0.0, min(PROGRESS_EVERY, left)))
+        except subprocess.TimeoutExpired:
+            if left <= PROGRESS_EVERY:
+                code = stop_run(process)
+                output.write(f"\nbench-peers: stopped after {RUN_LIMIT_S} s\n")
+                return code
+            # A run takes minutes: say it is alive, and how far its peers are where the run says so.
+            line = f"  {run.name}: {time.monotonic() - started:.0f} s{last_progress(log)}"
+            print(line, file=sys.stderr, flush=True)
 
 
 def evaluate(run: Run) -> dict[str, Any]:
@@ -675,6 +695,24 @@ def publish(out: Path, *, write: bool) -> None:
             replace_section(RESULTS / "HISTORY.md", "bench-peers-history", history, title="bench-peers history")
 
 
+def run_one(args: argparse.Namespace, out: Path, today: str, shards: Path, planned: Run) -> None:
+    """One run in a folder of its own (removed afterwards unless --keep), its summary written to `out`."""
+    workdir = Path(tempfile.mkdtemp(prefix="gossipd-peers-", dir="/tmp"))
+    try:
+        shutil.copytree(shards / "data", workdir / "data")
+        run = dataclasses.replace(planned, workdir=str(workdir))
+        if execute(run):
+            # gossipd's peers stop at the step budget and finish (see gossipd_task).
+            summary = {**evaluate(run), "date": today, "finish": run.system.startswith("gossipd-")}
+            (out / f"{run.name}.json").write_text(json.dumps(summary, indent=1))
+            print(json.dumps({k: v for k, v in summary.items() if k != "curve"}), flush=True)
+    finally:
+        if args.keep:
+            print(f"  kept {workdir}", flush=True)
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--inside", type=Path, help=argparse.SUPPRESS)
@@ -701,6 +739,8 @@ def main() -> None:
     )
     parser.add_argument("--gossip-extra", default="", help="TOML lines added to gossipd's [gossip] section")
     args = parser.parse_args()
+    # SIGTERM (kill, timeout) as Ctrl-C: a run stops its peers, the runner its run, and the temporary folders go.
+    signal.signal(signal.SIGTERM, lambda signum, _frame: sys.exit(128 + signum))
     if args.inside is not None:
         inside(args.inside)
         return
@@ -722,23 +762,15 @@ def main() -> None:
     today = datetime.date.today().isoformat()
     for split in splits:
         shards = Path(tempfile.mkdtemp(prefix="gossipd-peers-data-", dir="/tmp"))
-        write_shards(shards, split)
-        for model in models:
-            for system in args.systems.split(","):
-                for repeat in range(args.first_repeat, args.first_repeat + args.repeats):
-                    workdir = Path(tempfile.mkdtemp(prefix="gossipd-peers-", dir="/tmp"))
-                    shutil.copytree(shards / "data", workdir / "data")
-                    run = Run(system, model, split, repeat, steps, args.snapshot_every, str(workdir), args.gossip_extra)
-                    if execute(run):
-                        # gossipd's peers stop at the step budget and finish (see gossipd_task).
-                        summary = {**evaluate(run), "date": today, "finish": system.startswith("gossipd-")}
-                        (out / f"{run.name}.json").write_text(json.dumps(summary, indent=1))
-                        print(json.dumps({k: v for k, v in summary.items() if k != "curve"}), flush=True)
-                    if args.keep:
-                        print(f"  kept {workdir}", flush=True)
-                    else:
-                        shutil.rmtree(workdir, ignore_errors=True)
-        shutil.rmtree(shards, ignore_errors=True)
+        try:  # the shards (200 MB) and each run's folder go however the loop ends, Ctrl-C included
+            write_shards(shards, split)
+            for model in models:
+                for system in args.systems.split(","):
+                    for repeat in range(args.first_repeat, args.first_repeat + args.repeats):
+                        planned = Run(system, model, split, repeat, steps, args.snapshot_every, "", args.gossip_extra)
+                        run_one(args, out, today, shards, planned)
+        finally:
+            shutil.rmtree(shards, ignore_errors=True)
     publish(out, write=not args.no_write)
 
 
