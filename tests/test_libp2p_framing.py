@@ -80,19 +80,31 @@ class WindowUpdates:
         monkeypatch.setattr(Yamux, "_write_frame", counting)
 
 
+PROTOCOL = "/gossipd/test/1.0.0"
+
+
 @contextlib.asynccontextmanager
-async def stream_to_handler(handler: Callable[[FrameStream], Awaitable[None]]) -> AsyncIterator[FrameStream]:
-    """Two hosts on loopback; a stream from the first to `handler` on the second."""
+async def connected_hosts(
+    handler: Callable[[FrameStream], Awaitable[None]],
+) -> AsyncIterator[tuple[Libp2pNetwork, Libp2pNetwork]]:
+    """Two hosts on loopback, the first connected to the second, which answers PROTOCOL with `handler`."""
     async with (
         Libp2pNetwork.running(new_ed25519(), listen=["/ip4/127.0.0.1/tcp/0"]) as a,
         Libp2pNetwork.running(new_ed25519(), listen=["/ip4/127.0.0.1/tcp/0"]) as b,
     ):
-        b.set_handler("/gossipd/test/1.0.0", handler)
+        b.set_handler(PROTOCOL, handler)
         await a.connect(b.addresses()[0])
-        stream = await a.open_stream(b.peer_id, "/gossipd/test/1.0.0")
+        yield a, b
+        await a._host.disconnect(ID.from_base58(b.peer_id))
+
+
+@contextlib.asynccontextmanager
+async def stream_to_handler(handler: Callable[[FrameStream], Awaitable[None]]) -> AsyncIterator[FrameStream]:
+    """Two hosts on loopback; a stream from the first to `handler` on the second."""
+    async with connected_hosts(handler) as (a, b):
+        stream = await a.open_stream(b.peer_id, PROTOCOL)
         yield stream
         await stream.close()
-        await a._host.disconnect(ID.from_base58(b.peer_id))
 
 
 async def test_small_messages_on_a_real_stream_send_no_window_update_per_read(
@@ -226,15 +238,10 @@ async def test_concurrent_large_sends_on_several_streams_arrive_intact() -> None
         await stream.send(await stream.receive(1 << 20))
 
     with trio.fail_after(60):
-        async with (
-            Libp2pNetwork.running(new_ed25519(), listen=["/ip4/127.0.0.1/tcp/0"]) as a,
-            Libp2pNetwork.running(new_ed25519(), listen=["/ip4/127.0.0.1/tcp/0"]) as b,
-        ):
-            b.set_handler("/gossipd/test/1.0.0", echo)
-            await a.connect(b.addresses()[0])
+        async with connected_hosts(echo) as (a, b):
 
             async def round_trip(i: int) -> None:
-                stream = await a.open_stream(b.peer_id, "/gossipd/test/1.0.0")
+                stream = await a.open_stream(b.peer_id, PROTOCOL)
                 await stream.send(bodies[i])
                 echoed[i] = await stream.receive(1 << 20)
                 await stream.close()
@@ -242,7 +249,6 @@ async def test_concurrent_large_sends_on_several_streams_arrive_intact() -> None
             async with trio.open_nursery() as nursery:
                 for i in range(3):
                     nursery.start_soon(round_trip, i)
-            await a._host.disconnect(ID.from_base58(b.peer_id))
     assert echoed == bodies
 
 
@@ -349,20 +355,14 @@ async def test_a_handler_that_fails_costs_its_stream_and_the_host_answers_the_ne
         await stream.send(message)
 
     with trio.fail_after(30):
-        async with (
-            Libp2pNetwork.running(new_ed25519(), listen=["/ip4/127.0.0.1/tcp/0"]) as a,
-            Libp2pNetwork.running(new_ed25519(), listen=["/ip4/127.0.0.1/tcp/0"]) as b,
-        ):
-            b.set_handler("/gossipd/test/1.0.0", buggy_then_echo)
-            await a.connect(b.addresses()[0])
-            first = await a.open_stream(b.peer_id, "/gossipd/test/1.0.0")
+        async with connected_hosts(buggy_then_echo) as (a, b):
+            first = await a.open_stream(b.peer_id, PROTOCOL)
             await first.send(b"one")
             with pytest.raises(StreamClosed):
                 await first.receive(1000)  # reset by the failed handler
-            second = await a.open_stream(b.peer_id, "/gossipd/test/1.0.0")
+            second = await a.open_stream(b.peer_id, PROTOCOL)
             await second.send(b"two")
             assert await second.receive(1000) == b"two"
             await second.close()
-            await a._host.disconnect(ID.from_base58(b.peer_id))
     assert calls == 2
     assert any("a bug while answering" in str(r.exc_info[1]) for r in caplog.records if r.exc_info)
