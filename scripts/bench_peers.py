@@ -309,12 +309,13 @@ def run_gossipd(run: Run, start: float) -> None:
     snapshots = workdir / "snapshots"
     snapshots.mkdir(exist_ok=True)
     milestone = run.snapshot_every * 32  # samples between snapshots, as the other runners take them
-    swarm.start(wait=300, all_at_once=True)
     next_due = [0] * PEERS
     finished = [False] * PEERS
     trained_at: float | None = None  # when the last peer reached its budget
     reported = time.time()
     try:
+        # Inside the try: a run stopped while its peers start up stops those already launched.
+        swarm.start(wait=300, all_at_once=True)
         while True:
             statuses = swarm.statuses()
             for daemon, status in zip(swarm.daemons, statuses, strict=True):
