@@ -216,12 +216,7 @@ def format_status(data: dict[str, Any]) -> str:
     ]
     lines += [_budget_line(task) for task in tasks if task.get("mixing_cpu_allowed") is not None]
     lines += [_auto_line(task) for task in tasks if task.get("exchange_budget_ms") is not None]
-    lines += [
-        f"{task['id']}: waiting for peers: {task['live_peers']} of the {task['min_peers']} live neighbours "
-        "[train] min_peers asks for"
-        for task in tasks
-        if task["state"] == "waiting"
-    ]
+    lines += [_waiting_line(task) for task in tasks if task["state"] == "waiting"]
     lines += [
         f"{task['id']}: mixing weighted by samples; this peer declares {task['examples']:,} examples"
         for task in tasks
@@ -229,6 +224,18 @@ def format_status(data: dict[str, Any]) -> str:
     ]
     lines += [_personal_line(task) for task in tasks if task.get("personal")]
     return "\n".join(lines)
+
+
+def _waiting_line(task: dict[str, Any]) -> str:
+    if task.get("start_wait") is not None:
+        return (
+            f"{task['id']}: waiting for its neighbours before the first step ([train] start_wait, at most "
+            f"{task['start_wait']:.0f} s): {task['live_peers']} live"
+        )
+    return (
+        f"{task['id']}: waiting for peers: {task['live_peers']} of the {task['min_peers']} live neighbours "
+        "[train] min_peers asks for"
+    )
 
 
 def _budget_line(task: dict[str, Any]) -> str:

@@ -378,7 +378,9 @@ def gossipd_task(run: Run) -> str:
         head, rest = text.split("[model]", 1)
         text = head + f'[model]\nname = "{run.model}"\n{extra}\n[train]' + rest.split("[train]", 1)[1]
     # The budget ends training at exactly the run's steps; each peer then finishes ([gossip] finish_exchanges).
-    text = text.replace("[train]", f"[train]\neval_every = 1000000000\ntotal_steps = {run.steps}", 1)
+    # All four are launched at once and start from the task's model at once, as the other systems' peers do:
+    # no start wait (`[train] start_wait`) for the neighbours to settle.
+    text = text.replace("[train]", f"[train]\neval_every = 1000000000\ntotal_steps = {run.steps}\nstart_wait = 0", 1)
     return text.split("[gossip]")[0] + "[gossip]\n" + GOSSIP[run.system] + "\n" + run.gossip_extra + "\n"
 
 

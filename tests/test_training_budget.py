@@ -49,6 +49,9 @@ def test_every_peer_stops_at_its_budget_and_finishes_with_finished_neighbours(fi
         assert task["step"] == BUDGET and task["total_steps"] == BUDGET
         assert task["finish_exchanges"] == FINISH
         assert task["evaluated_at_step"] == BUDGET and task["accuracy"] is not None  # the finished model's
+        # Launched one by one, each waited for the others before its first step ([train] start_wait), and
+        # all started from the task's model: none copied another's, none trained alone.
+        assert (task["start"], task["state_transfers"]) == ("together", 0)
 
 
 def test_a_finished_swarm_starts_no_exchanges_and_its_copies_agree(finished_swarm: Swarm) -> None:

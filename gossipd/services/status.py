@@ -139,6 +139,8 @@ class TaskStatus:
     mixing_cpu_allowed: float | None = None  # what the CPU budget allowed it: the budget, or more when cores idle
     min_peers: int = 0  # [train] min_peers: live neighbours needed to train; 0: none
     live_peers: int = 0  # live neighbours now
+    start_wait: float | None = None  # while `waiting` for neighbours before the first step, its limit in seconds
+    start: str | None = None  # how that wait ended: "join", "together" or "alone"; None: there was none
     weigh_by: str = "none"  # [gossip] weigh_by
     examples: int | None = None  # training examples this peer declares to its neighbours (None: not known)
     peers: tuple[PeerStatus, ...] = ()

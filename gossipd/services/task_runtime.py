@@ -42,6 +42,7 @@ from gossipd.mixing.registry import make_algorithm
 from gossipd.mixing.state import half_state, state_specs
 from gossipd.models.registry import build_model, count_parameters
 from gossipd.peering.ledger import Ledger
+from gossipd.peering.start_wait import Start, StartWait
 from gossipd.peering.table import SOURCES, PeerRecord, PeerTable
 from gossipd.peering.view import PeerView
 from gossipd.services.attached_trainer import AttachedTrainer
@@ -69,6 +70,7 @@ log = logging.getLogger("gossipd.task")
 RECOVERY_RETRY = 2.0  # seconds between attempts to copy a neighbour's model over a diverged one
 RECOVERY_BACKOFF_MAX = 60.0
 PEER_CHECK_INTERVAL = 0.5  # seconds between counts of live neighbours ([train] min_peers)
+SETTLE = 4.0  # seconds without a new live neighbour after which a start wait's peers begin (or 2 heartbeats)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -149,6 +151,8 @@ class TaskRuntime:
         self.personal = Personal()  # what [gossip] personal keeps on this peer, known once the model is
         self._initial_personal: dict[str, torch.Tensor] = {}  # its first values (a diverged model's reset)
         self.model_summary: ModelSummary | None = None  # once loaded: what the task's advert tells of its model
+        self.start: Start | None = None  # how a start wait ([train] start_wait) ended; None: there was none
+        self._starting = False  # in a start wait now
 
     # -- lifecycle -------------------------------------------------------------------------------------
 
@@ -163,7 +167,7 @@ class TaskRuntime:
                 log.error("task %s could not start: %s", self.task.id, self.error)
                 task_status.started()
                 return
-            if self.task.train.min_peers > 0:
+            if self.task.train.min_peers > 0 or self._waits_to_start(services):
                 # Held from its first step: no neighbour is known yet (discovery has not even started).
                 self.state = TaskState.WAITING
                 services.trainer.pause()
@@ -344,15 +348,59 @@ class TaskRuntime:
     def _enough_peers(self) -> bool:
         return len(self.peers.live_members()) >= self.task.train.min_peers
 
+    def _waits_to_start(self, services: Services) -> bool:
+        """`[train] start_wait` applies: a budgeted task, no quorum of its own, a peer that has not trained.
+        Not an attached script's: it steps before its daemon's hold reaches it, and its neighbours would see a
+        trained peer to copy from in a script that has taken one step (`min_peers` holds it instead)."""
+        train = self.task.train
+        return (
+            self.attachment is None
+            and train.total_steps is not None
+            and train.start_wait > 0
+            and train.min_peers == 0
+            and services.fresh
+            and services.trainer.step == 0
+        )
+
     async def _wait_for_peers(self, services: Services) -> None:
         """`[train] min_peers`: neither train nor mix until that many neighbours are live (state `waiting`,
-        entered in `run` before the trainer starts)."""
+        entered in `run` before the trainer starts); else `[train] start_wait` (gossipd.peering.start_wait)."""
         if self.state is not TaskState.WAITING:
+            return
+        if self.task.train.min_peers == 0:
+            await self._wait_to_start(services)
             return
         log.info("task %s waits for %d live neighbours ([train] min_peers)", self.task.id, self.task.train.min_peers)
         await _until(self._enough_peers)
         services.trainer.resume()
         log.info("task %s sees %d live neighbours: training starts", self.task.id, len(self.peers.live_members()))
+
+    async def _wait_to_start(self, services: Services) -> None:
+        limit = self.task.train.start_wait
+        log.info(
+            "task %s waits up to %.0f s for its neighbours before its first step ([train] start_wait)",
+            self.task.id,
+            limit,
+        )
+        wait = StartWait(
+            limit=limit, settle=max(SETTLE, 2 * self.options.heartbeat_interval), since=trio.current_time()
+        )
+        self._starting = True
+        # Liveness changes as heartbeats age out, with no event to wait on (as in `_until`).
+        while (start := wait.decide(trio.current_time(), self._live_steps())) is Start.WAIT:  # noqa: ASYNC110
+            await trio.sleep(PEER_CHECK_INTERVAL)
+        self.start, self._starting = start, False
+        services.trainer.resume()
+        log.info(
+            "task %s starts (%s) after %.1f s with %d live neighbours",
+            self.task.id,
+            start.value,
+            trio.current_time() - wait.since,
+            len(self.peers.live_members()),
+        )
+
+    def _live_steps(self) -> dict[str, int | None]:
+        return {peer: self.peers.records[peer].step for peer in self.peers.live_members()}
 
     async def _keep_min_peers(self, services: Services) -> None:
         """Once training, fall back to waiting when fewer than `min_peers` neighbours have been live for the
@@ -396,7 +444,10 @@ class TaskRuntime:
         return self.task.train.min_peers > 0 and bool(live) and all(r.step == 0 for r in live)
 
     async def _join_if_needed(self, services: Services) -> None:
-        if not services.fresh or self.options.join_timeout <= 0 or self._nobody_trained_yet():
+        # After a start wait that found no trained neighbour there is no model to copy, and a neighbour that
+        # started a moment earlier has only its first steps: start from the task's model.
+        waited = self.start in (Start.TOGETHER, Start.ALONE)
+        if not services.fresh or self.options.join_timeout <= 0 or waited or self._nobody_trained_yet():
             self.state = TaskState.TRAINING
             return
         self.state = TaskState.JOINING
@@ -679,6 +730,8 @@ class TaskRuntime:
             mixing_cpu_allowed=exchange.mixing_cpu_allowed if exchange else None,
             min_peers=self.task.train.min_peers,
             live_peers=len(self.peers.live_members()),
+            start_wait=self.task.train.start_wait if self._starting else None,
+            start=self.start.value if self.start is not None else None,
             weigh_by=self.task.gossip.weigh_by,
             examples=self.examples,
             peers=self._peer_statuses(),

@@ -81,6 +81,10 @@ class TrainSection:
     # to stop). 0: train alone if need be.
     min_peers: int = field(default=0, metadata=bounds(min=0, max=1024))
     min_peers_grace: float = field(default=30.0, metadata=bounds(min=0.0))
+    # With a training budget (total_steps) and no min_peers: seconds a fresh peer waits for its neighbours
+    # before its first step, so a small budget is not spent before anyone is found (see
+    # gossipd.peering.start_wait). 0: start at once. A local choice, not hashed.
+    start_wait: float = field(default=30.0, metadata=bounds(min=0.0))
 
 
 @dataclass(frozen=True, kw_only=True)

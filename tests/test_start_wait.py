@@ -1,0 +1,179 @@
+"""`[train] start_wait`'s rule (gossipd.peering.start_wait): a fresh peer of a budgeted task joins a swarm that
+has trained, starts with neighbours once they have settled, and trains anyway at the limit."""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+from collections.abc import Callable
+from pathlib import Path
+
+import trio
+
+from gossipd.cli_client import format_status
+from gossipd.peering.start_wait import Start, StartWait
+from gossipd.services.status import TaskState, TaskStatus, to_json
+from gossipd.services.task_runtime import RunOptions, TaskRuntime
+from gossipd.task.loader import Task, parse_task
+from tests.conftest import DEFAULT_TASK
+from tests.fake_network import FakeHub
+from tests.test_control_api import make_status
+
+
+def test_it_waits_while_nobody_is_live_then_trains_alone_at_the_limit() -> None:
+    wait = StartWait(limit=30.0, settle=4.0, since=100.0)
+    assert [wait.decide(t, {}) for t in (100.0, 110.0, 129.9)] == [Start.WAIT] * 3
+    assert wait.decide(130.0, {}) is Start.ALONE
+
+
+def test_neighbours_that_stop_arriving_for_the_settle_time_start_together() -> None:
+    wait = StartWait(limit=30.0, settle=4.0, since=0.0)
+    assert wait.decide(1.0, {"a": 0}) is Start.WAIT
+    assert wait.decide(3.0, {"a": 0, "b": None}) is Start.WAIT  # a newcomer: the settle time starts again
+    assert wait.decide(6.9, {"a": 0, "b": 0}) is Start.WAIT
+    assert wait.decide(7.0, {"a": 0, "b": 0}) is Start.TOGETHER
+    assert wait.seen == 2
+
+
+def test_a_neighbour_seen_before_that_comes_back_is_no_newcomer() -> None:
+    wait = StartWait(limit=30.0, settle=4.0, since=0.0)
+    assert wait.decide(1.0, {"a": 0, "b": 0}) is Start.WAIT
+    assert wait.decide(2.0, {"a": 0}) is Start.WAIT  # b's heartbeat aged out for a moment
+    assert wait.decide(5.0, {"a": 0, "b": 0}) is Start.TOGETHER
+
+
+def test_a_neighbour_that_has_trained_means_a_running_swarm_to_join_at_once() -> None:
+    wait = StartWait(limit=30.0, settle=4.0, since=0.0)
+    assert wait.decide(0.5, {"a": 0, "b": 12}) is Start.JOIN
+
+
+def test_a_swarm_that_keeps_growing_starts_at_the_limit() -> None:
+    wait = StartWait(limit=10.0, settle=4.0, since=0.0)
+    decisions = [wait.decide(float(t), {f"p{i}": 0 for i in range(t + 1)}) for t in range(10)]
+    assert decisions == [Start.WAIT] * 10
+    assert wait.decide(10.0, {f"p{i}": 0 for i in range(11)}) is Start.ALONE
+
+
+def test_live_neighbours_that_all_left_before_settling_leave_the_peer_waiting() -> None:
+    wait = StartWait(limit=30.0, settle=4.0, since=0.0)
+    assert wait.decide(1.0, {"a": 0}) is Start.WAIT
+    assert wait.decide(8.0, {}) is Start.WAIT  # settled, but with nobody to start with
+    assert wait.decide(9.0, {"a": 0}) is Start.TOGETHER
+
+
+# -- a task runtime's start wait, on the fake network ------------------------------------------------------------
+
+
+def budgeted_task(extra: str) -> Task:
+    text = DEFAULT_TASK.read_text()
+    replacements = {
+        'name = "cnn"': 'name = "logistic"',
+        'device = "auto"': 'device = "cpu"',
+        "[train]": f"[train]\ntotal_steps = 100000\n{extra}",
+    }
+    for old, new in replacements.items():
+        assert old in text, f"the default task no longer says {old}"
+        text = text.replace(old, new, 1)
+    return parse_task(text, file=str(DEFAULT_TASK), base_dir=DEFAULT_TASK.parent)
+
+
+async def until(condition: Callable[[], bool], what: str, seconds: float = 30.0) -> None:
+    # TaskRuntime exposes no event for its state; poll it.
+    with trio.fail_after(seconds):
+        while not condition():  # noqa: ASYNC110
+            await trio.sleep(0.02)
+
+
+def cli(status: TaskStatus) -> str:
+    """`gossipd status` as it prints this task (in the control API's test daemon, in place of its first)."""
+    data = to_json(make_status())
+    data["tasks"][0] = to_json(status)
+    return format_status(data)
+
+
+def options(seed: int) -> RunOptions:
+    return RunOptions(join_timeout=5.0, checkpoint_interval=10**6, seed=seed, heartbeat_interval=0.2)
+
+
+async def test_a_lone_fresh_peer_of_a_budgeted_task_waits_then_trains_alone(tmp_path: Path) -> None:
+    async with trio.open_nursery() as nursery:
+        network = FakeHub(nursery, random.Random(0)).add_peer()
+        runtime = TaskRuntime(budgeted_task("start_wait = 1.5"), options(0), network=network, state_dir=tmp_path)
+        await nursery.start(runtime.run)
+        began = trio.current_time()
+        status = runtime.status()
+        assert (status.state, status.step, status.start_wait, status.start) == (TaskState.WAITING, 0, 1.5, None)
+        assert "waiting for its neighbours before the first step ([train] start_wait, at most 2 s): 0 live" in cli(
+            status
+        )
+        await until(lambda: runtime.status().step > 0, "the lone peer to train")
+        assert trio.current_time() - began >= 1.5
+        status = runtime.status()
+        assert (status.state, status.start, status.start_wait) == (TaskState.TRAINING, "alone", None)
+        nursery.cancel_scope.cancel()
+
+
+async def test_peers_started_together_wait_for_each_other_and_start_from_the_task_s_model(tmp_path: Path) -> None:
+    async with trio.open_nursery() as nursery:
+        hub = FakeHub(nursery, random.Random(0))
+        runtimes = []
+        for index in range(3):
+            runtime = TaskRuntime(
+                budgeted_task(""), options(index), network=hub.add_peer(), state_dir=tmp_path / str(index)
+            )
+            await nursery.start(runtime.run)
+            runtimes.append(runtime)
+            await trio.sleep(1.0)  # launched one by one, as people start their daemons
+            assert all(r.status().state is TaskState.WAITING and r.status().step == 0 for r in runtimes)
+        await until(lambda: all(r.status().step > 0 for r in runtimes), "all three to train", 40)
+        statuses = [r.status() for r in runtimes]
+        assert [s.start for s in statuses] == ["together"] * 3
+        assert [s.state_transfers for s in statuses] == [0, 0, 0]  # none copied another's model
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_fresh_peer_joining_a_trained_swarm_copies_a_model_at_once(tmp_path: Path) -> None:
+    async with trio.open_nursery() as nursery:
+        hub = FakeHub(nursery, random.Random(0))
+        first = TaskRuntime(
+            budgeted_task("start_wait = 0"), options(0), network=hub.add_peer(), state_dir=tmp_path / "a"
+        )
+        await nursery.start(first.run)
+        await until(lambda: first.status().step > 20, "the first peer to train")
+        late = TaskRuntime(budgeted_task(""), options(1), network=hub.add_peer(), state_dir=tmp_path / "b")
+        await nursery.start(late.run)
+        began = trio.current_time()
+        await until(lambda: late.status().start is not None, "the late peer to end its wait")
+        assert trio.current_time() - began < 4.0  # not the settle time: a trained neighbour means join now
+        # It looks for a model to copy (the daemon, not the runtime, serves models: none comes on this hub).
+        assert (late.status().start, late.status().state) == ("join", TaskState.JOINING)
+        assert first.status().start is None  # start_wait = 0: no wait
+        nursery.cancel_scope.cancel()
+
+
+async def test_no_start_wait_without_a_budget_or_with_a_quorum_of_its_own(tmp_path: Path) -> None:
+    unbudgeted = parse_task(
+        DEFAULT_TASK.read_text()
+        .replace('name = "cnn"', 'name = "logistic"')
+        .replace('device = "auto"', 'device = "cpu"'),
+        file=str(DEFAULT_TASK),
+        base_dir=DEFAULT_TASK.parent,
+    )
+    assert unbudgeted.train.total_steps is None and unbudgeted.train.start_wait == 30.0
+    async with trio.open_nursery() as nursery:
+        network = FakeHub(nursery, random.Random(0)).add_peer()
+        lone = dataclasses.replace(options(0), join_timeout=0)
+        runtime = TaskRuntime(unbudgeted, lone, network=network, state_dir=tmp_path)
+        await nursery.start(runtime.run)
+        await until(lambda: runtime.status().step > 0, "an unbudgeted peer to train at once", 10)
+        assert runtime.status().start is None
+        nursery.cancel_scope.cancel()
+    quorum = budgeted_task("min_peers = 1")
+    async with trio.open_nursery() as nursery:
+        network = FakeHub(nursery, random.Random(0)).add_peer()
+        runtime = TaskRuntime(quorum, options(0), network=network, state_dir=tmp_path / "q")
+        await nursery.start(runtime.run)
+        status = runtime.status()
+        assert (status.state, status.start_wait) == (TaskState.WAITING, None)  # min_peers' wait, not this one
+        assert "waiting for peers: 0 of the 1 live neighbours [train] min_peers asks for" in cli(status)
+        nursery.cancel_scope.cancel()
