@@ -81,6 +81,8 @@ SYSTEMS = (
     "alone",
     "centralised",
 )
+# The systems without `-paced` mix by the clock (an exchange every `exchange_interval`, 0.2 s), as gossipd did
+# by default until 2026-12-04; each adds CLOCK below, the paced ones PACED.
 GOSSIP = {
     "gossipd-plain": 'algorithm = "plain"',
     "gossipd-powergossip": 'algorithm = "powergossip"\nrank = 1\niterations = 1',
@@ -97,6 +99,7 @@ GOSSIP = {
 # Step-paced: an exchange every 2 local steps, training held 4 steps past the last mix (`steps_per_exchange`),
 # so peers mix as often per step whatever a step costs (an MLP step is ~10x cheaper than a CNN step).
 PACED = "\nsteps_per_exchange = 2"
+CLOCK = "\nsteps_per_exchange = 0"
 FINISH_WAIT = 60.0  # seconds gossipd's peers get to finish once the last one reached its budget
 TRAIN_WAIT = 600.0  # seconds a gossipd run gets to train (its runs take 60-80 s): a peer stuck short of its budget
 GOSSIP |= {
@@ -112,6 +115,7 @@ GOSSIP |= {
     "gossipd-powergossip-f16-paced": GOSSIP["gossipd-powergossip"] + HALF + PACED,
     "gossipd-powergossip-2it-f16-paced": GOSSIP["gossipd-powergossip-2it"] + HALF + PACED,
 }
+GOSSIP |= {name: settings + CLOCK for name, settings in GOSSIP.items() if not name.endswith("-paced")}
 
 
 @dataclass(frozen=True)

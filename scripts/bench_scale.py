@@ -42,7 +42,7 @@ def quiet_task(text: str) -> str:
     """The task without exchanges: no step pacing, and an exchange interval no run reaches."""
     text = re.sub(r"(?m)^steps_per_exchange\s*=.*$", "", text)
     text = re.sub(r"(?m)^exchange_interval\s*=.*$", "", text)
-    return text.replace("[gossip]", "[gossip]\nexchange_interval = 1000000.0", 1)
+    return text.replace("[gossip]", "[gossip]\nsteps_per_exchange = 0\nexchange_interval = 1000000.0", 1)
 
 
 def run_swarm(

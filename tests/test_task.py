@@ -79,7 +79,7 @@ def test_defaults_and_variants_are_typed_dataclasses() -> None:
         ("[gossip]\nalgorithm = 'choco'\ncompressor = 'zip'\n", "gossip.compressor", "expected one of: sign"),
         ("[gossip]\nweight = 0.9\n", "gossip.weight", "≤ 0.5"),
         ("[gossip]\nwire_dtype = 'bfloat16'\n", "gossip.wire_dtype", "expected one of 'float32', 'float16'"),
-        ("[gossip]\nsteps_per_exchange = 0\n", "gossip.steps_per_exchange", "expected a number ≥ 1"),
+        ("[gossip]\nsteps_per_exchange = -1\n", "gossip.steps_per_exchange", "expected a number ≥ 0"),
         ("[model.hidden]\n", "model.hidden", "expected an array of integers"),
         ("[surprise]\n", "surprise", "unknown section"),
     ],

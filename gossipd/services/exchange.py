@@ -212,7 +212,7 @@ class ExchangeService:
         self.family = algorithm if isinstance(algorithm, AutoGossip) else None
         self.ladder = () if self.family is None else self.family.ladder(layout)
         self.links = LinkBudget(clock=time.monotonic, save=self.family is not None and self.family.config.save)
-        if gossip.steps_per_exchange is not None:
+        if gossip.steps_per_exchange > 0:
             trainer.pace(
                 StepPacer(gossip.steps_per_exchange), may_hold=self.can_mix, hold_limit=gossip.exchange_timeout
             )

@@ -100,9 +100,10 @@ class GossipSection:
     weight: float | None = field(default=None, metadata=bounds(min=0.0, max=0.5, exclusive_min=True))
     view_size: int = field(default=6, metadata=bounds(min=1, max=64))
     exchange_interval: float = field(default=0.2, metadata=bounds(min=0.0))
-    # Set, it replaces exchange_interval: an exchange every this many local steps, and training waits for a
-    # mix once twice as many steps have passed without one (see gossipd.mixing.pacing).
-    steps_per_exchange: int | None = field(default=None, metadata=bounds(min=1, max=100000))
+    # Step pacing (the default): an exchange every this many local steps, and training waits for a mix once
+    # twice as many steps have passed without one (see gossipd.mixing.pacing). 0: paced by the clock instead,
+    # an exchange every exchange_interval seconds however many steps pass meanwhile.
+    steps_per_exchange: int = field(default=2, metadata=bounds(min=0, max=100000))
     # With steps_per_exchange: the share of one core mixing may take while the cores this daemon runs on are
     # busy (idle time it may use freely); past it the steps between exchanges stretch, up to 32 times.
     # 0 (the default): no cap (see gossipd.mixing.cpu_budget).
