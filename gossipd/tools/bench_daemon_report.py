@@ -66,7 +66,8 @@ def report(results: dict[str, Any], *, elapsed: float, when: datetime.date, mach
         f"- **A 10 MB frame at ≥ 0.5× raw TCP: {'met' if frame >= 0.5 else 'NOT met'}** ({frame:.2f}).",
         "",
         f"4 daemons, {results['dataset']}, small CNN, SGD lr 0.05 momentum 0.9, batch 32, each daemon on "
-        f"its own quarter of the data, {cores} cores shared; time from the swarm being up until the "
+        f"its own quarter of the data, {cores} cores shared, every algorithm at the default pace (an exchange "
+        "every 2 local steps); time from the swarm being up until the "
         "mean of the peers' held-out accuracy (5,000 images, every 200 steps) first reaches the target; "
         "bytes sent by all daemons by then, framing included.",
         "",
