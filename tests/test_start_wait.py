@@ -47,6 +47,21 @@ def test_a_neighbour_that_has_trained_means_a_running_swarm_to_join_at_once() ->
     assert wait.decide(0.5, {"a": 0, "b": 12}) is Start.JOIN
 
 
+def test_a_neighbour_seen_at_step_0_that_begins_to_train_started_with_us_so_we_start_too() -> None:
+    wait = StartWait(limit=30.0, settle=4.0, since=0.0)
+    assert wait.decide(1.0, {"a": 0, "b": 0}) is Start.WAIT
+    assert wait.decide(2.0, {"a": 40, "b": 0}) is Start.TOGETHER  # a's wait ended sooner: no copy of its model
+
+
+def test_the_first_step_a_neighbour_declares_decides_whether_it_was_running_before_us() -> None:
+    wait = StartWait(limit=30.0, settle=4.0, since=0.0)
+    assert wait.decide(1.0, {"a": None}) is Start.WAIT  # known before its first heartbeat
+    assert wait.decide(2.0, {"a": 7}) is Start.JOIN
+    running = StartWait(limit=30.0, settle=4.0, since=0.0)
+    assert running.decide(1.0, {"a": 0}) is Start.WAIT
+    assert running.decide(1.5, {"a": 0, "b": 900}) is Start.JOIN  # one co-starter, one running peer: join
+
+
 def test_a_swarm_that_keeps_growing_starts_at_the_limit() -> None:
     wait = StartWait(limit=10.0, settle=4.0, since=0.0)
     decisions = [wait.decide(float(t), {f"p{i}": 0 for i in range(t + 1)}) for t in range(10)]

@@ -151,7 +151,7 @@ class TaskRuntime:
         self.personal = Personal()  # what [gossip] personal keeps on this peer, known once the model is
         self._initial_personal: dict[str, torch.Tensor] = {}  # its first values (a diverged model's reset)
         self.model_summary: ModelSummary | None = None  # once loaded: what the task's advert tells of its model
-        self.start: Start | None = None  # how a start wait ([train] start_wait) ended; None: there was none
+        self.start_outcome: Start | None = None  # how a start wait ([train] start_wait) ended; None: there was none
         self._starting = False  # in a start wait now
 
     # -- lifecycle -------------------------------------------------------------------------------------
@@ -389,7 +389,7 @@ class TaskRuntime:
         # Liveness changes as heartbeats age out, with no event to wait on (as in `_until`).
         while (start := wait.decide(trio.current_time(), self._live_steps())) is Start.WAIT:  # noqa: ASYNC110
             await trio.sleep(PEER_CHECK_INTERVAL)
-        self.start, self._starting = start, False
+        self.start_outcome, self._starting = start, False
         services.trainer.resume()
         log.info(
             "task %s starts (%s) after %.1f s with %d live neighbours",
@@ -446,7 +446,7 @@ class TaskRuntime:
     async def _join_if_needed(self, services: Services) -> None:
         # After a start wait that found no trained neighbour there is no model to copy, and a neighbour that
         # started a moment earlier has only its first steps: start from the task's model.
-        waited = self.start in (Start.TOGETHER, Start.ALONE)
+        waited = self.start_outcome in (Start.TOGETHER, Start.ALONE)
         if not services.fresh or self.options.join_timeout <= 0 or waited or self._nobody_trained_yet():
             self.state = TaskState.TRAINING
             return
@@ -731,7 +731,7 @@ class TaskRuntime:
             min_peers=self.task.train.min_peers,
             live_peers=len(self.peers.live_members()),
             start_wait=self.task.train.start_wait if self._starting else None,
-            start=self.start.value if self.start is not None else None,
+            start=self.start_outcome.value if self.start_outcome is not None else None,
             weigh_by=self.task.gossip.weigh_by,
             examples=self.examples,
             peers=self._peer_statuses(),
