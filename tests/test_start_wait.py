@@ -94,9 +94,11 @@ def budgeted_task(extra: str) -> Task:
 
 async def until(condition: Callable[[], bool], what: str, seconds: float = 30.0) -> None:
     # TaskRuntime exposes no event for its state; poll it.
-    with trio.fail_after(seconds):
+    with trio.move_on_after(seconds):
         while not condition():  # noqa: ASYNC110
             await trio.sleep(0.02)
+        return
+    raise AssertionError(f"{what}: not within {seconds:.0f} s")
 
 
 def cli(status: TaskStatus) -> str:
