@@ -1112,6 +1112,22 @@ async def test_a_step_paced_peer_that_saves_skips_intervals_and_steps_through_fu
     assert steps[0] > steps[1], steps
 
 
+async def test_a_task_that_names_no_pace_is_step_paced_and_0_paces_it_by_the_clock(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    default = GossipSection(algorithm="plain", config=PlainConfig(), exchange_interval=INTERVAL)
+    with trio.fail_after(60):
+        async with fake_swarm(seed=9) as hub:
+            stepped, _ = await start_peers(hub, "AB", section=default, trainer="stepping")
+            assert stepped.exchange.statistics().steps_per_exchange == 2
+            assert stepped.trainer.pacer is not None and stepped.trainer.pacer.lag == 4
+        async with fake_swarm(seed=9) as hub:
+            (clocked,) = await start_peers(
+                hub, "C", section=dataclasses.replace(default, steps_per_exchange=0), trainer="stepping"
+            )
+            assert clocked.exchange.statistics().steps_per_exchange is None and clocked.trainer.pacer is None
+
+
 async def test_a_lone_step_paced_peer_trains_without_waiting(autojump_clock: trio.testing.MockClock) -> None:
     with trio.fail_after(60):
         async with fake_swarm(seed=9) as hub:

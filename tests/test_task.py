@@ -80,6 +80,7 @@ def test_defaults_and_variants_are_typed_dataclasses() -> None:
         ("[gossip]\nweight = 0.9\n", "gossip.weight", "≤ 0.5"),
         ("[gossip]\nwire_dtype = 'bfloat16'\n", "gossip.wire_dtype", "expected one of 'float32', 'float16'"),
         ("[gossip]\nsteps_per_exchange = -1\n", "gossip.steps_per_exchange", "expected a number ≥ 0"),
+        ("[train]\nstart_wait = -5\n", "train.start_wait", "expected a number ≥ 0"),
         ("[model.hidden]\n", "model.hidden", "expected an array of integers"),
         ("[surprise]\n", "surprise", "unknown section"),
     ],
