@@ -47,7 +47,7 @@ from gossipd.models.registry import build_model
 from gossipd.peering.table import PeerTable
 from gossipd.peering.view import PeerView
 from gossipd.services.exchange import (
-    FINISH_CAP,
+    FINISHED,
     HELLO_LIMIT,
     MIX_PROTOCOL,
     REJECTION_BACKOFF,
@@ -1289,11 +1289,15 @@ async def test_peers_stop_at_their_budget_then_finish_in_agreement_and_start_no_
         assert peer.trainer.trainer.step == budget  # exactly its budget: never a step past it
         stats = peer.exchange.statistics()
         assert stats.finished and stats.finish_exchanges == finish
-    # A also mixed with C while C still trained (those exchanges do not count towards A's finish).
-    assert any(
-        a.peer == late.id and a.succeeded and budget_at[peers[0].id] <= a.started < budget_at[late.id]
-        for a in peers[0].exchange.attempts
-    )
+    # Past its budget neither A nor B mixed with C while C still trained: none started with it, and C's own
+    # attempts were refused (a finished copy must not absorb a straggler's tail: see the exchange module).
+    for peer in peers[:2]:
+        window = (budget_at[peer.id], budget_at[late.id])
+        assert not any(a.peer == late.id and window[0] <= a.started < window[1] for a in peer.exchange.attempts)
+        assert not any(
+            a.peer == peer.id and a.succeeded and window[0] <= a.started < window[1] for a in late.exchange.attempts
+        )
+    assert late.exchange.statistics().failed == 0  # refusals are no failures
     # Finished peers start nothing: in the 20 s after the last one finished, no exchange at all.
     assert [len(p.exchange.attempts) for p in peers] == started
     assert all(a.started <= done for p in peers for a in p.exchange.attempts)
@@ -1303,11 +1307,12 @@ async def test_peers_stop_at_their_budget_then_finish_in_agreement_and_start_no_
     assert sum_drift(before, after) <= 1e-5
 
 
-async def test_only_exchanges_with_neighbours_past_the_budget_count_and_the_cap_ends_a_finish_that_cannot(
+async def test_past_the_budget_a_peer_mixes_only_with_neighbours_past_it_and_one_with_none_is_finished_in_time(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    # A and B stop at 10 steps; C never trains (paused at step 0): exchanges with C do not count, so A and B
-    # finish on their exchanges with each other. D stops at 10 too, alone with C: it stops at the cap.
+    # A and B stop at 10 steps; C never trains (paused at step 0): past their budget A and B start nothing
+    # with C and finish on their exchanges with each other. D stops at 10 too, alone with C: it starts nothing
+    # with it and is finished after two exchange timeouts without an exchange.
     finish = 6
     with trio.fail_after(300):
         async with fake_swarm(seed=12, latency=0.02) as hub:
@@ -1322,18 +1327,69 @@ async def test_only_exchanges_with_neighbours_past_the_budget_count_and_the_cap_
                 peer.view.members.remove(d.id)
             c.view.members.clear()
             hub.nursery.start_soon(heartbeats, peers)
+            budget_at: dict[str, float] = {}
             for peer in peers:
+                hub.nursery.start_soon(note_budget, peer, budget_at)
                 await hub.nursery.start(peer.exchange.run)
             await wait_until(lambda: a.exchange.finished and b.exchange.finished and d.exchange.finished)
+            finished_at = trio.current_time()
             await trio.sleep(5)
             await stop_mixing(peers)
 
     for peer in (a, b):
         assert peer.exchange.settled == finish
-        with_c = peer.table.get(c.id)
-        assert with_c is not None and with_c.exchanges > 0  # it did mix with the peer below the budget
-    assert d.exchange.settled == 0 and d.exchange.past_budget == FINISH_CAP * finish
+        assert all(x.peer != c.id for x in peer.exchange.attempts if x.started >= budget_at[peer.id])
+    assert d.exchange.settled == 0
+    assert all(x.started < budget_at[d.id] for x in d.exchange.attempts)  # (one may end past it)
+    assert 2 * TIMEOUT <= finished_at - budget_at[d.id] <= 2 * TIMEOUT + 2 * INTERVAL
     assert not c.trainer.training_done and not c.exchange.finished and c.exchange.past_budget == 0
+
+
+async def test_a_finished_peer_refuses_a_training_neighbour_which_then_trains_on_without_waiting_for_a_mix(
+    autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A reached its budget; B, step-paced, has not started yet (paused), with A its only neighbour. No
+    # heartbeat has told B that A is past the budget, so it asks A for an exchange: A refuses, and B learns
+    # it from the refusal.
+    caplog.set_level(logging.DEBUG, logger="gossipd.exchange")
+    section = gossip("plain", steps_per_exchange=2)
+    with trio.fail_after(300):
+        async with fake_swarm(seed=13) as hub:
+            a, b = await start_peers(hub, "AB", section=section, trainer="stepping", budgets=[200, 200])
+            b.trainer.pause()
+            await wait_until(lambda: a.trainer.training_done)
+            a.table.saw(b.id, "pubsub", member=True, step=b.trainer.trainer.step)  # B's heartbeat: training
+            assert b.exchange.can_mix() and not b.exchange.past_budget_known(a.id)
+            assert await exchange(b, a) is None
+            assert any(FINISHED in m for m in declines(caplog)), declines(caplog)
+            assert b.exchange.past_budget_known(a.id) and not b.exchange.can_mix()
+            assert (a.exchange.statistics().failed, b.exchange.statistics().failed) == (0, 0)
+            # With no neighbour left to mix with, B's trainer is not held at the pacer's lag: it trains on.
+            held = b.trainer.statistics().held_seconds
+            b.trainer.resume()
+            await wait_until(lambda: b.trainer.training_done)
+            assert b.trainer.statistics().held_seconds == pytest.approx(held)
+            # Both past the budget (B's heartbeat says so): they finish together.
+            a.table.saw(b.id, "pubsub", member=True, step=b.trainer.trainer.step)
+            assert b.exchange.same_phase(a.id) and a.exchange.same_phase(b.id)
+            assert await exchange(b, a) is not None
+            assert await exchange(a, b) is not None
+
+
+async def test_a_peer_that_reaches_its_budget_announces_it_once(autojump_clock: trio.testing.MockClock) -> None:
+    calls: list[float] = []
+    with trio.fail_after(60):
+        async with fake_swarm(seed=14) as hub:
+            a, b = await start_peers(hub, "AB", section=gossip("plain"), trainer="stepping", budgets=[20, None])
+            a.exchange.on_budget = lambda: calls.append(trio.current_time())
+            b.exchange.on_budget = lambda: calls.append(-1.0)
+            for peer in (a, b):
+                await hub.nursery.start(peer.exchange.run)
+            await wait_until(lambda: a.trainer.training_done)
+            reached = trio.current_time()
+            await trio.sleep(10)
+            await stop_mixing([a, b])
+    assert len(calls) == 1 and reached <= calls[0] <= reached + 2 * INTERVAL
 
 
 # -- the fake itself -----------------------------------------------------------------------------------------

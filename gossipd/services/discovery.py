@@ -95,7 +95,8 @@ class DiscoveryService:
         self.provider_key = provider_key_for(task_hash, access.key)
         self.rejections: dict[str, int] = {}  # heartbeats ignored, by reason
         self._dialling: set[str] = set()
-        self._newcomer = trio.Event()  # set when a heartbeat comes from a member not heard before
+        self._newcomer = trio.Event()  # set when a heartbeat comes from a member not heard before, or by news
+        self._news = False  # this peer has news of its own to announce (announce_now)
         self._nursery: trio.Nursery | None = None
 
     async def run(self, *, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -143,10 +144,19 @@ class DiscoveryService:
             await self.network.publish(self.topic, encode_heartbeat(beat, key=self.access.key))
             with trio.move_on_after(period):
                 await self._newcomer.wait()
-                # A member this peer had not heard of: it is looking for a model to copy and for neighbours,
-                # and the swarm's periods are long; answer with a heartbeat now, not a period later.
-                await trio.sleep(NEWCOMER_REPLY * self.rng.random())
+                if not self._news:
+                    # A member this peer had not heard of: it is looking for a model to copy and for
+                    # neighbours, and the swarm's periods are long; answer with a heartbeat now, not a period
+                    # later (spread, so that a swarm does not answer all at once).
+                    await trio.sleep(NEWCOMER_REPLY * self.rng.random())
             self._newcomer = trio.Event()
+            self._news = False
+
+    def announce_now(self) -> None:
+        """Send a heartbeat at once rather than a period later: this peer's neighbours act on what it says
+        (that it reached the training budget: see gossipd.services.exchange)."""
+        self._news = True
+        self._newcomer.set()
 
     async def _read_heartbeats(self, subscription: Subscription) -> None:
         async for message in subscription:

@@ -328,7 +328,7 @@ class TaskRuntime:
 
     def _discovery_service(self, exchange: ExchangeService, access: Access) -> DiscoveryService:
         task, options = self.task, self.options
-        return DiscoveryService(
+        discovery = DiscoveryService(
             network=self.network,
             task_hash=task.hash,
             peers=self.peers,
@@ -344,6 +344,9 @@ class TaskRuntime:
             ledger=self.ledger,
             rng=random.Random(self.rng.getrandbits(64)),
         )
+        # Neighbours past the budget refuse this peer's exchanges until they hear it is past it too.
+        exchange.on_budget = discovery.announce_now
+        return discovery
 
     def _enough_peers(self) -> bool:
         return len(self.peers.live_members()) >= self.task.train.min_peers
