@@ -132,6 +132,11 @@ def keygen(key_file: Path, force: bool) -> None:
     "--finish-rounds", default=0, type=click.IntRange(0), help="Rounds of mixing alone after the last (the finish)."
 )
 @click.option("--seed", default=0, show_default=True, type=int)
+@click.option(
+    "--paces",
+    help="Each peer's training pace, shares of local_steps a round cycled over the peers (0.5,1,1,1): every "
+    "peer trains STEPS rounds' worth, the slower over more rounds; past it a peer mixes only with peers past it.",
+)
 @click.option("--churn", default=0.0, show_default=True, type=click.FloatRange(0, 1), help="Leave chance per round.")
 @click.option("--downtime", default=10, show_default=True, type=click.IntRange(1), help="Rounds a leaver is away.")
 @click.option("--byzantine", default=0, type=click.IntRange(0), help="How many peers attack instead of training.")
@@ -169,6 +174,7 @@ def simulate(
     steps: int,
     finish_rounds: int,
     seed: int,
+    paces: str | None,
     churn: float,
     downtime: int,
     byzantine: int,
@@ -230,6 +236,7 @@ def simulate(
             link_bytes_per_second=None if link_mbit is None else link_mbit * 1e6 / 8,
             link_latency=link_ms / 1000,
             timing=MEASURED if measured_timing else ModelledTiming(step_ms / 1000, cpu_mb_per_s * 1e6),
+            paces=_paces(paces),
         )
         simulation = Simulation(task, data, config)
     except (TaskError, ValueError) as exc:
@@ -248,17 +255,34 @@ def simulate(
     def say(line: str) -> None:
         click.echo(line, err=True)
 
-    report = simulation.run(progress if eval_every else None, None if quiet else Progress(steps, say))
+    report = simulation.run(
+        progress if eval_every else None, None if quiet else Progress(simulation.training_rounds, say)
+    )
     if as_json:
         click.echo(json.dumps(report.to_json()))
         return
     click.echo(_summary(report))
 
 
+def _paces(text: str | None) -> tuple[float, ...] | None:
+    if text is None:
+        return None
+    try:
+        return tuple(float(part) for part in text.split(","))
+    except ValueError:
+        raise ValueError(f"--paces: expected numbers separated by commas, found {text!r}") from None
+
+
 def _summary(report: Any) -> str:
+    rounds = (
+        f"{report.steps} rounds' steps a peer at paces {','.join(f'{p:g}' for p in report.paces)}, "
+        f"spent in {report.rounds_run} rounds"
+        if report.paces
+        else f"{report.steps} rounds"
+    )
     lines = [
         f"task {report.task}: {report.peers} peers, {report.algorithm} {report.settings}, "
-        f"partition {report.partition}, {report.steps} rounds",
+        f"partition {report.partition}, {rounds}",
         f"  accuracy     mean {report.mean_accuracy:.4f}  worst {report.worst_accuracy:.4f}"
         + (f"  centralised {report.centralised_accuracy:.4f}" if report.centralised_accuracy is not None else "")
         + (

@@ -116,6 +116,33 @@ def test_finish_rounds_mix_without_training_and_bring_the_copies_together() -> N
     assert finished.finish_rounds == 40
 
 
+def test_peers_at_unequal_paces_each_spend_the_budget_and_the_finished_never_mix_with_the_training() -> None:
+    task = small_task()
+    data = load_data(task.data, task.task.seed)
+    config = SimulationConfig(peers=2, rounds=20, paces=(0.5, 1.0), centralised=False, seed=2)
+    simulation = Simulation(task, data, config)
+    exchanges: list[int] = []
+    report = simulation.run(on_round=lambda _: exchanges.append(simulation.exchanges))
+    assert [p.trained for p in simulation.peers] == [20, 20]  # 20 rounds' worth of steps each, not a step past
+    assert [p.trainer.step for p in simulation.peers] == [20, 20]
+    assert report.rounds_run == 40 and report.paces == (0.5, 1.0) and report.steps == 20
+    # Each round both start an exchange while both train; peer 1 spent its budget in round 20, peer 0 not
+    # until round 40: in between nothing mixed, and in round 40 they mixed again, both past the budget.
+    assert exchanges[:19] == [2 * (r + 1) for r in range(19)]
+    assert exchanges[19:39] == [38] * 20 and exchanges[39] == 40
+
+
+def test_paces_cycle_over_the_peers_and_must_be_positive_shares() -> None:
+    task = small_task()
+    data = load_data(task.data, task.task.seed)
+    simulation = Simulation(task, data, SimulationConfig(peers=5, rounds=3, paces=(0.25, 2.0), centralised=False))
+    assert [p.pace for p in simulation.peers] == [0.25, 2.0, 0.25, 2.0, 0.25]
+    assert simulation.training_rounds == 12
+    for bad in [(), (0.0, 1.0), (-1.0,), (100.0,)]:
+        with pytest.raises(ValueError, match="paces"):
+            SimulationConfig(paces=bad)
+
+
 def test_an_auto_swarm_finishes_in_whole_models_on_a_modelled_slow_link_too() -> None:
     """The default task's `auto`: while training a 1 Mbit/s link keeps edges on low ranks; the finish rounds
     settle every edge on whole models (within half the exchange timeout) and keep it there."""
@@ -185,6 +212,8 @@ def test_simulate_command_prints_the_json_contract(tmp_path: Path) -> None:
         (["--partition", "zipf"], "partition"),
         (["--algorithm", "choco", "--rank", "2"], "rank: unknown key"),
         (["--compressor", "zip", "--algorithm", "choco"], "compressor"),
+        (["--paces", "1,fast"], "--paces"),
+        (["--paces", "0,1"], "paces"),
     ],
 )
 def test_simulate_rejects_bad_options_clearly(args: list[str], message: str) -> None:

@@ -76,6 +76,10 @@ class SimulationReport:
     link_bytes_per_second: float | None = None
     timing: str = ""  # what the controller's step and exchange times were: "measured" or the modelled ones
     evaluated_peers: int = 0  # how many honest peers the accuracies are over (all, or `eval_peers`)
+    # With unequal paces (SimulationConfig.paces): each peer's, and the rounds it took them all to train
+    # `steps` rounds' worth.
+    paces: tuple[float, ...] | None = None
+    rounds_run: int = 0
 
     @classmethod
     def build(
@@ -143,6 +147,8 @@ class SimulationReport:
             link_bytes_per_second=simulation.config.link_bytes_per_second,
             timing=simulation.timing_description(),
             evaluated_peers=len(final),
+            paces=simulation.config.paces,
+            rounds_run=simulation.rounds_run,
         )
 
     def to_json(self) -> dict[str, Any]:

@@ -6,6 +6,11 @@ starts one exchange with a random online member of its view. Churn takes peers a
 a returning peer first copies a full model from a neighbour, as a joining daemon does. `finish_rounds` more
 rounds of exchanges without training follow the last, as daemons past their training budget finish.
 
+Peers keep pace by default. With `paces`, peer i takes `paces[i] × local_steps` steps a round (on average)
+until it has its budget, `rounds × local_steps` steps, as daemons on unequal cores do; the rounds go on until
+the slowest has it, and a peer past its budget mixes only with peers past theirs, a peer still training only
+with those still training (the daemon's rule, gossipd.services.exchange).
+
 With personal parameters (`[gossip] personal`) each peer keeps its own: exchanges and a returning peer's
 copy carry only the shared part, and after the finish each peer fine-tunes its personal part for
 `[train] personal_steps` steps. A classification run also reports each peer's accuracy on test examples
@@ -16,6 +21,7 @@ its personal part replaced by the peers' average (gossipd.sim.own_distribution).
 from __future__ import annotations
 
 import dataclasses
+import math
 import random
 import time
 from collections import Counter
@@ -94,6 +100,13 @@ class SimulationConfig:
     # The step and exchange CPU times an auto task's controller goes by: modelled by default, so that a seed
     # reproduces a run; MEASURED times them here (the choices then follow this machine and its load).
     timing: ModelledTiming | Literal["measured"] = ModelledTiming()
+    # Each peer's training steps a round as a share of `local_steps`, cycled over the peers (see the module's
+    # docstring); None: all keep pace.
+    paces: tuple[float, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if self.paces is not None and (not self.paces or not all(0 < p <= 64 for p in self.paces)):
+            raise ValueError(f"paces must be shares of local_steps in (0, 64], found {self.paces}")
 
 
 def _sign_flip(params: dict[str, torch.Tensor], rng: torch.Generator) -> dict[str, torch.Tensor]:
@@ -139,6 +152,9 @@ class SimPeer:
     bytes_sent: int = 0
     personal: frozenset[str] = frozenset()  # parameters this peer never mixes ([gossip] personal)
     links: LinkBudget | None = None  # an auto task's per-edge choice of mode
+    pace: float = 1.0  # training steps a round, as a share of local_steps (SimulationConfig.paces)
+    trained: int = 0  # training steps taken (a Byzantine peer's counted as if taken)
+    rounds_trained: int = 0  # rounds it was online to train in (with paces)
 
     def params(self) -> dict[str, torch.Tensor]:
         return mixed_parameters(self.trainer.model, self.personal)
@@ -166,6 +182,14 @@ class Simulation:
         # each trainer's optimiser.
         self.personal = personal_of(build_model(task.model, data.spec, task.task.seed), task.gossip.personal)
         self.peers = [self._new_peer(i) for i in range(config.peers)]
+        if config.paces is not None:
+            for peer in self.peers:
+                peer.pace = config.paces[peer.index % len(config.paces)]
+        self.budget = config.rounds * task.train.local_steps  # training steps per peer
+        # Slower peers take more rounds to spend the same budget.
+        slowest = min(p.pace for p in self.peers)
+        self.training_rounds = config.rounds if slowest >= 1 else math.ceil(config.rounds / slowest)
+        self.rounds_run = 0  # training rounds run so far
         for peer in self.peers:
             peer.view.fill(p.index for p in self.peers if p is not peer)
         for peer in self.peers[config.peers - config.byzantine :]:
@@ -226,17 +250,21 @@ class Simulation:
         started = time.perf_counter()
         history: list[RoundRecord] = []
         distance_start: float | None = None
-        for round_index in range(self.config.rounds):
+        for round_index in range(self.training_rounds):
             self.round = round_index
+            if self.config.paces is not None and all(p.trained >= self.budget for p in self.peers):
+                break  # the slowest has its budget (with churn, sooner than the bound)
             self._churn(round_index)
             online = [p for p in self.peers if p.online]
             if self.config.train:
                 tick = time.perf_counter()
                 for peer in online:
-                    if not peer.byzantine:
-                        peer.trainer.train_steps(self.task.train.local_steps)
+                    steps = self._steps_this_round(peer)
+                    if steps and not peer.byzantine:
+                        peer.trainer.train_steps(steps)
+                    peer.trained += steps
+                    self.train_steps += steps
                 self.train_seconds += time.perf_counter() - tick
-                self.train_steps += len(online) * self.task.train.local_steps
             if distance_start is None:
                 distance_start = self._consensus()
             if self.config.mix:
@@ -253,6 +281,7 @@ class Simulation:
                     on_round(record)
             if progress is not None:
                 progress.rounds(round_index + 1)
+            self.rounds_run = round_index + 1
         finishing = bool(self.config.finish_rounds and self.config.mix)
         if progress is not None and finishing:
             progress.phase(f"{self.config.finish_rounds} finish rounds")
@@ -295,8 +324,28 @@ class Simulation:
         self.mix_seconds += time.perf_counter() - tick
         return stopped
 
+    def _steps_this_round(self, peer: SimPeer) -> int:
+        """`local_steps`, or with paces the peer's share of them (whole steps, the fraction carried over),
+        never past its budget."""
+        if self.config.paces is None:
+            return self.task.train.local_steps
+        peer.rounds_trained += 1
+        # From the rounds so far, not a running sum: no drift from adding a fraction round after round.
+        owed = math.floor(peer.rounds_trained * peer.pace * self.task.train.local_steps + 1e-9)
+        return max(0, min(owed, self.budget) - peer.trained)
+
+    def _same_phase(self, peer: SimPeer, other: SimPeer) -> bool:
+        """With paces, both still training or both past the budget (the daemon's rule); always otherwise."""
+        if self.config.paces is None or self.finishing:
+            return True
+        return (peer.trained >= self.budget) == (other.trained >= self.budget)
+
     def _exchange_from(self, peer: SimPeer) -> None:
-        partner_index = peer.view.sample(lambda i: self.peers[i].online and peer.blocked.get(i, -1) < self.round)
+        partner_index = peer.view.sample(
+            lambda i: (
+                self.peers[i].online and peer.blocked.get(i, -1) < self.round and self._same_phase(peer, self.peers[i])
+            )
+        )
         if partner_index is None:
             return
         partner = self.peers[partner_index]
