@@ -24,14 +24,14 @@ still training. Peers step at different rates (cores, load, how many exchanges e
 reach the budget first. A finished peer that went on mixing with a slower one would absorb every step of
 that straggler's tail: its copy no longer trains, so each exchange hands it part of the straggler's last
 steps, which the straggler, pulled back towards the swarm's average, takes again from where its gradient is
-still large. The swarm's average then follows the straggler's data. The simulator with a peer or two at half the
-others' pace (plain gossip, docs/bench-quality.md): Titanic's skewed split, 4 peers, 50.6-79.2% against
-72.5-82.0% with the two phases kept apart; the MNIST MLP on Dirichlet(0.1) labels, 8 peers, 77.4-89.6%
-against 91.7-93.3% (94.4% when all keep pace). Kept apart, the straggler's tail moves only its own copy, a
-1/n share of the average the finish brings everyone to. A neighbour's phase comes from its heartbeats' step
-(a peer announces at once when it reaches the budget) or from its refusal: a finished peer answers a
-neighbour it does not know to be past the budget with `abort` reason `finished`, and the opener, which
-counts no failure, starts no more exchanges with it while it trains.
+still large. The swarm's average then follows the straggler's data. The simulator with a peer or two at half
+the others' pace (`gossipd simulate --paces`, plain gossip; docs/bench-quality.md): Titanic's skewed split,
+4 peers, 50.6-79.2% against 72.5-82.0% with the two phases kept apart; the MNIST MLP on Dirichlet(0.1)
+labels, 8 peers, 77.4-89.6% against 91.7-93.3% (94.4% when all keep pace). Kept apart, the straggler's tail
+moves only its own copy, a 1/n share of the average the finish brings everyone to. A neighbour's phase comes
+from its heartbeats' step (a peer announces at once when it reaches the budget) or from its refusal: a
+finished peer answers a neighbour it does not know to be past the budget with `abort` reason `finished`, and
+the opener, which counts no failure, starts no more exchanges with it while it trains.
 """
 
 from __future__ import annotations
