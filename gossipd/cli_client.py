@@ -217,6 +217,7 @@ def format_status(data: dict[str, Any]) -> str:
     lines += [_budget_line(task) for task in tasks if task.get("mixing_cpu_allowed") is not None]
     lines += [_auto_line(task) for task in tasks if task.get("exchange_budget_ms") is not None]
     lines += [_waiting_line(task) for task in tasks if task["state"] == "waiting"]
+    lines += [_phase_line(task) for task in tasks if task["state"] == "training" and task.get("finished_neighbours")]
     lines += [
         f"{task['id']}: mixing weighted by samples; this peer declares {task['examples']:,} examples"
         for task in tasks
@@ -236,6 +237,14 @@ def _waiting_line(task: dict[str, Any]) -> str:
         f"{task['id']}: waiting for peers: {task['live_peers']} of the {task['min_peers']} live neighbours "
         "[train] min_peers asks for"
     )
+
+
+def _phase_line(task: dict[str, Any]) -> str:
+    """A peer still training while some neighbours are past the training budget: it no longer mixes with them."""
+    finished, live = task["finished_neighbours"], task["live_peers"]
+    alone = finished >= live
+    rest = "it trains on alone, then finishes with them" if alone else f"it mixes with the other {live - finished}"
+    return f"{task['id']}: {finished} of its {live} live neighbours are past the training budget; {rest}"
 
 
 def _budget_line(task: dict[str, Any]) -> str:

@@ -264,6 +264,20 @@ def test_status_says_what_pace_a_cpu_budget_set() -> None:
     assert "cifar: an exchange every" not in text  # no budget there: no line
 
 
+def test_status_says_when_neighbours_past_the_budget_no_longer_mix_with_a_training_peer() -> None:
+    data = to_json(make_status())
+    data["tasks"][0].update(state="training", live_peers=3, finished_neighbours=1)
+    assert "mnist: 1 of its 3 live neighbours are past the training budget; it mixes with the other 2" in (
+        format_status(data)
+    )
+    data["tasks"][0].update(finished_neighbours=3)
+    assert "3 of its 3 live neighbours are past the training budget; it trains on alone, then finishes" in (
+        format_status(data)
+    )
+    data["tasks"][0].update(state="finishing")
+    assert "past the training budget" not in format_status(data)
+
+
 def test_status_sums_up_the_modes_an_auto_task_exchanges_in() -> None:
     status = make_status()
     status = dataclasses.replace(status, tasks=(make_auto_task(), make_auto_task("fresh"), *status.tasks[1:]))

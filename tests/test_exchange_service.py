@@ -1363,6 +1363,7 @@ async def test_a_finished_peer_refuses_a_training_neighbour_which_then_trains_on
             assert await exchange(b, a) is None
             assert any(FINISHED in m for m in declines(caplog)), declines(caplog)
             assert b.exchange.past_budget_known(a.id) and not b.exchange.can_mix()
+            assert b.exchange.statistics().finished_neighbours == 1
             assert (a.exchange.statistics().failed, b.exchange.statistics().failed) == (0, 0)
             # With no neighbour left to mix with, B's trainer is not held at the pacer's lag: it trains on.
             held = b.trainer.statistics().held_seconds

@@ -152,6 +152,7 @@ class ExchangeStatistics:
     mixing_cpu_allowed: float | None  # and what the budget allowed it then
     links: dict[str, EdgeLink]  # an auto task's edges: what each exchanges now, measured how (by peer)
     exchange_budget: float | None  # an auto task's seconds an exchange may take now
+    finished_neighbours: int = 0  # live neighbours known past the training budget (they mix only among themselves)
 
 
 class ExchangeService:
@@ -260,6 +261,7 @@ class ExchangeService:
             mixing_cpu_allowed=None if self.cpu_budget is None else self.cpu_budget.allowed,
             links={peer: dataclasses.replace(link) for peer, link in self.links.links.items()},
             exchange_budget=None if self.family is None else self.exchange_bounds().budget,
+            finished_neighbours=sum(1 for p in self.peers.live_members() if self.past_budget_known(p)),
         )
 
     # -- what an auto task's exchanges send ----------------------------------------------------------

@@ -139,6 +139,9 @@ class TaskStatus:
     mixing_cpu_allowed: float | None = None  # what the CPU budget allowed it: the budget, or more when cores idle
     min_peers: int = 0  # [train] min_peers: live neighbours needed to train; 0: none
     live_peers: int = 0  # live neighbours now
+    # Of those, known past the training budget ([train] total_steps): a peer still training mixes only with the
+    # others, and one past it only with these (gossipd.services.exchange).
+    finished_neighbours: int = 0
     start_wait: float | None = None  # while `waiting` for neighbours before the first step, its limit in seconds
     start: str | None = None  # how that wait ended: "join", "together" or "alone"; None: there was none
     weigh_by: str = "none"  # [gossip] weigh_by

@@ -733,6 +733,7 @@ class TaskRuntime:
             mixing_cpu_allowed=exchange.mixing_cpu_allowed if exchange else None,
             min_peers=self.task.train.min_peers,
             live_peers=len(self.peers.live_members()),
+            finished_neighbours=exchange.finished_neighbours if exchange else 0,
             start_wait=self.task.train.start_wait if self._starting else None,
             start=self.start_outcome.value if self.start_outcome is not None else None,
             weigh_by=self.task.gossip.weigh_by,
