@@ -16,6 +16,10 @@ examples seen). Every mixed run ends with finish rounds (mixing alone, as daemon
 so each row has the figures at the stop and after the finish. A workload whose dataset is absent is skipped
 with a message.
 
+Then Titanic on real daemons: 4 on loopback (`--daemon-runs` times, one at a time), the task file as it is
+but for the same split and a training budget of the same steps, each daemon on its own share: the
+simulator's seed-0 split, so the daemons' accuracy after their finish sits beside that run's.
+
 Progress goes to stderr; the table to stdout, build/bench-quality/results.json and BENCHMARKS.md's section.
 """
 
@@ -201,6 +205,90 @@ def run_one(job: dict[str, Any]) -> dict[str, Any]:
     runs.mkdir(parents=True, exist_ok=True)
     (runs / f"{job['workload']}-{job['seed']}-{job['algorithm']}.json").write_text(json.dumps(report, indent=1))
     return report
+
+
+# -- the daemons ---------------------------------------------------------------------------------------------
+
+DAEMON_PEERS = 4
+DAEMON_TIMEOUT = 600.0  # seconds a daemon run may take, start-up to the last peer's finish
+
+
+def daemon_task(task_path: Path, partition: str, steps: int, folder: Path) -> Path:
+    """The task file as it is, with the workload's split and a training budget of `steps` steps."""
+    import tomllib
+
+    text = task_path.read_text()
+    parsed = tomllib.loads(text)
+    if "partition" in parsed.get("data", {}) or "total_steps" in parsed.get("train", {}):
+        raise SystemExit(f"bench-quality: {task_path} sets its own partition or total_steps; expected neither")
+    for header, line in (("[data]", f'partition = "{partition}"'), ("[train]", f"total_steps = {steps}")):
+        if header not in text:
+            raise SystemExit(f"bench-quality: {task_path} has no {header} section")
+        text = text.replace(header, f"{header}\n{line}", 1)
+    path = folder / task_path.name
+    path.write_text(text)
+    return path
+
+
+def daemon_run(task_file: Path, data_root: Path, steps: int, label: str) -> dict[str, Any]:
+    """Launch DAEMON_PEERS daemons at once and wait until every one has finished (past its budget, done
+    finishing) and evaluated its final model; their accuracies then (they agree once finished)."""
+    import tempfile
+
+    from gossipd.tools.swarm import Swarm, running_swarm
+
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="gossipd-bench-quality-", dir="/tmp") as folder:
+        swarm = Swarm(workdir=Path(folder), task=str(task_file), size=DAEMON_PEERS, extra=["--data", str(data_root)])
+        with running_swarm(swarm, wait=240, all_at_once=True):
+            while True:
+                tasks = [(status or {}).get("tasks", [None])[0] for status in swarm.statuses()]
+                if all(
+                    t is not None and t["state"] == "finished" and (t["evaluated_at_step"] or 0) >= steps for t in tasks
+                ):
+                    break
+                if time.monotonic() - started > DAEMON_TIMEOUT:
+                    raise SystemExit(f"bench-quality: {label}: not all daemons finished within {DAEMON_TIMEOUT:.0f} s")
+                time.sleep(1.0)
+    accuracies = [t["accuracy"] for t in tasks if t is not None]
+    seconds = time.monotonic() - started
+    print(f"  {label}: {', '.join(f'{a:.2%}' for a in accuracies)} in {seconds:.0f} s", file=sys.stderr, flush=True)
+    return {"accuracies": accuracies, "seconds": seconds}
+
+
+def daemon_runs(workload: Workload, task_path: Path, data_root: Path, runs: int) -> list[dict[str, Any]]:
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="gossipd-bench-quality-task-") as folder:
+        task_file = daemon_task(task_path, workload.partition, workload.rounds, Path(folder))
+        return [
+            daemon_run(task_file, data_root, workload.rounds, f"{workload.name} on {DAEMON_PEERS} daemons, run {i + 1}")
+            for i in range(runs)
+        ]
+
+
+def daemon_lines(workload: Workload, runs: list[dict[str, Any]], reports: list[dict[str, Any]]) -> list[str]:
+    """The daemons' runs beside the simulator's run of the same split (seed 0) and its centralised model."""
+    finals = [statistics.median(r["accuracies"]) for r in runs]
+    own = next(
+        r for r in reports if r["workload"] == workload.name and r["seed"] == 0 and r["label"].startswith("task's own")
+    )
+    central = next(
+        r["centralised_accuracy"]
+        for r in reports
+        if r["workload"] == workload.name and r["seed"] == 0 and r["centralised_accuracy"] is not None
+    )
+    agree = all(max(r["accuracies"]) - min(r["accuracies"]) < 1e-9 for r in runs)
+    median = statistics.median(finals)
+    return [
+        f"{workload.name.capitalize()} on {DAEMON_PEERS} real daemons (loopback, launched at once, the task file's "
+        f"own settings with `{workload.partition}` and `total_steps = {workload.rounds}`: seed 0's split), "
+        f"{len(runs)} runs one at a time: "
+        f"{', '.join(f'{a:.2%}' for a in finals)} after the finish (median {median:.2%}"
+        + ("; the four copies agreed in every run" if agree else "; the copies did not all agree")
+        + f"), against {own['mean_accuracy']:.2%} for the simulator's run of that split and {central:.2%} centralised: "
+        f"**{(median - central) * 100:+.2f} points**.",
+    ]
 
 
 def sample_text(model: Any, alphabet: Sequence[str], block_size: int, *, seed: int) -> str:
@@ -396,6 +484,7 @@ def main() -> None:
     parser.add_argument("--only", default="", help="comma-separated workloads (shakespeare, titanic, mnist-mlp)")
     parser.add_argument("--datasets", type=Path, default=DATASETS, help="folder holding the dataset folders")
     parser.add_argument("--no-write", action="store_true", help="do not update BENCHMARKS.md")
+    parser.add_argument("--daemon-runs", type=int, default=3, help="Titanic runs on 4 real daemons (0: none)")
     args = parser.parse_args()
 
     chosen = [w for w in workloads(args) if not args.only or w.name in args.only.split(",")]
@@ -418,13 +507,24 @@ def main() -> None:
     with ProcessPoolExecutor(max_workers=args.workers) as pool:
         done = dict(zip(order, pool.map(run_one, [jobs[i] for i in order]), strict=True))
     reports = [done[i] for i in range(len(jobs))]
+    daemons: dict[str, list[dict[str, Any]]] = {}
+    for workload in present:
+        if workload.name == "titanic" and args.daemon_runs > 0:
+            data_root = args.datasets / workload.dataset
+            daemons[workload.name] = daemon_runs(workload, REPO / "tasks" / workload.task, data_root, args.daemon_runs)
     elapsed = time.perf_counter() - started
 
     cpu = sum(r["cpu_seconds"] for r in reports)
     summaries = {w.name: summarise(reports, w.name) for w in present}
     OUT.mkdir(parents=True, exist_ok=True)
     sizes = {w.name: dataclasses.asdict(w) for w in present}
-    record = {"sizes": sizes, "finish_rounds": args.finish_rounds, "wall_seconds": elapsed, "cpu_seconds": cpu}
+    record = {
+        "sizes": sizes,
+        "finish_rounds": args.finish_rounds,
+        "wall_seconds": elapsed,
+        "cpu_seconds": cpu,
+        "daemons": daemons,
+    }
     (OUT / "results.json").write_text(json.dumps({**record, "summaries": summaries, "reports": reports}, indent=1))
 
     lines = [
@@ -442,6 +542,9 @@ def main() -> None:
     generated = samples(reports)
     lines += [*generated, ""] if generated else []
     lines += verdicts(summaries)
+    for workload in present:
+        if workload.name in daemons:
+            lines += ["", *daemon_lines(workload, daemons[workload.name], reports)]
     text = "\n".join(lines)
     print(text)
     if not args.no_write:
