@@ -73,6 +73,7 @@ SYSTEMS = (
     "gossipd-powergossip-f16-paced",
     "gossipd-powergossip-2it-f16-paced",
     "gossipd-auto-paced",
+    "gossipd-auto-clock",
     "hivemind",
     "hivemind-tb2048",
     "flower",
@@ -112,6 +113,8 @@ HALF = '\nwire_dtype = "float16"'
 GOSSIP |= {
     # The default: the exchange adapts per edge to the measured link and step time (gossipd.mixing.auto).
     "gossipd-auto-paced": 'algorithm = "auto"' + PACED,
+    # The default paced by the clock instead (an experiment: what step pacing costs where exchanges are slow).
+    "gossipd-auto-clock": 'algorithm = "auto"',
     "gossipd-powergossip-f16-paced": GOSSIP["gossipd-powergossip"] + HALF + PACED,
     "gossipd-powergossip-2it-f16-paced": GOSSIP["gossipd-powergossip-2it"] + HALF + PACED,
 }

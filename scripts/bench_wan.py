@@ -187,7 +187,7 @@ def main() -> None:
                         print(f"bench-wan: {run.name} at {format_rate(rate)}", flush=True)
                         links = execute(run, rate)
                         if links is not None:
-                            summary = {**evaluate(run), **links, "date": today, "finish": system in GOSSIPD}
+                            summary = {**evaluate(run), **links, "date": today, "finish": system.startswith("gossipd-")}
                             name = f"{run.name}-{format_rate(rate)}.json"
                             (args.out / name).write_text(json.dumps(summary, indent=1))
                             reached = summary["reached"]["mean_98"]

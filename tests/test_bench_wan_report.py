@@ -80,6 +80,16 @@ def test_report_has_a_table_and_verdict_per_speed(tmp_path: Path) -> None:
     assert path.stat().st_size > 0
 
 
+def test_a_system_outside_the_report_such_as_an_experiments_comes_last_by_name() -> None:
+    results = [run("gossipd-zz-experiment", 30), run("hivemind", 80), run("gossipd-aa-experiment", 40)]
+    assert [row["system"] for row in rows(results, "cnn", TEN)] == [
+        "hivemind",
+        "gossipd-aa-experiment",
+        "gossipd-zz-experiment",
+    ]
+    assert "gossipd-zz-experiment" in report(results, {})
+
+
 def test_the_verdict_judges_the_default_where_it_ran_even_when_a_fixed_setting_was_faster() -> None:
     results = [run("gossipd-auto-paced", 60), run("gossipd-plain-paced", 30), run("flower", 100)]
     line = verdict(rows(results, "cnn", TEN), TEN)

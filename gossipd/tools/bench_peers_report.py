@@ -50,6 +50,7 @@ LABELS = {
     "gossipd-powergossip-f16-paced": "gossipd, PowerGossip r1, float16, step-paced",
     "gossipd-powergossip-2it-f16-paced": "gossipd, PowerGossip r1, 2 iterations, float16, step-paced",
     "gossipd-auto-paced": "gossipd, auto (the default), step-paced",
+    "gossipd-auto-clock": "gossipd, auto, paced by the clock (every 0.2 s)",
     "hivemind": "hivemind (Optimizer, local updates, average every 100 steps)",
     "hivemind-tb2048": "hivemind (Optimizer, local updates, average every 16 steps)",
     "flower": "Flower FedAvg (deployment runtime, one epoch per round)",

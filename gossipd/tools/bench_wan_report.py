@@ -34,6 +34,13 @@ def _seconds(result: dict[str, Any], key: str) -> float | None:
     return None if hit is None else float(hit["seconds"])
 
 
+def report_order(system: str) -> tuple[int, str]:
+    """gossipd's systems, then the rivals, in the report's order; any other (an experiment's, run with --out
+    elsewhere) after them, by name."""
+    order = [*GOSSIPD, *RIVALS]
+    return (order.index(system) if system in order else len(order), system)
+
+
 def _median(values: Sequence[float | None]) -> float | None:
     """The median, a run that never reached the target counting as slower than any that did (None: most missed)."""
     missed = sum(v is None for v in values)
@@ -45,8 +52,7 @@ def _median(values: Sequence[float | None]) -> float | None:
 def rows(results: list[dict[str, Any]], model: str, rate: int) -> list[dict[str, Any]]:
     """Per system (in report order), the medians over its runs on this model and link speed."""
     found = []
-    order = [*GOSSIPD, *RIVALS]
-    systems = sorted({r["system"] for r in results if r["model"] == model and r["rate"] == rate}, key=order.index)
+    systems = sorted({r["system"] for r in results if r["model"] == model and r["rate"] == rate}, key=report_order)
     for system in systems:
         runs = [r for r in results if r["system"] == system and r["model"] == model and r["rate"] == rate]
         busiest = [max(max(link["up_use"] or 0.0, link["down_use"] or 0.0) for link in r["links"]) for r in runs]
@@ -78,8 +84,7 @@ def table(by_rate: dict[int, list[dict[str, Any]]]) -> list[str]:
         speed = format_rate(rate)
         head += [f"{speed}: s to 98% (worst peer)", f"{speed}: MB, busiest link", f"{speed}: accuracy %"]
     lines = ["| " + " | ".join(head) + " |", "| --- |" + " ---: |" * (len(head) - 1)]
-    order = [*GOSSIPD, *RIVALS]
-    systems = sorted({row["system"] for found in by_rate.values() for row in found}, key=order.index)
+    systems = sorted({row["system"] for found in by_rate.values() for row in found}, key=report_order)
     for system in systems:
         cells = [label(system)]
         runs = []
