@@ -1377,6 +1377,39 @@ async def test_a_finished_peer_refuses_a_training_neighbour_which_then_trains_on
             assert await exchange(a, b) is not None
 
 
+async def test_heartbeats_that_say_a_peers_phase_outweigh_its_step_and_a_refusal_until_a_later_one(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # A's budget is 10 steps, B's 1000 (budgets are each peer's own). Past its budget A must not take B at step
+    # 50 for finished: B's version-3 heartbeat says it trains. A version-2 heartbeat says only the step.
+    section = gossip("plain", steps_per_exchange=2)
+    with trio.fail_after(300):
+        async with fake_swarm(seed=15) as hub:
+            a, b = await start_peers(hub, "AB", section=section, trainer="stepping", budgets=[10, 1000])
+            await wait_until(lambda: a.trainer.training_done)
+            a.table.saw(b.id, "pubsub", member=True, step=50)
+            assert a.exchange.past_budget_known(b.id)  # a version-2 heartbeat: judged by A's own budget
+            a.table.saw(b.id, "pubsub", member=True, step=50, done=False)
+            assert not a.exchange.past_budget_known(b.id) and not a.exchange.same_phase(b.id)
+            assert not a.exchange.can_mix()  # its one neighbour trains on
+            # B has not heard yet that A finished: it asks, A refuses, and B learns it from the refusal ...
+            b.table.saw(a.id, "pubsub", member=True, step=5, done=False)
+            assert await exchange(b, a) is None
+            assert b.exchange.past_budget_known(a.id) and not b.exchange.same_phase(a.id)
+            # ... over the older heartbeat; A's next one agrees with the refusal.
+            await trio.sleep(1)
+            b.table.saw(a.id, "pubsub", member=True, step=10, done=True)
+            assert b.exchange.past_budget_known(a.id)
+            # A restarted with a larger budget trains again: its later heartbeat outweighs the refusal.
+            await trio.sleep(1)
+            b.table.saw(a.id, "pubsub", member=True, step=10, done=False)
+            assert not b.exchange.past_budget_known(a.id) and b.exchange.same_phase(a.id)
+            # A peer without a budget trains: a neighbour past its own is not of its phase.
+            b.table.saw(a.id, "pubsub", member=True, step=10, done=True)
+            b.trainer.budget = None
+            assert not b.exchange.same_phase(a.id)
+
+
 async def test_a_peer_that_reaches_its_budget_announces_it_once(autojump_clock: trio.testing.MockClock) -> None:
     calls: list[float] = []
     with trio.fail_after(60):

@@ -11,7 +11,7 @@ import pytest
 from gossipd.peering.ledger import Ledger
 from gossipd.services.status import ContributionStatus
 from gossipd.wire.errors import MalformedMessage, UnsupportedVersion
-from gossipd.wire.heartbeat import Heartbeat, decode_heartbeat, encode_heartbeat
+from gossipd.wire.heartbeat import MAX_KEYS, Heartbeat, decode_heartbeat, encode_heartbeat
 
 TASK = b"T" * 16
 
@@ -102,21 +102,38 @@ def test_heartbeats_declare_the_dataset_size() -> None:
         task=TASK, peer="p", addresses=("/ip4/1.2.3.4/tcp/1",), step=5, loss=0.5, exchanges=2, dataset=9, every=8.5
     )
     assert decode_heartbeat(encode_heartbeat(beat), task=TASK) == beat
+    finished = dataclasses.replace(beat, done=True)
+    assert decode_heartbeat(encode_heartbeat(finished), task=TASK).done is True
     silent = Heartbeat(task=TASK, peer="p", addresses=(), step=0, loss=None, exchanges=0)  # an attached script's
     assert decode_heartbeat(encode_heartbeat(silent), task=TASK).dataset is None
 
 
 def _raw(**fields: object) -> bytes:
-    body = {"v": 2, "task": TASK, "peer": "p", "addrs": [], "step": 1, "loss": None, "exchanges": 0, "dataset": 5}
-    body["every"] = 2.0
+    body = {"v": 3, "task": TASK, "peer": "p", "addrs": [], "step": 1, "loss": None, "exchanges": 0, "dataset": 5}
+    body.update({"every": 2.0, "done": False})
     body.update(fields)
     packed: bytes = msgpack.packb({k: v for k, v in body.items() if v is not ...}, use_bin_type=True)
     return packed
 
 
 def test_a_version_1_heartbeat_is_still_read_without_a_dataset_size() -> None:
-    beat = decode_heartbeat(_raw(v=1, dataset=..., every=...), task=TASK)
-    assert beat.step == 1 and beat.dataset is None and beat.every is None
+    beat = decode_heartbeat(_raw(v=1, dataset=..., every=..., done=...), task=TASK)
+    assert beat.step == 1 and beat.dataset is None and beat.every is None and beat.done is None
+
+
+def test_a_version_2_heartbeat_is_read_without_saying_whether_its_peer_is_past_its_budget() -> None:
+    beat = decode_heartbeat(_raw(v=2, done=...), task=TASK)
+    assert (beat.dataset, beat.every, beat.done) == (5, 2.0, None)
+
+
+def test_a_later_version_that_adds_keys_is_read_as_version_3() -> None:
+    beat = decode_heartbeat(_raw(v=7, done=True, colour="blue", weights=[1, 2]), task=TASK)
+    assert (beat.step, beat.dataset, beat.done) == (1, 5, True)
+    with pytest.raises(MalformedMessage, match="lacks keys"):
+        decode_heartbeat(_raw(v=7, done=...), task=TASK)  # it must still hold version 3's
+    too_many = {f"k{i}": i for i in range(MAX_KEYS)}
+    with pytest.raises(MalformedMessage):
+        decode_heartbeat(_raw(v=7, **too_many), task=TASK)
 
 
 @pytest.mark.parametrize(
@@ -125,13 +142,18 @@ def test_a_version_1_heartbeat_is_still_read_without_a_dataset_size() -> None:
         ({"dataset": -1}, MalformedMessage),
         ({"dataset": True}, MalformedMessage),
         ({"dataset": "many"}, MalformedMessage),
-        ({"dataset": ...}, MalformedMessage),  # version 2 without it
-        ({"v": 1}, MalformedMessage),  # version 1 with it
+        ({"dataset": ...}, MalformedMessage),  # version 3 without it
+        ({"v": 1, "done": ...}, MalformedMessage),  # version 1 with it
         ({"every": 0.0}, MalformedMessage),
         ({"every": 1e9}, MalformedMessage),
         ({"every": "soon"}, MalformedMessage),
         ({"every": ...}, MalformedMessage),
-        ({"v": 3}, UnsupportedVersion),
+        ({"v": 2}, MalformedMessage),  # version 2 with `done`
+        ({"done": ...}, MalformedMessage),  # version 3 without it
+        ({"done": 1}, MalformedMessage),
+        ({"done": None}, MalformedMessage),
+        ({"v": 0}, UnsupportedVersion),
+        ({"v": True}, UnsupportedVersion),
         ({"v": [2]}, UnsupportedVersion),
     ],
 )

@@ -20,6 +20,8 @@ class PeerRecord:
     member: bool = False  # confirmed to run this task (heartbeat, provider record or exchange)
     last_heard: float | None = None
     step: int | None = None
+    done: bool | None = None  # past its own training budget, as its heartbeats say; None: they do not say
+    done_at: float | None = None  # when a heartbeat last said `done` (a refusal after it overrides it)
     loss: float | None = None
     exchanges: int = 0
     failures: int = 0
@@ -69,6 +71,7 @@ class PeerTable:
         addresses: Iterable[str] = (),
         member: bool = False,
         step: int | None = None,
+        done: bool | None = None,
         loss: float | None = None,
         heard: bool = True,
         period: float | None = None,
@@ -89,6 +92,8 @@ class PeerTable:
             record.last_heard = now
         if step is not None:
             record.step = step
+        if done is not None:
+            record.done, record.done_at = done, now
         if loss is not None:
             record.loss = loss
         if period is not None:

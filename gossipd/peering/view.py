@@ -47,18 +47,34 @@ class PeerView(Generic[PeerId]):
             return True
         return False
 
-    def rewire(self, candidates: Iterable[PeerId]) -> tuple[PeerId | None, PeerId] | None:
-        """Swap one random member for one random outside candidate (or just add it while the view has
-        room); returns (dropped or None, added), or None when there is no outside candidate."""
+    def rewire(
+        self, candidates: Iterable[PeerId], droppable: Callable[[PeerId], bool] = lambda _: True
+    ) -> tuple[PeerId | None, PeerId] | None:
+        """Swap one random `droppable` member for one random outside candidate (or just add it while the view
+        has room); returns (dropped or None, added), or None when there is no outside candidate or, the view
+        being full, no member to drop."""
         outside = [c for c in dict.fromkeys(candidates) if c not in self.members]
         if not outside:
+            return None
+        replaceable = [i for i, member in enumerate(self.members) if droppable(member)]
+        if len(self.members) >= self.capacity and not replaceable:
             return None
         added = self.rng.choice(outside)
         dropped = None
         if len(self.members) >= self.capacity:
-            dropped = self.members.pop(self.rng.randrange(len(self.members)))
+            dropped = self.members.pop(self.rng.choice(replaceable))
         self.members.append(added)
         return dropped, added
+
+    def prefer(
+        self, candidates: Iterable[PeerId], eligible: Callable[[PeerId], bool], minimum: int
+    ) -> tuple[PeerId | None, PeerId] | None:
+        """While the view holds fewer than `minimum` eligible members (or, smaller, its capacity), swap one
+        ineligible member for a random eligible outside candidate; returns what `rewire` does, None when
+        nothing changed."""
+        if sum(1 for member in self.members if eligible(member)) >= min(minimum, self.capacity):
+            return None
+        return self.rewire([c for c in candidates if eligible(c)], droppable=lambda member: not eligible(member))
 
     def sample(self, eligible: Callable[[PeerId], bool] = lambda _: True) -> PeerId | None:
         """A uniformly random eligible member, or None."""

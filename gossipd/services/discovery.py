@@ -40,6 +40,7 @@ class NotAllowed(WireError):
 
 
 DIAL_TIMEOUT = 5.0
+MIN_MIXABLE = 2  # members of this peer's own phase the view keeps when the swarm has them (_keep_mixable)
 SETTLED_DHT_INTERVAL = 600.0  # seconds between DHT lookups (and re-provides) once the view is full
 SETTLED_DHT_NAMES = 8
 SETTLED_DHT_LOOKUPS = 4
@@ -70,6 +71,7 @@ class DiscoveryService:
         view: PeerView[str],
         heartbeat: Callable[[], Heartbeat],
         on_leave_view: Callable[[str], None],
+        mixable: Callable[[str], bool] = lambda _: True,
         bootstrap: tuple[str, ...] = (),
         heartbeat_interval: float = 2.0,
         dht_interval: float = 15.0,
@@ -85,6 +87,7 @@ class DiscoveryService:
         self.view = view
         self.heartbeat = heartbeat
         self.on_leave_view = on_leave_view
+        self.mixable = mixable  # whether this peer may start an exchange with a neighbour now (its phase)
         self.bootstrap = bootstrap
         self.heartbeat_interval = heartbeat_interval
         self.dht_interval = dht_interval
@@ -185,6 +188,7 @@ class DiscoveryService:
                 addresses=beat.addresses,
                 member=True,
                 step=beat.step,
+                done=beat.done,
                 loss=beat.loss,
                 period=beat.every,
             )
@@ -270,6 +274,18 @@ class DiscoveryService:
 
     # -- the view --------------------------------------------------------------------------------------
 
+    def _keep_mixable(self, live: list[str]) -> None:
+        """A view of neighbours this peer may not mix with leaves it alone: while training, one whose view all
+        reached their budgets would train on unmixed, and past its budget one whose view all train would
+        finish with nobody, though live members of its own phase exist outside the view (the exchange
+        service mixes only within a phase). So while the view holds fewer than MIN_MIXABLE of this peer's
+        phase, one such outsider a second comes in for a member of the other phase."""
+        swapped = self.view.prefer(live, self.mixable, MIN_MIXABLE)
+        if swapped is not None:
+            log.debug("view: %s in for %s, as it is in this peer's phase (past the budget or not)", *swapped[::-1])
+            if swapped[0] is not None:
+                self.on_leave_view(swapped[0])
+
     async def _maintain_view(self) -> None:
         since_rewire = 0.0
         while True:
@@ -283,6 +299,7 @@ class DiscoveryService:
                 if swapped is not None and swapped[0] is not None:
                     self.on_leave_view(swapped[0])
                 since_rewire = 0.0
+            self._keep_mixable(live)
             self.peers.forget_stale(STALE_AFTER)
             await trio.sleep(1.0)
             since_rewire += 1.0

@@ -29,9 +29,12 @@ the others' pace (`gossipd simulate --paces`, plain gossip; docs/bench-quality.m
 4 peers, 50.6-79.2% against 72.5-82.0% with the two phases kept apart; the MNIST MLP on Dirichlet(0.1)
 labels, 8 peers, 77.4-89.6% against 91.7-93.3% (94.4% when all keep pace). Kept apart, the straggler's tail
 moves only its own copy, a 1/n share of the average the finish brings everyone to. A neighbour's phase comes
-from its heartbeats' step (a peer announces at once when it reaches the budget) or from its refusal: a
-finished peer answers a neighbour it does not know to be past the budget with `abort` reason `finished`, and
-the opener, which counts no failure, starts no more exchanges with it while it trains.
+from its heartbeats, which say whether it is past its own budget (`done`; a peer announces at once when it
+reaches it), or from its refusal: a finished peer answers a neighbour it does not know to be past the budget
+with `abort` reason `finished`, and the opener, which counts no failure, starts no more exchanges with it
+until a later heartbeat says it trains again (restarted with a larger budget). A heartbeat of before version
+3 says only its step, taken for past the budget when it is at or past this peer's own. Discovery keeps a
+neighbour of this peer's phase in its view when it knows one (gossipd.services.discovery).
 """
 
 from __future__ import annotations
@@ -69,7 +72,7 @@ from gossipd.mixing.link_budget import (
 from gossipd.mixing.pacing import StepPacer
 from gossipd.mixing.session import ExchangeResult, ExchangeSession, PeerAborted, Phase
 from gossipd.peering.ledger import Ledger
-from gossipd.peering.table import PeerTable
+from gossipd.peering.table import PeerRecord, PeerTable
 from gossipd.peering.view import PeerView
 from gossipd.services.model_host import ModelHost
 from gossipd.services.network import DialError, FrameStream, FrameTooLarge, Network, StreamClosed
@@ -217,7 +220,8 @@ class ExchangeService:
         self._finishing_since: float | None = None  # when this peer was first seen past its budget
         self._last_success: float | None = None  # when an exchange last succeeded, started here or answered
         self._no_one_left = False  # finished for want of neighbours (they all left after their own finish)
-        self._finished_peers: set[str] = set()  # neighbours that refused an exchange for being past the budget
+        # Neighbours that refused an exchange for being past the budget, and when (the peer table's clock).
+        self._finished_peers: dict[str, float] = {}
         self._announced_budget = False
         # Called once when training reaches its budget: the runtime announces it to the neighbours at once.
         self.on_budget: Callable[[], None] | None = None
@@ -514,20 +518,23 @@ class ExchangeService:
         )
 
     def past_budget_known(self, peer: str) -> bool:
-        """Whether `peer` is known to be past the training budget: its heartbeats declare a step at or past it,
-        or it refused an exchange for being finished."""
-        budget = self.trainer.budget
-        if budget is None:
-            return False
-        if peer in self._finished_peers:
-            return True
+        """Whether `peer` is known to be past its training budget: the latest word on it, its heartbeats'
+        `done` or its refusal for being finished. A heartbeat that does not say (before version 3) counts
+        as past the budget when its step is at or past this peer's own."""
         record = self.peers.get(peer)
-        return record is not None and record.step is not None and record.step >= budget
+        refused = self._finished_peers.get(peer)
+        said = _said_done(record)
+        if said is not None and (refused is None or said[1] > refused):
+            return said[0]
+        if refused is not None:
+            return True
+        budget = self.trainer.budget
+        return budget is not None and record is not None and record.step is not None and record.step >= budget
 
     def same_phase(self, peer: str) -> bool:
-        """Whether this peer may start an exchange with `peer`: both still training, or both past the budget
-        as far as this peer knows (see the module's docstring). Always, without a budget."""
-        return self.trainer.budget is None or self.trainer.training_done == self.past_budget_known(peer)
+        """Whether this peer may start an exchange with `peer`: both still training, or both past their
+        budgets, as far as this peer knows (see the module's docstring). A peer without a budget trains."""
+        return self.trainer.training_done == self.past_budget_known(peer)
 
     def _may_start(self) -> bool:
         return (
@@ -885,7 +892,7 @@ class ExchangeService:
                 self.links.over_cap(peer, session.mode, self.ladder)
             self.trainer.mix_declined()  # due again now, at a mode the neighbour takes
         elif _refused_for(error, (FINISHED,)):
-            self._finished_peers.add(peer)
+            self._finished_peers[peer] = self.peers.clock()
             self.trainer.mix_declined()  # due again now, with a neighbour still training if there is one
         else:
             self.trainer.mix_failed()
@@ -913,6 +920,13 @@ class ExchangeService:
         self._freed.set()
         if not self.in_flight:
             self._idle.set()
+
+
+def _said_done(record: PeerRecord | None) -> tuple[bool, float] | None:
+    """What the neighbour's heartbeats last said of its phase, and when; None if they do not say."""
+    if record is None or record.done is None or record.done_at is None:
+        return None
+    return record.done, record.done_at
 
 
 def _refused_for(error: BaseException, reasons: tuple[str, ...]) -> bool:

@@ -337,6 +337,7 @@ class TaskRuntime:
             # A neighbour rewired out of the view keeps its edge state (bounded by edge_capacity) for when the
             # two meet again; one that stopped being live loses it.
             on_leave_view=lambda peer: None if self.peers.is_live(peer) else exchange.forget_edge(peer),
+            mixable=exchange.same_phase,
             bootstrap=options.bootstrap,
             heartbeat_interval=options.heartbeat_interval,
             rewire_interval=task.gossip.rewire_interval,
@@ -656,6 +657,7 @@ class TaskRuntime:
             loss=stats.loss if stats else None,
             exchanges=services.exchange.counters.exchanges if services else 0,
             dataset=self.examples,
+            done=services.trainer.training_done if services is not None else False,
         )
 
     async def export(self) -> bytes:

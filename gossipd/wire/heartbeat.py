@@ -15,16 +15,22 @@ import msgpack
 from gossipd.wire.auth import AuthFailed, heartbeat_mac, same
 from gossipd.wire.errors import MalformedMessage, UnsupportedVersion, WrongTask
 
-HEARTBEAT_VERSION = 2
+HEARTBEAT_VERSION = 3
 MAX_HEARTBEAT_BYTES = 8192
 MAX_ADDRESSES = 16
 MAX_ADDRESS_LENGTH = 256
+MAX_KEYS = 32  # a later version's heartbeat may add keys (read as this version's), up to this many in all
 # Version 2 adds the dataset size a peer declares (for neighbours' ledgers and `weigh_by`) and the seconds
-# until its next heartbeat (its liveness, see gossipd.peering.announce); a version-1 heartbeat (a daemon of
-# before December 2026) is still read, without them.
+# until its next heartbeat (its liveness, see gossipd.peering.announce); version 3 adds `done`, whether the
+# peer is past its own training budget (neighbours keep the two phases apart, gossipd.services.exchange: a
+# step compared with the receiver's budget misjudges peers whose budgets differ). Versions 1 and 2 (daemons
+# of before 2026-12-05) are still read, without them. A heartbeat of a later version is read as version 3
+# when it holds at least version 3's keys: later versions only add keys, so today's daemons keep hearing
+# tomorrow's (a version-2 daemon drops version 3's, which is why none of this was learnt sooner).
 _KEYS = {
     1: ("v", "task", "peer", "addrs", "step", "loss", "exchanges"),
     2: ("v", "task", "peer", "addrs", "step", "loss", "exchanges", "dataset", "every"),
+    3: ("v", "task", "peer", "addrs", "step", "loss", "exchanges", "dataset", "every", "done"),
 }
 MIN_PERIOD, MAX_PERIOD = 0.1, 3600.0
 
@@ -39,6 +45,7 @@ class Heartbeat:
     exchanges: int
     dataset: int | None = None  # training examples it declares; None: it does not say (an attached script)
     every: float | None = 2.0  # seconds until its next heartbeat; None: not said (a version-1 heartbeat)
+    done: bool | None = False  # past its own training budget; None: not said (a version-1 or 2 heartbeat)
 
 
 def encode_heartbeat(beat: Heartbeat, key: bytes | None = None) -> bytes:
@@ -62,6 +69,7 @@ def _encode_body(beat: Heartbeat) -> bytes:
             "exchanges": beat.exchanges,
             "dataset": beat.dataset,
             "every": float(beat.every if beat.every is not None else 2.0),
+            "done": bool(beat.done),
         },
         use_bin_type=True,
     )
@@ -81,7 +89,7 @@ def decode_heartbeat(data: bytes, *, task: bytes, key: bytes | None = None) -> H
             max_str_len=MAX_ADDRESS_LENGTH,
             max_bin_len=64,
             max_array_len=MAX_ADDRESSES,
-            max_map_len=len(_KEYS[HEARTBEAT_VERSION]),
+            max_map_len=MAX_KEYS,
             max_ext_len=0,
         )
     except (ValueError, TypeError, msgpack.UnpackException) as exc:
@@ -89,9 +97,13 @@ def decode_heartbeat(data: bytes, *, task: bytes, key: bytes | None = None) -> H
     if not isinstance(obj, dict):
         raise MalformedMessage("heartbeat is not a map")
     version = obj.get("v")
-    if not isinstance(version, int) or isinstance(version, bool) or version not in _KEYS:
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
         raise UnsupportedVersion(f"heartbeat version {version!r}")
-    if set(obj) != set(_KEYS[version]):
+    if version > HEARTBEAT_VERSION:
+        if not set(_KEYS[HEARTBEAT_VERSION]) <= set(obj):
+            raise MalformedMessage(f"heartbeat version {version} lacks keys of version {HEARTBEAT_VERSION}")
+        version = HEARTBEAT_VERSION  # what this daemon knows of it; the keys it adds are not read
+    elif set(obj) != set(_KEYS[version]):
         raise MalformedMessage(f"heartbeat version {version} does not have exactly the expected keys")
     if obj["task"] != task:
         raise WrongTask("heartbeat for another task")
@@ -109,6 +121,7 @@ def decode_heartbeat(data: bytes, *, task: bytes, key: bytes | None = None) -> H
         exchanges=_count(obj, "exchanges"),
         dataset=None if obj.get("dataset") is None else _count(obj, "dataset"),
         every=_period(obj["every"]) if version >= 2 else None,
+        done=_flag(obj, "done") if version >= 3 else None,
     )
 
 
@@ -116,6 +129,13 @@ def _count(obj: dict[str, Any], key: str) -> int:
     value = obj[key]
     if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < 1 << 63:
         raise MalformedMessage(f"heartbeat {key} is not a count")
+    return value
+
+
+def _flag(obj: dict[str, Any], key: str) -> bool:
+    value = obj[key]
+    if not isinstance(value, bool):
+        raise MalformedMessage(f"heartbeat {key} is not true or false")
     return value
 
 
