@@ -345,7 +345,7 @@ def format_peers(data: dict[str, Any], now: float) -> str:
             ",".join(peer["sources"]) or "-",
             peer.get("reached") or "-",
             "-" if peer["last_heard"] is None else f"{human_duration(max(0.0, now - peer['last_heard']))} ago",
-            _number(peer["step"], "d"),
+            _number(peer["step"], "d") + (" (done)" if peer.get("past_budget") else ""),
             _number(peer["loss"], ".4g"),
             f"{peer['exchanges']}/{peer['failures']}",
             _number(peer["distance"], ".3g"),

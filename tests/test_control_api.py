@@ -64,6 +64,7 @@ def make_peer(
         distance=0.0456 if in_view else None,
         backoff_until=None,
         reached="relayed" if in_view else None,
+        past_budget=in_view,
     )
 
 

@@ -53,6 +53,7 @@ class PeerStatus:
     distance: float | None  # estimated ‖x_peer − x_self‖ at the last exchange
     backoff_until: float | None  # this end starts none with it before this time (repeated failures or rejections)
     reached: str | None = None  # how it is connected now: direct, relayed, hole-punched; None: not connected
+    past_budget: bool = False  # known past its own training budget (its heartbeats, or its refusal, say so)
 
 
 @dataclass(frozen=True, kw_only=True)

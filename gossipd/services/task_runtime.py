@@ -760,6 +760,7 @@ class TaskRuntime:
             return None if t is None else t + offset
 
         view = set(self.view.members)
+        exchange = self.services.exchange if self.services is not None else None
         return tuple(
             PeerStatus(
                 peer_id=r.peer_id,
@@ -776,6 +777,7 @@ class TaskRuntime:
                 distance=r.distance,
                 backoff_until=wall(r.backoff_until),
                 reached=self.network.connection_kind(r.peer_id),
+                past_budget=exchange is not None and exchange.past_budget_known(r.peer_id),
             )
             for r in sorted(self.peers.records.values(), key=lambda r: r.peer_id)
         )
