@@ -42,7 +42,7 @@ from gossipd.mixing.registry import make_algorithm
 from gossipd.mixing.state import half_state, state_specs
 from gossipd.models.registry import build_model, count_parameters
 from gossipd.peering.ledger import Ledger
-from gossipd.peering.start_wait import Start, StartWait
+from gossipd.peering.start_wait import FirstSteps, Start, StartWait
 from gossipd.peering.table import SOURCES, PeerRecord, PeerTable
 from gossipd.peering.view import PeerView
 from gossipd.services.attached_trainer import AttachedTrainer
@@ -151,6 +151,7 @@ class TaskRuntime:
         self.personal = Personal()  # what [gossip] personal keeps on this peer, known once the model is
         self._initial_personal: dict[str, torch.Tensor] = {}  # its first values (a diverged model's reset)
         self.model_summary: ModelSummary | None = None  # once loaded: what the task's advert tells of its model
+        self._first_steps = FirstSteps()  # what neighbours declared while this peer waited for min_peers
         self.start_outcome: Start | None = None  # how a start wait ([train] start_wait) ended; None: there was none
         self._starting = False  # in a start wait now
 
@@ -375,7 +376,7 @@ class TaskRuntime:
             await self._wait_to_start(services)
             return
         log.info("task %s waits for %d live neighbours ([train] min_peers)", self.task.id, self.task.train.min_peers)
-        await _until(self._enough_peers)
+        await _until(lambda: self._note_first_steps() and self._enough_peers())
         services.trainer.resume()
         log.info("task %s sees %d live neighbours: training starts", self.task.id, len(self.peers.live_members()))
 
@@ -441,11 +442,17 @@ class TaskRuntime:
                 )
             short_since = None
 
+    def _note_first_steps(self) -> bool:
+        """The first step each live neighbour declares while this peer waits for `min_peers` (always True, to
+        be polled beside the wait's condition)."""
+        self._first_steps.note(self._live_steps())
+        return True
+
     def _nobody_trained_yet(self) -> bool:
-        """With `min_peers`, peers that waited for each other start together: when every live neighbour is
-        still at step 0 there is no trained model to copy, and each starts from the task's seed at once."""
-        live = [self.peers.records[p] for p in self.peers.live_members()]
-        return self.task.train.min_peers > 0 and bool(live) and all(r.step == 0 for r in live)
+        """With `min_peers`, peers that waited for each other start together: when every live neighbour was
+        first heard of at step 0 (still there, or begun since: its own wait ended a moment sooner) there is
+        no trained model to copy, and each starts from the task's seed at once."""
+        return self.task.train.min_peers > 0 and self._first_steps.co_starters(self._live_steps())
 
     async def _join_if_needed(self, services: Services) -> None:
         # After a start wait that found no trained neighbour there is no model to copy, and a neighbour that
