@@ -63,7 +63,7 @@ def main() -> None:
                 break
             if step == args.warmup:
                 timed_from = time.perf_counter()
-            loss = F.cross_entropy(model(shard.x[batch]), shard.y[batch])
+            loss = F.cross_entropy(model(shard.inputs(batch)), shard.y[batch])
             optimizer.zero_grad()
             loss.backward()  # type: ignore[no-untyped-call]
             optimizer.step()  # attached: a step of the swarm too (the hook attach installed)
@@ -84,7 +84,7 @@ def main() -> None:
     if args.evaluate:
         model.eval()
         with torch.inference_mode():
-            x, y = bundle.validation.x, bundle.validation.y
+            x, y = bundle.validation.inputs(), bundle.validation.y
             hits = sum(int((model(x[i : i + 2000]).argmax(1) == y[i : i + 2000]).sum()) for i in range(0, len(y), 2000))
         result["accuracy"] = hits / len(y)
     args.out.write_text(json.dumps(result))

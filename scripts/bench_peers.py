@@ -166,8 +166,8 @@ def write_shards(workdir: Path, split: str) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     for peer in range(PEERS):
         shard = peer_shard(data, split, peer, PEERS, task.task.seed)
-        np.savez(folder / f"shard-{peer}.npz", x=shard.x.numpy(), y=shard.y.numpy())
-    np.savez(folder / "test.npz", x=data.validation.x.numpy(), y=data.validation.y.numpy())
+        np.savez(folder / f"shard-{peer}.npz", x=shard.inputs().numpy(), y=shard.y.numpy())
+    np.savez(folder / "test.npz", x=data.validation.inputs().numpy(), y=data.validation.y.numpy())
 
 
 # -- inside a namespace: one run -------------------------------------------------------------------------

@@ -96,7 +96,7 @@ def run_builtin(workdir: Path) -> list[float]:
         model.load_state_dict(state)
         model.eval()
         with torch.inference_mode():
-            x, y = bundle.validation.x, bundle.validation.y
+            x, y = bundle.validation.inputs(), bundle.validation.y
             hits = sum(int((model(x[i : i + 2000]).argmax(1) == y[i : i + 2000]).sum()) for i in range(0, len(y), 2000))
         accuracies.append(hits / len(y))
     return accuracies

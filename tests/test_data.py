@@ -98,12 +98,13 @@ def test_embedded_mnist_loads_split_and_normalised() -> None:
     assert bundle.spec.num_classes == 10
     assert bundle.class_names == tuple("0123456789")
     assert (len(bundle.train), len(bundle.validation)) == (9000, 1000)
-    assert bundle.train.x.dtype == torch.float32
+    assert bundle.train.x.dtype == torch.uint8  # stored as bytes: a quarter of float32's memory
+    assert bundle.train.inputs().dtype == torch.float32
     assert bundle.train.y.dtype == torch.int64
-    assert float(bundle.train.x.mean()) == pytest.approx(0.0, abs=1e-4)
-    assert float(bundle.train.x.std()) == pytest.approx(1.0, abs=1e-3)
+    assert float(bundle.train.inputs().mean()) == pytest.approx(0.0, abs=1e-4)
+    assert float(bundle.train.inputs().std()) == pytest.approx(1.0, abs=1e-3)
     # Statistics come from the training part, so the held-out part is close but not exactly standardised.
-    assert float(bundle.validation.x.mean()) != pytest.approx(0.0, abs=1e-6)
+    assert float(bundle.validation.inputs().mean()) != pytest.approx(0.0, abs=1e-6)
     counts = torch.bincount(torch.cat([bundle.train.y, bundle.validation.y]), minlength=10)
     assert counts.tolist() == [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
 
@@ -113,8 +114,8 @@ def test_idx_without_normalisation_is_pixels_in_unit_range() -> None:
     bundle = load_idx(source, context(EMBEDDED_MNIST, fraction=0.0))
     assert (len(bundle.train), len(bundle.validation)) == (10_000, 0)
     assert tuple(bundle.validation.x.shape) == (0, 1, 28, 28)
-    assert float(bundle.train.x.min()) == 0.0
-    assert float(bundle.train.x.max()) == 1.0
+    assert float(bundle.train.inputs().min()) == 0.0
+    assert float(bundle.train.inputs().max()) == 1.0
 
 
 def test_full_mnist_uses_test_files_as_validation() -> None:
@@ -140,8 +141,29 @@ def test_full_mnist_uses_test_files_as_validation() -> None:
         5851,
         5949,
     ]
-    assert float(bundle.train.x.mean()) == pytest.approx(0.0, abs=1e-4)
-    assert float(bundle.train.x.std()) == pytest.approx(1.0, abs=1e-3)
+    assert float(bundle.train.inputs().mean()) == pytest.approx(0.0, abs=1e-4)
+    assert float(bundle.train.inputs().std()) == pytest.approx(1.0, abs=1e-3)
+
+
+def test_byte_images_decode_a_batch_to_the_bit_as_converting_them_whole_did() -> None:
+    """Kept as bytes and decoded per batch (spec.Pixels): the same float32 values as the whole-array
+    conversion the loader made before, scaling then standardising, step by step in float32."""
+    bundle = load_idx(MNIST_TEST, context(EMBEDDED_MNIST, fraction=0.1, seed=1))
+    pixels = bundle.train.pixels
+    assert pixels is not None
+    raw = bundle.train.x.numpy()
+    whole = raw.astype(np.float32)
+    whole /= 255.0
+    whole -= np.float32(pixels.mean)
+    whole /= np.float32(pixels.std)
+    index = torch.tensor([5, 0, 8999, 5, 1234])
+    assert torch.equal(bundle.train.inputs(index), torch.from_numpy(whole[index.numpy()]))
+    assert torch.equal(bundle.train.inputs(slice(100, 300)), torch.from_numpy(whole[100:300]))
+    shard = bundle.train.subset(torch.tensor([3, 1]))
+    assert shard.pixels == pixels and torch.equal(shard.inputs(), torch.from_numpy(whole[[3, 1]]))
+    assert torch.equal(shard.decoded().x, shard.inputs()) and shard.decoded().pixels is None
+    with pytest.raises(ValueError, match="bytes"):
+        ArrayDataset(torch.zeros(2, 3), torch.zeros(2, dtype=torch.long), pixels)
 
 
 def idx_bytes(array: np.ndarray, code: int) -> bytes:
@@ -166,7 +188,7 @@ def test_idx_recognises_gzip_by_magic_and_reads_wider_dtypes(tmp_path: Path) -> 
     source = IdxSource(train_images="images.idx", train_labels="labels.gz", normalize=False)
     bundle = load_idx(source, context(tmp_path, fraction=0.0))
     assert torch.equal(bundle.train.y, torch.from_numpy(LABELS.astype(np.int64)))
-    assert torch.allclose(bundle.train.x[:, 0], torch.from_numpy(PIXELS / np.float32(255.0)))
+    assert torch.allclose(bundle.train.inputs()[:, 0], torch.from_numpy(PIXELS / np.float32(255.0)))
     assert bundle.spec.num_classes == 3
     assert read_idx(tmp_path / "images.idx").dtype == np.uint8
 
@@ -602,7 +624,7 @@ def test_registry_dispatches_every_format(tmp_path: Path, loaders: str, data_for
     section = DataSection(format=data_format, validation_fraction=0.25, source=source, base_dir=tmp_path)
     bundle = load_data(section, seed=0)
     assert len(bundle.train) > 0
-    assert tuple(bundle.train.x.shape[1:]) == bundle.spec.input_shape
+    assert tuple(bundle.train.inputs().shape[1:]) == bundle.spec.input_shape
     expected_kind = "language" if data_format == "text" else "classification"
     assert bundle.spec.kind == expected_kind
 
@@ -618,18 +640,21 @@ def _peak_bytes(load: Any) -> tuple[Any, int]:
 
 @pytest.mark.parametrize("partition", ["iid", "dirichlet:0.5", "shards:2"])
 def test_a_peers_share_loaded_early_is_the_share_taken_from_the_whole(partition: str) -> None:
-    """`load_peer_data` picks the share from the raw bytes (IDX) before converting: the same examples, the
-    same statistics, and a lower peak than converting every training image first."""
+    """`load_peer_data` picks the share from the raw bytes (IDX): the same examples and statistics, no higher
+    a peak, and only the share held."""
     section = DataSection(format="idx", source=EMBEDDED_SOURCE, base_dir=EMBEDDED_MNIST, validation_fraction=0.15)
     whole, whole_peak = _peak_bytes(lambda: load_data(section, 3))
     for index in (0, 3):
         share = peer_shard(whole, partition, index, 5, 3)
         early, early_peak = _peak_bytes(lambda index=index: load_peer_data(section, 3, partition, index, 5))
         assert torch.equal(early.train.y, share.y)
-        assert torch.allclose(early.train.x, share.x, atol=1e-5)
-        assert torch.allclose(early.validation.x, whole.validation.x, atol=1e-5)
+        assert torch.allclose(early.train.inputs(), share.inputs(), atol=1e-5)
+        assert torch.allclose(early.validation.inputs(), whole.validation.inputs(), atol=1e-5)
         assert early.spec == whole.spec
-        assert early_peak <= whole_peak, (early_peak, whole_peak)
+        # Images stay bytes, so neither path converts the whole set: both peak while reading the file, and
+        # the early one then holds only its share.
+        assert early_peak <= 1.01 * whole_peak, (early_peak, whole_peak)
+        assert early.train.x.nbytes < whole.train.x.nbytes
     with pytest.raises(ValueError, match="outside"):
         load_peer_data(section, 3, "iid", 5, 5)
 

@@ -111,11 +111,12 @@ def _check_part(kind: str, input_shape: tuple[int, ...], num_classes: int, data:
         expected = ", ".join(["N", *(str(d) for d in input_shape)])
         raise DataError(where, f"x has shape {tuple(data.x.shape)}, expected ({expected}) as its spec says")
     if kind == "classification":
-        if not data.x.dtype.is_floating_point or data.y.dtype != torch.int64 or data.y.dim() != 1:
+        floats = data.x.dtype.is_floating_point or data.pixels is not None  # bytes that decode to floats
+        if not floats or data.y.dtype != torch.int64 or data.y.dim() != 1:
             raise DataError(
                 where,
                 f"found x {data.x.dtype}, y {data.y.dtype} {tuple(data.y.shape)}, "
-                "expected float x and int64 y of shape (N,)",
+                "expected float x (or bytes with pixels) and int64 y of shape (N,)",
             )
         tokens = data.y
     else:

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from gossipd.data.errors import DataError, checked_size, data_path
-from gossipd.data.spec import ArrayDataset, DataBundle, InputSpec
+from gossipd.data.spec import ArrayDataset, DataBundle, InputSpec, Pixels
 from gossipd.data.splits import Standardization, fit_standardization, split_indices
 
 if TYPE_CHECKING:  # the registry imports this module to list it among the formats
@@ -166,7 +166,8 @@ def _pixel_statistics(raw: np.ndarray) -> Standardization:
 
 
 def load_idx(config: IdxSource, ctx: LoadContext) -> DataBundle:
-    """MNIST-style image classification: x float32 `(N, 1, H, W)`, y int64 `(N,)`."""
+    """MNIST-style image classification: x `(N, 1, H, W)`, y int64 `(N,)`; byte images stay bytes, with the
+    scaling and standardisation as the datasets' `pixels`, float images are standardised in place."""
     if (config.test_images is None) != (config.test_labels is None):
         given = "test_images" if config.test_images is not None else "test_labels"
         raise DataError("[data]", f"{given} is set without its pair; give both test_images and test_labels")
@@ -192,13 +193,18 @@ def load_idx(config: IdxSource, ctx: LoadContext) -> DataBundle:
     if ctx.keep is not None:
         kept = ctx.keep(train_y, len(train_y))
         train_x, train_y = train_x[kept], train_y[kept]
-    train_x, val_x = as_pixels(train_x), as_pixels(val_x)
-    if stats is not None:
-        stats.apply_(train_x)
-        stats.apply_(val_x)
+    pixels: Pixels | None = None
+    if train_x.dtype == np.uint8:  # kept as bytes, decoded a batch at a time (spec.Pixels)
+        mean, std = (0.0, 1.0) if stats is None else (float(np.float32(stats.mean)), float(np.float32(stats.std)))
+        pixels = Pixels(divisor=255.0, mean=mean, std=std)
+    else:
+        train_x, val_x = as_pixels(train_x), as_pixels(val_x)
+        if stats is not None:
+            stats.apply_(train_x)
+            stats.apply_(val_x)
     return DataBundle(
         spec=InputSpec(kind="classification", input_shape=tuple(train_x.shape[1:]), num_classes=num_classes),
-        train=ArrayDataset(torch.from_numpy(train_x), torch.from_numpy(train_y)),
-        validation=ArrayDataset(torch.from_numpy(val_x), torch.from_numpy(val_y)),
+        train=ArrayDataset(torch.from_numpy(train_x), torch.from_numpy(train_y), pixels),
+        validation=ArrayDataset(torch.from_numpy(val_x), torch.from_numpy(val_y), pixels),
         class_names=tuple(str(c) for c in range(num_classes)),
     )

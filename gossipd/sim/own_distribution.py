@@ -65,7 +65,7 @@ def evaluate_by_class(
     loss_sum = 0.0
     model.eval()
     for start in range(0, count, EVAL_BATCH):
-        x = data.x[start : min(start + EVAL_BATCH, count)].to(device)
+        x = data.inputs(slice(start, min(start + EVAL_BATCH, count)), device)
         y = data.y[start : min(start + EVAL_BATCH, count)].to(device)
         logits = model(x)
         loss, _ = loss_and_hits(kind, logits, y)

@@ -37,13 +37,13 @@ def main() -> None:
     device = pick_device(args.device)
     model = build_model(task.model, data.spec, task.task.seed).to(device)
     optimizer = build_optimizer(task.train, model.parameters())
-    x_all, y_all = shard.x.to(device), shard.y.to(device)
+    examples = shard.to(device)  # as the daemon's trainer holds them: image bytes decoded a batch at a time
     batch = task.train.batch_size
     generator = torch.Generator().manual_seed(0)
 
     def step() -> None:
-        index = torch.randint(0, x_all.shape[0], (batch,), generator=generator).to(device)
-        loss = F.cross_entropy(model(x_all[index]), y_all[index])
+        index = torch.randint(0, len(examples), (batch,), generator=generator).to(device)
+        loss = F.cross_entropy(model(examples.inputs(index)), examples.y[index])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()  # type: ignore[no-untyped-call]
         optimizer.step()

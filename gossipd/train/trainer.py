@@ -159,7 +159,7 @@ class Trainer:
         self.kind = kind
         self.device = device
         self.model = model.to(device)
-        self.data = ArrayDataset(data.x.to(device), data.y.to(device))
+        self.data = data.to(device)
         self.sampler = BatchSampler(len(data), section.batch_size, seed)
         # [train] personal_training = "frozen": the personal parameters ([gossip] personal) keep their values
         # through training (they are left out of the optimiser and get no gradient) and change only in
@@ -220,7 +220,7 @@ class Trainer:
             for group in self.optimizer.param_groups:
                 group["lr"] = learning_rate(self.section, self.step)
             index = self.sampler.next().to(self.device)
-            x, y = self.data.x[index], self.data.y[index]
+            x, y = self.data.inputs(index), self.data.y[index]
             loss, _ = loss_and_hits(self.kind, self.model(x), y)
             self.optimizer.zero_grad(set_to_none=True)
             value = float(loss.detach())
@@ -262,7 +262,7 @@ class Trainer:
                 group["lr"] = learning_rate(self.section, self.step)
             chosen = torch.rand(size, generator=self.sampler.generator) < self.sample_rate
             index = torch.nonzero(chosen).reshape(-1).to(self.device)
-            x, y = self.data.x[index], self.data.y[index]
+            x, y = self.data.inputs(index), self.data.y[index]
             grads = private_gradients(
                 self.model,
                 lambda logits, target: loss_and_hits(self.kind, logits, target)[0],
@@ -318,7 +318,7 @@ class Trainer:
             for group in optimizer.param_groups:
                 group["lr"] = learning_rate(schedule, self.personal_steps)
             index = self.sampler.next().to(self.device)
-            loss, _ = loss_and_hits(self.kind, self.model(self.data.x[index]), self.data.y[index])
+            loss, _ = loss_and_hits(self.kind, self.model(self.data.inputs(index)), self.data.y[index])
             value = float(loss.detach())
             self.personal_steps += 1  # a skipped step counts too: the fine-tuning is a fixed number of steps
             if not math.isfinite(value):
@@ -364,7 +364,7 @@ class Trainer:
         hits = 0
         targets = 0
         for start in range(0, count, EVAL_BATCH):
-            x = data.x[start : min(start + EVAL_BATCH, count)].to(self.device)
+            x = data.inputs(slice(start, min(start + EVAL_BATCH, count)), self.device)
             y = data.y[start : min(start + EVAL_BATCH, count)].to(self.device)
             loss, correct = loss_and_hits(self.kind, self.model(x), y)
             loss_sum += float(loss) * y.numel()
