@@ -115,7 +115,17 @@ def main() -> None:
             mode=2,
             **common,
         ),
-        # Its whole-model rung (mode 0): plain averaging, every parameter in its own dtype.
+        # Its whole-model rung (mode 0) with `full_dtype = "float16"`, the default: floating parameters as float16.
+        "full-auto-float16": carrying(
+            MessageType.FULL,
+            (
+                tensor("fc.weight", "float16", [1, 2, 3, 4, 5, 6], (2, 3)),
+                tensor("fc.bias", "float16", [0.5, -0.5], (2,)),
+            ),
+            mode=0,
+            **common,
+        ),
+        # The same with `full_dtype = "float32"`: every parameter in its own dtype.
         "full-auto": carrying(
             MessageType.FULL,
             (

@@ -108,7 +108,8 @@ def test_the_ladder_doubles_the_rank_while_it_compresses_then_ends_with_whole_mo
     assert AutoGossip(AutoConfig(max_rank=3)).ladder(LAYOUT) == (1, 2, FULL)
     assert AutoGossip(AutoConfig(full=False)).ladder(LAYOUT) == (1, 2, 4, 8, 16)
     whole = sum(t.numel() * 4 for t in model(0).values())
-    assert AUTO.message_bytes(FULL, LAYOUT) == whole
+    assert AUTO.message_bytes(FULL, LAYOUT) == whole // 2  # float16 whole models by default
+    assert AutoGossip(AutoConfig(full_dtype="float32")).message_bytes(FULL, LAYOUT) == whole
     # Rank 1 in float16: (m + n)/2 per matrix, biases whole, two bytes a value, and the probe's 32
     # coordinates per compressed matrix.
     assert AUTO.message_bytes(1, LAYOUT) == (16 + 72) + (40 + 144) + (16 + 40) * 2 + 2 * 32 * 2
@@ -142,6 +143,31 @@ def test_every_mode_keeps_the_pairs_sum_and_brings_the_two_closer(mode: int) -> 
     for key in before:
         assert torch.allclose(after[key], before[key], atol=1e-4), key
     assert distance(a, b) < apart * (0.05 if mode == FULL else 0.97)
+
+
+def test_whole_models_in_float16_keep_the_sum_exactly_and_bring_the_copies_together_to_its_precision() -> None:
+    # Each end moves by w·(x̃_peer − x̃_self), the rounded values both ends hold: the sum of the pair is unchanged
+    # to float32's rounding of each update, and the copies meet but for what float16 cannot carry.
+    a, b = Peer(0), Peer(1)
+    before = pair_sum(a, b)
+    # What each end cannot send: under half of float16's spacing at its own values, 2⁻¹¹ of each.
+    scale = {k: torch.maximum(a.params[k].abs(), b.params[k].abs()) for k in a.params}
+    ends = exchange(a, b, FULL)
+    message = ends[0].algorithm
+    assert isinstance(message, PlainGossip) and message.half
+    after = pair_sum(a, b)
+    for key in before:
+        assert torch.allclose(after[key], before[key], rtol=0, atol=1e-6), key
+        gap = (a.params[key] - b.params[key]).abs()
+        assert bool((gap <= scale[key] * 2**-10 + 1e-7).all()), key  # the two ends' rounding, no more
+    exact = AutoGossip(AutoConfig(full_dtype="float32")).for_mode(FULL)
+    assert isinstance(exact, PlainGossip) and not exact.half
+    # Copies that already agree stay exactly as they are: rounding moves nothing by itself.
+    same = Peer(2)
+    twin = Peer(3)
+    twin.params = {k: v.clone() for k, v in same.params.items()}
+    exchange(same, twin, FULL)
+    assert all(torch.equal(same.params[k], twin.params[k]) for k in same.params)
 
 
 def test_switching_modes_on_a_live_edge_restarts_it_and_keeps_the_sum() -> None:

@@ -426,10 +426,11 @@ async def test_auto_edges_send_whole_models_on_a_fast_link_and_stay_at_rank_1_on
 async def test_a_peer_with_a_byte_cap_mixes_in_an_uncapped_swarm_and_no_exchange_it_is_in_exceeds_its_cap(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    """A's own `max_exchange_bytes` lies between the logistic model's rank 1 and its whole model. B and C climb
-    to whole models with each other; A starts none, refuses the ones B and C open (`over-cap`, no failure)
-    and they learn to stay at rank 1 with it. The pairs' sums hold throughout."""
-    capped = dataclasses.replace(gossip("auto"), config=AutoConfig(max_exchange_bytes=50))
+    """A's own `max_exchange_bytes` lies below the logistic model's whole model (42 bytes in float16; rank 1,
+    the cheapest rung, is allowed whatever the cap). B and C climb to whole models with each other; A starts
+    none, refuses the ones B and C open (`over-cap`, no failure) and they learn to stay at rank 1 with it.
+    The pairs' sums hold throughout."""
+    capped = dataclasses.replace(gossip("auto"), config=AutoConfig(max_exchange_bytes=40))
     with trio.fail_after(120):
         async with fake_swarm(seed=2, latency=0.001) as hub:
             peers = await start_peers(hub, "ABC", section=gossip("auto"), trainer="paused", own={"A": capped})

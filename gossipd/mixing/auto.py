@@ -46,6 +46,9 @@ class AutoConfig:
     `probe`: coordinates per compressed tensor a low-rank exchange also sends, so that both ends estimate
     what share of the models' difference it captured (gossipd.mixing.probe; 0: none, and the controller
     then goes by time alone). In the task hash: both ends must send the same round layout.
+    `full_dtype`: how whole models travel. Float16 by default, half the bytes of the ladder's dearest rung,
+    with the pair's sum still kept exactly (gossipd.mixing.plain); "float32" sends them as they are. In the
+    task hash: both ends must expect the same bytes.
     `save`: skip intervals to afford dearer exchanges where the rung captures little per second
     (gossipd.mixing.link_budget). Off by default: it helped in the simulator, but daemons sharing two cores
     paid for the whole-model exchanges in training time (docs/bench-peers/experiments/captured-share). Each
@@ -53,6 +56,7 @@ class AutoConfig:
 
     max_rank: int = field(default=16, metadata=bounds(min=1, max=MAX_MODE))
     full: bool = True
+    full_dtype: Literal["float32", "float16"] = "float16"
     probe: int = field(default=32, metadata=bounds(min=0, max=4096))
     save: bool = field(default=False, metadata=LOCAL)
     time_share: float = field(default=1.0, metadata={**bounds(min=0.0, max=1.0, exclusive_min=True), **LOCAL})
@@ -78,17 +82,18 @@ class AutoGossip(Algorithm[Any]):
         """The modes from cheapest to dearest: ranks doubling while a higher rank still compresses some
         matrix and sends under half a whole model (past that, whole models mix better for the bytes), then
         whole models when the task allows them."""
-        return _ladder(layout, self.config.max_rank, self.config.full, self.config.wire_dtype)
+        config = self.config
+        return _ladder(layout, config.max_rank, config.full, config.wire_dtype, config.full_dtype)
 
     def accepts(self, mode: int, layout: ParamLayout) -> bool:
         return mode in self.ladder(layout)
 
     def for_mode(self, mode: int) -> Algorithm[Any]:
-        return _rung(mode, self.config.wire_dtype, self.config.probe)
+        return _rung(mode, self.config.wire_dtype, self.config.probe, self.config.full_dtype)
 
     def message_bytes(self, mode: int, layout: ParamLayout) -> int:
         """About what one end sends in an exchange of `mode` (tensor data only; framing adds ~1%)."""
-        return _message_bytes(mode, layout, self.config.wire_dtype, self.config.probe)
+        return _message_bytes(mode, layout, self.config.wire_dtype, self.config.probe, self.config.full_dtype)
 
     def edge_type_for(self, mode: int | None) -> type[Any] | None:
         return None if mode is None else self.for_mode(mode).edge_type
@@ -105,16 +110,16 @@ class AutoGossip(Algorithm[Any]):
 
 
 @cache
-def _rung(mode: int, wire_dtype: Literal["float32", "float16"], probe: int) -> Algorithm[Any]:
+def _rung(mode: int, wire_dtype: Literal["float32", "float16"], probe: int, full_dtype: str) -> Algorithm[Any]:
     if mode == FULL:
-        return PlainGossip(PlainConfig())
+        return PlainGossip(PlainConfig(), half=full_dtype == "float16")
     if not 1 <= mode <= MAX_MODE:
         raise ValueError(f"no exchange mode {mode}")
     return PowerGossip(PowerGossipConfig(rank=mode, iterations=1, wire_dtype=wire_dtype), probe=probe)
 
 
-def _ladder(layout: ParamLayout, max_rank: int, full: bool, wire_dtype: str) -> tuple[int, ...]:
-    whole = _message_bytes(FULL, layout, wire_dtype, 0)
+def _ladder(layout: ParamLayout, max_rank: int, full: bool, wire_dtype: str, full_dtype: str) -> tuple[int, ...]:
+    whole = _message_bytes(FULL, layout, wire_dtype, 0, full_dtype)
     modes = [1]
     rank = 2
     while rank <= max_rank:
@@ -128,9 +133,17 @@ def _ladder(layout: ParamLayout, max_rank: int, full: bool, wire_dtype: str) -> 
     return tuple(modes)
 
 
-def _message_bytes(mode: int, layout: ParamLayout, wire_dtype: str, probe: int) -> int:
+def _full_itemsize(dtype: str, full_dtype: str) -> int:
+    """Bytes a value of a whole model takes on the wire: floating tensors as `full_dtype`, others as they are."""
+    own = DTYPES[dtype]
+    return DTYPES[full_dtype].itemsize if own.kind == "f" and full_dtype == "float16" else own.itemsize
+
+
+def _message_bytes(mode: int, layout: ParamLayout, wire_dtype: str, probe: int, full_dtype: str = "float32") -> int:
     if mode == FULL:
-        return sum(math.prod(shape) * DTYPES[layout.dtypes[name]].itemsize for name, shape in layout.shapes.items())
+        return sum(
+            math.prod(shape) * _full_itemsize(layout.dtypes[name], full_dtype) for name, shape in layout.shapes.items()
+        )
     size = DTYPES[wire_dtype].itemsize
     total = 0
     for shape in layout.shapes.values():
