@@ -376,7 +376,7 @@ class TaskRuntime:
             await self._wait_to_start(services)
             return
         log.info("task %s waits for %d live neighbours ([train] min_peers)", self.task.id, self.task.train.min_peers)
-        await _until(lambda: self._note_first_steps() and self._enough_peers())
+        await _until(self._quorum_with_first_steps)
         services.trainer.resume()
         log.info("task %s sees %d live neighbours: training starts", self.task.id, len(self.peers.live_members()))
 
@@ -442,11 +442,11 @@ class TaskRuntime:
                 )
             short_since = None
 
-    def _note_first_steps(self) -> bool:
-        """The first step each live neighbour declares while this peer waits for `min_peers` (always True, to
-        be polled beside the wait's condition)."""
+    def _quorum_with_first_steps(self) -> bool:
+        """`_enough_peers`, polled while waiting for `min_peers`, noting the first step each live neighbour
+        declares meanwhile (`_nobody_trained_yet` goes by them)."""
         self._first_steps.note(self._live_steps())
-        return True
+        return self._enough_peers()
 
     def _nobody_trained_yet(self) -> bool:
         """With `min_peers`, peers that waited for each other start together: when every live neighbour was
