@@ -37,8 +37,9 @@ does not see (docs/bench-peers/experiments/captured-share), hence off by default
 skips the rung is measured again.
 
 A peer past its training budget *finishes*: exchanges alone, to bring the copies to their average. Nothing
-then competes for the time, and every mode switch restarts PowerGossip's warm start (three daemons on the
-MLP stayed 26% apart after 20 finish exchanges climbing the ladder, against under 1% with whole models), so
+then competes for the time, and climbing wastes it: a switch to whole models restarts the edge, and before
+warm switches (gossipd.mixing.auto) every switch restarted PowerGossip's warm start (three daemons on the MLP
+stayed 26% apart after 20 finish exchanges climbing the ladder, against under 1% with whole models), so
 a finishing peer starts every exchange at one mode per edge, `settle`: the dearest the byte caps allow whose
 predicted time stays within a limit (half the exchange timeout), whole models on any link that carries them.
 

@@ -81,6 +81,27 @@ class PowerGossip(Algorithm[PowerGossipEdge]):
         }
         return PowerGossipEdge(epoch=epoch, vectors=vectors)
 
+    def carry_edge(
+        self, edge: PowerGossipEdge, epoch: int, layout: ParamLayout, device: torch.device
+    ) -> PowerGossipEdge:
+        """An edge at this rank, new `epoch`, that keeps the warm start of `edge` (another rank's): each
+        factor's leading columns, which the power iteration has turned towards the difference's top
+        directions, and where this rank has more columns, columns drawn from the new epoch's seed; a matrix
+        the other rank did not compress starts afresh. Both ends of a switch in step hold the same `edge`, so
+        they carry alike. Without it a switch between ranks would restart the power iteration from random
+        factors, and an edge whose rank moves often would never warm up."""
+        even = edge.iterations % 2 == 0
+        vectors: dict[str, torch.Tensor] = {}
+        for name in self.compressed(layout):
+            rows, columns = matrix_shape(layout.shapes[name])
+            fresh = self._draw(epoch, name, 0, rows if even else columns, device)
+            old = edge.vectors.get(name)
+            if old is not None and old.shape[0] == fresh.shape[0]:
+                keep = min(old.shape[1], fresh.shape[1])
+                fresh[:, :keep] = old[:, :keep].to(device)
+            vectors[name] = fresh
+        return PowerGossipEdge(epoch=epoch, vectors=vectors, iterations=edge.iterations)
+
     def edge_floats(self, layout: ParamLayout) -> int:
         return sum(max(matrix_shape(layout.shapes[n])) * self.config.rank for n in self.compressed(layout))
 

@@ -216,10 +216,21 @@ class ExchangeSession:
         self._check_examples(hello)
         if not self._in_step(hello):
             epoch = derive_epoch(self.edge.key, (hello.epoch, hello.round))
-            data = self.algorithm.reset_edge(epoch, self.layout, self.device)
+            data = self._switched(hello, epoch)
+            if data is None:
+                data = self.algorithm.reset_edge(epoch, self.layout, self.device)
+                self.reset = True
             self.edge = EdgeState(epoch=epoch, round=0, synced=True, data=data, mode=self.mode)
-            self.reset = True
         return self._begin_rounds(hello)
+
+    def _switched(self, hello: Message, epoch: int) -> Any | None:
+        """An auto edge in step but for its mode (the opener moved it to another rank): the edge's data
+        carried over to the new mode, or None (see AutoGossip.switch_edge). Both ends see the same state
+        here, the edge's key and old mode being equal on both, so both carry or both reset."""
+        in_step_but_mode = self.edge.synced and self.edge.key == (hello.epoch, hello.round)
+        if self.family is None or self.mode is None or not in_step_but_mode:
+            return None
+        return self.family.switch_edge(self.edge.data, self.edge.mode, self.mode, epoch, self.layout, self.device)
 
     def _on_first_round(self, message: Message) -> list[Message]:
         """The answering end skipped its hello: it found the edge in step, and this is its phase 0."""

@@ -212,3 +212,13 @@ def tail(path: Path, lines: int = 30) -> str:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
     except OSError:
         return "(no log)"
+
+
+def crashes(path: Path, lines: int = 40) -> list[str]:
+    """Each task crash a daemon's log records ("task … crashed"; the daemon restarted the task), with the
+    traceback that follows it: a crash is a bug, and its traceback is the diagnosis."""
+    try:
+        text = path.read_text(errors="replace").splitlines()
+    except OSError:
+        return []
+    return ["\n".join(text[i : i + lines]) for i, line in enumerate(text) if " crashed" in line and "task " in line]
