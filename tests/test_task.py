@@ -142,7 +142,15 @@ def test_an_auto_tasks_time_share_and_byte_caps_are_each_peers_own_and_outside_t
     assert capped.gossip.config.time_share == 0.25  # type: ignore[attr-defined]
     assert capped.gossip.config.save is True  # type: ignore[attr-defined]
     assert a.hash == capped.hash  # type: ignore[attr-defined]
-    for shared in ("max_rank = 4", "full = false", "wire_dtype = 'float32'", "probe = 0"):
+    shared_settings = (
+        "max_rank = 4",
+        "full = false",
+        "wire_dtype = 'float32'",
+        "full_dtype = 'float32'",
+        "probe = 0",
+        "warm_switch = false",
+    )
+    for shared in shared_settings:
         assert a.hash != parse(f"[gossip]\n{shared}\n").hash, shared  # type: ignore[attr-defined]
 
 
