@@ -3,6 +3,7 @@ find each other by mDNS on the namespace's loopback and exchange. Exits 0 on suc
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -17,7 +18,13 @@ def main() -> int:
     subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
     subprocess.run(["ip", "route", "add", "224.0.0.0/4", "dev", "lo"], check=False)
     workdir = Path(tempfile.mkdtemp(prefix="gd-mdns-", dir="/tmp"))
-    swarm = Swarm(workdir=workdir, size=2, extra=["--mdns"], use_bootstrap=False)
+    try:
+        return _find_each_other(Swarm(workdir=workdir, size=2, extra=["--mdns"], use_bootstrap=False))
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)  # /tmp is the host's: the namespace shares it
+
+
+def _find_each_other(swarm: Swarm) -> int:
     with running_swarm(swarm, wait=180):
         deadline = time.monotonic() + 90
         while time.monotonic() < deadline:

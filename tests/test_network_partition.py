@@ -395,11 +395,13 @@ async def test_a_hung_peer_mixes_back_in_once_revived(autojump_clock: trio.testi
             settled = await models(swarm)
             after = exchanged_since(swarm, at_revival)
 
-    # While hung, the others kept mixing among themselves, nobody completed an exchange with it, and it
-    # drifted away from them.
+    # While hung, the others kept mixing among themselves, no exchange with it completed, and it drifted
+    # away from them. As at a split, an exchange in flight at the hang may end on one side only (an opener
+    # whose peer skipped its hello sends its last round and is done, and the hang loses that round): never
+    # both ends, never more than that one per neighbour.
     for peer in swarm[:hung]:
         assert sum(n for (a, b), n in during.items() if a == peer.id and b != victim) >= 5, (peer.id, during)
-    assert all(n == 0 for (a, b), n in during.items() if victim in (a, b)), during
+    assert all(during[victim, peer.id] + during[peer.id, victim] <= 1 for peer in swarm[:hung]), during
     assert apart(held) >= GROWTH * apart(mixed), (apart(mixed), apart(held))
     # Revived, with nothing restarted: it exchanges with the swarm again and mixes back in.
     assert not too_slow.cancelled_caught, f"still apart {RECOVERY} s after the hung peer was revived"
