@@ -239,8 +239,16 @@ def test_report_and_plot(tmp_path: Path) -> None:
     # A gossipd run from before the training budget is marked, and the mark explained.
     assert "| gossipd, plain gossip † | 1 | 40 | 40 | 40 | — | 500 | 98.50 / 98.40 | 1,000 | 400 |" in text
     assert "| torch DDP all-reduce (gloo) | 1 |" in text and text.count("†") == 2
-    finished = report([{**results[0], "finish": True}, results[1]], header=["head"], plots={})
-    assert "| gossipd, plain gossip | 1 |" in finished and "†" not in finished
+    finished = report([{**results[0], "finish": True, "together": True}, results[1]], header=["head"], plots={})
+    assert "| gossipd, plain gossip | 1 |" in finished and "†" not in finished and "‡" not in finished
+    # A finished run whose peer 0 started early is marked too, and kept apart from one started together.
+    early = report(
+        [{**results[0], "finish": True}, {**results[0], "finish": True, "together": True}, results[1]],
+        header=["head"],
+        plots={},
+    )
+    assert "| gossipd, plain gossip ‡ | 1 |" in early and "| gossipd, plain gossip | 1 |" in early
+    assert early.count("‡") == 2  # the row and the note
     assert "![accuracy against time and bytes, cnn, iid](docs/x.png)" in text
     plot(results, "cnn", "iid", tmp_path / "p.png")
     repeated = [*results, {**results[0], "repeat": 1}, {**results[0], "repeat": 2}]
@@ -256,7 +264,7 @@ def test_report_and_plot(tmp_path: Path) -> None:
 
 
 def test_current_runs_are_rivals_references_and_the_current_gossipd_settings_run_by_the_current_code() -> None:
-    finished = {"finish": True}
+    finished = {"finish": True, "together": True}
     current = [
         run("hivemind"),
         run("flower"),
@@ -275,6 +283,7 @@ def test_current_runs_are_rivals_references_and_the_current_gossipd_settings_run
         {**run("gossipd-choco-paced"), **finished},
         {**run("gossipd-powergossip-r2"), **finished},
         {**run("gossipd-powergossip-f16-paced"), **finished, "gossip_extra": "rank = 2"},  # an experiment
+        {**run("gossipd-auto-paced"), "finish": True},  # ‡ peer 0 started early (before 2026-12-05)
     ]
     assert all(is_current(r) for r in current)
     assert not any(is_current(r) for r in history)
@@ -325,7 +334,7 @@ def test_each_published_workload_has_one_verdict_line_per_goal() -> None:
 
 
 def test_one_verdict_line_per_goal_with_the_ratio_and_whether_it_is_met() -> None:
-    finished = {"finish": True}
+    finished = {"finish": True, "together": True}
     runs = [
         {**synthetic("gossipd-plain-paced", 40, 500e6, 0.985), **finished},
         {**synthetic("gossipd-powergossip-f16-paced", 60, 5e6, 0.983), **finished},
@@ -416,7 +425,7 @@ def test_each_rival_family_is_represented_by_its_setting_that_reached_98_soonest
 
 
 def test_the_verdicts_judge_gossipd_against_each_rival_at_its_best_and_name_the_setting() -> None:
-    finished = {"finish": True}
+    finished = {"finish": True, "together": True}
     gossip = [
         {**synthetic("gossipd-plain-paced", 40, 500e6, 0.985), **finished},
         {**synthetic("gossipd-powergossip-f16-paced", 60, 5e6, 0.983), **finished},

@@ -97,7 +97,7 @@ def is_current(result: dict[str, Any]) -> bool:
     settings."""
     if result["system"] not in CURRENT or result.get("gossip_extra"):
         return False
-    return not result["system"].startswith("gossipd-") or bool(result.get("finish"))
+    return not result["system"].startswith("gossipd-") or bool(result.get("finish") and result.get("together"))
 
 
 def split_history(results: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -213,6 +213,8 @@ class Row:
     total_bytes: float
     finished: bool  # gossipd: every run stopped at the step budget and finished (False: runs from before that)
     peak_rss_mb: float | None
+    # gossipd: the four peers started training together (False: runs from before 2026-12-05, ‡)
+    together: bool = True
 
 
 def _median(values: list[float]) -> float:
@@ -228,14 +230,20 @@ def _median_steps(runs: list[dict[str, Any]]) -> float | None:
 
 
 def aggregate(results: list[dict[str, Any]]) -> list[Row]:
-    """One row per configuration and workload; runs that finished and runs from before the training budget
-    (†) of one configuration are kept apart, as two rows."""
-    groups: dict[tuple[str, str, str, bool], list[dict[str, Any]]] = {}
+    """One row per configuration and workload; runs that finished, runs from before the training budget (†)
+    and runs whose peer 0 started early (‡) of one configuration are kept apart, as rows of their own."""
+    groups: dict[tuple[str, str, str, bool, bool], list[dict[str, Any]]] = {}
     for result in results:
-        key = (result["system"], result["model"], result["split"], bool(result.get("finish", False)))
+        key = (
+            result["system"],
+            result["model"],
+            result["split"],
+            bool(result.get("finish", False)),
+            _started_together(result),
+        )
         groups.setdefault(key, []).append(result)
     rows = []
-    for (system, model, split, finished), runs in groups.items():
+    for (system, model, split, finished, together), runs in groups.items():
         seconds, sent = {}, {}
         for key in runs[0]["reached"]:
             hits = [r["reached"][key] for r in runs]
@@ -258,6 +266,7 @@ def aggregate(results: list[dict[str, Any]]) -> list[Row]:
                 final_worst=statistics.median(worsts) if worsts else None,
                 stopped_accuracy=statistics.median(stopped) if stopped else None,
                 finished=finished,
+                together=together,
                 total_bytes=statistics.median(r["total_bytes"] for r in runs),
                 peak_rss_mb=max(rss) if rss else None,
             )
@@ -301,18 +310,34 @@ def table(rows: list[Row]) -> list[str]:
     return lines
 
 
+def _started_together(result: dict[str, Any]) -> bool:
+    """A gossipd run whose four peers started training together (`together`, recorded since 2026-12-05); the
+    other systems' peers always did."""
+    return not result["system"].startswith("gossipd-") or bool(result.get("together"))
+
+
 def _label(row: Row) -> str:
-    return LABELS.get(row.system, row.system) + (" †" if _unfinished(row) else "")
+    mark = " †" if _unfinished(row) else " ‡" if _early_start(row) else ""
+    return LABELS.get(row.system, row.system) + mark
 
 
 def _unfinished(row: Row) -> bool:
     return row.system.startswith("gossipd-") and not row.finished
 
 
+def _early_start(row: Row) -> bool:
+    return row.system.startswith("gossipd-") and row.finished and not row.together
+
+
 UNFINISHED_NOTE = (
     "† Runs from before gossipd's training budget (`[train] total_steps`): their peers trained on past 3,000 "
     "steps, were scored on their last snapshot within 96,000 samples, and never finished; every other "
     "gossipd row stops at 3,000 steps and finishes (`[gossip] finish_exchanges` = 50) before its final snapshot."
+)
+EARLY_START_NOTE = (
+    "‡ Runs from before 2026-12-05 whose peer 0, the others' bootstrap, was up seconds before them and trained "
+    "alone meanwhile (on the MLP about 2,000 of its 3,000 steps, on the CNNs fewer); every other gossipd row "
+    "starts its four peers together, once each sees the other three (`[train] min_peers` = 3)."
 )
 
 
@@ -366,7 +391,8 @@ def goals(rows: list[Row]) -> list[str]:
     """The issue's goals, one verdict line each per PowerGossip setting and yardstick, for one (model, split):
     the history's verdicts (see `verdicts` for the current report's). Each rival is its best setting on the
     workload (`best_rivals`)."""
-    by = {row.system: row for row in sorted(rows, key=lambda r: r.finished)}  # a finished row wins over a † one
+    # A finished row wins over a † one, and one started together over a ‡ one.
+    by = {row.system: row for row in sorted(rows, key=lambda r: (r.finished, r.together))}
     lines = []
     gossip = [row for row in rows if row.system.startswith("gossipd-")]
     best_rival = best_rivals(rows)
@@ -394,8 +420,8 @@ def goals(rows: list[Row]) -> list[str]:
         short = LABELS[power.system].removeprefix("gossipd, ")
         reference = "gossipd-plain-paced" if power.system.endswith(PACED) else "gossipd-plain"
         plain = by.get(reference)
-        if plain is not None and plain.finished != power.finished:
-            continue  # one side from before the training budget (†): their figures are not like for like
+        if plain is not None and (plain.finished, plain.together) != (power.finished, power.together):
+            continue  # one side from before the training budget (†) or an early start (‡): not like for like
         flower = best_rival.get("flower")
         for other in (by.get(reference), flower):
             if other is None:
@@ -621,6 +647,7 @@ def report(results: list[dict[str, Any]], *, header: list[str], plots: dict[tupl
             *table(mine),
             "",
             *([UNFINISHED_NOTE, ""] if any(_unfinished(r) for r in mine) else []),
+            *([EARLY_START_NOTE, ""] if any(_early_start(r) for r in mine) else []),
             *verdicts(mine),
             "",
         ]
@@ -644,6 +671,7 @@ def history_report(results: list[dict[str, Any]], *, header: list[str]) -> str:
             *table(mine),
             "",
             *([UNFINISHED_NOTE, ""] if any(_unfinished(r) for r in mine) else []),
+            *([EARLY_START_NOTE, ""] if any(_early_start(r) for r in mine) else []),
             *goals(mine),
             "",
         ]

@@ -1,0 +1,37 @@
+"""`make bench-peers` runs gossipd on the task file a user would write, with the run's model, split, algorithm
+and budget; its four peers start training together (a quorum of the other three), so none trains alone while
+the others start up."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+from types import ModuleType
+
+from gossipd.task.loader import load_task
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def bench_peers() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("bench_peers", REPO / "scripts" / "bench_peers.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault(spec.name, module)  # its dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_runs_peers_start_together_once_each_sees_the_other_three(tmp_path: Path) -> None:
+    module = bench_peers()
+    for model in ("cnn", "mlp", "cnn-pytorch-example"):
+        run = module.Run("gossipd-auto-paced", model, "dirichlet:0.5", 0, 1407, 100, str(tmp_path), "")
+        path = tmp_path / f"{model}.toml"
+        path.write_text(module.gossipd_task(run))
+        task = load_task(path, data_root=str(tmp_path))
+        assert task.train.min_peers == module.PEERS - 1
+        assert task.train.start_wait == 0
+        assert task.train.total_steps == 1407
+        assert task.gossip.algorithm == "auto" and task.gossip.steps_per_exchange == 2
+        assert task.model.name == ("cnn" if model == "cnn" else model)
