@@ -4,23 +4,15 @@ the others start up."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 from types import ModuleType
 
 from gossipd.task.loader import load_task
-
-REPO = Path(__file__).resolve().parents[1]
+from tests.scripts import load_script
 
 
 def bench_peers() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("bench_peers", REPO / "scripts" / "bench_peers.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault(spec.name, module)  # its dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
+    return load_script("bench_peers")
 
 
 def test_the_runs_peers_start_together_once_each_sees_the_other_three(tmp_path: Path) -> None:

@@ -3,25 +3,19 @@ and a training budget, nothing else changed."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 from types import ModuleType
 
 import pytest
 
 from gossipd.task.loader import load_task
+from tests.scripts import load_script
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def bench_quality() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("bench_quality", REPO / "scripts" / "bench_quality.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault(spec.name, module)  # its dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
+    return load_script("bench_quality")
 
 
 def test_the_daemons_task_is_the_workloads_file_with_its_split_and_budget(tmp_path: Path) -> None:
