@@ -388,7 +388,7 @@ def gossipd_task(run: Run) -> str:
     # All four start from the task's model together, as Flower's clients do once its server sees all four: a
     # quorum of the three neighbours (`[train] min_peers`), and no start wait for them to settle. Peer 0 is
     # up seconds before the others (it is their bootstrap); without the quorum it trained alone meanwhile,
-    # 2,000 of the MLP's 3,000 steps (docs/bench-peers/HISTORY.md, 2026-12-05).
+    # 2,386 of the MLP's 3,000 steps (docs/bench-quality.md, 2026-12-05).
     text = text.replace(
         "[train]",
         f"[train]\neval_every = 1000000000\ntotal_steps = {run.steps}\nstart_wait = 0\nmin_peers = {PEERS - 1}",
