@@ -8,6 +8,7 @@ errors; libp2p's own loggers are quietened to ERROR by the daemon.
 from __future__ import annotations
 
 import collections
+import functools
 import logging
 import struct
 import threading
@@ -89,6 +90,14 @@ def ephemeral_identity() -> KeyPair:
 
 def peer_id_of(key_pair: KeyPair) -> str:
     return str(ID.from_pubkey(key_pair.public_key).to_base58())
+
+
+@functools.lru_cache(maxsize=4096)
+def _peer(peer_id: str) -> ID:
+    """The libp2p ID of a base58 peer id, one object per id: an ID encodes its base58 form anew per object
+    (pure-Python big-integer arithmetic), and a daemon looks its neighbours up after every exchange (the
+    small CNN's mixing spent about 3% of its CPU decoding and re-encoding them, py-spy 2026-12-05)."""
+    return ID.from_base58(peer_id)
 
 
 # Yamux sends the peer a window update after every read, however small, and libp2p's varint reader reads the
@@ -662,7 +671,7 @@ class Libp2pNetwork:
 
     async def open_stream(self, peer_id: str, protocol: str) -> Libp2pStream:
         try:
-            peer = ID.from_base58(peer_id)
+            peer = _peer(peer_id)
         except ValueError as exc:
             raise DialError(f"{peer_id}: not a peer id") from exc
         if peer not in self._host.get_connected_peers():
@@ -692,7 +701,7 @@ class Libp2pNetwork:
     async def connect_peer(self, peer: PeerAddress) -> None:
         """Its direct addresses first, then through the relays it advertises (DialError if all fail)."""
         try:
-            peer_id = ID.from_base58(peer.peer_id)
+            peer_id = _peer(peer.peer_id)
         except ValueError as exc:
             raise DialError(f"{peer.peer_id}: not a peer id") from exc
         if peer_id in self._host.get_connected_peers():
@@ -721,14 +730,14 @@ class Libp2pNetwork:
 
     def known_addresses(self, peer_id: str) -> tuple[str, ...]:
         try:
-            addrs = self._host.get_peerstore().addrs(ID.from_base58(peer_id))
+            addrs = self._host.get_peerstore().addrs(_peer(peer_id))
         except (BaseLibp2pError, ValueError, KeyError):
             return ()
         return tuple(str(a) for a in addrs)
 
     def forget_failures(self, peer_id: str) -> None:
         with suppress(BaseLibp2pError, ValueError, KeyError, AttributeError):
-            self._host.get_network().unblock_peer(ID.from_base58(peer_id))
+            self._host.get_network().unblock_peer(_peer(peer_id))
 
     # -- pubsub and the DHT -------------------------------------------------------------------------
 
