@@ -187,7 +187,9 @@ def main() -> None:
                         print(f"bench-wan: {run.name} at {format_rate(rate)}", flush=True)
                         links = execute(run, rate)
                         if links is not None:
-                            summary = {**evaluate(run), **links, "date": today, "finish": system.startswith("gossipd-")}
+                            # gossipd's peers stop at the budget, finish, and start together (bench_peers.gossipd_task).
+                            gossipd = system.startswith("gossipd-")
+                            summary = {**evaluate(run), **links, "date": today, "finish": gossipd, "together": gossipd}
                             name = f"{run.name}-{format_rate(rate)}.json"
                             (args.out / name).write_text(json.dumps(summary, indent=1))
                             reached = summary["reached"]["mean_98"]

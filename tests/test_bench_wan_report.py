@@ -12,10 +12,13 @@ from gossipd.tools.bench_wan_report import plot, report, rows, verdict
 TEN = 10_000_000
 
 
-def run(system: str, seconds: float | None, *, repeat: int = 0, rate: int = TEN, use: float = 0.5) -> dict[str, Any]:
+def run(
+    system: str, seconds: float | None, *, repeat: int = 0, rate: int = TEN, use: float = 0.5, together: bool = True
+) -> dict[str, Any]:
     hit = None if seconds is None else {"seconds": seconds, "bytes": 1e6}
     return {
         "system": system,
+        "together": together,
         "model": "cnn",
         "split": "iid",
         "repeat": repeat,
@@ -78,6 +81,23 @@ def test_report_has_a_table_and_verdict_per_speed(tmp_path: Path) -> None:
     path = tmp_path / "plot.png"
     plot(results, "cnn", path)
     assert path.stat().st_size > 0
+
+
+def test_a_gossipd_row_with_a_run_whose_peer_0_started_early_is_marked_and_explained() -> None:
+    results = [
+        run("gossipd-auto-paced", 30),
+        run("gossipd-auto-paced", 32, rate=100_000_000),
+        run("gossipd-plain-paced", 40, together=False),
+        run("gossipd-plain-paced", 42, repeat=1),
+        run("hivemind", 80, together=False),  # the rivals' peers always started together
+    ]
+    text = report(results, {})
+    assert "| gossipd, plain gossip, step-paced ‡ | 2 | 41 (41) |" in text  # one early run marks its row
+    assert "| gossipd, auto (the default), step-paced |" in text
+    assert "hivemind (Optimizer, local updates, average every 100 steps) |" in text and "every 100 steps) ‡" not in text
+    assert text.count("‡ Runs from before 2026-12-05") == 1
+    together = report([run("gossipd-auto-paced", 30), run("hivemind", 80, together=False)], {})
+    assert "‡" not in together
 
 
 def test_a_system_outside_the_report_such_as_an_experiments_comes_last_by_name() -> None:

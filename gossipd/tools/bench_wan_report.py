@@ -13,7 +13,7 @@ from pathlib import Path
 from statistics import median
 from typing import Any
 
-from gossipd.tools.bench_peers_report import LABELS
+from gossipd.tools.bench_peers_report import EARLY_START_NOTE, LABELS
 from gossipd.tools.netlab_topology import format_rate
 
 DEFAULT = "gossipd-auto-paced"  # the task file's default exchange, step-paced as every gossipd row here
@@ -66,6 +66,8 @@ def rows(results: list[dict[str, Any]], model: str, rate: int) -> list[dict[str,
                 "megabytes": median(r["total_bytes"] / 1e6 for r in runs),
                 "busiest_link": median(busiest),
                 "final": median(r["final_accuracy"] or 0.0 for r in runs),
+                # Runs of bench-peers' runner from before it started gossipd's four peers together.
+                "early": system.startswith("gossipd-") and not all(r.get("together") for r in runs),
             }
         )
     return found
@@ -86,7 +88,8 @@ def table(by_rate: dict[int, list[dict[str, Any]]]) -> list[str]:
     lines = ["| " + " | ".join(head) + " |", "| --- |" + " ---: |" * (len(head) - 1)]
     systems = sorted({row["system"] for found in by_rate.values() for row in found}, key=report_order)
     for system in systems:
-        cells = [label(system)]
+        early = any(row["early"] for found in by_rate.values() for row in found if row["system"] == system)
+        cells = [label(system) + (" ‡" if early else "")]
         runs = []
         for rate in rates:
             row = next((r for r in by_rate[rate] if r["system"] == system), None)
@@ -140,6 +143,8 @@ def report(results: list[dict[str, Any]], plots: dict[str, str]) -> str:
         }
         speeds = " and ".join(format_rate(rate) for rate in by_rate)
         lines += ["", f"### {model}, every link {speeds} up and down", "", *table(by_rate), ""]
+        if any(row["early"] for found in by_rate.values() for row in found):
+            lines += [EARLY_START_NOTE, ""]
         lines += [verdict(found, rate) for rate, found in by_rate.items()]
         if model in plots:
             lines += ["", f"![accuracy against time on shaped links, {model}]({plots[model]})"]
