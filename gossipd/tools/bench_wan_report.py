@@ -2,8 +2,9 @@
 
 One table per model (a group of columns per link speed), one verdict line per goal, one plot per model
 (accuracy against time, one panel per link speed). A run's JSON is bench-peers' summary
-(`bench_peers_report.summarise`) plus `rate` (bits/s of every host's uplink and downlink) and `links` (each
-host's bytes and mean utilisation).
+(`bench_peers_report.summarise`) plus `rate` (bits/s of every host's uplink and downlink), `links` (each
+host's bytes and mean utilisation) and, for gossipd since 2026-12-05, `together` (its four peers started
+training together; a row with a run from before is marked ‡).
 """
 
 from __future__ import annotations
