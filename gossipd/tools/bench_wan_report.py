@@ -138,17 +138,19 @@ def verdict(found: list[dict[str, Any]], rate: int) -> str:
 
 def report(results: list[dict[str, Any]], plots: dict[str, str]) -> str:
     lines: list[str] = []
+    early = False  # a gossipd row holds a run from before its peers started together (marked ‡)
     for model in dict.fromkeys(r["model"] for r in results):
         by_rate = {
             rate: rows(results, model, rate) for rate in sorted({r["rate"] for r in results if r["model"] == model})
         }
         speeds = " and ".join(format_rate(rate) for rate in by_rate)
         lines += ["", f"### {model}, every link {speeds} up and down", "", *table(by_rate), ""]
-        if any(row["early"] for found in by_rate.values() for row in found):
-            lines += [EARLY_START_NOTE, ""]
         lines += [verdict(found, rate) for rate, found in by_rate.items()]
         if model in plots:
             lines += ["", f"![accuracy against time on shaped links, {model}]({plots[model]})"]
+        early = early or any(row["early"] for found in by_rate.values() for row in found)
+    if early:  # once for the section, under the last table
+        lines += ["", EARLY_START_NOTE]
     return "\n".join(lines).strip() + "\n"
 
 
