@@ -10,6 +10,8 @@ from gossipd.data.registry import load_data
 from gossipd.sim.report import SimulationReport
 from gossipd.sim.simulator import Simulation, SimulationConfig
 from gossipd.task.loader import parse_task
+from gossipd.train.adam import Adam
+from gossipd.train.trainer import Trainer
 
 TASK = """
 [task]
@@ -59,3 +61,22 @@ def test_losses_at_the_stop_after_the_finish_and_centralised(tmp_path: Path) -> 
     assert centralised is not None and math.isfinite(centralised)
     assert centralised < math.log(data.spec.num_classes)  # it learned something in 12 steps of batch 4×8
     assert finished.centralised_accuracy is not None
+
+
+def test_simulated_peers_step_as_their_union_batch(tmp_path: Path) -> None:
+    """[train] swarm_batch in the simulator: each peer's Adam counts itself and its online view neighbours
+    (all 3 others here); peers that train alone count themselves only."""
+    (tmp_path / "text.txt").write_text("to be or not to be, " * 60)
+    task = parse_task(TASK, file="tiny.toml", base_dir=tmp_path)
+    data = load_data(task.data, task.task.seed)
+    mixed = Simulation(task, data, SimulationConfig(peers=4, rounds=2, seed=2, centralised=False))
+    alone = Simulation(task, data, SimulationConfig(peers=4, rounds=2, seed=2, centralised=False, mix=False))
+    mixed.run()
+    alone.run()
+    assert [adam(p.trainer).swarm_peers for p in mixed.peers] == [4.0] * 4
+    assert [adam(p.trainer).swarm_peers for p in alone.peers] == [1.0] * 4
+
+
+def adam(trainer: Trainer) -> Adam:
+    assert isinstance(trainer.optimizer, Adam)
+    return trainer.optimizer

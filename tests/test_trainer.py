@@ -14,6 +14,7 @@ from gossipd.models.char_transformer import CharTransformerConfig
 from gossipd.models.mlp import MLPConfig
 from gossipd.models.registry import build_model
 from gossipd.task.schema import ModelSection, TrainSection
+from gossipd.train.adam import Adam
 from gossipd.train.device import DeviceError, pick_device
 from gossipd.train.trainer import BatchSampler, Trainer, learning_rate
 
@@ -155,3 +156,23 @@ def test_steps_with_a_non_finite_loss_are_skipped_and_leave_the_model_intact() -
     assert stats.steps == 0
     assert t.step == 0
     assert all(torch.equal(before[k], params(t)[k]) for k in before)
+
+
+@pytest.mark.parametrize(
+    ("optimizer", "swarm_batch", "expected"), [("adamw", True, 5.0), ("adamw", False, 1.0), ("adam", True, 5.0)]
+)
+def test_swarm_peers_reach_adam_unless_turned_off(optimizer: str, swarm_batch: bool, expected: float) -> None:
+    t = trainer(TrainSection(optimizer=optimizer, lr=0.01, swarm_batch=swarm_batch))  # type: ignore[arg-type]
+    t.set_swarm_peers(5)
+    assert isinstance(t.optimizer, Adam) and t.optimizer.swarm_peers == expected
+    t.set_swarm_peers(0)  # alone (no live neighbour counted): torch's Adam
+    assert t.optimizer.swarm_peers == 1.0
+
+
+def test_sgd_ignores_swarm_peers() -> None:
+    """SGD's step is linear in the gradient: mixing already makes its swarm one model on the union batch."""
+    a, b = trainer(seed=1), trainer(seed=1)
+    a.set_swarm_peers(8)
+    a.train_steps(5)
+    b.train_steps(5)
+    assert all(torch.equal(params(a)[k], params(b)[k]) for k in params(a))

@@ -16,9 +16,11 @@ from gossipd.models.logistic import LogisticConfig
 from gossipd.models.registry import build_model
 from gossipd.services.trainer_service import TrainerService
 from gossipd.task.schema import ModelSection, TrainSection
+from gossipd.train.adam import Adam
 from gossipd.train.trainer import Trainer
 
 SPEC = InputSpec(kind="classification", input_shape=(6,), num_classes=3)
+CPU = torch.device("cpu")
 
 
 def dataset(n: int = 32) -> ArrayDataset:
@@ -109,5 +111,34 @@ async def test_a_stale_copy_is_not_served_the_next_boundary_publishes_one() -> N
             await asked.wait()
         assert trainer.chunks == 5
         for _ in range(20):
+            trainer.gate.release()
+        nursery.cancel_scope.cancel()
+
+
+async def test_each_chunk_counts_the_peers_mixing_averages_in() -> None:
+    """[train] swarm_batch: the service asks how many peers mix into the model (itself and its live view
+    neighbours) before every chunk, so an Adam step follows neighbours coming and going."""
+    model = build_model(ModelSection(name="logistic", options=LogisticConfig()), SPEC, 0)
+    trainer = GatedTrainer(
+        model,
+        TrainSection(optimizer="adam", lr=0.01),
+        dataset(),
+        kind="classification",
+        device=torch.device("cpu"),
+        seed=0,
+    )
+    counts = iter([3, 5])
+    trainer_service = TrainerService(
+        trainer, dataset(0), eval_every=10**9, eval_samples=1, mixed_peers=lambda: next(counts, 1)
+    )
+    assert isinstance(trainer.optimizer, Adam)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(trainer_service.run)
+        await wait_for(lambda: trainer.optimizer.swarm_peers == 3.0)
+        trainer.gate.release()
+        await wait_for(lambda: trainer.optimizer.swarm_peers == 5.0)
+        trainer.gate.release()
+        await wait_for(lambda: trainer.optimizer.swarm_peers == 1.0)
+        for _ in range(10):  # no chunk left waiting at the gate once cancelled
             trainer.gate.release()
         nursery.cancel_scope.cancel()

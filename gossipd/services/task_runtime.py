@@ -265,6 +265,7 @@ class TaskRuntime:
             budget=task.train.total_steps,
             personal=self.personal.parameters,
             personal_steps=task.train.personal_steps,
+            mixed_peers=self._mixed_peers,
         )
         exchange = self._exchange_service(trainer_service, params, access, algorithm)
         exchange.edges.update(edges)
@@ -276,6 +277,11 @@ class TaskRuntime:
             state_specs=state_specs(shared_part(trainer.model.state_dict(), self.personal.state), half=self.half_state),
             fresh=fresh,
         )
+
+    def _mixed_peers(self) -> int:
+        """This peer and the live neighbours in its view: the peers whose steps mixing averages into its
+        model, for `[train] swarm_batch`."""
+        return 1 + sum(1 for member in self.view.members if self.peers.is_live(member))
 
     def _load_attached(self, attachment: Attachment) -> Services:
         """The services around a script's model: no data, no trainer, no checkpoints of the daemon's."""

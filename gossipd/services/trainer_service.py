@@ -74,8 +74,11 @@ class TrainerService:
         budget: int | None = None,
         personal: frozenset[str] = frozenset(),
         personal_steps: int = 0,
+        mixed_peers: Callable[[], int] = lambda: 1,
     ) -> None:
         self.trainer = trainer
+        # This peer and its live view neighbours, read before every chunk ([train] swarm_batch).
+        self.mixed_peers = mixed_peers
         self.budget = budget
         self.personal = personal  # [gossip] personal: never in a snapshot, so never mixed
         self.personal_steps = personal_steps if personal else 0
@@ -360,6 +363,7 @@ class TrainerService:
     async def _train_chunk(self, steps: int) -> None:
         skipped = self.trainer.skipped_steps
         started = trio.current_time()
+        self.trainer.set_swarm_peers(self.mixed_peers())
         stats = await trio.to_thread.run_sync(self.trainer.train_steps, steps, limiter=self.limiter)
         self._version += 1
         self._moved()

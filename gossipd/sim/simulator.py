@@ -261,6 +261,7 @@ class Simulation:
                 for peer in online:
                     steps = self._steps_this_round(peer)
                     if steps and not peer.byzantine:
+                        peer.trainer.set_swarm_peers(self._mixed_peers(peer))
                         peer.trainer.train_steps(steps)
                     peer.trained += steps
                     self.train_steps += steps
@@ -604,6 +605,12 @@ class Simulation:
             mean_accuracy=sum(accuracies) / len(accuracies) if accuracies else None,
             worst_accuracy=min(accuracies) if accuracies else None,
         )
+
+    def _mixed_peers(self, peer: SimPeer) -> int:
+        """The peer and its online view neighbours, as a daemon counts them for `[train] swarm_batch`."""
+        if not self.config.mix:
+            return 1
+        return 1 + sum(1 for member in peer.view.members if self.peers[member].online)
 
     def _centralised(self) -> Evaluation:
         """One model trained on every shard's examples with the swarm's total batch, for as many steps:

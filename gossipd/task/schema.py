@@ -72,6 +72,11 @@ class TrainSection:
     # A local choice, not hashed: either way the same parameters are mixed and the personal ones never leave.
     personal_training: Literal["local", "frozen"] = "local"
     grad_clip: float | None = field(default=None, metadata=bounds(min=0.0, exclusive_min=True))
+    # Adam and AdamW only: step as one model on the union batch of this peer and its live neighbours would
+    # (gossipd.train.adam: the second moment's noise part divided by their number). false: torch's Adam on
+    # this peer's batch alone, whose steps fall short by up to sqrt(peers) where gradient noise dominates.
+    # A local choice, not hashed.
+    swarm_batch: bool = True
     device: str = "auto"
     # Evaluating is not training: 1000 held-out examples every 500 steps costs ~2% of a CNN peer's time.
     eval_every: int = field(default=500, metadata=bounds(min=1))

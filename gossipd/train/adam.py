@@ -1,6 +1,16 @@
 """`torch.optim.Adam` and `torch.optim.AdamW` without torch._dynamo (see gossipd.train.functional_optimizer):
 the same update, by `torch.optim.adam.adam`, the function both classes' `step` calls with these arguments
-(AdamW is Adam with `decoupled_weight_decay`)."""
+(AdamW is Adam with `decoupled_weight_decay`).
+
+One addition, for a peer whose model is averaged with others' (`[train] swarm_batch`): with `swarm_peers`
+k > 1, the second moment's noise part is divided by k. Each of k peers on batches of b sees the gradient
+noise of a batch of b, so its Adam divides by sqrt(mu^2 + sigma^2 / b) while one model on the k peers' union
+batch divides by sqrt(mu^2 + sigma^2 / (k b)): where noise dominates, every peer steps up to sqrt(k) too
+short, and mixing, which averages the peers' steps, cannot make that up (SGD is linear in the gradient and
+has no such gap). The estimate per coordinate: mu^2 from the bias-corrected first moment, sigma^2 from the
+second moment less it, so the denominator is sqrt(m^2 + max(v - m^2, 0) / k). It equals Adam's where the
+gradient is steady (v = m^2) and is at least Adam's / sqrt(k), so a step grows by at most sqrt(k).
+"""
 
 from __future__ import annotations
 
@@ -41,6 +51,8 @@ class Adam(FunctionalOptimizer):
             "decoupled_weight_decay": decoupled_weight_decay,
         }
         super().__init__(params, group)
+        # Not in the group: torch's state dict stays torch's, and a checkpoint does not carry the swarm's size.
+        self.swarm_peers = 1.0
 
     @torch.no_grad()
     def step(self) -> None:
@@ -56,6 +68,9 @@ class Adam(FunctionalOptimizer):
         for index, state in zip(indices, states, strict=True):
             self.state[index] = state
         beta1, beta2 = group["betas"]
+        if self.swarm_peers > 1.0:
+            self._swarm_step(params, grads, states)
+            return
         adam(
             params,
             grads,
@@ -79,6 +94,38 @@ class Adam(FunctionalOptimizer):
             eps=group["eps"],
             maximize=group["maximize"],
         )
+
+    def _swarm_step(
+        self, params: list[torch.Tensor], grads: list[torch.Tensor], states: list[dict[str, torch.Tensor]]
+    ) -> None:
+        """Adam's update (torch's order of operations, weight decay included) with the denominator above."""
+        group = self.group
+        beta1, beta2 = group["betas"]
+        lr, weight_decay, eps = group["lr"], group["weight_decay"], group["eps"]
+        for state in states:
+            state["step"] += 1
+        if weight_decay:
+            if group["decoupled_weight_decay"]:
+                torch._foreach_mul_(params, 1.0 - lr * weight_decay)
+            else:
+                grads = list(torch._foreach_add(grads, params, alpha=weight_decay))
+        first = [state["exp_avg"] for state in states]
+        second = [state["exp_avg_sq"] for state in states]
+        torch._foreach_lerp_(first, grads, 1.0 - beta1)
+        torch._foreach_mul_(second, beta2)
+        torch._foreach_addcmul_(second, grads, grads, value=1.0 - beta2)
+        # A parameter that missed steps (no gradient) has its own count, so its own bias corrections.
+        steps = [float(state["step"]) for state in states]
+        mean = torch._foreach_div(first, [1.0 - beta1**step for step in steps])
+        moment = torch._foreach_div(second, [1.0 - beta2**step for step in steps])
+        signal = torch._foreach_mul(mean, mean)
+        noise = torch._foreach_sub(moment, signal)
+        torch._foreach_clamp_min_(noise, 0.0)
+        torch._foreach_mul_(noise, 1.0 / self.swarm_peers)
+        torch._foreach_add_(noise, signal)
+        torch._foreach_sqrt_(noise)
+        torch._foreach_add_(noise, eps)
+        torch._foreach_addcdiv_(params, mean, noise, value=-lr)
 
     def _fresh(self, param: torch.Tensor) -> dict[str, torch.Tensor]:
         """A parameter's state before its first step, as torch's Adam makes it: the step count a CPU scalar

@@ -183,6 +183,12 @@ class Trainer:
         self.personal_steps = 0  # steps taken on the personal parameters alone (`train_personal`)
         self._personal_optimizer: Optimizer | None = None
 
+    def set_swarm_peers(self, peers: int) -> None:
+        """How many peers' batches (this one's included) mixing averages into this model's steps, for
+        `[train] swarm_batch`; 1 when alone or with the setting off."""
+        if isinstance(self.optimizer, Adam):
+            self.optimizer.swarm_peers = float(max(peers, 1)) if self.section.swarm_batch else 1.0
+
     @property
     def budget_spent(self) -> bool:
         """Whether another private step would exceed `[privacy] target_epsilon`."""
