@@ -107,6 +107,7 @@ def test_status_over_the_socket_matches_the_json_contract(swarm: Swarm) -> None:
     # `auto` on loopback settles on whole models sent as float16, half of plain gossip's bytes; exchanges
     # declined or cut short add bytes that plain gossip's count leaves out (1.49 seen in CI).
     assert task["compression_ratio"] > 1.0
+    assert task["swarm_batch_peers"] is None  # SGD: [train] swarm_batch is Adam's
     assert status["peer_id"] in status["addresses"][0]
     metrics = swarm.daemons[1].client().metrics()
     assert 'gossipd_exchanges_total{result="ok",task="daemon-test"}' in metrics

@@ -127,6 +127,9 @@ class TaskStatus:
     privacy_epsilon: float | None = None  # ε spent so far by DP-SGD on this peer's examples ([privacy])
     privacy_delta: float | None = None  # the δ that ε is reported at
     mix_wait_seconds: float = 0.0  # time the trainer waited for a mix ([gossip] steps_per_exchange)
+    # [train] swarm_batch: the peers (this one and its live view neighbours) Adam's last chunk counted; 1: torch's
+    # Adam; None: the optimiser is SGD, or an attached script's own
+    swarm_batch_peers: int | None = None
     divergences: int = 0  # times the model blew up and was replaced by a neighbour's
     personal: tuple[str, ...] = ()  # parameters [gossip] personal keeps on this peer: never mixed, never sent
     personal_values: int = 0  # how many values those parameters hold

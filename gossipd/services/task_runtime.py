@@ -735,6 +735,11 @@ class TaskRuntime:
             privacy_delta=self.task.privacy.delta if self.task.privacy is not None else None,
             suspects=exchange.suspects if exchange else 0,
             mix_wait_seconds=trainer.held_seconds if trainer else 0.0,
+            swarm_batch_peers=(
+                services.trainer.trainer.swarm_peers
+                if services is not None and isinstance(services.trainer, TrainerService)
+                else None
+            ),
             divergences=self.divergences,
             personal=tuple(sorted(self.personal.parameters)),
             personal_values=self.personal.values,

@@ -190,6 +190,11 @@ class Trainer:
             self.optimizer.swarm_peers = float(max(peers, 1)) if self.section.swarm_batch else 1.0
 
     @property
+    def swarm_peers(self) -> int | None:
+        """The count `set_swarm_peers` last gave Adam (1: torch's Adam); None for SGD."""
+        return int(self.optimizer.swarm_peers) if isinstance(self.optimizer, Adam) else None
+
+    @property
     def budget_spent(self) -> bool:
         """Whether another private step would exceed `[privacy] target_epsilon`."""
         if self.privacy is None or self.privacy.target_epsilon is None:
