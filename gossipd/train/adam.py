@@ -118,14 +118,15 @@ class Adam(FunctionalOptimizer):
         steps = [float(state["step"]) for state in states]
         mean = torch._foreach_div(first, [1.0 - beta1**step for step in steps])
         moment = torch._foreach_div(second, [1.0 - beta2**step for step in steps])
+        # The denominator built in `moment`'s own tensors (fresh from the division): no more copies a step.
         signal = torch._foreach_mul(mean, mean)
-        noise = torch._foreach_sub(moment, signal)
-        torch._foreach_clamp_min_(noise, 0.0)
-        torch._foreach_mul_(noise, 1.0 / self.swarm_peers)
-        torch._foreach_add_(noise, signal)
-        torch._foreach_sqrt_(noise)
-        torch._foreach_add_(noise, eps)
-        torch._foreach_addcdiv_(params, mean, noise, value=-lr)
+        torch._foreach_sub_(moment, signal)
+        torch._foreach_clamp_min_(moment, 0.0)
+        torch._foreach_mul_(moment, 1.0 / self.swarm_peers)
+        torch._foreach_add_(moment, signal)
+        torch._foreach_sqrt_(moment)
+        torch._foreach_add_(moment, eps)
+        torch._foreach_addcdiv_(params, mean, moment, value=-lr)
 
     def _fresh(self, param: torch.Tensor) -> dict[str, torch.Tensor]:
         """A parameter's state before its first step, as torch's Adam makes it: the step count a CPU scalar
