@@ -80,8 +80,11 @@ class Attached:
         optimizer: torch.optim.Optimizer | None = None,
         socket_path: str | os.PathLike[str] | None = None,
         batch_size: int | None = None,
+        examples: int | None = None,
         timeout: float = 120.0,
     ) -> None:
+        if examples is not None and examples < 0:
+            raise ValueError(f"examples must be a count of training examples, not {examples}")
         self.model = model
         self.task_path = Path(task).resolve()
         try:
@@ -91,6 +94,7 @@ class Attached:
         control = Path(socket_path) if socket_path is not None else default_socket()
         self.socket_path = attach_socket(control)
         self.batch_size = batch_size
+        self.examples = examples
         self.tensors, self.entries = _model_entries(model)
         self.layout = proto.SharedLayout.of(self.entries)
         self.steps = 0
@@ -241,6 +245,8 @@ class Attached:
                 "step": self.steps,
                 "device": str(next(iter(self.tensors.values())).device),
             }
+            if self.examples is not None:
+                hello["examples"] = self.examples
             _send(sock, hello)
             unpacker = proto.unpacker()
             welcome, fd = _receive_welcome(sock, unpacker)
@@ -438,12 +444,23 @@ def attach(
     optimizer: torch.optim.Optimizer | None = None,
     socket_path: str | os.PathLike[str] | None = None,
     batch_size: int | None = None,
+    examples: int | None = None,
     timeout: float = 120.0,
 ) -> Attached:
     """Attach `model` to the task declared in the TOML file `task` (no [model] or [data]: the script owns
     them), on the daemon of the control socket `socket_path` (default: `gossipd run`'s). With `optimizer`,
     each of its steps is a step of the swarm; without, call `step()` after each. `batch_size`: examples
-    per step, for status. Blocks until the task runs (a model that has not trained yet first gets a trained
+    per step, for status. `examples`: how many training examples the script has, which weighs its exchanges in
+    a task weighted by samples (`[gossip] weigh_by`, the default); without it the script mixes with equal
+    weight. Blocks until the task runs (a model that has not trained yet first gets a trained
     neighbour's, if the swarm has one, for up to the daemon's --join-timeout). Raises AttachError if no daemon
     answers or it refuses the task or the model (the message says why)."""
-    return Attached(model, task, optimizer=optimizer, socket_path=socket_path, batch_size=batch_size, timeout=timeout)
+    return Attached(
+        model,
+        task,
+        optimizer=optimizer,
+        socket_path=socket_path,
+        batch_size=batch_size,
+        examples=examples,
+        timeout=timeout,
+    )

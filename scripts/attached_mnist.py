@@ -52,7 +52,9 @@ def main() -> None:
     optimizer = torch.optim.SGD(model.parameters(), lr=task.train.lr, momentum=task.train.momentum)
     swarm = None
     if args.attach:
-        swarm = gossipd.attach(model, args.attach, optimizer=optimizer, socket_path=args.socket, batch_size=32)
+        swarm = gossipd.attach(
+            model, args.attach, optimizer=optimizer, socket_path=args.socket, batch_size=32, examples=len(shard)
+        )
     generator = torch.Generator().manual_seed(1000 + args.index)
     step, detached = 0, 0
     timed_from = time.perf_counter()

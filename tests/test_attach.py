@@ -161,7 +161,9 @@ def test_attached_scripts_mix_show_in_status_and_survive_their_daemon_restarting
     script_a = Script(a, a_model, seed=1)
     script_a.start()
     wait_for(lambda: a.steps > 20, 30, "the first script to train")
-    b = gossipd.attach(b_model, task=path, socket_path=swarm.daemons[1].socket, batch_size=16)
+    # b declares its dataset size, a none: the task weighs by samples (the default), so their exchanges
+    # mix with equal weight (both ends see that a declared none).
+    b = gossipd.attach(b_model, task=path, socket_path=swarm.daemons[1].socket, batch_size=16, examples=500)
     script_b = Script(b, b_model, seed=2)
     try:
         # A fresh script got its neighbour's trained model before it trained.
@@ -175,6 +177,8 @@ def test_attached_scripts_mix_show_in_status_and_survive_their_daemon_restarting
         assert status["attached_pid"] == os.getpid() and status["state"] == "training"
         assert status["samples"] > 0 and status["loss"] is not None
         assert status["device"] == "cpu"
+        assert (status["weigh_by"], status["examples"]) == ("samples", 500)
+        assert (attached_task(swarm, 0) or {}).get("examples", 0) is None
 
         # A second script with another model cannot take the same task on the same daemon.
         other = nn.Sequential(nn.Linear(8, 4), nn.Linear(4, 2))

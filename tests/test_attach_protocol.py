@@ -134,6 +134,7 @@ def test_a_hello_gives_the_task_with_the_layout_in_its_hash() -> None:
     other = read_hello(_hello(layout=proto.entries_to_wire([ENTRIES[0]])))
     assert other.task.hash != hello.task.hash  # a different model never mixes with this one
     assert read_hello(_hello(pid=7, step=5)).task.hash == hello.task.hash
+    assert hello.examples is None and read_hello(_hello(examples=1234)).examples == 1234
 
 
 @pytest.mark.parametrize(
@@ -143,6 +144,9 @@ def test_a_hello_gives_the_task_with_the_layout_in_its_hash() -> None:
         ({"v": 99}, proto.AttachProtocolError, "version 99"),
         ({"base": "relative"}, proto.AttachProtocolError, "absolute"),
         ({"step": -1}, proto.AttachProtocolError, "negative"),
+        ({"examples": -1}, proto.AttachProtocolError, "examples -1"),
+        ({"examples": 1 << 48}, proto.AttachProtocolError, "examples"),
+        ({"examples": "many"}, proto.AttachProtocolError, "field 'examples'"),
         ({"task": "[task\n"}, TaskError, "not valid TOML"),
         ({"task": TASK + '[model]\nname = "cnn"\n'}, TaskError, "names no model or data"),
         ({"task": TASK + '[data]\nformat = "idx"\n'}, TaskError, "names no model or data"),

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import random
+from collections import deque
 from typing import Any
 
 import pytest
@@ -63,6 +65,7 @@ class Peer:
         self.params = params
         self.edges: dict[bytes, EdgeState] = {}
         self.examples: int | None = None  # a declared dataset size: set for tasks weighted by samples
+        self.weighted = False  # the task weighs by samples (implied by a declared size)
 
     def session(
         self, algorithm: Algorithm[Any], other: Peer, *, task: bytes = TASK, degree: int = 1, clipper: Any = None
@@ -81,6 +84,7 @@ class Peer:
             device=CPU,
             examples=self.examples,
             clipper=clipper,
+            weighted=self.weighted,
         )
 
 
@@ -172,6 +176,66 @@ def test_an_end_that_does_not_weigh_is_a_protocol_violation() -> None:
     a.examples = 100  # b runs a task without weigh_by: the hashes would differ, but the session checks too
     with pytest.raises(ProtocolViolation, match="dataset size"):
         run_pair(a.session(ALGORITHMS["plain"], b), b.session(ALGORITHMS["plain"], a), max_message_bytes=1 << 20)
+
+
+@pytest.mark.parametrize("name", ALGORITHMS)
+def test_an_end_that_declares_no_size_mixes_with_equal_weight(name: str) -> None:
+    """In a task weighted by samples a peer that declares no dataset size (an attached script that gave none)
+    mixes with c = 1 at both ends: the pair's plain sum holds, whatever the other end declares, and a swarm
+    with such a peer still reaches one model."""
+    algorithm = ALGORITHMS[name]
+    peers = [Peer(i, model(i)) for i in range(4)]
+    for peer, examples in zip(peers, (100, 3000, None, 700), strict=True):
+        peer.examples, peer.weighted = examples, True
+    undeclared = peers[2]
+    rng = random.Random(4)
+    for _ in range(60):
+        a, b = rng.sample(peers, 2)
+        pair = [a, b]
+        before = total(pair)
+        exchange(algorithm, a, b)
+        if undeclared in pair:
+            after = total(pair)
+            for key in before:
+                error = float((after[key] - before[key]).norm() / before[key].norm())
+                assert error <= 1e-6, f"{name}: the pair's {key} drifted by {error:.2e}"
+
+
+def test_a_swarm_with_an_undeclared_peer_reaches_one_model() -> None:
+    peers = [Peer(i, model(i)) for i in range(4)]
+    for peer, examples in zip(peers, (100, 3000, None, 700), strict=True):
+        peer.examples, peer.weighted = examples, True
+    rng = random.Random(5)
+    for _ in range(300):
+        a, b = rng.sample(peers, 2)
+        exchange(ALGORITHMS["plain"], a, b)
+    for peer in peers[1:]:
+        for key in TENSORS:
+            assert torch.allclose(peer.params[key], peers[0].params[key], atol=1e-4), key
+    # One undeclared pair at w = 1/2 lands both ends on their plain average.
+    a, b = Peer(0, model(0)), Peer(1, model(1))
+    a.examples, a.weighted, b.weighted = 1000, True, True
+    expected = {k: (a.params[k] + b.params[k]) / 2 for k in TENSORS}
+    exchange(ALGORITHMS["plain"], a, b)
+    for key in TENSORS:
+        assert torch.allclose(a.params[key], expected[key], atol=1e-6)
+        assert torch.allclose(b.params[key], expected[key], atol=1e-6)
+
+
+def test_a_size_dropped_or_added_mid_exchange_is_a_protocol_violation() -> None:
+    """An end declares its size in every message of an exchange or in none: the answering end holds the
+    opener to what its hello said."""
+    for declared in (True, False):
+        a, b = Peer(0, model(0)), Peer(1, model(1))
+        a.examples, a.weighted, b.examples, b.weighted = (100 if declared else None), True, 300, True
+        opener = a.session(ALGORITHMS["powergossip-r2-i2"], b)
+        answerer = b.session(ALGORITHMS["powergossip-r2-i2"], a)
+        to_opener = deque(answerer.answer(opener.start()))
+        rounds = [m for reply in list(to_opener) for m in opener.receive(reply)]
+        assert rounds and all((m.examples is not None) == declared for m in rounds)
+        forged = dataclasses.replace(rounds[0], examples=None if declared else 5)
+        with pytest.raises(ProtocolViolation, match="as its first did"):
+            answerer.receive(forged)
 
 
 def test_clipping_bounds_the_weighted_pull() -> None:

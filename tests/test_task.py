@@ -154,12 +154,15 @@ def test_an_auto_tasks_time_share_and_byte_caps_are_each_peers_own_and_outside_t
         assert a.hash != parse(f"[gossip]\n{shared}\n").hash, shared  # type: ignore[attr-defined]
 
 
-def test_weighing_by_samples_is_part_of_the_hash_and_min_peers_is_not() -> None:
+def test_weighing_by_samples_is_the_default_and_part_of_the_hash_and_min_peers_is_not() -> None:
     a = parse()
-    weighted = parse("[gossip]\nweigh_by = 'samples'\n")
-    assert weighted.gossip.weigh_by == "samples"  # type: ignore[attr-defined]
-    assert a.hash != weighted.hash  # type: ignore[attr-defined]
-    assert a.hash == parse("[gossip]\nweigh_by = 'none'\n").hash  # type: ignore[attr-defined]
+    assert a.gossip.weigh_by == "samples"  # type: ignore[attr-defined]
+    assert a.hash == parse("[gossip]\nweigh_by = 'samples'\n").hash  # type: ignore[attr-defined]
+    equal = parse("[gossip]\nweigh_by = 'none'\n")
+    assert a.hash != equal.hash  # type: ignore[attr-defined]
+    # "none" hashes as this task did before "samples" became the default (the hash gossipd computed for it
+    # on 2026-12-05, before the change), so such a task still meets older daemons.
+    assert equal.hash.hex() == "c0d0fbe1215ba0cfda250731df0162da"  # type: ignore[attr-defined]
     waiting = parse("[train]\nmin_peers = 3\nmin_peers_grace = 10.5\n")
     assert (waiting.train.min_peers, waiting.train.min_peers_grace) == (3, 10.5)  # type: ignore[attr-defined]
     assert a.hash == waiting.hash  # type: ignore[attr-defined]

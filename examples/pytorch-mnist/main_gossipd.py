@@ -144,7 +144,7 @@ def main():
 
     model = Net().to(device)
     optimizer = optim.Adadelta(model.parameters(), lr=args.lr)
-    swarm = gossipd.attach(model, args.task, optimizer=optimizer, batch_size=args.batch_size)
+    swarm = gossipd.attach(model, args.task, optimizer=optimizer, batch_size=args.batch_size, examples=len(dataset1))
 
     scheduler = StepLR(optimizer, step_size=1, gamma=args.gamma)
     for epoch in range(1, args.epochs + 1):

@@ -84,9 +84,12 @@ class ExchangeSession:
         clipper: Clipper | None = None,
         examples: int | None = None,
         mode: int | None = None,
+        weighted: bool = False,
     ) -> None:
-        """`examples`: this end's declared dataset size in a task weighted by samples (`weigh_by`), else None;
-        the peer's comes in its messages, and each end scales its step by `sample_pull`.
+        """`weighted`: the task weighs by samples (`weigh_by`); `examples`: this end's declared dataset size
+        there (None: it declares none, as an attached script that gave none). The peer's comes in its
+        messages; where both ends declare one, each end scales its step by `sample_pull`, else both mix with
+        equal weight (each end sees both messages, so both agree which).
 
         With an `AutoGossip` algorithm the opener passes the exchange's `mode` (a rung of its ladder); the
         answering end passes none and follows the mode of the opener's hello."""
@@ -117,7 +120,9 @@ class ExchangeSession:
         self.rng = rng
         self.device = device
         self.clipper = clipper
+        self.weighted = weighted or examples is not None
         self.examples = examples
+        self.peer_declares: bool | None = None  # whether the peer's first message carried its dataset size
         self.pull = 1.0
         self.clipped = False
         self.phase = Phase.NEW
@@ -244,11 +249,17 @@ class ExchangeSession:
         return ours + self._on_round(message)
 
     def _check_examples(self, message: Message) -> None:
-        """Both ends of a task weighted by samples declare their dataset size in every message; no other does.
-        Every message of an auto exchange carries its mode, the same throughout; no other task's does."""
-        if (message.examples is None) != (self.examples is None):
-            expected = "its declared dataset size" if self.examples is not None else "no dataset size"
-            raise ProtocolViolation(f"{message.type} message should carry {expected} (weigh_by)")
+        """In a task weighted by samples an end that declares its dataset size does so in every message of
+        the exchange (one that declares none, in none); in any other task no message carries one. Every
+        message of an auto exchange carries its mode, the same throughout; no other task's does."""
+        declares = message.examples is not None
+        if not self.weighted and declares:
+            raise ProtocolViolation(f"{message.type} message should carry no dataset size (weigh_by)")
+        if self.peer_declares is None:
+            self.peer_declares = declares
+        elif declares != self.peer_declares:
+            expected = "its declared dataset size" if self.peer_declares else "no dataset size"
+            raise ProtocolViolation(f"{message.type} message should carry {expected}, as its first did (weigh_by)")
         if message.mode != self.mode:
             raise ProtocolViolation(
                 f"{message.type} message for exchange mode {message.mode!r}, expected {self.mode!r}"

@@ -33,6 +33,7 @@ from gossipd.services.task_runtime import Attachment, TaskRuntime
 from gossipd.task.fields import TaskError
 from gossipd.task.loader import MAX_TASK_FILE_BYTES, AttachedModel, Task, parse_attached_task
 from gossipd.wire import attach as proto
+from gossipd.wire.messages import MAX_EXAMPLES
 
 log = logging.getLogger("gossipd.attach")
 HELLO_TIMEOUT = 10.0
@@ -64,6 +65,7 @@ class Hello:
     step: int
     device: str
     personal: Personal = field(default_factory=Personal)  # what [gossip] personal keeps out of mixing
+    examples: int | None = None  # the training examples the script declares (weigh_by = "samples")
 
 
 class _Reader:
@@ -107,7 +109,10 @@ def read_hello(message: dict[str, Any]) -> Hello:
     if step < 0:
         raise proto.AttachProtocolError(f"hello: step {step} is negative")
     device = str(proto.field(message, "device", str))[:64]
-    return Hello(task, layout, pid, step, device, _personal(layout, task.gossip.personal))
+    examples = proto.field(message, "examples", int, optional=True)
+    if examples is not None and not 0 <= examples <= MAX_EXAMPLES:
+        raise proto.AttachProtocolError(f"hello: examples {examples} is not between 0 and {MAX_EXAMPLES}")
+    return Hello(task, layout, pid, step, device, _personal(layout, task.gossip.personal), examples)
 
 
 def attached_model(layout: proto.SharedLayout, personal: tuple[str, ...]) -> AttachedModel:
@@ -177,7 +182,13 @@ async def _session(
             try:
                 with trio.fail_after(START_TIMEOUT):
                     await host.sync_all()
-                    attachment = Attachment(trainer=host, pid=hello.pid, device=hello.device, fresh=hello.step == 0)
+                    attachment = Attachment(
+                        trainer=host,
+                        pid=hello.pid,
+                        device=hello.device,
+                        fresh=hello.step == 0,
+                        examples=hello.examples,
+                    )
                     runtime = await backend.attach(hello.task, attachment)
                     # The runtime's state has no change event; this polls for the length of a join at most.
                     while runtime.state in (TaskState.LOADING, TaskState.JOINING) and not host.closed:  # noqa: ASYNC110

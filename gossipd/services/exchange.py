@@ -185,7 +185,8 @@ class ExchangeService:
     ) -> None:
         """`ledger`: where each neighbour's exchanges, bytes and rejected messages are booked (the task's
         contribution ledger). `examples`: this peer's declared dataset size, for a task whose `[gossip]
-        weigh_by` is "samples" (None otherwise): it goes in every message and weights every exchange."""
+        weigh_by` is "samples" (None otherwise, or where it declares none): it goes in every message and
+        weights every exchange with a peer that declares one too."""
         self.task_hash = task_hash
         self.gossip = gossip
         self.algorithm = algorithm
@@ -778,6 +779,7 @@ class ExchangeService:
             clipper=self.clipper,
             examples=self.examples,
             mode=mode,
+            weighted=self.gossip.weigh_by == "samples",
         )
 
     async def _finish(

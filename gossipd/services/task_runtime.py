@@ -99,6 +99,7 @@ class Attachment:
     pid: int
     device: str  # where the script's model is, as it says
     fresh: bool  # the script has not trained yet: copy a neighbour's model into it first
+    examples: int | None = None  # the training examples the script declares (`gossipd.attach(examples=)`)
 
 
 @dataclass(frozen=True)
@@ -139,7 +140,7 @@ class TaskRuntime:
         )
         self.view: PeerView[str] = PeerView(task.gossip.view_size, random.Random(self.rng.getrandbits(64)))
         self.ledger = Ledger(clock=time.time, gap=self.peers.liveness)
-        self.examples: int | None = None  # training examples this peer declares (None: an attached script's)
+        self.examples: int | None = None  # training examples it declares (None: an attached script gave none)
         self.services: Services | None = None
         self.device = torch.device("cpu")
         self.state_transfers = 0
@@ -286,6 +287,7 @@ class TaskRuntime:
     def _load_attached(self, attachment: Attachment) -> Services:
         """The services around a script's model: no data, no trainer, no checkpoints of the daemon's."""
         host = attachment.trainer
+        self.examples = attachment.examples
         access = resolve_access(self.task.access, self.task.folder)
         self.personal = host.personal
         params = {e.name: host.mirror[e.name] for e in host.mixed}
@@ -326,11 +328,10 @@ class TaskRuntime:
         )
 
     def _weighing_examples(self) -> int | None:
-        """The dataset size that weights this peer's exchanges (`[gossip] weigh_by = "samples"`), else None."""
+        """The dataset size that weights this peer's exchanges (`[gossip] weigh_by = "samples"`), else None;
+        None too for an attached script that declared none: it mixes with equal weight."""
         if self.task.gossip.weigh_by != "samples":
             return None
-        if self.examples is None:
-            raise ValueError('[gossip] weigh_by = "samples" needs the number of training examples this peer has')
         return self.examples
 
     def _discovery_service(self, exchange: ExchangeService, access: Access) -> DiscoveryService:

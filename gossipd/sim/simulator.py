@@ -481,6 +481,7 @@ class Simulation:
             # weigh_by = "samples": each peer declares its own shard's size, as a daemon declares its dataset's
             examples=len(self.shards[me.index]) if self.task.gossip.weigh_by == "samples" else None,
             mode=mode,
+            weighted=self.task.gossip.weigh_by == "samples",
         )
 
     def _rewire(self, round_index: int) -> None:

@@ -186,7 +186,9 @@ def task_hash(task: TaskSection, model: ModelSection, gossip: GossipSection) -> 
         "model": {"name": model.name, "options": _plain(model.options)},
         "gossip": {"algorithm": gossip.algorithm, "config": _plain(without_local(gossip.config))},
     }
-    if gossip.weigh_by != "none":  # added only when set, so the hashes of tasks without it stay as they were
+    # Added only when not "none", so a task that says "none" hashes as tasks did before weighing existed (and
+    # before "samples" became the default, 2026-12-05): such peers still mix with older daemons.
+    if gossip.weigh_by != "none":
         canonical["gossip"]["weigh_by"] = gossip.weigh_by
     if gossip.personal:  # likewise only when set; the patterns' order and repeats do not matter
         canonical["gossip"]["personal"] = sorted(set(gossip.personal))

@@ -120,11 +120,12 @@ class GossipSection:
     # Compressed gossip leaves the copies apart by what the last steps' corrections have not yet carried over;
     # these exchanges close that gap, at the cost of a few compressed messages (see gossipd.services.exchange).
     finish_exchanges: int = field(default=50, metadata=bounds(min=0, max=100000))
-    # "samples": each exchange moves the two ends towards their average weighted by the dataset sizes they
-    # declare, so the swarm converges to the sample-weighted average (Swarm Learning's node weightage);
-    # the weighted sum is conserved as the plain sum is otherwise (see gossipd.mixing.weights). Peers must
-    # agree on it: it is part of the task hash.
-    weigh_by: Literal["none", "samples"] = "none"
+    # "samples" (the default): each exchange moves the two ends towards their average weighted by the dataset
+    # sizes they declare, so the swarm converges to the sample-weighted average, the model one trainer would
+    # fit on all the data (FedAvg's weighting, Swarm Learning's node weightage); the weighted sum is conserved
+    # as the plain sum is with "none" (see gossipd.mixing.weights). An end that declares no size (an attached
+    # script that gave none) mixes with equal weight. Peers must agree on it: it is part of the task hash.
+    weigh_by: Literal["none", "samples"] = "samples"
     # Glob patterns over parameter names (`"classifier.3.*"`): those parameters are each peer's own, never
     # mixed and never sent (gossipd.mixing.personal). Part of the task hash: peers must agree on what they mix.
     personal: tuple[str, ...] = ()
