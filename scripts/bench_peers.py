@@ -22,6 +22,7 @@ be rebuilt and extended run by run), PNG plots in docs/, and a section of BENCHM
 from __future__ import annotations
 
 import argparse
+import collections
 import dataclasses
 import datetime
 import json
@@ -576,7 +577,7 @@ def write_report(out: Path) -> tuple[str, str | None]:
         plot(results, model, split, folder / name)
         plots[(model, split)] = str((folder / name).relative_to(REPO))
     header = [
-        f"Measured {_dates(results)} on {machine()}; `make bench-peers`. Current code and settings only: "
+        f"Measured {_dates(results)} on {_machines(results)}; `make bench-peers`. Current code and settings only: "
         "older settings and runs are in [docs/bench-peers/HISTORY.md](docs/bench-peers/HISTORY.md).",
         "",
         _workload(results),
@@ -592,8 +593,8 @@ def write_report(out: Path) -> tuple[str, str | None]:
     if out != RESULTS:
         return text, None
     history = [
-        f"Measured {_dates(everything)} on {machine()}; `make bench-peers`. Every run recorded, the current "
-        "ones of BENCHMARKS.md included; the older runs' JSON is in docs/bench-peers/history/.",
+        f"Measured {_dates(everything)} on {_machines(everything)}; `make bench-peers`. Every run recorded, the "
+        "current ones of BENCHMARKS.md included; the older runs' JSON is in docs/bench-peers/history/.",
         "",
         _workload(everything),
         "",
@@ -702,6 +703,19 @@ def _dates(results: list[dict[str, Any]]) -> str:
     return ", ".join(sorted({r.get("date", "") for r in results} - {""})) or "on an unknown date"
 
 
+# Runs record the machine they ran on since 2026-12-05 (night), when a run first came from another machine
+# than the runs before it; every report written before then named this one.
+EARLIER_MACHINE = "AMD EPYC, 2 cores, Python 3.11.7, Linux"
+
+
+def _machines(results: list[dict[str, Any]]) -> str:
+    """The machines the runs were measured on, with how many runs each where there are several."""
+    counts = collections.Counter(r.get("machine") or EARLIER_MACHINE for r in results)
+    if len(counts) == 1:
+        return next(iter(counts))
+    return "; ".join(f"{name} ({count} run{'s' if count > 1 else ''})" for name, count in counts.most_common())
+
+
 def publish(out: Path, *, write: bool) -> None:
     """Rebuild the report from the runs in `out`, print it, and with `write` put it in BENCHMARKS.md (and the
     history in docs/bench-peers/HISTORY.md)."""
@@ -722,7 +736,7 @@ def run_one(args: argparse.Namespace, out: Path, today: str, shards: Path, plann
         if execute(run):
             # gossipd's peers stop at the budget and finish, and start together (see gossipd_task).
             gossipd = run.system.startswith("gossipd-")
-            summary = {**evaluate(run), "date": today, "finish": gossipd, "together": gossipd}
+            summary = {**evaluate(run), "date": today, "machine": machine(), "finish": gossipd, "together": gossipd}
             (out / f"{run.name}.json").write_text(json.dumps(summary, indent=1))
             print(json.dumps({k: v for k, v in summary.items() if k != "curve"}), flush=True)
     finally:

@@ -22,3 +22,13 @@ def test_the_runs_peers_start_together_once_each_sees_the_other_three(tmp_path: 
         assert task.train.total_steps == 1407
         assert task.gossip.algorithm == "auto" and task.gossip.steps_per_exchange == 2
         assert task.model.name == model
+        assert task.gossip.weigh_by == "samples"  # the default: Dirichlet shards differ in size
+
+
+def test_the_report_names_each_machine_its_runs_were_measured_on() -> None:
+    """Runs record their machine; those from before they did count as the one every earlier report named, so
+    figures from two machines are never printed under one."""
+    module = load_script("bench_peers")
+    assert module._machines([{"machine": "Intel Xeon"}, {"machine": "Intel Xeon"}]) == "Intel Xeon"
+    mixed = module._machines([{"machine": "Intel Xeon"}, {}, {}])
+    assert mixed == f"{module.EARLIER_MACHINE} (2 runs); Intel Xeon (1 run)"
