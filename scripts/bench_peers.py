@@ -710,7 +710,7 @@ EARLIER_MACHINE = "AMD EPYC, 2 cores, Python 3.11.7, Linux"
 
 def _machines(results: list[dict[str, Any]]) -> str:
     """The machines the runs were measured on, with how many runs each where there are several."""
-    counts = collections.Counter(r.get("machine") or EARLIER_MACHINE for r in results)
+    counts = collections.Counter(str(r.get("machine") or EARLIER_MACHINE) for r in results)
     if len(counts) == 1:
         return next(iter(counts))
     return "; ".join(f"{name} ({count} run{'s' if count > 1 else ''})" for name, count in counts.most_common())
