@@ -145,6 +145,9 @@ def test_without_a_daemon_attach_says_how_to_start_one(tmp_path: Path) -> None:
     path.write_text(TASK)
     with pytest.raises(gossipd.AttachError, match=r"no gossipd daemon answers on .*gossipd run"):
         gossipd.attach(small_model(0), task=path, socket_path=tmp_path / "nothing.sock")
+    # A negative dataset size is refused before anything is sent.
+    with pytest.raises(ValueError, match="examples must be a count"):
+        gossipd.attach(small_model(0), task=path, socket_path=tmp_path / "nothing.sock", examples=-1)
 
 
 def test_a_task_file_naming_a_model_is_refused_with_the_reason(swarm: Swarm) -> None:
