@@ -20,7 +20,7 @@ from gossipd.mixing.edge import EdgeState, derive_epoch
 from gossipd.mixing.layout import ParamLayout, low_rank_pays, max_message_bytes, mixed_parameters
 from gossipd.mixing.local import Traffic, run_pair
 from gossipd.mixing.plain import PlainConfig, PlainGossip
-from gossipd.mixing.powergossip import PowerGossip, PowerGossipConfig
+from gossipd.mixing.powergossip import PowerGossip, PowerGossipConfig, PowerGossipEdge
 from gossipd.mixing.session import ExchangeSession, PeerAborted
 from gossipd.mixing.weights import edge_weight, metropolis_hastings
 from gossipd.models.cnn import CNNConfig
@@ -348,6 +348,39 @@ def test_powergossip_compresses_every_weight_matrix_of_the_cnn_and_sends_biases_
     assert len(compressed) == 4
     assert not low_rank_pays((10,), 1)
     assert not low_rank_pays((2, 2), 1)
+
+
+def _gram_schmidt(p: torch.Tensor) -> torch.Tensor:
+    """Classical Gram-Schmidt, column by column: what the factor's orthonormalisation must equal."""
+    columns: list[torch.Tensor] = []
+    for i in range(p.shape[1]):
+        column = p[:, i].double()
+        for previous in columns:
+            column = column - (column @ previous) * previous
+        columns.append(column / column.norm())
+    return torch.stack(columns, dim=1)
+
+
+@pytest.mark.parametrize("rank", [2, 3, 8, 16])
+def test_powergossip_orthonormalises_its_factor_as_gram_schmidt_does(rank: int) -> None:
+    algorithm = PowerGossip(PowerGossipConfig(rank=rank))
+    factor = torch.randn(200, rank, generator=torch.Generator().manual_seed(rank))
+    edge = PowerGossipEdge(epoch=1, vectors={"w": factor.clone()}, iterations=0)
+    p = algorithm._orthogonalise(edge, "w", torch.device("cpu"))
+    assert torch.allclose(p.double(), _gram_schmidt(factor), atol=1e-5)  # the same columns, signs included
+    assert torch.allclose(p.T @ p, torch.eye(rank), atol=1e-5)
+    assert torch.equal(edge.vectors["w"], factor)  # the edge's factor itself is left as it was
+
+
+def test_powergossip_redraws_a_vanishing_column_alike_at_both_ends() -> None:
+    algorithm = PowerGossip(PowerGossipConfig(rank=3))
+    factor = torch.randn(50, 3, generator=torch.Generator().manual_seed(0))
+    factor[:, 2] = 2 * factor[:, 0] - factor[:, 1]  # in the span of the first two: the models agree along it
+    ends = [PowerGossipEdge(epoch=7, vectors={"w": factor.clone()}, iterations=4) for _ in range(2)]
+    p, q = (algorithm._orthogonalise(edge, "w", torch.device("cpu")) for edge in ends)
+    assert torch.equal(p, q)
+    assert torch.allclose(p.T @ p, torch.eye(3), atol=1e-5)
+    assert torch.allclose(p[:, :2].double(), _gram_schmidt(factor[:, :2]), atol=1e-5)
 
 
 def test_edges_reset_when_out_of_step_and_continue_when_in_step() -> None:
