@@ -644,6 +644,36 @@ async def test_a_killed_peer_fails_the_exchange_at_once_and_a_revived_one_starts
     assert sum_drift(start, end) <= 1e-5  # the aborted exchange moved neither model
 
 
+@pytest.mark.parametrize("algorithm", ["plain", "powergossip"])
+async def test_an_exchange_that_ends_after_the_model_was_replaced_leaves_the_new_model_and_no_edge(
+    algorithm: str, autojump_clock: trio.testing.MockClock
+) -> None:
+    """A peer that copies a neighbour's model (joining, or after its own blew up) while an exchange runs: the
+    exchange's delta and edge were computed from the model that is gone, and applied to the new one they
+    would move it by that old difference (and carry Choco's old public copies on)."""
+    with trio.fail_after(60):
+        async with fake_swarm(seed=4, latency=0.25) as hub:
+            a, b = await start_peers(hub, "AB", section=gossip(algorithm), trainer="paused")
+            assert await exchange(a, b) is not None  # an edge in step at both ends
+            model = a.trainer.trainer.model
+            copied = {name: value + 1.0 for name, value in model.state_dict().items()}
+            async with trio.open_nursery() as running:
+                running.start_soon(a.exchange.initiate, b.id)
+                await wait_until(lambda: b.id in a.exchange._read_at)  # it has read the model
+                # What the task runtime does when it copies a neighbour's model (task_runtime.py).
+                await a.trainer.at_boundary(lambda: a.trainer.load_model_state(copied, 100))
+                a.exchange.forget_all_edges()
+                assert a.exchange.in_flight == {b.id}
+            after = await a.params()
+            assert a.exchange.counters.voided == 1
+            assert b.id not in a.exchange.edges
+            again = await exchange(a, b)
+
+    assert all(torch.equal(after[name], copied[name]) for name in after)  # not moved by the old exchange
+    assert again is not None and again.reset  # the next exchange starts the edge afresh at both ends
+    assert a.exchange.edges[b.id].key == b.exchange.edges[a.id].key
+
+
 # -- both ends at once ---------------------------------------------------------------------------------------
 
 

@@ -130,6 +130,7 @@ class ExchangeCounters:
     plain_bytes: int = 0  # what the same exchanges would have cost uncompressed
     clipped: int = 0  # exchanges whose move was scaled down to the clipping radius
     suspects: int = 0  # times a neighbour was backed off for being clipped exchange after exchange
+    voided: int = 0  # exchanges whose result was dropped: the model was replaced while they ran
     state_bytes_sent: int = 0  # full models served to joining peers (not exchanges: no compression ratio)
     state_bytes_received: int = 0
     rejections: dict[str, int] = field(default_factory=dict)
@@ -207,6 +208,11 @@ class ExchangeService:
         self.ledger = ledger if ledger is not None else Ledger(clock=time.time)
         self.examples = examples
         self.in_flight: set[str] = set()
+        # Bumped whenever the model is replaced wholesale (`forget_all_edges`). An exchange notes it before it
+        # reads the model; one that ends after a replacement computed its delta and edge from the model that
+        # is gone, and both are dropped (see `_finish`).
+        self.model_generation = 0
+        self._read_at: dict[str, int] = {}  # peer → the generation its running exchange read the model at
         self.counters = ExchangeCounters()
         self.offload = Offload()
         self.accepting = True
@@ -401,8 +407,10 @@ class ExchangeService:
             self.links.forget(peer)
 
     def forget_all_edges(self) -> None:
-        """After the model was replaced wholesale, every edge must start afresh."""
+        """After the model was replaced wholesale, every edge must start afresh, and the exchanges still
+        running, which read the model before, must leave it alone."""
         self.edges.clear()
+        self.model_generation += 1
 
     def _keep_edge(self, peer: str, edge: EdgeState) -> None:
         self.edges[peer] = edge
@@ -763,6 +771,9 @@ class ExchangeService:
 
     async def _session(self, peer: str, mode: int | None = None) -> ExchangeSession:
         """`mode`: the opener's choice in an auto task (the answering end follows the hello's)."""
+        # Noted before the read: a replacement after it, even one that lands before the snapshot's boundary,
+        # voids the exchange (at worst one good exchange is dropped), never the other way round.
+        self._read_at[peer] = self.model_generation
         params = await self.trainer.snapshot()
         return ExchangeSession(
             algorithm=self.algorithm,
@@ -821,9 +832,17 @@ class ExchangeService:
             started_here=first is None,
             captured=result.captured,
         )
-        self.trainer.submit(result.delta)
+        if self._read_at.pop(peer, self.model_generation) == self.model_generation:
+            self.trainer.submit(result.delta)
+            self._keep_edge(peer, result.edge)
+        else:
+            # The model was replaced (a copy from a neighbour) while this exchange ran. Its delta would move
+            # the new model by a difference taken from the old one, and its edge would carry the old model's
+            # state (Choco's public copies) into the next exchange: both go. The neighbour's next exchange
+            # finds no edge here and both ends start it afresh.
+            log.info("the exchange with %s ended after the model was replaced: its result is dropped", peer)
+            self.counters.voided += 1
         self._last_success = trio.current_time()
-        self._keep_edge(peer, result.edge)
         self.peers.exchange_succeeded(peer, result.distance)
         self.ledger.exchanged(peer, started_by_us=first is None)
         self.network.forget_failures(peer)
@@ -919,6 +938,7 @@ class ExchangeService:
 
     def _end(self, peer: str) -> None:
         self.in_flight.discard(peer)
+        self._read_at.pop(peer, None)
         self._freed.set()
         if not self.in_flight:
             self._idle.set()
