@@ -53,6 +53,15 @@ def test_embedded_default_task_loads_with_its_data_inside_the_package() -> None:
     assert isinstance(task.gossip.config, AutoConfig)
 
 
+def test_choco_scales_sign_per_64_values_by_default_and_a_task_naming_per_tensor_sign_keeps_its_hash() -> None:
+    default, blocks, per_tensor = (
+        parse('[gossip]\nalgorithm = "choco"\n' + extra)
+        for extra in ("", 'compressor = "sign:64"\n', 'compressor = "sign"\n')
+    )
+    assert default.gossip.config == ChocoConfig(compressor="sign:64")  # type: ignore[attr-defined]
+    assert default.hash == blocks.hash != per_tensor.hash  # type: ignore[attr-defined]
+
+
 def test_defaults_and_variants_are_typed_dataclasses() -> None:
     task = parse('[gossip]\nalgorithm = "choco"\ncompressor = "top-k:1%"\ngamma = 0.1\n')
     assert task.gossip.config == ChocoConfig(compressor="top-k:1%", gamma=0.1)  # type: ignore[attr-defined]

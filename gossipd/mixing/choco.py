@@ -30,10 +30,17 @@ from gossipd.wire.tensors import TensorSpec, WireTensor, from_wire
 
 @dataclass(frozen=True, kw_only=True)
 class ChocoConfig:
-    """`compressor`: sign, top-k:PCT%, random-k:PCT% or qsgd:BITS. `gamma`: the consensus step size
-    (published tuned values on an 8-node ring: sign 0.45, top-1% 0.0375)."""
+    """`compressor`: sign, sign:BLOCK, top-k:PCT%, random-k:PCT% or qsgd:BITS. `gamma`: the consensus step
+    size (published tuned values on an 8-node ring: sign 0.45, top-1% 0.0375).
 
-    compressor: str = "sign"
+    `sign:64` (a scale per 64 values) by default, not per-tensor `sign`: each end's public copy trails its
+    model by what the compressed messages have not yet carried, and per-tensor sign carries little of it (an
+    exchange took 5-18% off on the MNIST CNN), so once peers come and go, and edges start afresh with full
+    swaps, the trailing grows and the swarm blows up (the small CNN and the MLP in the simulator with churn,
+    and a daemon that joined late; docs/bench-readings.md). With a scale per 64 values the copies keep up,
+    for about 1.6× the bytes. A task that names its compressor keeps it (and its task hash)."""
+
+    compressor: str = "sign:64"
     gamma: float = field(default=0.45, metadata=bounds(min=0.0, max=1.0, exclusive_min=True))
 
 
