@@ -182,8 +182,9 @@ class PowerGossip(Algorithm[PowerGossipEdge]):
 
         Gram-Schmidt's result is the Q of the QR factorisation whose R has a positive diagonal (R's diagonal
         holds the norms Gram-Schmidt divides by), so one LAPACK call with the signs set gives it: the loop
-        below costs r(r-1)/2 small torch calls a tensor, 4.3 ms an exchange at rank 16 on the MNIST CNN
-        against 0.11 ms, CPU that `auto` counts against the higher ranks. The loop stays for a vanishing column."""
+        below costs r(r-1)/2 small torch calls a tensor, 2.9 ms an exchange-end at rank 16 on the small MNIST
+        CNN against 0.13 ms (docs/bench-readings.md), CPU that `auto` counts against the higher ranks. The
+        loop stays for a vanishing column."""
         p = edge.vectors[name]
         if p.shape[1] == 1:  # the common case, without the general loop's per-column overhead
             norm = float(torch.linalg.vector_norm(p))
