@@ -1,7 +1,7 @@
 """`make bench-sim`: the mixing algorithms side by side in the in-process simulator.
 
 8 peers on the MNIST CNN (full MNIST from ../shared/datasets/mnist when present, else the embedded 10k
-images), IID and Dirichlet(0.5) splits: plain, PowerGossip rank 1 and 2, Choco sign and top-1%, against
+images), IID and Dirichlet(0.5) splits: plain, PowerGossip rank 1 and 2, Choco sign, sign:64 and top-1%, against
 centralised training on the same samples and peers training alone. Prints a markdown table, writes
 out/bench-sim.json, and replaces the simulator section of BENCHMARKS.md. Also measures what one PowerGossip
 exchange costs a peer against one local training step, in the same process.
@@ -35,6 +35,7 @@ CONFIGS: list[tuple[str, str, dict[str, Any]]] = [
     ("PowerGossip r1 ×2 it.", "powergossip", {"rank": 1, "iterations": 2}),
     ("PowerGossip r2", "powergossip", {"rank": 2, "iterations": 1}),
     ("Choco sign", "choco", {"compressor": "sign", "gamma": 0.45}),
+    ("Choco sign:64 (its default)", "choco", {"compressor": "sign:64", "gamma": 0.45}),
     ("Choco top-1%", "choco", {"compressor": "top-k:1%", "gamma": 0.1}),
     ("local only", "local", {}),
 ]
