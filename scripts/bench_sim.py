@@ -1,8 +1,8 @@
 """`make bench-sim`: the mixing algorithms side by side in the in-process simulator.
 
 8 peers on the MNIST CNN (full MNIST from ../shared/datasets/mnist when present, else the embedded 10k
-images), IID and Dirichlet(0.5) splits: plain, PowerGossip rank 1 and 2, Choco sign, sign:64 and top-1%, against
-centralised training on the same samples and peers training alone. Prints a markdown table, writes
+images), IID and Dirichlet(0.5) splits: plain, PowerGossip rank 1 and 2, Choco sign, sign:64 and top-1%,
+against centralised training on the same samples and peers training alone. Prints a markdown table, writes
 out/bench-sim.json, and replaces the simulator section of BENCHMARKS.md. Also measures what one PowerGossip
 exchange costs a peer against one local training step, in the same process.
 """
