@@ -35,7 +35,7 @@ def report(results: dict[str, Any], *, elapsed: float, when: datetime.date, mach
             )
     lines += [
         f"| 10 MB frame, MB/s (libp2p mix stream vs raw loopback TCP) | {flow['libp2p']:.0f} | {flow['tcp']:.0f} | "
-        f"**{flow['libp2p'] / flow['tcp']:.2f}** | ≥ 0.5 |",
+        f"**{flow['libp2p'] / flow['tcp']:.3f}** | ≥ 0.5 |",
         "",
     ]
     for label, measured in speed.items():
@@ -57,13 +57,13 @@ def report(results: dict[str, Any], *, elapsed: float, when: datetime.date, mach
             f"{', '.join(f'{w:,.0f}' for w in daemon['windows'])}."
         )
     ratios = [m["daemon"]["samples_per_second"] / m["bare"] for m in speed.values()]
-    figures = ", ".join(f"{label} {ratio:.2f}" for label, ratio in zip(speed, ratios, strict=True))
+    figures = ", ".join(f"{label} {ratio:.3f}" for label, ratio in zip(speed, ratios, strict=True))
     verdict = "met" if min(ratios) >= SPEED_GOAL else "NOT met"
     frame = flow["libp2p"] / flow["tcp"]
     lines += [
         "",
         f"- **Training speed with the default gossip ≥ {SPEED_GOAL}× a bare loop: {verdict}** ({figures}).",
-        f"- **A 10 MB frame at ≥ 0.5× raw TCP: {'met' if frame >= 0.5 else 'NOT met'}** ({frame:.2f}).",
+        f"- **A 10 MB frame at ≥ 0.5× raw TCP: {'met' if frame >= 0.5 else 'NOT met'}** ({frame:.3f}).",
         "",
         f"4 daemons, {results['dataset']}, small CNN, SGD lr 0.05 momentum 0.9, batch 32, each daemon on "
         f"its own quarter of the data, {cores} cores shared, every algorithm at the default pace (an exchange "
