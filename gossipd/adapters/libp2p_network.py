@@ -55,6 +55,7 @@ from libp2p.tools.anyio_service import background_trio_service
 from libp2p.utils.varint import decode_uvarint, encode_uvarint
 from multiaddr import Multiaddr
 
+from gossipd.adapters.libp2p_locks import QuickLock
 from gossipd.adapters.libp2p_relay import Relaying, circuit_relay, is_circuit
 from gossipd.services.network import (
     DialError,
@@ -192,6 +193,15 @@ async def _write_frames(muxer: Yamux, frames: list[bytes]) -> None:
     await trio.lowlevel.checkpoint()
 
 
+def _write_lock(stream: YamuxStream) -> QuickLock:
+    """The stream's writers one at a time, as py-libp2p's read-write lock orders them (nothing else takes it:
+    a Yamux stream's reads are not locked), without its semaphore's schedule point."""
+    lock: QuickLock | None = stream.__dict__.get("_gossipd_write_lock")
+    if lock is None:
+        lock = stream.__dict__["_gossipd_write_lock"] = QuickLock()
+    return lock
+
+
 async def _write_stream(self: YamuxStream, data: bytes) -> None:
     """py-libp2p's `YamuxStream.write`, but taking up to four frames of the send window at a time (one
     socket write, a quarter of the sender's trips through the stack) and waking when the window grows."""
@@ -203,7 +213,7 @@ async def _write_stream(self: YamuxStream, data: bytes) -> None:
     while sent < total:
         frames: list[bytes] = []
         while not frames:
-            async with self.rw_lock.write_lock():
+            async with _write_lock(self):
                 if self.send_closed:
                     raise MuxedStreamError("Stream is closed for sending")
                 async with self.window_lock:
@@ -252,10 +262,10 @@ class _SocketRead:
         return data
 
 
-def _buffered(stream: TrioTCPStream) -> tuple[trio.Lock, BufferedReader]:
-    state: tuple[trio.Lock, BufferedReader] | None = getattr(stream, "_gossipd_buffered", None)
+def _buffered(stream: TrioTCPStream) -> tuple[QuickLock, BufferedReader]:
+    state: tuple[QuickLock, BufferedReader] | None = getattr(stream, "_gossipd_buffered", None)
     if state is None:
-        state = stream._gossipd_buffered = (trio.Lock(), BufferedReader(_SocketRead(stream), chunk=_TCP_READ))  # type: ignore[attr-defined]
+        state = stream._gossipd_buffered = (QuickLock(), BufferedReader(_SocketRead(stream), chunk=_TCP_READ))  # type: ignore[attr-defined]
     return state
 
 
