@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import struct
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 import pytest
 import trio
@@ -20,6 +21,7 @@ from libp2p.security.secure_session import SecureSession
 from libp2p.stream_muxer.yamux.yamux import HEADER_SIZE, TYPE_WINDOW_UPDATE, YAMUX_HEADER_FORMAT, Yamux, YamuxStream
 from libp2p.utils.varint import encode_varint_prefixed, read_varint_prefixed_bytes_limited
 
+from gossipd.adapters.libp2p_locks import QuickLock
 from gossipd.adapters.libp2p_network import BufferedReader, Libp2pNetwork
 from gossipd.services.network import FrameStream, StreamClosed
 
@@ -242,6 +244,10 @@ async def test_concurrent_large_sends_on_several_streams_arrive_intact() -> None
 
             async def round_trip(i: int) -> None:
                 stream = await a.open_stream(b.peer_id, PROTOCOL)
+                # ... all of it on locks taken without a schedule point (gossipd.adapters.libp2p_locks)
+                net: Any = stream._stream
+                for lock in (net._state_lock, net.muxed_stream.window_lock, net.muxed_stream.conn.streams_lock):
+                    assert isinstance(lock, QuickLock)
                 await stream.send(bodies[i])
                 echoed[i] = await stream.receive(1 << 20)
                 await stream.close()
