@@ -20,6 +20,7 @@ import datetime
 import json
 import os
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -251,6 +252,8 @@ def main() -> None:
         "--gossip-extra", default="", help="TOML lines added to the speed runs' [gossip] (an experiment: no write)"
     )
     args = parser.parse_args()
+    # SIGTERM (kill, timeout) as Ctrl-C: the daemons are stopped and the work folder goes, however it ends.
+    signal.signal(signal.SIGTERM, lambda signum, _frame: sys.exit(128 + signum))
     if args.speed_only or args.gossip_extra:
         args.no_write = True
     task, data = task_and_data()
