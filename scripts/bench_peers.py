@@ -71,6 +71,7 @@ SYSTEMS = (
     "gossipd-powergossip-paced",
     "gossipd-powergossip-2it-paced",
     "gossipd-choco-paced",
+    "gossipd-choco-default-paced",
     "gossipd-powergossip-f16-paced",
     "gossipd-powergossip-2it-f16-paced",
     "gossipd-auto-paced",
@@ -114,6 +115,9 @@ HALF = '\nwire_dtype = "float16"'
 GOSSIP |= {
     # The default: the exchange adapts per edge to the measured link and step time (gossipd.mixing.auto).
     "gossipd-auto-paced": 'algorithm = "auto"' + PACED,
+    # Choco as a task file that names only the algorithm gets it (sign:64, gamma 0.45); the `gossipd-choco`
+    # systems keep the per-tensor sign they were run with, its default until 2026-12-05.
+    "gossipd-choco-default-paced": 'algorithm = "choco"' + PACED,
     # The default paced by the clock instead (an experiment: what step pacing costs where exchanges are slow).
     "gossipd-auto-clock": 'algorithm = "auto"',
     "gossipd-powergossip-f16-paced": GOSSIP["gossipd-powergossip"] + HALF + PACED,

@@ -225,8 +225,8 @@ def test_when_nobody_reaches_98_the_time_line_compares_97_instead() -> None:
     lines = goals(aggregate([only_97("gossipd-plain", 16), only_97("gossipd-choco", 15), only_97("flower", 60)]))
     assert "goal not judged" in lines[0]
     assert (
-        "(gossipd, Choco sign) 15 s against Flower FedAvg (deployment runtime, one epoch per round) 60 s: **0.25×**"
-        in lines[0]
+        "(gossipd, Choco sign, one scale per tensor) 15 s against "
+        "Flower FedAvg (deployment runtime, one epoch per round) 60 s: **0.25×**" in lines[0]
     )
 
 
@@ -320,7 +320,7 @@ def test_benchmarks_md_and_its_history_are_what_the_report_makes_of_the_recorded
     assert "†" not in section and "gossipd, Choco sign" not in section
     history = history_report(everything, header=[]).strip()
     assert history in _section(RECORDED / "HISTORY.md", "bench-peers-history")
-    assert "gossipd, plain gossip †" in history and "gossipd, Choco sign, step-paced" in history
+    assert "gossipd, plain gossip †" in history and "gossipd, Choco sign, one scale per tensor, step-paced" in history
 
 
 def test_each_published_workload_has_one_verdict_line_per_goal() -> None:
