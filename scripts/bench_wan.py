@@ -41,7 +41,7 @@ SYSTEMS = (*GOSSIPD, *RIVALS)
 def lab_for(system: str, rate: int) -> Topology:
     shaped = {"up": format_rate(rate), "down": format_rate(rate)}
     hosts = {f"p{i}": {"sites": ["net"], **shaped} for i in range(PEERS)}
-    if system == "flower":
+    if system.startswith("flower"):
         hosts["server"] = {"sites": ["net"], **shaped}
     return topology_from_mapping({"sites": {"net": {}}, "hosts": hosts})
 
@@ -72,7 +72,7 @@ def execute(run: Run, rate: int) -> dict[str, Any] | None:
     with NetLab.build(topology) as lab:
         enter = {h.name: lab.command(h.name, []) for h in topology.hosts}
         flower = None
-        if run.system == "flower":
+        if run.system.startswith("flower"):
             nodes = [{"address": lab.address(f"p{i}"), "enter": enter[f"p{i}"]} for i in range(PEERS)]
             flower = {"server": lab.address("server"), "nodes": nodes}
         bench_peers.PLACEMENT = Placement(launch=lab.command, address=lab.address, flower=flower)
@@ -83,9 +83,9 @@ def execute(run: Run, rate: int) -> dict[str, Any] | None:
         try:
             if run.system.startswith("gossipd-"):
                 bench_peers.run_gossipd(run, start)
-            elif run.system == "hivemind":
+            elif run.system.startswith("hivemind"):
                 bench_peers.run_hivemind(run, start)
-            elif run.system == "flower":
+            elif run.system.startswith("flower"):
                 bench_peers.run_flower_fedavg(run, start)
             else:
                 raise SystemExit(f"bench-wan runs gossipd, hivemind and Flower, not {run.system}")

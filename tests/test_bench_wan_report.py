@@ -66,6 +66,26 @@ def test_one_verdict_per_speed(ours: float | None, theirs: float | None, rate: i
     assert line.count("\n") == 0
 
 
+def test_the_verdict_takes_each_rival_at_its_faster_setting() -> None:
+    results = [
+        run("gossipd-auto-paced", 60),
+        run("flower", 200),
+        run("flower-quarter", 100),
+        run("hivemind", None),
+        run("hivemind-tb2048", 150),
+    ]
+    found = rows(results, "cnn", TEN)
+    assert [r["system"] for r in found] == [
+        "gossipd-auto-paced",
+        "hivemind",
+        "hivemind-tb2048",
+        "flower",
+        "flower-quarter",
+    ]
+    line = verdict(found, TEN)
+    assert "against Flower FedAvg (deployment runtime, ¼ epoch per round) 100 s: **0.60×, not met**" in line
+
+
 def test_report_has_a_table_and_verdict_per_speed(tmp_path: Path) -> None:
     results = [run("gossipd-plain-paced", 20), run("hivemind", 80), run("gossipd-plain-paced", 15, rate=100_000_000)]
     text = report(results, {"cnn": "docs/bench-wan-cnn.png"})
