@@ -4,7 +4,9 @@ For each model (the MLP of tasks/mnist-mlp.toml, the small CNN of tasks/mnist-cn
 gossip settings) and each swarm size and view size: seconds per round, memory per simulated peer, held-out
 accuracy and consensus distance, all for the same total samples as the 8-peer run (8 peers × R rounds;
 N peers × 8R/N rounds, one batch per peer per round), so a bigger swarm is judged on the same compute and
-data. Then one long run per model at the largest size, to see whether it converges given rounds.
+data. Then one long run per model at the largest size, to see whether it converges given rounds: it trains
+`--long-rounds` rounds, then mixes alone for `--finish-rounds` (the daemon's finish), and reports accuracy and
+consensus both as training stopped and after the finish.
 
 Each configuration runs in its own process (one torch thread), so its peak resident memory is its own:
 *memory per peer* is (peak − resident before the peers were built) / N. With many peers only a fixed sample
@@ -13,7 +15,8 @@ message when absent). Prints progress on stderr, a markdown table on stdout, wri
 and, with --write, the section of BENCHMARKS.md.
 
     python scripts/bench_sim_scale.py [--models cnn,mlp] [--sizes 8,256,1024] [--views 4,8] [--rounds8 2048]
-                                      [--long-rounds 64] [--eval-peers 32] [--write]
+                                      [--long-rounds 64] [--finish-rounds 25] [--eval-peers 32]
+                                      [--write]
 """
 
 from __future__ import annotations
@@ -65,6 +68,7 @@ def run_one(job: dict[str, Any]) -> dict[str, Any]:
         centralised=False,
         eval_every=max(1, job["rounds"] // 4),
         eval_peers=job["eval_peers"],
+        finish_rounds=job["finish_rounds"],
     )
     label = job["label"]
 
@@ -91,6 +95,10 @@ def run_one(job: dict[str, Any]) -> dict[str, Any]:
         "evaluated_peers": report.evaluated_peers,
         "consensus_start": report.consensus_distance_start,
         "consensus_end": report.consensus_distance_end,
+        # With finish rounds: as training stopped (the last round's record; the finish records none).
+        "finish_rounds": job["finish_rounds"],
+        "stopped_mean_accuracy": report.stopped_mean_accuracy,
+        "consensus_stop": report.history[-1].consensus_distance if report.history else None,
         "history": [dataclasses.asdict(r) for r in report.history],
         "wall_seconds": report.wall_seconds,
         "seconds_per_round": (train_seconds + mix_seconds) / max(1, report.steps),
@@ -125,6 +133,7 @@ def jobs_for(args: argparse.Namespace, data_root: str) -> list[dict[str, Any]]:
                         "view": view,
                         "rounds": max(1, total // peers),
                         "eval_peers": args.eval_peers,
+                        "finish_rounds": 0,
                         "long": False,
                     }
                 )
@@ -140,6 +149,7 @@ def jobs_for(args: argparse.Namespace, data_root: str) -> list[dict[str, Any]]:
                     "view": 6,
                     "rounds": args.long_rounds,
                     "eval_peers": args.eval_peers,
+                    "finish_rounds": args.finish_rounds,
                     "long": True,
                 }
             )
@@ -156,7 +166,7 @@ def table(results: list[dict[str, Any]], rounds8: int) -> str:
         "consensus first → last |",
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
     ]
-    for r in results:
+    for r in (r for r in results if not r["long"]):
         lines.append(
             f"| {r['model']} | {r['peers']:,} | {r['view']} | {r['rounds']} | {r['seconds_per_round']:.2f} | "
             f"{r['mb_per_peer']:.2f} | {r['peak_mb']:,.0f} | {r['mean_accuracy']:.4f} | {r['worst_accuracy']:.4f} | "
@@ -174,7 +184,23 @@ def table(results: list[dict[str, Any]], rounds8: int) -> str:
                 f"- {model}: each peer beyond {small} adds {slope:.2f} MB once built ({small} → {large:,} peers: "
                 f"{a['resident_built_mb']:,.0f} → {b['resident_built_mb']:,.0f} MB resident)."
             )
+    for r in (r for r in results if r["long"]):
+        lines.append(long_line(r))
     return "\n".join(lines)
+
+
+def long_line(r: dict[str, Any]) -> str:
+    """A long run: whether the copies converge given rounds, as training stopped and after the finish."""
+    head = f"- Long run, {r['model']}: {r['peers']:,} peers × {r['rounds']} rounds (view {r['view']})"
+    consensus = f"consensus {r['consensus_start']:.3f} → {r['consensus_end']:.3f}"
+    if not r.get("finish_rounds") or r.get("stopped_mean_accuracy") is None:
+        return f"{head}: {r['mean_accuracy']:.2%} mean, worst {r['worst_accuracy']:.2%}; {consensus}."
+    return (
+        f"{head}, then {r['finish_rounds']} finish rounds: {r['stopped_mean_accuracy']:.2%} mean as training "
+        f"stopped, {r['mean_accuracy']:.2%} after the finish (worst {r['worst_accuracy']:.2%}); consensus "
+        f"{r['consensus_start']:.3f} → {r['consensus_stop']:.3f} as training stopped → {r['consensus_end']:.4f} "
+        "after the finish."
+    )
 
 
 def main() -> int:
@@ -184,6 +210,7 @@ def main() -> int:
     parser.add_argument("--views", default="4,8")
     parser.add_argument("--rounds8", type=int, default=2048, help="rounds of the 8-peer run")
     parser.add_argument("--long-rounds", type=int, default=64, help="rounds of the long run (0: none)")
+    parser.add_argument("--finish-rounds", type=int, default=25, help="the long run's rounds of mixing alone")
     parser.add_argument("--eval-peers", type=int, default=32)
     parser.add_argument("--write", action="store_true", help="replace the section of BENCHMARKS.md")
     args = parser.parse_args()
