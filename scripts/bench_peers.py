@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import dataclasses
 import datetime
 import json
@@ -231,12 +232,45 @@ def run_torch(run: Run, start: float) -> None:
         return
     port = free_port()
     processes = [
-        subprocess.Popen([sys.executable, script, "ddp", *base, str(rank), str(PEERS), str(port)], env=env)
+        start_group([sys.executable, script, "ddp", *base, str(rank), str(PEERS), str(port)], env)
         for rank in range(PEERS)
     ]
-    for process in processes:
-        if process.wait(7200) != 0:
-            raise RuntimeError(f"a DDP rank failed with {process.returncode}")
+    wait_all(processes, "a DDP rank")
+
+
+def start_group(argv: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
+    """A rival's peer in a process group of its own, so that `wait_all` stops it with whatever it started
+    (hivemind's p2pd)."""
+    return subprocess.Popen(argv, env=env, start_new_session=True)
+
+
+def wait_all(
+    processes: list[subprocess.Popen[bytes]], what: str, *, timeout: float = 7200.0, grace: float = 30.0
+) -> None:
+    """Waits for every peer (`timeout` seconds in all); however the wait ends (a peer failed, Ctrl-C, SIGTERM,
+    the timeout), the peers still running are stopped: SIGTERM to each group, SIGKILL after `grace` seconds.
+    A run stopped part-way must not leave its peers training on (an interrupted `make bench-wan` once did)."""
+    deadline = time.monotonic() + timeout
+    try:
+        for process in processes:
+            if process.wait(max(0.0, deadline - time.monotonic())) != 0:
+                raise RuntimeError(f"{what} failed with {process.returncode}")
+    finally:
+        running = [p for p in processes if p.poll() is None]
+        for process in running:
+            _signal_group(process, signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        for process in running:
+            try:
+                process.wait(max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                _signal_group(process, signal.SIGKILL)
+                process.wait()
+
+
+def _signal_group(process: subprocess.Popen[bytes], signum: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signum)
 
 
 def run_hivemind(run: Run, start: float) -> None:
@@ -247,7 +281,7 @@ def run_hivemind(run: Run, start: float) -> None:
     target = PEERS * 32 * (16 if run.system == "hivemind-tb2048" else 100)
     timeout = HIVEMIND_REQUEST_TIMEOUT.get(run.split, 3.0)
     processes = [
-        subprocess.Popen(
+        start_group(
             PLACEMENT.launch(
                 f"p{peer}",
                 [
@@ -263,13 +297,11 @@ def run_hivemind(run: Run, start: float) -> None:
                     str(timeout),
                 ],
             ),
-            env={**runner_env(run, start), "BENCH_HOST_IP": PLACEMENT.address(f"p{peer}")},
+            {**runner_env(run, start), "BENCH_HOST_IP": PLACEMENT.address(f"p{peer}")},
         )
         for peer in range(PEERS)
     ]
-    for process in processes:
-        if process.wait(7200) != 0:
-            raise RuntimeError(f"a hivemind peer failed with {process.returncode}")
+    wait_all(processes, "a hivemind peer")
 
 
 def run_flower_fedavg(run: Run, start: float) -> None:
@@ -282,7 +314,7 @@ def run_flower_fedavg(run: Run, start: float) -> None:
         argv = [sys.executable, str(RUNNERS / "flower_launch.py"), run.workdir, run.model, str(run.steps)]
         argv += [str(local_steps), str(PEERS), venv_python("flower"), str(RUN_LIMIT_S - 60)]
         env = {**runner_env(run, start), "BENCH_FLOWER_PLACEMENT": json.dumps(PLACEMENT.flower)}
-        subprocess.run(PLACEMENT.launch("server", argv), env=env, check=True, timeout=RUN_LIMIT_S)
+        wait_all([start_group(PLACEMENT.launch("server", argv), env)], "Flower's launcher", timeout=RUN_LIMIT_S)
         return
     sys.path.insert(0, str(RUNNERS))
     from flower_launch import run_flower

@@ -18,6 +18,8 @@ import argparse
 import datetime
 import json
 import shutil
+import signal
+import sys
 import tempfile
 import threading
 import time
@@ -146,6 +148,16 @@ def publish(out: Path, *, write: bool) -> None:
         replace_section(REPO / "BENCHMARKS.md", "bench-wan", text, title="Benchmarks", heading=HEADING)
 
 
+def record(run: Run, links: dict[str, Any], out: Path, today: str, rate: int) -> None:
+    """A finished run's summary, evaluated from its snapshots, as one JSON in `out`."""
+    # gossipd's peers stop at the budget, finish, and start together (bench_peers.gossipd_task).
+    gossipd = run.system.startswith("gossipd-")
+    summary = {**evaluate(run), **links, "date": today, "finish": gossipd, "together": gossipd}
+    (out / f"{run.name}-{format_rate(rate)}.json").write_text(json.dumps(summary, indent=1))
+    reached = summary["reached"]["mean_98"]
+    print(f"  98% (mean peer): {reached and round(reached['seconds'])} s", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rates", default="10mbit,100mbit")
@@ -161,6 +173,8 @@ def main() -> None:
     parser.add_argument("--keep", action="store_true", help="keep each run's folder")
     parser.add_argument("--out", type=Path, default=RESULTS, help="where run JSON goes (experiments: elsewhere)")
     args = parser.parse_args()
+    # SIGTERM (kill, timeout) as Ctrl-C: the run's peers stop, its lab comes down and its folders go.
+    signal.signal(signal.SIGTERM, lambda signum, _frame: sys.exit(128 + signum))
     if args.report_only:
         publish(args.out, write=not args.no_write)
         return
@@ -182,22 +196,18 @@ def main() -> None:
                 for system in systems:
                     for repeat in range(args.first_repeat, args.first_repeat + args.repeats):
                         workdir = Path(tempfile.mkdtemp(prefix="gossipd-wan-", dir="/tmp"))
-                        shutil.copytree(shards / "data", workdir / "data")
-                        run = Run(system, model, args.split, repeat, args.steps, args.snapshot_every, str(workdir))
-                        print(f"bench-wan: {run.name} at {format_rate(rate)}", flush=True)
-                        links = execute(run, rate)
-                        if links is not None:
-                            # gossipd's peers stop at the budget, finish, and start together (bench_peers.gossipd_task).
-                            gossipd = system.startswith("gossipd-")
-                            summary = {**evaluate(run), **links, "date": today, "finish": gossipd, "together": gossipd}
-                            name = f"{run.name}-{format_rate(rate)}.json"
-                            (args.out / name).write_text(json.dumps(summary, indent=1))
-                            reached = summary["reached"]["mean_98"]
-                            print(f"  98% (mean peer): {reached and round(reached['seconds'])} s", flush=True)
-                        if args.keep:
-                            print(f"  kept {workdir}", flush=True)
-                        else:
-                            shutil.rmtree(workdir, ignore_errors=True)
+                        try:  # the run's folder goes however the run ends, Ctrl-C and SIGTERM included
+                            shutil.copytree(shards / "data", workdir / "data")
+                            run = Run(system, model, args.split, repeat, args.steps, args.snapshot_every, str(workdir))
+                            print(f"bench-wan: {run.name} at {format_rate(rate)}", flush=True)
+                            links = execute(run, rate)
+                            if links is not None:
+                                record(run, links, args.out, today, rate)
+                        finally:
+                            if args.keep:
+                                print(f"  kept {workdir}", flush=True)
+                            else:
+                                shutil.rmtree(workdir, ignore_errors=True)
     finally:
         shutil.rmtree(shards, ignore_errors=True)
     publish(args.out, write=not args.no_write)

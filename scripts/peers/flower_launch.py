@@ -329,6 +329,9 @@ def run_flower(
 
 
 def main() -> None:
+    # SIGTERM (bench-wan stopping a run) as Ctrl-C: run_flower's `finally` then stops the SuperLink, the
+    # SuperNodes and the ServerApp, which run in sessions of their own and would otherwise train on.
+    signal.signal(signal.SIGTERM, lambda signum, _frame: sys.exit(128 + signum))
     workdir, model, steps, every, peers = Path(sys.argv[1]), sys.argv[2], *map(int, sys.argv[3:6])
     python = sys.argv[6] if len(sys.argv) > 6 else "/tmp/fl/venv/bin/python"
     timeout = float(sys.argv[7]) if len(sys.argv) > 7 else 7200.0
