@@ -613,7 +613,7 @@ def write_report(out: Path) -> tuple[str, str | None]:
         plot(results, model, split, folder / name)
         plots[(model, split)] = str((folder / name).relative_to(REPO))
     header = [
-        f"Measured {_dates(results)} on {_machines(results)}; `make bench-peers`. Current code and settings only: "
+        f"Measured {_dates(results)} on {run_machines(results)}; `make bench-peers`. Current code and settings only: "
         "older settings and runs are in [docs/bench-peers/HISTORY.md](docs/bench-peers/HISTORY.md).",
         "",
         _workload(results),
@@ -629,7 +629,7 @@ def write_report(out: Path) -> tuple[str, str | None]:
     if out != RESULTS:
         return text, None
     history = [
-        f"Measured {_dates(everything)} on {_machines(everything)}; `make bench-peers`. Every run recorded, the "
+        f"Measured {_dates(everything)} on {run_machines(everything)}; `make bench-peers`. Every run recorded, the "
         "current ones of BENCHMARKS.md included; the older runs' JSON is in docs/bench-peers/history/.",
         "",
         _workload(everything),
@@ -744,7 +744,7 @@ def _dates(results: list[dict[str, Any]]) -> str:
 EARLIER_MACHINE = "AMD EPYC, 2 cores, Python 3.11.7, Linux"
 
 
-def _machines(results: list[dict[str, Any]]) -> str:
+def run_machines(results: list[dict[str, Any]]) -> str:
     """The machines the runs were measured on, with how many runs each where there are several."""
     counts = collections.Counter(str(r.get("machine") or EARLIER_MACHINE) for r in results)
     if len(counts) == 1:

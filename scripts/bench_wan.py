@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import bench_peers
-from bench_peers import PEERS, SHARED_MNIST, Placement, Run, evaluate, setup_venvs, write_shards
+from bench_peers import PEERS, SHARED_MNIST, Placement, Run, evaluate, run_machines, setup_venvs, write_shards
 
 from gossipd.tools.bench_wan_report import GOSSIPD, RIVALS, plot, report
 from gossipd.tools.netlab import LabError, NetLab, lab_unavailable
@@ -132,7 +132,7 @@ def publish(out: Path, *, write: bool) -> None:
         plots[model] = str(path.relative_to(REPO)) if published else str(path)
     dates = ", ".join(sorted({r["date"] for r in results}))
     intro = (
-        f"Measured {dates} on {machine()}; `make bench-wan`. The workload of the side-by-side race above "
+        f"Measured {dates} on {run_machines(results)}; `make bench-wan`. The workload of the side-by-side race above "
         f"(MNIST, {PEERS} peers on IID shards, SGD lr 0.05 momentum 0.9, batch 32, one torch thread per peer, "
         "the same step budget and snapshots), but every peer on a host of its own in an emulated network "
         "(`gossipd.tools.netlab`): its own address, a bridge between the hosts, and the same symmetric rate "
@@ -152,7 +152,7 @@ def record(run: Run, links: dict[str, Any], out: Path, today: str, rate: int) ->
     """A finished run's summary, evaluated from its snapshots, as one JSON in `out`."""
     # gossipd's peers stop at the budget, finish, and start together (bench_peers.gossipd_task).
     gossipd = run.system.startswith("gossipd-")
-    summary = {**evaluate(run), **links, "date": today, "finish": gossipd, "together": gossipd}
+    summary = {**evaluate(run), **links, "date": today, "machine": machine(), "finish": gossipd, "together": gossipd}
     (out / f"{run.name}-{format_rate(rate)}.json").write_text(json.dumps(summary, indent=1))
     reached = summary["reached"]["mean_98"]
     print(f"  98% (mean peer): {reached and round(reached['seconds'])} s", flush=True)
