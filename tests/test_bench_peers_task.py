@@ -29,6 +29,6 @@ def test_the_report_names_each_machine_its_runs_were_measured_on() -> None:
     """Runs record their machine; those from before they did count as the one every earlier report named, so
     figures from two machines are never printed under one."""
     module = load_script("bench_peers")
-    assert module._machines([{"machine": "Intel Xeon"}, {"machine": "Intel Xeon"}]) == "Intel Xeon"
-    mixed = module._machines([{"machine": "Intel Xeon"}, {}, {}])
+    assert module.run_machines([{"machine": "Intel Xeon"}, {"machine": "Intel Xeon"}]) == "Intel Xeon"
+    mixed = module.run_machines([{"machine": "Intel Xeon"}, {}, {}])
     assert mixed == f"{module.EARLIER_MACHINE} (2 runs); Intel Xeon (1 run)"
