@@ -156,6 +156,11 @@ def keygen(key_file: Path, force: bool) -> None:
 @click.option("--data", "data_root", type=click.Path(file_okay=False), help="Data folder (replaces [data] root).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a summary.")
 @click.option("--quiet", is_flag=True, help="No progress lines on stderr (a line every 5 s and one per phase).")
+@click.option(
+    "--threads",
+    type=click.IntRange(1),
+    help="Torch threads (default: torch's choice, one per core). 1 for runs side by side on one machine.",
+)
 def simulate(
     task_file: str | None,
     peers: int,
@@ -192,6 +197,7 @@ def simulate(
     data_root: str | None,
     as_json: bool,
     quiet: bool,
+    threads: int | None,
 ) -> None:
     """Run PEERS simulated peers of TASK_FILE (default: the embedded MNIST task) in this process."""
     from gossipd.data.partition import parse_partition
@@ -200,6 +206,13 @@ def simulate(
     from gossipd.sim.simulator import MEASURED, ModelledTiming, Simulation, SimulationConfig
     from gossipd.task.overrides import with_gossip, with_personal
 
+    if threads is not None:
+        # Side by side, each process's torch keeps a thread per core spinning at every small op: two
+        # simulations of the MNIST MLP on 2 cores each ran 6 times slower than alone, with one thread each
+        # as fast as alone (README, "The simulator").
+        import torch
+
+        torch.set_num_threads(threads)
     task = _load(task_file, data_root)
     options = {"rank": rank, "iterations": iterations, "compressor": compressor, "gamma": gamma}
     try:

@@ -209,6 +209,22 @@ def test_simulate_command_prints_the_json_contract(tmp_path: Path) -> None:
     assert 0.0 <= report["mean_accuracy"] <= 1.0
 
 
+def test_simulate_sets_torch_threads_only_when_asked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    calls: list[int] = []
+    monkeypatch.setattr(torch, "set_num_threads", calls.append)  # the test process keeps its own threads
+    task_file = tmp_path / "t.toml"
+    task_file.write_text(DEFAULT_TEXT.replace('name = "cnn"', 'name = "logistic"'))
+    base = ["simulate", str(task_file), "--peers", "2", "--steps", "1", "--no-centralised", "--quiet", "--json"]
+    assert CliRunner().invoke(main, base).exit_code == 0
+    assert calls == []
+    assert CliRunner().invoke(main, [*base, "--threads", "1"]).exit_code == 0
+    assert calls == [1]
+    refused = CliRunner().invoke(main, [*base, "--threads", "0"])
+    assert refused.exit_code == 2 and "--threads" in refused.output
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
