@@ -339,16 +339,19 @@ def test_one_verdict_line_per_goal_with_the_ratio_and_whether_it_is_met() -> Non
         {**synthetic("gossipd-plain-paced", 40, 500e6, 0.985), **finished},
         {**synthetic("gossipd-powergossip-f16-paced", 60, 5e6, 0.983), **finished},
         {**synthetic("gossipd-powergossip-2it-f16-paced", 50, 9e6, 0.984), **finished},
+        {**synthetic("gossipd-auto-paced", 45, 90e6, 0.983), **finished},
         synthetic("hivemind", 100, 50e6, 0.982),
         synthetic("flower", 80, 400e6, 0.984),
         synthetic("ddp", 20, 900e6, 0.99),
     ]
     lines = verdicts(aggregate(runs))
-    assert len(lines) == len(GOALS) == 4
+    assert len(lines) == len(GOALS) == 5
     assert lines[0].startswith(f"- {GOALS[0]}: plain gossip 40 s against Flower 80 s: **0.50×, met**")
     assert "5.00 MB against plain gossip's 500 MB: **100.0× fewer, met**" in lines[1]
     assert "about 133 MB over the network: **26.7× fewer, not met**" in lines[2]  # Flower's network share
     assert "98.30% against plain gossip's 98.50%: **0.20 points behind, met**" in lines[3]
+    # The default against the tighter bar: 0.20 behind meets it, as shown, whatever the float says.
+    assert lines[4].startswith(f"- {GOALS[4]}: auto 98.30% against plain gossip's 98.50%: **0.20 points behind, met**")
 
     slow = [
         {**synthetic("gossipd-plain-paced", 90, 100e6, 0.985), **finished},
@@ -356,10 +359,14 @@ def test_one_verdict_line_per_goal_with_the_ratio_and_whether_it_is_met() -> Non
         synthetic("flower", 100, 30e6, 0.984),
     ]
     lines = verdicts(aggregate(slow))
-    assert len(lines) == 4
+    assert len(lines) == 5
     assert "**0.90×, not met**" in lines[0]
     assert "**5.0× fewer, not met**" in lines[1] and "**2.0× more, not met**" in lines[2]
     assert "**0.50 points behind, not met**" in lines[3]
+    assert lines[4] == f"- {GOALS[4]}: not judged, no current auto run on this workload."
+    behind = [*slow, {**synthetic("gossipd-auto-paced", 95, 60e6, 0.9825), **finished}]
+    lines = verdicts(aggregate(behind))
+    assert "auto 98.25% against plain gossip's 98.50%: **0.25 points behind, not met**" in lines[4]
 
 
 def test_a_workload_without_current_gossipd_runs_still_gets_one_line_per_goal() -> None:
