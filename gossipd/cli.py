@@ -209,7 +209,7 @@ def simulate(
     if threads is not None:
         # Side by side, each process's torch keeps a thread per core spinning at every small op: two
         # simulations of the MNIST MLP on 2 cores each ran 6 times slower than alone, with one thread each
-        # as fast as alone (README, "The simulator").
+        # about as fast as alone (README, "The simulator").
         import torch
 
         torch.set_num_threads(threads)
