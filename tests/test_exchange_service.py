@@ -21,7 +21,7 @@ import itertools
 import logging
 import math
 import random
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -1336,6 +1336,58 @@ async def test_peers_stop_at_their_budget_then_finish_in_agreement_and_start_no_
     # Training never moves these models (lr 1e-30): their spread is what rank-1 mixing has not yet removed.
     assert spread(after) < 0.05 * spread(before), (spread(before), spread(after))
     assert sum_drift(before, after) <= 1e-5
+
+
+async def partial_heartbeats(peers: list[Peer], deaf: set[tuple[str, str]], every: float = 1.0) -> None:
+    """`heartbeats`, but a receiver never hears a sender for each (receiver, sender) in `deaf`: lost
+    announcements, as GossipSub dropped them on a loaded machine (docs/bench-quality.md)."""
+    while True:
+        for peer in peers:
+            for other in peers:
+                if other is not peer and (peer.id, other.id) not in deaf:
+                    peer.table.saw(other.id, "pubsub", member=True, step=other.trainer.trainer.step)
+        await trio.sleep(every)
+
+
+async def test_a_straggler_its_finished_neighbours_never_heard_reach_its_budget_takes_their_model(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # A and B finish together while C still trains; neither hears that C reached its budget, so both refuse
+    # C as a neighbour still training. Two exchange timeouts later C asks its runtime for the model of a
+    # neighbour past the budget (A or B, both live), then is finished.
+    finish = 6
+    asked: list[list[str]] = []
+    with trio.fail_after(300):
+        async with fake_swarm(seed=14, latency=0.02) as hub:
+            peers = await start_peers(
+                hub, "ABC", section=gossip(finish_exchanges=finish), trainer="stepping", budgets=[10] * 3
+            )
+            a, b, c = peers
+
+            async def adopt(donors: Sequence[str], budget: int) -> str | None:
+                assert budget == 10
+                asked.append(list(donors))
+                return donors[0]
+
+            for peer in peers:
+                peer.exchange.adopt = adopt
+            c.trainer.pause()
+            hub.nursery.start_soon(partial_heartbeats, peers, {(a.id, c.id), (b.id, c.id)})
+            budget_at: dict[str, float] = {}
+            for peer in peers:
+                hub.nursery.start_soon(note_budget, peer, budget_at)
+                await hub.nursery.start(peer.exchange.run)
+            await wait_until(lambda: a.exchange.finished and b.exchange.finished)
+            c.trainer.resume()
+            await wait_until(lambda: c.exchange.finished)
+            finished_at = trio.current_time()
+            await stop_mixing(peers)
+
+    assert a.exchange.settled == finish and b.exchange.settled == finish and asked != [] and len(asked) == 1
+    assert sorted(asked[0]) == sorted([a.id, b.id])  # only C asked: A and B finished with each other
+    assert c.exchange.settled == 0 and c.exchange.adopted_from == asked[0][0]
+    assert all(not x.succeeded for x in c.exchange.attempts if x.started >= budget_at[c.id])  # all refused
+    assert 2 * TIMEOUT <= finished_at - budget_at[c.id] <= 2 * TIMEOUT + 2 * INTERVAL
 
 
 async def test_past_the_budget_a_peer_mixes_only_with_neighbours_past_it_and_one_with_none_is_finished_in_time(

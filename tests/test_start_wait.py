@@ -229,9 +229,9 @@ async def test_a_quorum_s_peers_start_together_though_one_began_a_moment_sooner(
         for runtime in (x, z):
             copy = runtime._copy_from_a_neighbour
 
-            async def counted(services: Any, *, runtime: TaskRuntime = runtime, copy: Any = copy, **kw: Any) -> bool:
+            async def counted(services: Any, *, runtime: TaskRuntime = runtime, copy: Any = copy, **kw: Any) -> Any:
                 copies.append(runtime)
-                return bool(await copy(services, **kw))
+                return await copy(services, **kw)
 
             runtime._copy_from_a_neighbour = counted  # type: ignore[method-assign]
         await nursery.start(x.run)

@@ -46,7 +46,7 @@ import math
 import random
 import time
 from collections import OrderedDict, deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from typing import TYPE_CHECKING, Any
@@ -232,6 +232,11 @@ class ExchangeService:
         self._announced_budget = False
         # Called once when training reaches its budget: the runtime announces it to the neighbours at once.
         self.on_budget: Callable[[], None] | None = None
+        # Past the budget, when no exchange came for two timeouts while neighbours are still live: the runtime
+        # copies the model of the first of them whose state is at this step or past it, and says whose; None
+        # if none was (see `_end_stalled_finish`).
+        self.adopt: Callable[[Sequence[str], int], Awaitable[str | None]] | None = None
+        self.adopted_from: str | None = None  # the neighbour whose model a stalled finish took, if any
         self._parked: dict[str, tuple[FrameStream, float]] = {}  # streams this end opened, idle, by peer
         self._idle_waits: set[trio.CancelScope] = set()  # answering ends waiting for a peer's next hello
         self.cpu_clock = cpu_clock
@@ -364,25 +369,43 @@ class ExchangeService:
         wanted = self.gossip.finish_exchanges
         return self.trainer.training_done and (self.settled >= wanted or self._no_one_left)
 
-    def _note_stalled_finish(self) -> None:
-        """Past the budget, a peer whose neighbours have all gone (attached scripts close once their own swarm
-        finished) has no one to finish with, however long the peer table still lists them: after twice
-        `exchange_timeout` without a successful exchange it is finished."""
+    def _stalled_finish(self) -> float | None:
+        """Past the budget and not done finishing: the seconds since the last successful exchange once they
+        reach twice `exchange_timeout` (see `_end_stalled_finish`), else None."""
         if not self.trainer.training_done or self._done_finishing():
-            return
+            return None
         now = trio.current_time()
         if self._finishing_since is None:
             self._finishing_since = now
         last = max(self._finishing_since, self._last_success or self._finishing_since)
-        if now - last >= 2 * self.gossip.exchange_timeout:
-            self._no_one_left = True
-            log.info(
-                "finished: no exchange for %.0f s past the training budget (%d with neighbours past it too); "
-                "answering only from now",
-                now - last,
-                self.settled,
-            )
-            self.trainer.evaluate_soon()
+        return now - last if now - last >= 2 * self.gossip.exchange_timeout else None
+
+    async def _end_stalled_finish(self, idle: float) -> None:
+        """A peer past its budget with no exchange for two timeouts is finished. Either its neighbours have all
+        gone (attached scripts close once their own swarm finished) and it keeps its copy, or neighbours past
+        the budget are still live and never mixed with it: they had finished among themselves while it still
+        trained and refused it as a neighbour still training, or it never heard that they were past the budget:
+        heartbeats announcing the budget were lost (8 daemons of the MNIST MLP on 2 cores, 3 runs in 10,
+        docs/bench-quality.md). Its copy, which no one averaged, then ends far from theirs (47-70% against
+        93%); it takes theirs instead, the model they agreed on, as a joining peer copies one: from the
+        first live neighbour whose state, asked for directly, is at this peer's budget or past it."""
+        budget = self.trainer.budget
+        if self.settled < self.gossip.finish_exchanges and self.adopt is not None and budget is not None:
+            live = [p for p in self.peers.live_members() if self.access.admits(p) and not self.peers.refuses(p)]
+            # Those known past the budget first; the others too, since what this peer heard may be what was
+            # lost: the runtime takes a model only from a neighbour whose state says it is past the budget.
+            donors = sorted(live, key=lambda p: not self.past_budget_known(p))
+            if donors:
+                self.adopted_from = await self.adopt(donors, budget)
+        self._no_one_left = True
+        log.info(
+            "finished: no exchange for %.0f s past the training budget (%d with neighbours past it too)%s; "
+            "answering only from now",
+            idle,
+            self.settled,
+            f"; took the model of {self.adopted_from}, past it too" if self.adopted_from is not None else "",
+        )
+        self.trainer.evaluate_soon()
 
     def _count_finish(self, peer: str, *, started_here: bool) -> None:
         """An exchange with `peer` succeeded: while finishing, it counts if `peer` is past the budget too."""
@@ -456,7 +479,9 @@ class ExchangeService:
                     interval = self.gossip.exchange_interval
                     # Back-to-back exchanges (interval 0) still yield a little, so a lone peer does not spin.
                     await trio.sleep(interval * self.rng.uniform(0.75, 1.25) if interval > 0 else 0.01)
-                self._note_stalled_finish()
+                idle = self._stalled_finish()
+                if idle is not None:
+                    await self._end_stalled_finish(idle)
                 if self.finished:
                     continue
                 partner = self._partner() if self._may_start() else None

@@ -17,7 +17,7 @@ import logging
 import math
 import random
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -173,6 +173,7 @@ class TaskRuntime:
                 # Held from its first step: no neighbour is known yet (discovery has not even started).
                 self.state = TaskState.WAITING
                 services.trainer.pause()
+            services.exchange.adopt = functools.partial(self._adopt_agreed_model, services)
             async with trio.open_nursery() as nursery:
                 await nursery.start(services.discovery.run)
                 await nursery.start(services.trainer.run)
@@ -472,7 +473,7 @@ class TaskRuntime:
         services.trainer.pause()
         with trio.move_on_after(self.options.join_timeout):
             while True:
-                if await self._copy_from_a_neighbour(services):
+                if await self._copy_from_a_neighbour(services) is not None:
                     break
                 if self._nobody_trained_yet():
                     break
@@ -498,21 +499,39 @@ class TaskRuntime:
             delay = min(RECOVERY_BACKOFF_MAX, RECOVERY_RETRY * 2 ** (self.divergences - 1))
             while True:
                 await trio.sleep(delay)
-                if await self._copy_from_a_neighbour(services, reset_personal=True):
+                if await self._copy_from_a_neighbour(services, reset_personal=True) is not None:
                     break
                 delay = RECOVERY_RETRY
             services.trainer.recovered()
             if self.state is TaskState.JOINING:
                 self.state = TaskState.TRAINING
 
-    async def _copy_from_a_neighbour(self, services: Services, *, reset_personal: bool = False) -> bool:
+    async def _adopt_agreed_model(self, services: Services, donors: Sequence[str], budget: int) -> str | None:
+        """Past the budget, a peer its neighbours never finished with takes their model (see
+        ExchangeService._end_stalled_finish): that of the first of `donors` whose state is at step `budget` or
+        past it; None if none is."""
+        records = [r for r in (self.peers.get(p) for p in donors) if r is not None]
+        copied = await self._copy_from_a_neighbour(services, donors=records, min_step=budget)
+        return copied.peer_id if copied is not None else None
+
+    async def _copy_from_a_neighbour(
+        self,
+        services: Services,
+        *,
+        reset_personal: bool = False,
+        donors: Sequence[PeerRecord] | None = None,
+        min_step: int = 0,
+    ) -> PeerRecord | None:
         """Copy a live neighbour's shared state (all but the personal part, which it never sends); the
         personal part stays this peer's own, or with `reset_personal` (a model that blew up, which part is
-        unknown) goes back to its first values."""
-        donors = sorted(
-            (r for r in self.peers.records.values() if self.peers.is_live(r.peer_id) and (r.step or 0) > 0),
-            key=lambda r: -(r.step or 0),
-        )
+        unknown) goes back to its first values. The neighbour is the first of `donors` (by default those
+        furthest in training; at most 3 are asked) that answers with a state at step `min_step` or past it;
+        returns it, or None."""
+        if donors is None:
+            donors = sorted(
+                (r for r in self.peers.records.values() if self.peers.is_live(r.peer_id) and (r.step or 0) > 0),
+                key=lambda r: -(r.step or 0),
+            )
         for donor in donors[:3]:
             try:
                 with trio.fail_after(self.options.state_timeout):
@@ -528,6 +547,9 @@ class TaskRuntime:
                 log.info("could not copy the model from %s: %s", donor.peer_id, exc)
                 self.peers.exchange_failed(donor.peer_id)
                 continue
+            if step < min_step:
+                log.info("not the model of %s: at step %d, before step %d", donor.peer_id, step, min_step)
+                continue
             keep = self._initial_personal if reset_personal else None
             await services.trainer.at_boundary(
                 functools.partial(self._load_shared, services.trainer, state, step, keep)
@@ -536,8 +558,8 @@ class TaskRuntime:
             services.exchange.count_state_transfer(donor.peer_id, received=received)
             self.state_transfers += 1
             log.info("task %s copied the model of %s at step %d", self.task.id, donor.peer_id, step)
-            return True
-        return False
+            return donor
+        return None
 
     def _load_shared(
         self, host: ModelHost, shared: dict[str, torch.Tensor], step: int, personal: dict[str, torch.Tensor] | None
