@@ -242,3 +242,57 @@ async def test_a_quorum_s_peers_start_together_though_one_began_a_moment_sooner(
         await until(lambda: x.status().step > 0 and z.status().step > 0, "X and Z to train", 15)
         assert x not in copies and z in copies
         nursery.cancel_scope.cancel()
+
+
+async def test_a_stalled_finish_takes_the_model_of_the_first_neighbour_at_its_budget(
+    tmp_path: Path, monkeypatch: Any
+) -> None:
+    # ExchangeService._end_stalled_finish hands the runtime its live neighbours, those known past the budget
+    # first; the runtime asks each for its state and takes the first whose step is at the budget or past it.
+    async with trio.open_nursery() as nursery:
+        network = FakeHub(nursery, random.Random(0)).add_peer()
+        runtime = TaskRuntime(budgeted_task(""), options(0), network=network, state_dir=tmp_path)
+        steps = {"training": 40, "finished": 100, "also": 100}
+        for peer in steps:
+            runtime.peers.saw(peer, "pubsub", member=True)
+        asked: list[str] = []
+
+        async def fetch_state(network: Any, peer: str, **kw: Any) -> tuple[dict[str, Any], int, int]:
+            asked.append(peer)
+            return {"w": peer}, steps[peer], 10
+
+        loaded: list[tuple[dict[str, Any], int]] = []
+
+        class Host:
+            def model_state(self) -> dict[str, Any]:
+                return {}
+
+            def load_model_state(self, state: dict[str, Any], step: int) -> None:
+                loaded.append((state, step))
+
+            async def at_boundary(self, action: Callable[[], Any]) -> Any:
+                return action()
+
+        class Exchange:
+            def __init__(self) -> None:
+                self.transfers: list[str] = []
+
+            def handshake(self, peer: str) -> None:
+                return None
+
+            def forget_all_edges(self) -> None:
+                pass
+
+            def count_state_transfer(self, peer: str, *, received: int) -> None:
+                self.transfers.append(peer)
+
+        # Only what a copy uses of a task's services.
+        services: Any = type("Services", (), {"state_specs": {}, "trainer": Host(), "exchange": Exchange()})()
+        monkeypatch.setattr("gossipd.services.task_runtime.fetch_state", fetch_state)
+        donor = await runtime._adopt_agreed_model(services, ["training", "finished", "also"], 100)
+        assert donor == "finished" and asked == ["training", "finished"]
+        assert loaded == [({"w": "finished"}, 100)] and runtime.state_transfers == 1
+        assert services.exchange.transfers == ["finished"]
+        assert await runtime._adopt_agreed_model(services, ["training"], 100) is None
+        assert len(loaded) == 1  # a neighbour still training is asked, never taken
+        nursery.cancel_scope.cancel()
