@@ -24,6 +24,7 @@ import random
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Literal
 
 import pytest
@@ -1253,12 +1254,13 @@ async def test_without_a_cpu_budget_mixing_s_cpu_is_still_measured_and_the_pace_
 # -- a training budget and the finish ------------------------------------------------------------------------
 
 
-async def heartbeats(peers: list[Peer], every: float = 1.0) -> None:
-    """What discovery's GossipSub heartbeats do for the finish: each peer learns the others' training steps."""
+async def heartbeats(peers: list[Peer], every: float = 1.0, deaf: frozenset[tuple[str, str]] = frozenset()) -> None:
+    """What discovery's GossipSub heartbeats do for the finish: each peer learns the others' training steps,
+    except that a receiver never hears a sender for each (receiver, sender) in `deaf` (lost announcements)."""
     while True:
         for peer in peers:
             for other in peers:
-                if other is not peer:
+                if other is not peer and (peer.id, other.id) not in deaf:
                     peer.table.saw(other.id, "pubsub", member=True, step=other.trainer.trainer.step)
         await trio.sleep(every)
 
@@ -1338,17 +1340,6 @@ async def test_peers_stop_at_their_budget_then_finish_in_agreement_and_start_no_
     assert sum_drift(before, after) <= 1e-5
 
 
-async def partial_heartbeats(peers: list[Peer], deaf: set[tuple[str, str]], every: float = 1.0) -> None:
-    """`heartbeats`, but a receiver never hears a sender for each (receiver, sender) in `deaf`: lost
-    announcements, as GossipSub dropped them on a loaded machine (docs/bench-quality.md)."""
-    while True:
-        for peer in peers:
-            for other in peers:
-                if other is not peer and (peer.id, other.id) not in deaf:
-                    peer.table.saw(other.id, "pubsub", member=True, step=other.trainer.trainer.step)
-        await trio.sleep(every)
-
-
 async def test_a_straggler_its_finished_neighbours_never_heard_reach_its_budget_takes_their_model(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
@@ -1372,7 +1363,7 @@ async def test_a_straggler_its_finished_neighbours_never_heard_reach_its_budget_
             for peer in peers:
                 peer.exchange.adopt = adopt
             c.trainer.pause()
-            hub.nursery.start_soon(partial_heartbeats, peers, {(a.id, c.id), (b.id, c.id)})
+            hub.nursery.start_soon(partial(heartbeats, peers, deaf=frozenset({(a.id, c.id), (b.id, c.id)})))
             budget_at: dict[str, float] = {}
             for peer in peers:
                 hub.nursery.start_soon(note_budget, peer, budget_at)
