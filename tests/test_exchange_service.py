@@ -51,6 +51,7 @@ from gossipd.services.exchange import (
     FINISHED,
     HELLO_LIMIT,
     MIX_PROTOCOL,
+    REANNOUNCE_EVERY,
     REJECTION_BACKOFF,
     STREAM_REUSE,
     ExchangeCounters,
@@ -150,6 +151,28 @@ class RecordingExchange(ExchangeService):
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.attempts: list[Attempt] = []
+        self.moves: list[tuple[float, float, float]] = []  # each exchange's snapshot time, end and pull `a`
+        self._snapshot_at: dict[str, float] = {}
+
+    async def _session(self, peer: str, degree: int, mode: int | None = None) -> ExchangeSession:
+        self._snapshot_at[peer] = trio.current_time()
+        return await super()._session(peer, degree, mode)
+
+    async def _finish(
+        self, peer: str, stream: FrameStream, session: ExchangeSession, first: Message | None
+    ) -> ExchangeResult:
+        result = await super()._finish(peer, stream, session, first)
+        self.moves.append((self._snapshot_at.pop(peer), trio.current_time(), session.weight * session.pull))
+        return result
+
+    def overlapping_pulls(self) -> tuple[int, float]:
+        """The most exchanges in flight at once (from snapshot to end), and the most their pulls summed to:
+        they all moved the model from about one snapshot. (The most is reached at some exchange's snapshot.)"""
+        most, total = 0, 0.0
+        for start, _, _ in self.moves:
+            overlapping = [a for s, e, a in self.moves if s <= start < e]
+            most, total = max(most, len(overlapping)), max(total, sum(overlapping))
+        return most, total
 
     async def initiate(self, peer: str) -> ExchangeResult | None:
         started = trio.current_time()
@@ -489,6 +512,40 @@ async def test_a_swarm_weighted_by_samples_keeps_its_weighted_sum_and_converges_
     target = weighted(before) / sum(sizes)
     assert all(torch.allclose(flat(m), target, atol=1e-5) for m in after)
     assert sum_drift(before, after) > 1e-3  # the plain sum is not what is kept
+
+
+async def test_exchanges_a_peer_runs_at_once_pull_its_model_no_further_than_its_neighbours_average(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # A holds fewer examples than its four neighbours, which all open exchanges with it at once: each alone
+    # pulls A over half way to the neighbour (the sample pull, 1.2 × 1/2), and three of them from one
+    # snapshot would pull it past their average (0.6 + 0.4 + 0.3 with degrees 1, 2 and 3). The degree A
+    # announces keeps the pulls of its overlapping exchanges within 1, and it answers the rest busy.
+    sizes = [1000, 1500, 1500, 1500, 1500]
+    with trio.fail_after(120):
+        async with fake_swarm(seed=5, latency=0.2) as hub:
+            peers = await start_peers(hub, "ABCDE", section=gossip("plain"), trainer="paused", examples=sizes)
+            hub_peer, leaves = peers[0], peers[1:]
+            before = [await p.params() for p in peers]
+            for leaf in leaves:
+                leaf.view.members.clear()
+                leaf.view.fill([hub_peer.id])
+                await hub.nursery.start(leaf.exchange.run)
+            await trio.sleep(20)
+            await stop_mixing(peers)
+            after = [await p.params() for p in peers]
+
+    most, total = hub_peer.exchange.overlapping_pulls()
+    assert most >= 2  # exchanges did overlap at A
+    assert total <= 1 + 1e-9, total
+    assert hub_peer.exchange.pulls.declined > 0
+    assert hub_peer.exchange.statistics().exchanges >= 20
+
+    def weighted(models: list[dict[str, torch.Tensor]]) -> torch.Tensor:
+        return sum((flat(m) * n for m, n in zip(models, sizes, strict=True)), torch.zeros(()))
+
+    assert float((weighted(after) - weighted(before)).norm() / weighted(before).norm()) <= 1e-6
+    assert spread(after) < spread(before) / 10
 
 
 # -- a hung peer ---------------------------------------------------------------------------------------------
@@ -1379,6 +1436,53 @@ async def test_a_straggler_its_finished_neighbours_never_heard_reach_its_budget_
     assert c.exchange.settled == 0 and c.exchange.adopted_from == asked[0][0]
     assert all(not x.succeeded for x in c.exchange.attempts if x.started >= budget_at[c.id])  # all refused
     assert 2 * TIMEOUT <= finished_at - budget_at[c.id] <= 2 * TIMEOUT + 2 * INTERVAL
+
+
+async def test_a_straggler_refused_as_training_says_again_that_it_is_past_its_budget_and_finishes_with_them(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # As above, but only C's first announcement of its budget is lost: refused as a neighbour still training,
+    # C announces again (at most every REANNOUNCE_EVERY s), A and B then take its exchanges, and C finishes by
+    # mixing, well before a stall would have it copy a model.
+    finish = 6
+    asked: list[list[str]] = []
+    with trio.fail_after(300):
+        async with fake_swarm(seed=14, latency=0.02) as hub:
+            peers = await start_peers(
+                hub, "ABC", section=gossip(finish_exchanges=finish), trainer="stepping", budgets=[10] * 3
+            )
+            a, b, c = peers
+            announced: list[float] = []
+
+            def announce() -> None:  # the first is lost; the next get through at once
+                announced.append(trio.current_time())
+                if len(announced) > 1:
+                    for peer in (a, b):
+                        peer.table.saw(c.id, "pubsub", member=True, step=c.trainer.trainer.step)
+
+            async def adopt(donors: Sequence[str], budget: int) -> str | None:
+                asked.append(list(donors))
+                return donors[0]
+
+            for peer in peers:
+                peer.exchange.adopt = adopt
+            c.exchange.on_budget = announce
+            c.trainer.pause()
+            hub.nursery.start_soon(partial(heartbeats, peers, deaf=frozenset({(a.id, c.id), (b.id, c.id)})))
+            budget_at: dict[str, float] = {}
+            for peer in peers:
+                hub.nursery.start_soon(note_budget, peer, budget_at)
+                await hub.nursery.start(peer.exchange.run)
+            await wait_until(lambda: a.exchange.finished and b.exchange.finished)
+            c.trainer.resume()
+            await wait_until(lambda: c.exchange.finished)
+            finished_at = trio.current_time()
+            await stop_mixing(peers)
+
+    assert asked == [] and c.exchange.adopted_from is None
+    assert c.exchange.settled == finish
+    assert len(announced) >= 2 and announced[1] - announced[0] >= REANNOUNCE_EVERY
+    assert finished_at - budget_at[c.id] < 2 * TIMEOUT  # before a stall (two timeouts) would copy a model
 
 
 async def test_past_the_budget_a_peer_mixes_only_with_neighbours_past_it_and_one_with_none_is_finished_in_time(

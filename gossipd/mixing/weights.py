@@ -1,10 +1,12 @@
 """Mixing weights for one pairwise exchange, from the degrees both ends put in their message headers.
 
 The degree a peer announces is its degree in the graph of exchanges it is running *now* (1 + the other
-exchanges in flight), not the size of its view: Metropolis-Hastings weights on that time-varying graph keep
-every update a convex combination even when a peer mixes with several neighbours at once from one stale
-snapshot, while a lone exchange gets the full pairwise average w = 1/2 (randomised gossip's optimum,
-Boyd et al. 2006). Weights from the view size would slow pairwise mixing by the view size for no safety gain.
+exchanges in flight), or more, not the size of its view: a lone exchange gets the full pairwise average
+w = 1/2 (randomised gossip's optimum, Boyd et al. 2006), and weights from the view size would slow pairwise
+mixing by the view size for no safety gain. Degrees at the start of each exchange alone do not keep a peer
+that mixes with several neighbours at once from one stale snapshot to a convex combination (one that
+started alone took 1/2, and the sample pull scales each step up to twice): the announced degree is raised
+where needed by gossipd.mixing.pull_budget.
 """
 
 from __future__ import annotations

@@ -70,6 +70,7 @@ from gossipd.mixing.link_budget import (
     exchange_bounds,
 )
 from gossipd.mixing.pacing import StepPacer
+from gossipd.mixing.pull_budget import PullBudget, pull_bound
 from gossipd.mixing.session import ExchangeResult, ExchangeSession, PeerAborted, Phase
 from gossipd.peering.ledger import Ledger
 from gossipd.peering.table import PeerRecord, PeerTable
@@ -92,6 +93,9 @@ MIX_PROTOCOL = "/gossipd/mix/2.1.0"
 HELLO_LIMIT = 4096  # a hello is ~80 bytes; the first frame of a stream is read with this cap
 MAX_CONCURRENT = 4  # exchanges in flight at once, started here or answered
 MAX_INITIATED = 2  # exchanges started here at once: a hung partner holds one, never the whole loop
+# A peer past its budget refused as one still training announces its budget again, at most this often
+# (seconds): its first announcement was lost.
+REANNOUNCE_EVERY = 2.0
 REJECTION_BACKOFF = 30.0  # seconds a peer that sent a message we had to reject is left alone
 # A step-paced peer with no free partner looks again when one of its exchanges ends, or after this many
 # seconds (a neighbour may have come back to life). Polling every 10 ms instead cost a daemon with no
@@ -208,6 +212,10 @@ class ExchangeService:
         self.ledger = ledger if ledger is not None else Ledger(clock=time.time)
         self.examples = examples
         self.in_flight: set[str] = set()
+        # What the exchanges in flight may pull the model, together (gossipd.mixing.pull_budget): the degree
+        # each new exchange announces keeps their sum within 1.
+        self.pulls = PullBudget(gossip.weight)
+        self._sizes: dict[str, int | None] = {}  # peer → the dataset size it declared in its last exchange
         # Bumped whenever the model is replaced wholesale (`forget_all_edges`). An exchange notes it before it
         # reads the model; one that ends after a replacement computed its delta and edge from the model that
         # is gone, and both are dropped (see `_finish`).
@@ -230,6 +238,7 @@ class ExchangeService:
         # Neighbours that refused an exchange for being past the budget, and when (the peer table's clock).
         self._finished_peers: dict[str, float] = {}
         self._announced_budget = False
+        self._announced_at = -math.inf  # when the budget was last announced (`_announce_budget`, `_announce_again`)
         # Called once when training reaches its budget: the runtime announces it to the neighbours at once.
         self.on_budget: Callable[[], None] | None = None
         # Past the budget, when no exchange came for two timeouts while neighbours are still live: the runtime
@@ -485,6 +494,8 @@ class ExchangeService:
                 if self.finished:
                     continue
                 partner = self._partner() if self._may_start() else None
+                if partner is not None and not self.pulls.fits(self._opening_pull(partner), len(self.in_flight) + 1):
+                    partner = None  # the exchanges in flight leave too little pull: wait until one ends
                 if partner is None:
                     if paced:
                         self._freed = trio.Event()
@@ -507,8 +518,20 @@ class ExchangeService:
         a period later (until they do, a finished neighbour refuses this peer's exchanges)."""
         if self.trainer.training_done and not self._announced_budget:
             self._announced_budget = True
+            self._announced_at = trio.current_time()
             if self.on_budget is not None:
                 self.on_budget()
+
+    def _announce_again(self, refused_by: str) -> None:
+        """The neighbour that refused this peer, past its budget, as one still training did not hear the
+        announcement (GossipSub drops messages in bursts): say it again rather than wait for the refusals to
+        stall the finish; REANNOUNCE_EVERY seconds after the last, since a refusal may also have crossed an
+        announcement still on its way."""
+        now = trio.current_time()
+        if self.on_budget is not None and now - self._announced_at >= REANNOUNCE_EVERY:
+            log.info("%s took this peer for one still training: announcing its budget again", refused_by)
+            self._announced_at = now
+            self.on_budget()
 
     async def _watch_cpu(self, budget: CpuBudget | None) -> None:
         """Every INTERVAL seconds, read the share of a core mixing used (the status shows it: what mixing costs
@@ -594,6 +617,11 @@ class ExchangeService:
         # Checked and reserved with no await in between: nothing can slip in between the two.
         if peer in self.in_flight or not self.accepting:
             return None
+        degree = self.pulls.reserve(peer, self._opening_pull(peer), len(self.in_flight) + 1)
+        if degree is None:
+            log.debug("no exchange with %s now: the exchanges in flight leave too little pull", peer)
+            self.trainer.mix_declined()
+            return None
         self._begin(peer)
         started = trio.current_time()
         stream: FrameStream | None = None
@@ -605,7 +633,7 @@ class ExchangeService:
         try:
             with trio.fail_after(self.gossip.exchange_timeout):
                 stream, reused = await self._stream_to(peer)
-                session = await self._session(peer, mode)
+                session = await self._session(peer, degree, mode)
                 try:
                     result = await self._finish(peer, stream, session, first=None)
                 except StreamClosed:
@@ -616,7 +644,7 @@ class ExchangeService:
                     await stream.reset()
                     stream, reused = None, False
                     stream = await self._open(peer)
-                    session = await self._session(peer, mode)
+                    session = await self._session(peer, degree, mode)
                     result = await self._finish(peer, stream, session, first=None)
                 await self._park(peer, stream)
                 return result
@@ -722,7 +750,13 @@ class ExchangeService:
                 if self._over_cap(hello):
                     await self._refuse(stream, OVER_CAP, close=False)
                     return True
-                session = await self._session(peer)
+                pull = pull_bound(self.examples, hello.examples, known=True)
+                degree = self.pulls.reserve(peer, pull, len(self.in_flight))
+                if degree is None:
+                    log.debug("exchange from %s answered busy: the exchanges in flight leave too little pull", peer)
+                    await self._refuse(stream, "busy", close=False)
+                    return True
+                session = await self._session(peer, degree)
                 await self._finish(peer, stream, session, first=hello)
                 return True
         except (StreamClosed, FrameTooLarge, trio.TooSlowError, WireError) as exc:
@@ -794,8 +828,9 @@ class ExchangeService:
 
     # -- the exchange itself ---------------------------------------------------------------------------
 
-    async def _session(self, peer: str, mode: int | None = None) -> ExchangeSession:
-        """`mode`: the opener's choice in an auto task (the answering end follows the hello's)."""
+    async def _session(self, peer: str, degree: int, mode: int | None = None) -> ExchangeSession:
+        """`degree`: what this end announces (`PullBudget.reserve`); `mode`: the opener's choice in an auto task
+        (the answering end follows the hello's)."""
         # Noted before the read: a replacement after it, even one that lands before the snapshot's boundary,
         # voids the exchange (at worst one good exchange is dropped), never the other way round.
         self._read_at[peer] = self.model_generation
@@ -807,7 +842,7 @@ class ExchangeService:
             self_id=self.network.peer_id.encode(),
             peer_id=peer.encode(),
             edge=self.edges.get(peer),
-            degree=len(self.in_flight),  # this exchange included: its degree in the graph of live exchanges
+            degree=degree,
             task=self.task_hash,
             fixed_weight=self.gossip.weight,
             rng=self.rng,
@@ -831,6 +866,7 @@ class ExchangeService:
         else:
             outgoing = await self.offload.run(partial(session.answer, first))
             sent, received = 0, framed_size(len(encode_message(first)))
+            self._agreed(peer, session, first)
         while True:
             payloads = [encode_message(message) for message in outgoing]
             out = sum(framed_size(len(payload)) for payload in payloads)
@@ -846,6 +882,7 @@ class ExchangeService:
             self._count_bytes(peer, sent=out, received=framed_size(len(raw)))
             incoming = decode_message(raw, max_size=self.max_bytes, task=self.task_hash)
             outgoing = await self.offload.run(partial(session.receive, incoming))
+            self._agreed(peer, session, incoming)
         result = session.result()
         seconds = trio.current_time() - started
         self._record_link(
@@ -887,6 +924,19 @@ class ExchangeService:
             self.clipper.forgive(peer.encode())
             self.counters.suspects += 1
         return result
+
+    def _agreed(self, peer: str, session: ExchangeSession, message: Message) -> None:
+        """Once the pair's weight is agreed, the exchange's pull is exact; and the size the peer declares is
+        the guess for the next exchange this end opens with it."""
+        if session.mixing_started:
+            self.pulls.settle(peer, session.weight * session.pull)
+            self._sizes[peer] = message.examples
+
+    def _opening_pull(self, peer: str) -> float:
+        """The bound on this end's pull in an exchange it opens with `peer`, before the peer's hello says its size."""
+        if peer in self._sizes:
+            return pull_bound(self.examples, self._sizes[peer], known=True)
+        return pull_bound(self.examples, None, known=False)
 
     def _past_grace(self, peer: str, robust: RobustSection) -> bool:
         """Whether `peer` was first exchanged with over `suspect_grace` seconds ago (see Clipper)."""
@@ -939,6 +989,8 @@ class ExchangeService:
             self.trainer.mix_declined()  # due again now, at a mode the neighbour takes
         elif _refused_for(error, (FINISHED,)):
             self._finished_peers[peer] = self.peers.clock()
+            if self.trainer.training_done:
+                self._announce_again(peer)
             self.trainer.mix_declined()  # due again now, with a neighbour still training if there is one
         else:
             self.trainer.mix_failed()
@@ -963,6 +1015,7 @@ class ExchangeService:
 
     def _end(self, peer: str) -> None:
         self.in_flight.discard(peer)
+        self.pulls.release(peer)
         self._read_at.pop(peer, None)
         self._freed.set()
         if not self.in_flight:
