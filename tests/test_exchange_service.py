@@ -1397,13 +1397,19 @@ async def test_peers_stop_at_their_budget_then_finish_in_agreement_and_start_no_
     assert sum_drift(before, after) <= 1e-5
 
 
-async def test_a_straggler_its_finished_neighbours_never_heard_reach_its_budget_takes_their_model(
-    autojump_clock: trio.testing.MockClock,
-) -> None:
-    # A and B finish together while C still trains; neither hears that C reached its budget, so both refuse
-    # C as a neighbour still training. Two exchange timeouts later C asks its runtime for the model of a
-    # neighbour past the budget (A or B, both live), then is finished.
-    finish = 6
+@dataclass
+class StragglerRun:
+    peers: list[Peer]
+    asked: list[list[str]]  # the donors each `adopt` call was offered
+    budget_at: dict[str, float]
+    finished_at: float  # when C was finished
+
+
+async def straggler_run(
+    finish: int, announce: Callable[[list[Peer]], Callable[[], None]] | None = None
+) -> StragglerRun:
+    """A and B finish together while C, started late, still trains; neither ever hears C's heartbeats.
+    `announce`: given the peers, what C's announcements of its budget do (None: no announcement at all)."""
     asked: list[list[str]] = []
     with trio.fail_after(300):
         async with fake_swarm(seed=14, latency=0.02) as hub:
@@ -1419,6 +1425,8 @@ async def test_a_straggler_its_finished_neighbours_never_heard_reach_its_budget_
 
             for peer in peers:
                 peer.exchange.adopt = adopt
+            if announce is not None:
+                c.exchange.on_budget = announce(peers)
             c.trainer.pause()
             hub.nursery.start_soon(partial(heartbeats, peers, deaf=frozenset({(a.id, c.id), (b.id, c.id)})))
             budget_at: dict[str, float] = {}
@@ -1430,12 +1438,23 @@ async def test_a_straggler_its_finished_neighbours_never_heard_reach_its_budget_
             await wait_until(lambda: c.exchange.finished)
             finished_at = trio.current_time()
             await stop_mixing(peers)
+    return StragglerRun(peers, asked, budget_at, finished_at)
 
+
+async def test_a_straggler_its_finished_neighbours_never_heard_reach_its_budget_takes_their_model(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # Neither A nor B hears that C reached its budget, so both refuse C as a neighbour still training. Two
+    # exchange timeouts later C asks its runtime for the model of a neighbour past the budget (A or B, both
+    # live), then is finished.
+    finish = 6
+    run = await straggler_run(finish)
+    (a, b, c), asked = run.peers, run.asked
     assert a.exchange.settled == finish and b.exchange.settled == finish and asked != [] and len(asked) == 1
     assert sorted(asked[0]) == sorted([a.id, b.id])  # only C asked: A and B finished with each other
     assert c.exchange.settled == 0 and c.exchange.adopted_from == asked[0][0]
-    assert all(not x.succeeded for x in c.exchange.attempts if x.started >= budget_at[c.id])  # all refused
-    assert 2 * TIMEOUT <= finished_at - budget_at[c.id] <= 2 * TIMEOUT + 2 * INTERVAL
+    assert all(not x.succeeded for x in c.exchange.attempts if x.started >= run.budget_at[c.id])  # all refused
+    assert 2 * TIMEOUT <= run.finished_at - run.budget_at[c.id] <= 2 * TIMEOUT + 2 * INTERVAL
 
 
 async def test_a_straggler_refused_as_training_says_again_that_it_is_past_its_budget_and_finishes_with_them(
@@ -1445,44 +1464,25 @@ async def test_a_straggler_refused_as_training_says_again_that_it_is_past_its_bu
     # C announces again (at most every REANNOUNCE_EVERY s), A and B then take its exchanges, and C finishes by
     # mixing, well before a stall would have it copy a model.
     finish = 6
-    asked: list[list[str]] = []
-    with trio.fail_after(300):
-        async with fake_swarm(seed=14, latency=0.02) as hub:
-            peers = await start_peers(
-                hub, "ABC", section=gossip(finish_exchanges=finish), trainer="stepping", budgets=[10] * 3
-            )
-            a, b, c = peers
-            announced: list[float] = []
+    announced: list[float] = []
 
-            def announce() -> None:  # the first is lost; the next get through at once
-                announced.append(trio.current_time())
-                if len(announced) > 1:
-                    for peer in (a, b):
-                        peer.table.saw(c.id, "pubsub", member=True, step=c.trainer.trainer.step)
+    def announcing(peers: list[Peer]) -> Callable[[], None]:
+        a, b, c = peers
 
-            async def adopt(donors: Sequence[str], budget: int) -> str | None:
-                asked.append(list(donors))
-                return donors[0]
+        def announce() -> None:  # the first is lost; the next get through at once
+            announced.append(trio.current_time())
+            if len(announced) > 1:
+                for peer in (a, b):
+                    peer.table.saw(c.id, "pubsub", member=True, step=c.trainer.trainer.step)
 
-            for peer in peers:
-                peer.exchange.adopt = adopt
-            c.exchange.on_budget = announce
-            c.trainer.pause()
-            hub.nursery.start_soon(partial(heartbeats, peers, deaf=frozenset({(a.id, c.id), (b.id, c.id)})))
-            budget_at: dict[str, float] = {}
-            for peer in peers:
-                hub.nursery.start_soon(note_budget, peer, budget_at)
-                await hub.nursery.start(peer.exchange.run)
-            await wait_until(lambda: a.exchange.finished and b.exchange.finished)
-            c.trainer.resume()
-            await wait_until(lambda: c.exchange.finished)
-            finished_at = trio.current_time()
-            await stop_mixing(peers)
+        return announce
 
-    assert asked == [] and c.exchange.adopted_from is None
+    run = await straggler_run(finish, announcing)
+    c = run.peers[2]
+    assert run.asked == [] and c.exchange.adopted_from is None
     assert c.exchange.settled == finish
     assert len(announced) >= 2 and announced[1] - announced[0] >= REANNOUNCE_EVERY
-    assert finished_at - budget_at[c.id] < 2 * TIMEOUT  # before a stall (two timeouts) would copy a model
+    assert run.finished_at - run.budget_at[c.id] < 2 * TIMEOUT  # before a stall (two timeouts) would copy a model
 
 
 async def test_past_the_budget_a_peer_mixes_only_with_neighbours_past_it_and_one_with_none_is_finished_in_time(
