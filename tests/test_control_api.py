@@ -96,6 +96,7 @@ def make_task(task_id: str, **changes: Any) -> TaskStatus:
         rejections={"wrong-task": 3, "too-large": 1},
         clipped_exchanges=12,
         suspects=1,
+        pull_declined=2,
         mix_wait_seconds=4.5,
         peers=(
             make_peer("12D3KooWAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAApeerone1", in_view=True),
@@ -445,6 +446,7 @@ async def test_metrics(client: ControlClient, socket_path: Path) -> None:
     assert value("gossipd_samples_per_second", task="mnist") == 640.5
     assert value("gossipd_clipped_exchanges", task="mnist") == 12
     assert value("gossipd_suspects", task="mnist") == 1
+    assert value("gossipd_pull_declined", task="mnist") == 2
     assert value("gossipd_mix_wait_seconds", task="mnist") == 4.5
     assert value("gossipd_ledger_exchanges", task="mnist", started_by="neighbour") == 25
     assert value("gossipd_ledger_exchanges", task="mnist", started_by="self") == 15

@@ -37,6 +37,11 @@ _COUNTERS: tuple[tuple[str, str, _Getter], ...] = (
     ("gossipd_clipped_exchanges_total", "Exchanges scaled down to the clipping radius.", lambda t: t.clipped_exchanges),
     ("gossipd_suspects_total", "Neighbours backed off for being clipped again and again.", lambda t: t.suspects),
     (
+        "gossipd_pull_declined_total",
+        "Exchanges not started or answered busy: those in flight left too little pull.",
+        lambda t: t.pull_declined,
+    ),
+    (
         "gossipd_mix_wait_seconds_total",
         "Seconds the trainer waited for a mix (step pacing).",
         lambda t: t.mix_wait_seconds,

@@ -153,6 +153,7 @@ class ExchangeStatistics:
     rejections: dict[str, int]
     clipped: int
     suspects: int
+    pull_declined: int  # exchanges not started or answered busy: those in flight left too little pull
     finish_exchanges: int  # exchanges with finished neighbours since this peer's training budget was reached
     finished: bool  # past the budget and done finishing: this peer starts no more exchanges
     steps_per_exchange: int | None  # a step-paced peer's pace now (the CPU budget may have stretched it)
@@ -279,6 +280,7 @@ class ExchangeService:
             rejections=dict(c.rejections),
             clipped=c.clipped,
             suspects=c.suspects,
+            pull_declined=self.pulls.declined,
             finish_exchanges=self.settled,
             finished=self.finished,
             steps_per_exchange=None if self.trainer.pacer is None else self.trainer.pacer.every,
@@ -524,9 +526,10 @@ class ExchangeService:
 
     def _announce_again(self, refused_by: str) -> None:
         """The neighbour that refused this peer, past its budget, as one still training did not hear the
-        announcement (GossipSub drops messages in bursts): say it again rather than wait for the refusals to
-        stall the finish; REANNOUNCE_EVERY seconds after the last, since a refusal may also have crossed an
-        announcement still on its way."""
+        announcement (GossipSub loses messages; one cause, a peer left with no mesh, is handled in
+        gossipd.adapters.libp2p_network): say it again rather than wait for the refusals to stall the finish;
+        REANNOUNCE_EVERY seconds after the last, since a refusal may also have crossed an announcement still
+        on its way."""
         now = trio.current_time()
         if self.on_budget is not None and now - self._announced_at >= REANNOUNCE_EVERY:
             log.info("%s took this peer for one still training: announcing its budget again", refused_by)

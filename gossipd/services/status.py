@@ -124,6 +124,8 @@ class TaskStatus:
     rejections: dict[str, int] = field(default_factory=dict)  # rejected messages by reason
     clipped_exchanges: int = 0  # exchanges whose move was scaled down to the clipping radius ([robust])
     suspects: int = 0  # neighbours backed off for being clipped exchange after exchange
+    # exchanges not started, or answered busy, because those in flight left too little pull (pull_budget)
+    pull_declined: int = 0
     privacy_epsilon: float | None = None  # ε spent so far by DP-SGD on this peer's examples ([privacy])
     privacy_delta: float | None = None  # the δ that ε is reported at
     mix_wait_seconds: float = 0.0  # time the trainer waited for a mix ([gossip] steps_per_exchange)
