@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import math
 
-from gossipd.mixing.weights import sample_pull
+from gossipd.mixing.weights import metropolis_hastings, sample_pull
 
 MAX_DEGREE = 7  # the highest degree announced: weights under 1/8 are not worth an exchange's bytes
 MAX_PULL = 2.0  # the sample pull's bound (2·n_peer / (n_own + n_peer) < 2)
@@ -99,4 +99,5 @@ class PullBudget:
 
 
 def _weight(degree: int) -> float:
-    return min(0.5, 1.0 / (1 + degree))
+    """The most weight an exchange announcing `degree` can get: the neighbour's degree only lowers it."""
+    return metropolis_hastings(degree, 1)
