@@ -1,4 +1,4 @@
-"""Announcement pacing: a swarm's heartbeats stay near one a second whatever its size, and each member is
+"""Announcement pacing: a swarm's heartbeats stay near one every 2 s whatever its size, and each member is
 judged live by the period it announced."""
 
 from __future__ import annotations
@@ -11,12 +11,13 @@ from gossipd.peering.table import PeerTable
 
 def test_the_period_stretches_with_the_swarm_so_its_total_rate_stays_put() -> None:
     assert announce_period(2.0, 0) == 2.0  # alone, or nearly: the configured period
-    assert announce_period(2.0, 3) == 4.0
+    assert announce_period(2.0, 3) == 4 / SWARM_RATE
+    assert announce_period(2.0, 15) == 32.0  # 16 members: one heartbeat every 2 s among them
     for members in (15, 63, 255):
         period = announce_period(2.0, members)
         assert (members + 1) / period == SWARM_RATE
     assert announce_period(2.0, 10**6) == MAX_PERIOD
-    assert announce_period(30.0, 15) == 30.0  # an operator's longer period stands
+    assert announce_period(60.0, 15) == 60.0  # an operator's longer period stands
 
 
 def test_a_member_is_live_for_five_of_its_own_periods_and_never_less_than_the_floor() -> None:
