@@ -33,7 +33,7 @@ MAX_PERIOD = 600.0  # a peer announces at least this often, however large its sw
 
 def announce_period(base: float, live_members: int, swarm_rate: float = SWARM_RATE) -> float:
     """Seconds between this peer's heartbeats when it sees `live_members` others: `base` in a small swarm,
-    else (members + itself) / `swarm_rate` (twice that many seconds by default)."""
+    else (members + itself) / `swarm_rate`: 2 s for each by default."""
     return min(MAX_PERIOD, max(base, (live_members + 1) / swarm_rate))
 
 
