@@ -248,29 +248,55 @@ def wait_all(
     processes: list[subprocess.Popen[bytes]], what: str, *, timeout: float = 7200.0, grace: float = 30.0
 ) -> None:
     """Waits for every peer (`timeout` seconds in all); however the wait ends (a peer failed, Ctrl-C, SIGTERM,
-    the timeout), the peers still running are stopped: SIGTERM to each group, SIGKILL after `grace` seconds.
-    A run stopped part-way must not leave its peers training on (an interrupted `make bench-wan` once did)."""
+    the timeout), what is left of each peer's process group is stopped: SIGTERM, then SIGKILL to what is still
+    there after `grace` seconds. A run stopped part-way must not leave its peers training on (an interrupted
+    `make bench-wan` once did), nor what a peer started: once, stopping a hivemind run at 10 Mbit/s left two
+    of its peers' own processes (one with its p2pd) running after their runners had gone, so the groups are
+    emptied, not only their leaders waited for."""
     deadline = time.monotonic() + timeout
     try:
         for process in processes:
             if process.wait(max(0.0, deadline - time.monotonic())) != 0:
                 raise RuntimeError(f"{what} failed with {process.returncode}")
     finally:
-        running = [p for p in processes if p.poll() is None]
-        for process in running:
-            _signal_group(process, signal.SIGTERM)
+        groups = [process.pid for process in processes]
+        for group in groups:
+            _signal_group(group, signal.SIGTERM)
         deadline = time.monotonic() + grace
-        for process in running:
-            try:
-                process.wait(max(0.0, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                _signal_group(process, signal.SIGKILL)
-                process.wait()
+        while any(process.poll() is None for process in processes) or any(map(_group_alive, groups)):
+            if time.monotonic() >= deadline:
+                for group in groups:
+                    _signal_group(group, signal.SIGKILL)
+                for process in processes:
+                    process.wait()
+                break
+            time.sleep(0.05)
 
 
-def _signal_group(process: subprocess.Popen[bytes], signum: int) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(process.pid, signum)
+def _signal_group(group: int, signum: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(group, signum)
+
+
+def _group_alive(group: int) -> bool:
+    """Whether a process of `group` still runs (zombies, which only wait to be reaped, do not count)."""
+    proc = Path("/proc")
+    if not proc.is_dir():
+        try:
+            os.killpg(group, 0)
+        except (ProcessLookupError, PermissionError):
+            return False
+        return True
+    for entry in proc.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue  # gone meanwhile
+        if len(fields) > 2 and fields[2] == str(group) and fields[0] != "Z":
+            return True
+    return False
 
 
 def run_hivemind(run: Run, start: float) -> None:

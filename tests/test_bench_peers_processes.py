@@ -66,3 +66,26 @@ def test_a_peer_deaf_to_sigterm_is_killed_after_the_grace(tmp_path: Path) -> Non
         module.wait_all(processes, "a test peer", grace=1.0)
     assert 0.9 < time.monotonic() - started < 10
     assert processes[1].returncode is not None and processes[1].returncode < 0
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="needs /proc to see the processes")
+def test_what_a_peer_started_and_that_outlives_it_is_killed_after_the_grace(tmp_path: Path) -> None:
+    module = load_script("bench_peers")
+    child_file = tmp_path / "child.pid"
+    deaf = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(60)"
+    # The peer stops at SIGTERM; a helper it started (as hivemind's runner starts its DHT process) does not.
+    peer = f"{sys.executable} -c '{deaf}' & echo $! > {child_file}; sleep 60"
+    processes = [
+        module.start_group(["sh", "-c", "sleep 0.5; exit 2"], dict(os.environ)),
+        module.start_group(["sh", "-c", peer], dict(os.environ)),
+    ]
+    deadline = time.monotonic() + 10
+    while not child_file.exists() or not child_file.read_text().strip():
+        assert time.monotonic() < deadline, "the peer never started its helper"
+        time.sleep(0.05)
+    helper = int(child_file.read_text())
+    time.sleep(0.3)  # the helper has set its handler
+    with pytest.raises(RuntimeError, match="failed with 2"):
+        module.wait_all(processes, "a test peer", grace=1.0)
+    assert processes[1].returncode is not None
+    assert _gone_within(helper, 5.0)
