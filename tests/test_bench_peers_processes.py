@@ -31,6 +31,15 @@ def _gone_within(pid: int, seconds: float) -> bool:
     return not _alive(pid)
 
 
+def _helper_pid(path: Path) -> int:
+    """The pid a peer wrote once it started its helper."""
+    deadline = time.monotonic() + 10
+    while not path.exists() or not path.read_text().strip():
+        assert time.monotonic() < deadline, "the peer never started its helper"
+        time.sleep(0.05)
+    return int(path.read_text())
+
+
 @pytest.mark.skipif(not Path("/proc").is_dir(), reason="needs /proc to see the processes")
 def test_a_failed_peer_stops_the_others_and_what_they_started(tmp_path: Path) -> None:
     module = load_script("bench_peers")
@@ -41,11 +50,7 @@ def test_a_failed_peer_stops_the_others_and_what_they_started(tmp_path: Path) ->
         module.start_group(["sh", "-c", "exit 3"], dict(os.environ)),
         module.start_group(["sh", "-c", lingering], dict(os.environ)),
     ]
-    deadline = time.monotonic() + 10
-    while not child_file.exists() or not child_file.read_text().strip():
-        assert time.monotonic() < deadline, "the peer never started its helper"
-        time.sleep(0.05)
-    helper = int(child_file.read_text())
+    helper = _helper_pid(child_file)
     started = time.monotonic()
     with pytest.raises(RuntimeError, match="a test peer failed with 3"):
         module.wait_all(processes, "a test peer", grace=5.0)
@@ -79,11 +84,7 @@ def test_what_a_peer_started_and_that_outlives_it_is_killed_after_the_grace(tmp_
         module.start_group(["sh", "-c", "sleep 0.5; exit 2"], dict(os.environ)),
         module.start_group(["sh", "-c", peer], dict(os.environ)),
     ]
-    deadline = time.monotonic() + 10
-    while not child_file.exists() or not child_file.read_text().strip():
-        assert time.monotonic() < deadline, "the peer never started its helper"
-        time.sleep(0.05)
-    helper = int(child_file.read_text())
+    helper = _helper_pid(child_file)
     time.sleep(0.3)  # the helper has set its handler
     with pytest.raises(RuntimeError, match="failed with 2"):
         module.wait_all(processes, "a test peer", grace=1.0)
