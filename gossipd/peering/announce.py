@@ -22,7 +22,7 @@ import math
 # it arrives on) at ~470 bytes with GossipSub's envelope, so each member's discovery traffic is about
 # 2 × 470 × SWARM_RATE bytes a second each way whatever the swarm's size. At one a second, 16 idle daemons of
 # one machine read 2.1-2.9 KB/s in + out each (4 runs, 2026-12-06), over the 2 KB/s a peer should cost; at
-# one every 2 s, 1.4-1.5. The price is staleness: at 16 members each announces every 32 s (liveness 160 s),
+# one every 2 s, 1.4-1.6. The price is staleness: at 16 members each announces every 32 s (liveness 160 s),
 # which only the status, the start wait and `min_peers` read late; a dead neighbour's exchanges fail and back
 # off at once, and what the finish needs (`done`) is announced the moment it changes.
 SWARM_RATE = 0.5
