@@ -137,6 +137,12 @@ def keygen(key_file: Path, force: bool) -> None:
     help="Each peer's training pace, shares of local_steps a round cycled over the peers (0.5,1,1,1): every "
     "peer trains STEPS rounds' worth, the slower over more rounds; past it a peer mixes only with peers past it.",
 )
+@click.option(
+    "--steps-per-exchange",
+    type=click.IntRange(0),
+    help="Training steps between two exchanges a peer starts (default: the task's [gossip] steps_per_exchange, "
+    "as its daemons run; 0: one a round).",
+)
 @click.option("--churn", default=0.0, show_default=True, type=click.FloatRange(0, 1), help="Leave chance per round.")
 @click.option("--downtime", default=10, show_default=True, type=click.IntRange(1), help="Rounds a leaver is away.")
 @click.option("--byzantine", default=0, type=click.IntRange(0), help="How many peers attack instead of training.")
@@ -180,6 +186,7 @@ def simulate(
     finish_rounds: int,
     seed: int,
     paces: str | None,
+    steps_per_exchange: int | None,
     churn: float,
     downtime: int,
     byzantine: int,
@@ -250,6 +257,7 @@ def simulate(
             link_latency=link_ms / 1000,
             timing=MEASURED if measured_timing else ModelledTiming(step_ms / 1000, cpu_mb_per_s * 1e6),
             paces=_paces(paces),
+            steps_per_exchange=steps_per_exchange,
         )
         simulation = Simulation(task, data, config)
     except (TaskError, ValueError) as exc:
@@ -293,9 +301,14 @@ def _summary(report: Any) -> str:
         if report.paces
         else f"{report.steps} rounds"
     )
+    pace = (
+        f", an exchange every {report.steps_per_exchange} steps a peer"
+        if report.steps_per_exchange and report.algorithm != "local"
+        else ""
+    )
     lines = [
         f"task {report.task}: {report.peers} peers, {report.algorithm} {report.settings}, "
-        f"partition {report.partition}, {rounds}",
+        f"partition {report.partition}, {rounds}{pace}",
         f"  accuracy     mean {report.mean_accuracy:.4f}  worst {report.worst_accuracy:.4f}"
         + (f"  centralised {report.centralised_accuracy:.4f}" if report.centralised_accuracy is not None else "")
         + (

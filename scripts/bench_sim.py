@@ -218,12 +218,14 @@ def main() -> None:
 
     OUT.mkdir(exist_ok=True)
     (OUT / "bench-sim.json").write_text(json.dumps({"reports": reports, "mixing_cost": cost}, indent=1))
+    every = reports[0]["steps_per_exchange"]
+    pace = f"each peer starts an exchange every {every} steps, the task's pace" if every else "one exchange each"
     dataset = "full MNIST (60k train / 10k test)" if data_root else "embedded MNIST 10k (85% train / 15% test)"
     lines = [
         f"Measured {datetime.date.today().isoformat()} on {machine()}; `make bench-sim` "
         f"({elapsed / 60:.0f} min, {args.workers} runs in parallel, one torch thread each).",
         f"8 peers, small CNN (114k parameters), {dataset}, SGD lr 0.05 momentum 0.9, batch 32 per peer, "
-        f"{rounds} rounds (one local step and one initiated exchange per peer per round), view of 6.",
+        f"{rounds} rounds (one local step per peer per round; {pace}), view of 6.",
         f"Then {args.finish_rounds} rounds of exchanges alone, as a daemon past its training budget finishes "
         "(`gossipd simulate --finish-rounds`): *at stop* is the mean accuracy as training stopped, the other "
         "figures are after the finish.",

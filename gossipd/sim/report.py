@@ -33,6 +33,7 @@ class SimulationReport:
     partition: str
     steps: int  # rounds; each peer ran `local_steps` training steps per round
     local_steps: int
+    steps_per_exchange: int  # training steps between two exchanges a peer starts; 0: one a round
     mean_accuracy: float
     worst_accuracy: float
     mean_loss: float
@@ -110,6 +111,7 @@ class SimulationReport:
             partition=simulation.config.partition or task.data.partition,
             steps=simulation.config.rounds,
             local_steps=task.train.local_steps,
+            steps_per_exchange=simulation.steps_per_exchange,
             mean_accuracy=sum(e.accuracy for e in final) / len(final),
             worst_accuracy=min(e.accuracy for e in final),
             mean_loss=sum(e.loss for e in final) / len(final),

@@ -1,10 +1,13 @@
 """An in-process swarm: N peers, each with its own model, trainer, data shard, view and edge states,
 mixing by random pairwise exchanges through the same sessions and wire codec the daemon uses.
 
-One round: every online peer runs `local_steps` training steps, then every online peer (in random order)
-starts one exchange with a random online member of its view. Churn takes peers away and brings them back;
-a returning peer first copies a full model from a neighbour, as a joining daemon does. `finish_rounds` more
-rounds of exchanges without training follow the last, as daemons past their training budget finish.
+One round: every online peer runs `local_steps` training steps, then the online peers (in random order) start
+exchanges with random online members of their views, each at its task's pace as a daemon keeps it: one for
+every `[gossip] steps_per_exchange` steps it took (from a random phase, as daemons are not in step), or one
+a round where the task paces by time (`steps_per_exchange = 0`) or nothing trains. Churn takes peers away
+and brings them back; a returning peer first copies a full model from a neighbour, as a joining daemon does.
+`finish_rounds` more rounds of exchanges without training follow the last, one a peer each, as daemons past
+their training budget finish.
 
 Peers keep pace by default. With `paces`, peer i takes `paces[i] × local_steps` steps a round (on average)
 until it has its budget, `rounds × local_steps` steps, as daemons on unequal cores do; the rounds go on until
@@ -103,8 +106,13 @@ class SimulationConfig:
     # Each peer's training steps a round as a share of `local_steps`, cycled over the peers (see the module's
     # docstring); None: all keep pace.
     paces: tuple[float, ...] | None = None
+    # Training steps between two exchanges a peer starts; None: the task's `[gossip] steps_per_exchange`, as
+    # its daemons run; 0: one a round, whatever the steps.
+    steps_per_exchange: int | None = None
 
     def __post_init__(self) -> None:
+        if self.steps_per_exchange is not None and self.steps_per_exchange < 0:
+            raise ValueError(f"steps_per_exchange must be 0 or more, found {self.steps_per_exchange}")
         if self.paces is not None and (not self.paces or not all(0 < p <= 64 for p in self.paces)):
             raise ValueError(f"paces must be shares of local_steps in (0, 64], found {self.paces}")
 
@@ -155,6 +163,7 @@ class SimPeer:
     pace: float = 1.0  # training steps a round, as a share of local_steps (SimulationConfig.paces)
     trained: int = 0  # training steps taken (a Byzantine peer's counted as if taken)
     rounds_trained: int = 0  # rounds it was online to train in (with paces)
+    unmixed_steps: int = 0  # steps taken since it last started an exchange (step pacing)
 
     def params(self) -> dict[str, torch.Tensor]:
         return mixed_parameters(self.trainer.model, self.personal)
@@ -190,6 +199,11 @@ class Simulation:
         slowest = min(p.pace for p in self.peers)
         self.training_rounds = config.rounds if slowest >= 1 else math.ceil(config.rounds / slowest)
         self.rounds_run = 0  # training rounds run so far
+        paced = task.gossip.steps_per_exchange if config.steps_per_exchange is None else config.steps_per_exchange
+        self.steps_per_exchange = paced if config.train else 0  # 0: one exchange a round
+        if self.steps_per_exchange > 1:
+            for peer in self.peers:
+                peer.unmixed_steps = self.rng.randrange(self.steps_per_exchange)
         for peer in self.peers:
             peer.view.fill(p.index for p in self.peers if p is not peer)
         for peer in self.peers[config.peers - config.byzantine :]:
@@ -256,8 +270,10 @@ class Simulation:
                 break  # the slowest has its budget (with churn, sooner than the bound)
             self._churn(round_index)
             online = [p for p in self.peers if p.online]
+            starts = list(online)  # each peer once, unless step pacing says otherwise
             if self.config.train:
                 tick = time.perf_counter()
+                starts = []
                 for peer in online:
                     steps = self._steps_this_round(peer)
                     if steps and not peer.byzantine:
@@ -265,12 +281,13 @@ class Simulation:
                         peer.trainer.train_steps(steps)
                     peer.trained += steps
                     self.train_steps += steps
+                    starts += [peer] * self._exchanges_due(peer, steps)
                 self.train_seconds += time.perf_counter() - tick
             if distance_start is None:
                 distance_start = self._consensus()
             if self.config.mix:
                 tick = time.perf_counter()
-                for peer in self.rng.sample(online, len(online)):
+                for peer in self.rng.sample(starts, len(starts)):
                     self._exchange_from(peer)
                 self.mix_seconds += time.perf_counter() - tick
             self._rewire(round_index)
@@ -334,6 +351,16 @@ class Simulation:
         # From the rounds so far, not a running sum: no drift from adding a fraction round after round.
         owed = math.floor(peer.rounds_trained * peer.pace * self.task.train.local_steps + 1e-9)
         return max(0, min(owed, self.budget) - peer.trained)
+
+    def _exchanges_due(self, peer: SimPeer, steps: int) -> int:
+        """How many exchanges `peer` starts after training `steps` steps this round: one for every
+        `steps_per_exchange` steps (the remainder carried over), or one a round without step pacing. A peer
+        that has its budget and trains no more mixes by time, as a finished daemon does: one a round."""
+        every = self.steps_per_exchange
+        if every == 0 or (steps == 0 and peer.trained >= self.budget):
+            return 1
+        due, peer.unmixed_steps = divmod(peer.unmixed_steps + steps, every)
+        return due
 
     def _same_phase(self, peer: SimPeer, other: SimPeer) -> bool:
         """With paces, both still training or both past the budget (the daemon's rule); always otherwise."""
@@ -401,15 +428,16 @@ class Simulation:
         )
 
     def _bounds(self) -> Bounds:
-        """An exchange's bounds as a daemon computes them: a peer here starts one exchange per round, so the
-        time between two is a round's training steps at the measured time per step."""
+        """An exchange's bounds as a daemon computes them: the time between two a peer starts is its steps
+        between them (`steps_per_exchange`, or a round's without step pacing) at the time per step."""
         assert self.family is not None
         config = self.family.config
         if isinstance(self.config.timing, ModelledTiming):
             per_step = self.config.timing.step_seconds
         else:
             per_step = self.train_seconds / self.train_steps if self.train_steps else 0.0
-        interval = per_step * self.task.train.local_steps if per_step > 0 else self.task.gossip.exchange_interval
+        steps = self.steps_per_exchange or self.task.train.local_steps
+        interval = per_step * steps if per_step > 0 else self.task.gossip.exchange_interval
         return exchange_bounds(
             interval=max(interval, 1e-4),
             time_share=config.time_share,
