@@ -21,7 +21,9 @@ from gossipd.mixing.link_budget import (
     REMEASURE_AFTER,
     SAVE_CAP,
     SKIP,
+    SWIFT,
     Bounds,
+    EdgeLink,
     LinkBudget,
     exchange_bounds,
 )
@@ -364,7 +366,7 @@ def test_an_edge_climbs_while_the_next_mode_fits_its_budget_and_stops_where_it_w
         chosen.append(mode)
         # 1 ms of round trip plus 1 MB/s: rank 4 takes 5 ms, whole models 101 ms (over the 100 ms budget).
         record(links, mode, 0.001 + BYTES[mode] / 1e6, budget=0.1)
-    assert chosen[:CLIMB_AFTER] == [1] * CLIMB_AFTER
+    assert chosen[:3] == [1, 2, 4]  # each well under a tenth of the budget (SWIFT): a rung per exchange
     assert chosen[-1] == 4 and FULL not in chosen
     assert "rank 4" in links.links["p"].reason
     # The same link with a budget twice as large: whole models fit.
@@ -373,6 +375,42 @@ def test_an_edge_climbs_while_the_next_mode_fits_its_budget_and_stops_where_it_w
         mode = choose(roomy, budget=0.25)
         record(roomy, mode, 0.001 + BYTES[mode] / 1e6, budget=0.25)
     assert choose(roomy, budget=0.25) == FULL
+
+
+def test_exchanges_far_within_the_budget_climb_a_rung_each_and_comfortable_ones_every_few() -> None:
+    """Under a tenth of the budget (`SWIFT`) an edge tries the next rung after each exchange; between that and
+    half the budget, after CLIMB_AFTER in a row."""
+
+    def climb(seconds: float) -> list[int]:
+        links = LinkBudget(clock=lambda: 0.0)
+        chosen = []
+        for _ in range(3 * CLIMB_AFTER + 1):
+            mode = choose(links, budget=1.0)
+            chosen.append(mode)
+            record(links, mode, seconds, budget=1.0)
+        return chosen
+
+    assert climb(SWIFT * 0.9)[:4] == [1, 2, 4, FULL]
+    assert climb(SWIFT * 1.5) == [1] * CLIMB_AFTER + [2] * CLIMB_AFTER + [4] * CLIMB_AFTER + [FULL]
+
+
+def test_a_rung_measured_within_the_budget_is_climbed_to_without_calm_below_it() -> None:
+    """Exchanges at rank 2 take 0.6 of the budget, never under half: no calm, so no climb by prediction. Once
+    whole models were measured within the budget (here an exchange the neighbour opened), the edge moves up
+    after its next exchange within budget; one over it, or a failure, comes first."""
+    links = LinkBudget(clock=lambda: 0.0)
+    links.links["p"] = EdgeLink(rung=2)  # rank 4
+    for _ in range(5):
+        record(links, choose(links, budget=1.0), 0.6, budget=1.0)
+    assert choose(links, budget=1.0) == 4
+    record(links, FULL, 0.8, budget=1.0)  # the neighbour's choice
+    assert choose(links, budget=1.0) == 4  # the edge's own last exchange was not at its rung
+    record(links, 4, 0.6, budget=1.0)
+    assert choose(links, budget=1.0) == FULL and "full predicted 800 ms" in links.links["p"].reason
+    record(links, FULL, 2.5, budget=1.0)  # over two budgets: down, and whole models stay out for a while
+    for _ in range(5):
+        record(links, choose(links, budget=1.0), 0.6, budget=1.0)
+    assert choose(links, budget=1.0) == 4
 
 
 def test_where_fixed_costs_dominate_the_cost_per_byte_measured_between_two_modes_lets_an_edge_climb_further() -> None:

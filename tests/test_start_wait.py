@@ -296,3 +296,66 @@ async def test_a_stalled_finish_takes_the_model_of_the_first_neighbour_at_its_bu
         assert await runtime._adopt_agreed_model(services, ["training"], 100) is None
         assert len(loaded) == 1  # a neighbour still training is asked, never taken
         nursery.cancel_scope.cancel()
+
+
+async def test_a_peer_whose_co_starters_already_finished_copies_their_model_rather_than_train_alone(
+    tmp_path: Path, monkeypatch: Any
+) -> None:
+    # Titanic's 300 steps take half a second: peers whose start wait ended that much sooner were past their
+    # budget when this one's ended ("together"), and it would have trained alone (nobody left in its phase
+    # to mix with), its model then averaged into theirs in the finish. It joins them, as a late joiner does.
+    async with trio.open_nursery() as nursery:
+        network = FakeHub(nursery, random.Random(0)).add_peer()
+        runtime = TaskRuntime(budgeted_task(""), options(0), network=network, state_dir=tmp_path)
+        runtime.peers.saw("early", "pubsub", member=True, step=300, done=True)
+        runtime.peers.saw("mid", "pubsub", member=True, step=120)
+        loaded: list[int] = []
+
+        async def fetch_state(network: Any, peer: str, **kw: Any) -> tuple[dict[str, Any], int, int]:
+            return {}, {"early": 300, "mid": 120}[peer], 10
+
+        class Trainer:
+            def model_state(self) -> dict[str, Any]:
+                return {}
+
+            def load_model_state(self, state: dict[str, Any], step: int) -> None:
+                loaded.append(step)
+
+            async def at_boundary(self, action: Callable[[], Any]) -> Any:
+                return action()
+
+            def pause(self) -> None:
+                pass
+
+            def resume(self) -> None:
+                pass
+
+        class Exchange:
+            def __init__(self) -> None:
+                self.finished = {"early"}
+
+            def past_budget_known(self, peer: str) -> bool:
+                return peer in self.finished
+
+            def handshake(self, peer: str) -> None:
+                return None
+
+            def forget_all_edges(self) -> None:
+                pass
+
+            def count_state_transfer(self, peer: str, *, received: int) -> None:
+                pass
+
+        exchange = Exchange()
+        services: Any = type(
+            "Services", (), {"state_specs": {}, "trainer": Trainer(), "exchange": exchange, "fresh": True}
+        )()
+        monkeypatch.setattr("gossipd.services.task_runtime.fetch_state", fetch_state)
+        runtime.start_outcome = Start.TOGETHER
+        await runtime._join_if_needed(services)
+        assert loaded == [300] and runtime.state_transfers == 1 and runtime.state is TaskState.TRAINING
+        # Co-starters all still training: it starts from the task's model, as before.
+        exchange.finished = set()
+        await runtime._join_if_needed(services)
+        assert loaded == [300] and runtime.state_transfers == 1
+        nursery.cancel_scope.cancel()
