@@ -244,6 +244,53 @@ async def test_a_quorum_s_peers_start_together_though_one_began_a_moment_sooner(
         nursery.cancel_scope.cancel()
 
 
+class CopyHost:
+    """The part of a trainer a model copy uses; `loaded` records each (state, step) it was given."""
+
+    def __init__(self) -> None:
+        self.loaded: list[tuple[dict[str, Any], int]] = []
+
+    def model_state(self) -> dict[str, Any]:
+        return {}
+
+    def load_model_state(self, state: dict[str, Any], step: int) -> None:
+        self.loaded.append((state, step))
+
+    async def at_boundary(self, action: Callable[[], Any]) -> Any:
+        return action()
+
+    def pause(self) -> None:
+        pass
+
+    def resume(self) -> None:
+        pass
+
+
+class CopyExchange:
+    """The part of an exchange service a model copy uses; `finished`: the neighbours known past the budget."""
+
+    def __init__(self, finished: set[str] | None = None) -> None:
+        self.transfers: list[str] = []
+        self.finished = finished or set()
+
+    def past_budget_known(self, peer: str) -> bool:
+        return peer in self.finished
+
+    def handshake(self, peer: str) -> None:
+        return None
+
+    def forget_all_edges(self) -> None:
+        pass
+
+    def count_state_transfer(self, peer: str, *, received: int) -> None:
+        self.transfers.append(peer)
+
+
+def copy_services(host: CopyHost, exchange: CopyExchange, *, fresh: bool = True) -> Any:
+    """Only what a copy uses of a task's services."""
+    return type("Services", (), {"state_specs": {}, "trainer": host, "exchange": exchange, "fresh": fresh})()
+
+
 async def test_a_stalled_finish_takes_the_model_of_the_first_neighbour_at_its_budget(
     tmp_path: Path, monkeypatch: Any
 ) -> None:
@@ -261,40 +308,15 @@ async def test_a_stalled_finish_takes_the_model_of_the_first_neighbour_at_its_bu
             asked.append(peer)
             return {"w": peer}, steps[peer], 10
 
-        loaded: list[tuple[dict[str, Any], int]] = []
-
-        class Host:
-            def model_state(self) -> dict[str, Any]:
-                return {}
-
-            def load_model_state(self, state: dict[str, Any], step: int) -> None:
-                loaded.append((state, step))
-
-            async def at_boundary(self, action: Callable[[], Any]) -> Any:
-                return action()
-
-        class Exchange:
-            def __init__(self) -> None:
-                self.transfers: list[str] = []
-
-            def handshake(self, peer: str) -> None:
-                return None
-
-            def forget_all_edges(self) -> None:
-                pass
-
-            def count_state_transfer(self, peer: str, *, received: int) -> None:
-                self.transfers.append(peer)
-
-        # Only what a copy uses of a task's services.
-        services: Any = type("Services", (), {"state_specs": {}, "trainer": Host(), "exchange": Exchange()})()
+        host = CopyHost()
+        services = copy_services(host, CopyExchange())
         monkeypatch.setattr("gossipd.services.task_runtime.fetch_state", fetch_state)
         donor = await runtime._adopt_agreed_model(services, ["training", "finished", "also"], 100)
         assert donor == "finished" and asked == ["training", "finished"]
-        assert loaded == [({"w": "finished"}, 100)] and runtime.state_transfers == 1
+        assert host.loaded == [({"w": "finished"}, 100)] and runtime.state_transfers == 1
         assert services.exchange.transfers == ["finished"]
         assert await runtime._adopt_agreed_model(services, ["training"], 100) is None
-        assert len(loaded) == 1  # a neighbour still training is asked, never taken
+        assert len(host.loaded) == 1  # a neighbour still training is asked, never taken
         nursery.cancel_scope.cancel()
 
 
@@ -309,53 +331,19 @@ async def test_a_peer_whose_co_starters_already_finished_copies_their_model_rath
         runtime = TaskRuntime(budgeted_task(""), options(0), network=network, state_dir=tmp_path)
         runtime.peers.saw("early", "pubsub", member=True, step=300, done=True)
         runtime.peers.saw("mid", "pubsub", member=True, step=120)
-        loaded: list[int] = []
 
         async def fetch_state(network: Any, peer: str, **kw: Any) -> tuple[dict[str, Any], int, int]:
             return {}, {"early": 300, "mid": 120}[peer], 10
 
-        class Trainer:
-            def model_state(self) -> dict[str, Any]:
-                return {}
-
-            def load_model_state(self, state: dict[str, Any], step: int) -> None:
-                loaded.append(step)
-
-            async def at_boundary(self, action: Callable[[], Any]) -> Any:
-                return action()
-
-            def pause(self) -> None:
-                pass
-
-            def resume(self) -> None:
-                pass
-
-        class Exchange:
-            def __init__(self) -> None:
-                self.finished = {"early"}
-
-            def past_budget_known(self, peer: str) -> bool:
-                return peer in self.finished
-
-            def handshake(self, peer: str) -> None:
-                return None
-
-            def forget_all_edges(self) -> None:
-                pass
-
-            def count_state_transfer(self, peer: str, *, received: int) -> None:
-                pass
-
-        exchange = Exchange()
-        services: Any = type(
-            "Services", (), {"state_specs": {}, "trainer": Trainer(), "exchange": exchange, "fresh": True}
-        )()
+        host, exchange = CopyHost(), CopyExchange({"early"})
+        services = copy_services(host, exchange)
         monkeypatch.setattr("gossipd.services.task_runtime.fetch_state", fetch_state)
         runtime.start_outcome = Start.TOGETHER
         await runtime._join_if_needed(services)
-        assert loaded == [300] and runtime.state_transfers == 1 and runtime.state is TaskState.TRAINING
+        assert [step for _, step in host.loaded] == [300]
+        assert runtime.state_transfers == 1 and runtime.state is TaskState.TRAINING
         # Co-starters all still training: it starts from the task's model, as before.
         exchange.finished = set()
         await runtime._join_if_needed(services)
-        assert loaded == [300] and runtime.state_transfers == 1
+        assert len(host.loaded) == 1 and runtime.state_transfers == 1
         nursery.cancel_scope.cancel()
