@@ -39,3 +39,32 @@ def test_the_default_is_judged_first_and_a_miss_at_the_stop_alone_fails_it() -> 
 def test_an_algorithm_without_rows_gets_no_line() -> None:
     lines = non_iid_lines({"titanic": [row("plain", -0.5, -0.2), LOCAL]})
     assert len(lines) == 1 and lines[0].startswith("- Non-IID, plain")
+
+
+def test_a_row_over_several_seeds_shows_each_seeds_spread_at_the_stop_and_after_the_finish() -> None:
+    bench = load_script("bench_quality")
+    workload = bench.Workload(
+        name="mnist-mlp", task="t", dataset="d", needs="n", peers=8, partition="dirichlet:0.1", rounds=10, seeds=3
+    )
+
+    def report(algorithm: str, seed: int, stopped: float, final: float, central: float | None = None) -> dict[str, Any]:
+        return {
+            "workload": "mnist-mlp", "label": algorithm, "algorithm": algorithm, "seed": seed,
+            "stopped_mean_accuracy": stopped, "mean_accuracy": final, "worst_accuracy": final,
+            "mean_loss": 0.1, "stopped_mean_loss": 0.1, "centralised_accuracy": central, "centralised_loss": 0.1,
+            "bytes_per_exchange": 1.0, "compression_ratio": 1.0, "consensus_distance_end": 0.0, "wall_seconds": 1.0,
+        }  # fmt: skip
+
+    reports = [
+        *(report("local", seed, 0.5, 0.5, central=0.98) for seed in range(3)),
+        report("auto", 0, 0.95, 0.97),
+        report("auto", 1, 0.96, 0.975),
+        report("auto", 2, 0.94, 0.98),
+    ]
+    rows = bench.summarise(reports, "mnist-mlp")
+    lines = bench.table(workload, rows)
+    auto_line = next(line for line in lines if "| auto |" in line)
+    local_line = next(line for line in lines if "| local |" in line)
+    assert "mean of 3 seeds" in lines[0]
+    assert "(seeds: stop -4.0 … -2.0, finish -1.0 … +0.0)" in auto_line
+    assert "(seeds -48.0 … -48.0)" in local_line  # training alone has no stop of its own
