@@ -995,6 +995,28 @@ async def test_a_pair_runs_its_exchanges_on_one_stream_until_it_is_too_old_to_re
     assert a.exchange.statistics().failed == b.exchange.statistics().failed == 0
 
 
+async def test_two_exchanges_that_end_together_each_drop_the_stale_streams_once(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # Both park their streams at one instant and find the same stale ones; dropping one yields, so each
+    # must take its stale streams out before the first await (a second pop of the same one crashed the task).
+    with trio.fail_after(120):
+        async with fake_swarm(seed=7, latency=0.01) as hub:
+            a, b, c, d, e = await start_peers(hub, "ABCDE", section=gossip(), trainer="paused")
+            assert await exchange(a, b) is not None
+            assert await exchange(a, c) is not None
+            await trio.sleep(STREAM_REUSE)
+            async with trio.open_nursery() as both:
+                both.start_soon(exchange, a, d)
+                both.start_soon(exchange, a, e)
+            resets = hub.statistics().streams_reset
+            assert await exchange(a, d) is not None and await exchange(a, e) is not None
+            assert hub.statistics().streams_opened == 4  # the last two went on the streams parked together
+            assert hub.statistics().streams_reset == resets
+    assert a.exchange.statistics().exchanges == 6
+    assert a.exchange.statistics().failed == 0
+
+
 async def test_an_answering_end_in_step_skips_its_hello_also_with_two_power_iterations(
     autojump_clock: trio.testing.MockClock,
 ) -> None:

@@ -687,9 +687,10 @@ class ExchangeService:
     async def _park(self, peer: str, stream: FrameStream) -> None:
         """Keep a stream whose exchange succeeded for the next exchange with that peer; drop stale ones."""
         now = trio.current_time()
-        stale = [p for p, (_, since) in self._parked.items() if now - since >= STREAM_REUSE]
-        for other in stale:
-            await self._parked.pop(other)[0].reset()
+        # Taken out before the first await: another exchange may park, reuse or drop streams meanwhile.
+        stale = [self._parked.pop(p)[0] for p, (_, since) in list(self._parked.items()) if now - since >= STREAM_REUSE]
+        for old in stale:
+            await old.reset()
         if self.accepting:
             self._parked[peer] = (stream, now)
         else:
