@@ -13,9 +13,11 @@ import trio
 
 from gossipd.cli_client import format_status
 from gossipd.peering.start_wait import FirstSteps, Start, StartWait
+from gossipd.services.discovery import topic_for
 from gossipd.services.status import TaskState, TaskStatus, to_json
 from gossipd.services.task_runtime import RunOptions, TaskRuntime
 from gossipd.task.loader import Task, parse_task
+from gossipd.wire.heartbeat import decode_heartbeat
 from tests.conftest import DEFAULT_TASK
 from tests.fake_network import FakeHub
 from tests.test_control_api import make_status
@@ -138,6 +140,30 @@ async def test_a_lone_fresh_peer_of_a_budgeted_task_waits_then_trains_alone(tmp_
         assert trio.current_time() - began >= 1.5
         status = runtime.status()
         assert (status.state, status.start, status.start_wait) == (TaskState.TRAINING, "alone", None)
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_peer_whose_wait_ends_announces_its_first_step_at_once_not_a_heartbeat_period_later(
+    tmp_path: Path,
+) -> None:
+    # Neighbours still waiting start when they hear that a co-starter has begun; a swarm of four announces
+    # every 8 s, far longer than a small task's whole budget.
+    task = budgeted_task("start_wait = 1.0")
+    slow = dataclasses.replace(options(0), heartbeat_interval=30.0)
+    async with trio.open_nursery() as nursery:
+        hub = FakeHub(nursery, random.Random(0))
+        listener = hub.add_peer()
+        heard = await listener.subscribe(topic_for(task.hash, None))
+        runtime = TaskRuntime(task, slow, network=hub.add_peer(), state_dir=tmp_path)
+        await nursery.start(runtime.run)
+        began = trio.current_time()
+        with trio.fail_after(10):
+            async for message in heard:
+                beat = decode_heartbeat(message.data, task=task.hash, key=None)
+                if beat.step > 0:
+                    break
+        assert runtime.start_outcome is Start.ALONE
+        assert trio.current_time() - began < 3.0  # the wait (1 s) and a step, not 30 s
         nursery.cancel_scope.cancel()
 
 

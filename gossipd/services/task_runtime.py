@@ -70,6 +70,10 @@ log = logging.getLogger("gossipd.task")
 RECOVERY_RETRY = 2.0  # seconds between attempts to copy a neighbour's model over a diverged one
 RECOVERY_BACKOFF_MAX = 60.0
 PEER_CHECK_INTERVAL = 0.5  # seconds between counts of live neighbours ([train] min_peers)
+# A start wait looks more often: its co-starters begin within this of the first of them (a Titanic budget
+# is half a second); each look only reads the peer table.
+START_CHECK_INTERVAL = 0.05
+FIRST_STEP_LIMIT = 60.0  # seconds a started peer waits for its first step to announce it (a slow first step)
 SETTLE = 4.0  # seconds without a new live neighbour after which a start wait's peers begin (or 2 heartbeats)
 
 
@@ -181,6 +185,8 @@ class TaskRuntime:
                 nursery.start_soon(self._checkpoint_loop)
                 task_status.started()
                 await self._wait_for_peers(services)
+                if self.start_outcome in (Start.TOGETHER, Start.ALONE):
+                    nursery.start_soon(self._announce_first_step, services)
                 await self._join_if_needed(services)
                 nursery.start_soon(self._recover_when_diverged, services)
                 if self.task.train.min_peers > 0:
@@ -401,7 +407,7 @@ class TaskRuntime:
         self._starting = True
         # Liveness changes as heartbeats age out, with no event to wait on (as in `_until`).
         while (start := wait.decide(trio.current_time(), self._live_steps())) is Start.WAIT:  # noqa: ASYNC110
-            await trio.sleep(PEER_CHECK_INTERVAL)
+            await trio.sleep(START_CHECK_INTERVAL)
         self.start_outcome, self._starting = start, False
         services.trainer.resume()
         log.info(
@@ -411,6 +417,16 @@ class TaskRuntime:
             trio.current_time() - wait.since,
             len(self.peers.live_members()),
         )
+
+    async def _announce_first_step(self, services: Services) -> None:
+        """Tell the neighbours at once that this peer's wait is over: those still waiting start when they hear
+        a co-starter has begun (`StartWait.decide`), and the heartbeat period of a swarm of four is 8 s. On
+        Titanic's half-second budget the waits ended up to 0.9 s apart, the first starter trained alone, and
+        the finish averaged its model into the others' (3 runs of 29 ended near one class)."""
+        with trio.move_on_after(FIRST_STEP_LIMIT):
+            while services.trainer.step == 0:  # noqa: ASYNC110 (the trainer signals no event for it)
+                await trio.sleep(0.01)
+            services.discovery.announce_now()
 
     def _live_steps(self) -> dict[str, int | None]:
         return {peer: self.peers.records[peer].step for peer in self.peers.live_members()}
