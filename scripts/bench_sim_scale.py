@@ -14,7 +14,7 @@ of `--eval-peers` is scored (consensus is over all). Full MNIST from ../shared/d
 message when absent). Prints progress on stderr, a markdown table on stdout, writes out/bench-sim-scale.json
 and, with --write, the section of BENCHMARKS.md.
 
-    python scripts/bench_sim_scale.py [--models cnn,mlp] [--sizes 8,256,1024] [--views 4,8] [--rounds8 2048]
+    python scripts/bench_sim_scale.py [--models cnn,mlp] [--sizes 8,256,1024] [--views 6] [--rounds8 1024]
                                       [--long-rounds 64] [--finish-rounds 25] [--eval-peers 32]
                                       [--write]
 """
@@ -207,8 +207,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", default="cnn,mlp")
     parser.add_argument("--sizes", default="8,256,1024")
-    parser.add_argument("--views", default="4,8")
-    parser.add_argument("--rounds8", type=int, default=2048, help="rounds of the 8-peer run")
+    parser.add_argument("--views", default="6", help="view sizes (6: the task files' own)")
+    parser.add_argument("--rounds8", type=int, default=1024, help="rounds of the 8-peer run")
     parser.add_argument("--long-rounds", type=int, default=64, help="rounds of the long run (0: none)")
     parser.add_argument("--finish-rounds", type=int, default=25, help="the long run's rounds of mixing alone")
     parser.add_argument("--eval-peers", type=int, default=32)
