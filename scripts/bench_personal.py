@@ -137,7 +137,12 @@ TRAINING = ("local", "frozen")  # [train] personal_training of the personal runs
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--rounds", type=int, default=300, help="training rounds (one step and exchange each)")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=300,
+        help="training rounds (one local step each; an exchange every `steps_per_exchange` steps a peer)",
+    )
     parser.add_argument("--finish-rounds", type=int, default=25, help="rounds of mixing alone after training")
     parser.add_argument(
         "--personal-steps", type=int, nargs="+", default=[200], help="fine-tuning of the personal layer (a run each)"
