@@ -1,5 +1,5 @@
-"""The peer table's two kinds of leaving a peer alone: a back-off after failures (this end starts no exchange
-with it for a while) and a penalty after a rejection (refused both ways)."""
+"""The peer table: its two kinds of leaving a peer alone, a back-off after failures (this end starts no exchange
+with it for a while) and a penalty after a rejection (refused both ways); and the first step a peer declared."""
 
 from __future__ import annotations
 
@@ -49,3 +49,18 @@ def test_a_penalty_refuses_both_ways_and_outlasts_a_success() -> None:
     assert table.refuses("p") and not table.is_live("p")
     now[0] = 30.0
     assert not table.refuses("p") and table.is_live("p")
+
+
+def test_the_first_step_a_peer_declares_is_kept_as_it_arrives() -> None:
+    # A start wait looks every 0.05 s; a co-starter's step-0 heartbeat and its first step may both arrive
+    # between two looks, and the first must not be lost to the second.
+    table = PeerTable(self_id="me", clock=lambda: 0.0, liveness=60.0)
+    table.saw("p", "bootstrap")
+    table.saw("p", "pubsub", member=True, step=0)
+    table.saw("p", "pubsub", member=True, step=3)
+    record = table.get("p")
+    assert record is not None and (record.first_step, record.step) == (0, 3)
+    table.saw("q", "pubsub", member=True, step=120)
+    table.saw("q", "pubsub", member=True, step=None)  # a heartbeat that says no step changes nothing
+    record = table.get("q")
+    assert record is not None and (record.first_step, record.step) == (120, 120)

@@ -157,13 +157,18 @@ async def test_a_peer_whose_wait_ends_announces_its_first_step_at_once_not_a_hea
         runtime = TaskRuntime(task, slow, network=hub.add_peer(), state_dir=tmp_path)
         await nursery.start(runtime.run)
         began = trio.current_time()
+        beats: list[tuple[float, int]] = []
         with trio.fail_after(10):
             async for message in heard:
                 beat = decode_heartbeat(message.data, task=task.hash, key=None)
+                beats.append((trio.current_time() - began, beat.step))
                 if beat.step > 0:
                     break
         assert runtime.start_outcome is Start.ALONE
-        assert trio.current_time() - began < 3.0  # the wait (1 s) and a step, not 30 s
+        assert beats[-1][0] < 3.0  # the wait (1 s) and a step, not 30 s
+        # Step 0 once more as the wait ends, just before: a neighbour that missed the launch's heartbeat
+        # (sent before its mesh formed) hears a co-starter, not a peer already training.
+        assert beats[-2][0] >= 1.0 and beats[-2][1] == 0
         nursery.cancel_scope.cancel()
 
 

@@ -20,6 +20,7 @@ class PeerRecord:
     member: bool = False  # confirmed to run this task (heartbeat, provider record or exchange)
     last_heard: float | None = None
     step: int | None = None
+    first_step: int | None = None  # the step its first heartbeat declared (a start wait goes by it)
     done: bool | None = None  # past its own training budget, as its heartbeats say; None: they do not say
     done_at: float | None = None  # when a heartbeat last said `done` (a refusal after it overrides it)
     loss: float | None = None
@@ -91,6 +92,8 @@ class PeerTable:
         if heard:
             record.last_heard = now
         if step is not None:
+            if record.first_step is None:
+                record.first_step = step
             record.step = step
         if done is not None:
             record.done, record.done_at = done, now

@@ -142,9 +142,7 @@ class DiscoveryService:
 
     async def _announce(self) -> None:
         while True:
-            period = announce_period(self.heartbeat_interval, len(self.peers.live_members()))
-            beat = dataclasses.replace(self.heartbeat(), every=period)
-            await self.network.publish(self.topic, encode_heartbeat(beat, key=self.access.key))
+            period = await self.announce()
             with trio.move_on_after(period):
                 await self._newcomer.wait()
                 if not self._news:
@@ -154,6 +152,13 @@ class DiscoveryService:
                     await trio.sleep(NEWCOMER_REPLY * self.rng.random())
             self._newcomer = trio.Event()
             self._news = False
+
+    async def announce(self) -> float:
+        """Send a heartbeat now; the period it announces."""
+        period = announce_period(self.heartbeat_interval, len(self.peers.live_members()))
+        beat = dataclasses.replace(self.heartbeat(), every=period)
+        await self.network.publish(self.topic, encode_heartbeat(beat, key=self.access.key))
+        return period
 
     def announce_now(self) -> None:
         """Send a heartbeat at once rather than a period later: this peer's neighbours act on what it says

@@ -73,6 +73,7 @@ PEER_CHECK_INTERVAL = 0.5  # seconds between counts of live neighbours ([train] 
 # A start wait looks more often: its co-starters begin within this of the first of them (a Titanic budget
 # is half a second); each look only reads the peer table.
 START_CHECK_INTERVAL = 0.05
+ANNOUNCE_LIMIT = 5.0  # seconds a start waits to announce its step 0 (a publish normally takes milliseconds)
 FIRST_STEP_LIMIT = 60.0  # seconds a started peer waits for its first step to announce it (a slow first step)
 SETTLE = 4.0  # seconds without a new live neighbour after which a start wait's peers begin (or 2 heartbeats)
 
@@ -406,9 +407,19 @@ class TaskRuntime:
         )
         self._starting = True
         # Liveness changes as heartbeats age out, with no event to wait on (as in `_until`).
-        while (start := wait.decide(trio.current_time(), self._live_steps())) is Start.WAIT:  # noqa: ASYNC110
+        while True:
+            wait.first_steps.note(self._live_first_steps())
+            start = wait.decide(trio.current_time(), self._live_steps())
+            if start is not Start.WAIT:
+                break
             await trio.sleep(START_CHECK_INTERVAL)
         self.start_outcome, self._starting = start, False
+        if start in (Start.TOGETHER, Start.ALONE):
+            # Step 0 first, then the first step (`_announce_first_step`): a neighbour whose earlier heartbeats
+            # from this peer were lost (sent before its GossipSub mesh formed) would otherwise first hear of it
+            # already training, and take it for a running swarm to copy rather than a co-starter.
+            with trio.move_on_after(ANNOUNCE_LIMIT):
+                await services.discovery.announce()
         services.trainer.resume()
         log.info(
             "task %s starts (%s) after %.1f s with %d live neighbours",
@@ -430,6 +441,11 @@ class TaskRuntime:
 
     def _live_steps(self) -> dict[str, int | None]:
         return {peer: self.peers.records[peer].step for peer in self.peers.live_members()}
+
+    def _live_first_steps(self) -> dict[str, int | None]:
+        """The step each live neighbour's first heartbeat declared, as it arrived: a neighbour heard at step 0
+        and then at step 1 within one look is a co-starter, not a swarm that had trained."""
+        return {peer: self.peers.records[peer].first_step for peer in self.peers.live_members()}
 
     async def _keep_min_peers(self, services: Services) -> None:
         """Once training, fall back to waiting when fewer than `min_peers` neighbours have been live for the
@@ -469,6 +485,7 @@ class TaskRuntime:
     def _quorum_with_first_steps(self) -> bool:
         """`_enough_peers`, polled while waiting for `min_peers`, noting the first step each live neighbour
         declares meanwhile (`_nobody_trained_yet` goes by them)."""
+        self._first_steps.note(self._live_first_steps())
         self._first_steps.note(self._live_steps())
         return self._enough_peers()
 
@@ -480,6 +497,7 @@ class TaskRuntime:
         """With `min_peers`, peers that waited for each other start together: when every live neighbour was
         first heard of at step 0 (still there, or begun since: its own wait ended a moment sooner) there is
         no trained model to copy, and each starts from the task's seed at once."""
+        self._first_steps.note(self._live_first_steps())
         return self.task.train.min_peers > 0 and self._first_steps.co_starters(self._live_steps())
 
     async def _join_if_needed(self, services: Services) -> None:
