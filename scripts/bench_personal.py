@@ -145,7 +145,11 @@ def main() -> None:
     )
     parser.add_argument("--finish-rounds", type=int, default=25, help="rounds of mixing alone after training")
     parser.add_argument(
-        "--personal-steps", type=int, nargs="+", default=[200], help="fine-tuning of the personal layer (a run each)"
+        "--personal-steps",
+        type=int,
+        nargs="+",
+        default=[200, 50],
+        help="fine-tuning of the personal layer (a run each)",
     )
     parser.add_argument("--training", nargs="+", choices=TRAINING, default=list(TRAINING), help="personal runs")
     parser.add_argument("--workers", type=int, default=2)
