@@ -322,6 +322,17 @@ def copy_services(host: CopyHost, exchange: CopyExchange, *, fresh: bool = True)
     return type("Services", (), {"state_specs": {}, "trainer": host, "exchange": exchange, "fresh": fresh})()
 
 
+def serve_states(monkeypatch: Any, steps: dict[str, int], asked: list[str] | None = None) -> None:
+    """Neighbours that answer a state request with a model at their step in `steps` (`asked`: who was asked)."""
+
+    async def fetch_state(network: Any, peer: str, **kw: Any) -> tuple[dict[str, Any], int, int]:
+        if asked is not None:
+            asked.append(peer)
+        return {"w": peer}, steps[peer], 10
+
+    monkeypatch.setattr("gossipd.services.task_runtime.fetch_state", fetch_state)
+
+
 async def test_a_stalled_finish_takes_the_model_of_the_first_neighbour_at_its_budget(
     tmp_path: Path, monkeypatch: Any
 ) -> None:
@@ -334,14 +345,9 @@ async def test_a_stalled_finish_takes_the_model_of_the_first_neighbour_at_its_bu
         for peer in steps:
             runtime.peers.saw(peer, "pubsub", member=True)
         asked: list[str] = []
-
-        async def fetch_state(network: Any, peer: str, **kw: Any) -> tuple[dict[str, Any], int, int]:
-            asked.append(peer)
-            return {"w": peer}, steps[peer], 10
-
+        serve_states(monkeypatch, steps, asked)
         host = CopyHost()
         services = copy_services(host, CopyExchange())
-        monkeypatch.setattr("gossipd.services.task_runtime.fetch_state", fetch_state)
         donor = await runtime._adopt_agreed_model(services, ["training", "finished", "also"], 100)
         assert donor == "finished" and asked == ["training", "finished"]
         assert host.loaded == [({"w": "finished"}, 100)] and runtime.state_transfers == 1
@@ -362,13 +368,9 @@ async def test_a_peer_whose_co_starters_already_finished_copies_their_model_rath
         runtime = TaskRuntime(budgeted_task(""), options(0), network=network, state_dir=tmp_path)
         runtime.peers.saw("early", "pubsub", member=True, step=300, done=True)
         runtime.peers.saw("mid", "pubsub", member=True, step=120)
-
-        async def fetch_state(network: Any, peer: str, **kw: Any) -> tuple[dict[str, Any], int, int]:
-            return {}, {"early": 300, "mid": 120}[peer], 10
-
+        serve_states(monkeypatch, {"early": 300, "mid": 120})
         host, exchange = CopyHost(), CopyExchange({"early"})
         services = copy_services(host, exchange)
-        monkeypatch.setattr("gossipd.services.task_runtime.fetch_state", fetch_state)
         runtime.start_outcome = Start.TOGETHER
         await runtime._join_if_needed(services)
         assert [step for _, step in host.loaded] == [300]
