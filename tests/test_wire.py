@@ -7,6 +7,7 @@ import json
 from typing import Any
 
 import msgpack
+import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
@@ -164,6 +165,21 @@ def test_non_finite_values_are_rejected() -> None:
     for bad in (float("nan"), float("inf"), float("-inf")):
         with pytest.raises(NonFiniteTensor):
             from_wire(to_wire("x", torch.tensor([1.0, bad])))
+
+
+def test_every_float16_bit_pattern_is_judged_finite_exactly_as_numpy_judges_it() -> None:
+    # float16 is checked on its raw bits (fast); all 65,536 patterns must agree with isfinite.
+    bits = np.arange(1 << 16, dtype=np.uint16)
+    values = bits.view(np.float16)
+    finite = np.isfinite(values)
+    assert 0 < int(finite.sum()) < len(bits)  # both kinds are in the sweep
+    for pattern in [*bits[~finite][::97].tolist(), 0x7C00, 0xFC00, 0x7E00]:  # +Inf, -Inf, a quiet NaN
+        record = WireTensor("x", "float16", (2,), np.array([0, pattern], dtype="<u2").tobytes())
+        with pytest.raises(NonFiniteTensor):
+            from_wire(record)
+    record = WireTensor("x", "float16", (int(finite.sum()),), values[finite].astype("<f2").tobytes())
+    received = from_wire(record)
+    assert torch.equal(received.view(torch.int16), torch.from_numpy(bits[finite].astype(np.int16)))
 
 
 def test_wire_tensor_refuses_inconsistent_records() -> None:

@@ -94,6 +94,12 @@ def full_tensors(params: Params) -> tuple[WireTensor, ...]:
     return tuple(to_wire(name, t) for name, t in params.items())
 
 
+def _squared_norm(tensor: torch.Tensor) -> float:
+    floating = tensor if tensor.is_floating_point() else tensor.float()
+    return float(torch.linalg.vector_norm(floating, dtype=torch.float32)) ** 2
+
+
 def norm(tensors: Delta) -> float:
     """‖·‖ over a set of tensors, as if they were one vector."""
-    return math.sqrt(sum(float(t.float().pow(2).sum()) for t in tensors.values()))
+    # One pass per tensor and no squared copy: this runs on every whole model an exchange receives.
+    return math.sqrt(sum(_squared_norm(t) for t in tensors.values()))

@@ -57,5 +57,7 @@ class PlainGossip(Algorithm[None]):
         for name, own in mine.items():
             # (theirs − mine) is exactly the negation of the peer's (mine − theirs): the pair sum is kept.
             difference[name] = from_wire(records[name], ctx.device).to(own.dtype) - own
-        delta: Delta = {name: d * ctx.weight for name, d in difference.items()}
-        return MixOutcome(delta, norm(difference))
+        distance = norm(difference)
+        for d in difference.values():
+            d.mul_(ctx.weight)  # the difference becomes the delta in place: a whole model's copy saved
+        return MixOutcome(difference, distance)
