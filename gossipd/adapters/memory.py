@@ -51,7 +51,8 @@ TRIM_THRESHOLD = 128 << 20
 
 def keep_freed_memory() -> bool:
     """Stop glibc from handing blocks back as they are freed (see the module's docstring); whether it could.
-    Only with a periodic `release_free_memory`, which bounds what is kept."""
+    A process that also calls `release_free_memory` now and then bounds what is kept; one that does not
+    keeps at most TRIM_THRESHOLD free at the top of each arena."""
     libc = _libc()
     if libc is None:
         return False
