@@ -107,7 +107,7 @@ def from_wire(record: WireTensor, device: torch.device | str = "cpu") -> torch.T
 
 
 def _all_finite(array: np.ndarray[Any, np.dtype[np.generic]]) -> bool:
-    if array.dtype.itemsize == 2:  # float16
+    if array.dtype.kind == "f" and array.dtype.itemsize == 2:  # float16
         bits = array.view(np.dtype("<u2"))
         return not bool(np.any((bits & _FLOAT16_EXPONENT) == _FLOAT16_EXPONENT))
     return bool(np.isfinite(array).all())
