@@ -216,16 +216,14 @@ class FakeHub:
         latency: float = 0.0,
         jitter: float = 0.0,
         loss: float = 0.0,
-        bandwidth: float = 0.0,
     ) -> None:
-        if latency < 0 or jitter < 0 or not 0 <= loss <= 1 or bandwidth < 0:
-            raise ValueError("latency, jitter and bandwidth must be >= 0 and loss in [0, 1]")
+        if latency < 0 or jitter < 0 or not 0 <= loss <= 1:
+            raise ValueError("latency and jitter must be >= 0 and loss in [0, 1]")
         self.nursery = nursery
         self.rng = rng
         self.latency = latency
         self.jitter = jitter
         self.loss = loss
-        self.bandwidth = bandwidth  # bytes per second each direction of a stream carries; 0: no limit
         self.networks: dict[str, FakeNetwork] = {}
         self.dials: list[DialRecord] = []
         self._states: dict[str, PeerState] = {}
@@ -376,8 +374,6 @@ class FakeHub:
                 pipe.stalled = True
                 return
         due = max(pipe.last_due, trio.current_time() + self._delay())
-        if self.bandwidth > 0 and isinstance(payload, bytes):
-            due += len(payload) / self.bandwidth  # frames of one direction queue behind each other
         pipe.last_due = due
         # The reader may be gone already (it reset the stream): the frame is dropped on arrival.
         with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):

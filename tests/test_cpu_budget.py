@@ -67,33 +67,3 @@ def test_idle_time_is_read_for_the_cpus_this_process_may_use() -> None:
     assert idle_from_stat(STAT, {1, 2}, 100.0) == pytest.approx((13372100 + 5536 + 13371243 + 3390) / 100)
     assert idle_from_stat(STAT, {7}, 100.0) is None  # not listed
     assert idle_from_stat("cpu0 1 2\n", {0}, 100.0) is None  # truncated
-
-
-def test_over_budget_an_auto_task_sends_less_per_exchange_before_it_exchanges_less_often() -> None:
-    budget = CpuBudget(every=2, budget=0.1, max_shrink=8)
-    # edges above their cheapest mode: the time an exchange may take shrinks, the pace holds
-    assert budget.update(busy(0.4), cheapest=False) == 2
-    assert budget.shrink == pytest.approx(4)
-    assert budget.update(busy(0.4), cheapest=False) == 2
-    assert budget.shrink == pytest.approx(8)  # bounded
-    # past the bound, or with every edge at its cheapest mode, the pace stretches
-    assert budget.update(busy(0.2), cheapest=False) == 4
-    assert budget.update(busy(0.2), cheapest=True) == 8
-    assert budget.shrink == pytest.approx(8)
-
-
-def test_under_budget_the_pace_comes_back_before_the_exchanges_time() -> None:
-    budget = CpuBudget(every=2, budget=0.1)
-    budget.update(busy(0.3), cheapest=False)
-    budget.update(busy(0.3), cheapest=True)
-    assert budget.every == 6 and budget.shrink == pytest.approx(3)
-    assert budget.update(busy(0.0)) == 3
-    assert budget.update(busy(0.0)) == 2
-    assert budget.shrink == pytest.approx(3)  # the pace first
-    budget.update(busy(0.0))
-    assert budget.shrink == pytest.approx(1.5)
-    budget.update(busy(0.05))
-    assert budget.shrink == pytest.approx(1.125)
-    for _ in range(4):
-        budget.update(busy(0.0))
-    assert budget.shrink == 1.0 and budget.every == 2

@@ -44,7 +44,6 @@ from gossipd.mixing.powergossip import PowerGossipConfig
 from gossipd.mixing.registry import make_algorithm
 from gossipd.mixing.session import ExchangeResult, ExchangeSession
 from gossipd.models.logistic import LogisticConfig
-from gossipd.models.mlp import MLPConfig
 from gossipd.models.registry import build_model
 from gossipd.peering.table import PeerTable
 from gossipd.peering.view import PeerView
@@ -70,7 +69,6 @@ from tests.fake_network import FakeHub, FakeNetwork
 TASK = bytes.fromhex("6a1f0c55d2e94b7c8e3f1a2b3c4d5e6f")
 OTHER_TASK = bytes.fromhex("00000000000000000000000000000001")
 SPEC = InputSpec(kind="classification", input_shape=(6,), num_classes=3)
-LOGISTIC = ModelSection(name="logistic", options=LogisticConfig())
 CPU = torch.device("cpu")
 TIMEOUT = 5.0  # [gossip] exchange_timeout of these swarms (virtual seconds)
 INTERVAL = 0.5  # [gossip] exchange_interval
@@ -240,12 +238,11 @@ async def start_peer(
     trainer: Trainers,
     budget: int | None = None,
     examples: int | None = None,
-    model_section: ModelSection = LOGISTIC,
 ) -> Peer:
     """A peer with its own initial model (drawn from `seed`) and a running trainer service, stopping at
     `budget` steps if given. Its exchange loop is the caller's to start."""
     network = hub.add_peer(name)
-    model = build_model(model_section, SPEC, seed)
+    model = build_model(ModelSection(name="logistic", options=LogisticConfig()), SPEC, seed)
     service = TrainerService(
         Trainer(
             model, TrainSection(lr=1e-30, momentum=0.0), dataset(seed), kind="classification", device=CPU, seed=seed
@@ -293,7 +290,6 @@ async def start_peers(
     budgets: list[int | None] | None = None,
     examples: list[int] | None = None,
     own: dict[str, GossipSection] | None = None,
-    model_section: ModelSection = LOGISTIC,
 ) -> list[Peer]:
     """Peers that all know each other as live members of the task, in their views; with `examples`, their
     declared dataset sizes in a task weighted by samples; `own`: a peer's own section instead of `section`
@@ -303,14 +299,7 @@ async def start_peers(
     own = own or {}
     peers = [
         await start_peer(
-            hub,
-            name,
-            seed=i,
-            section=own.get(name, section),
-            trainer=trainer,
-            budget=budget,
-            examples=size,
-            model_section=model_section,
+            hub, name, seed=i, section=own.get(name, section), trainer=trainer, budget=budget, examples=size
         )
         for i, (name, budget, size) in enumerate(zip(names, budgets, sizes, strict=True))
     ]
@@ -1315,41 +1304,6 @@ async def test_a_cpu_budget_stretches_the_pace_while_the_cores_are_busy(
         else:
             assert pacer.every == 2
             assert stats.mixing_cpu_allowed == pytest.approx(0.1 + 2.0 - 0.25)
-
-
-async def test_an_auto_task_over_its_cpu_budget_sends_less_per_exchange_before_it_exchanges_less_often(
-    autojump_clock: trio.testing.MockClock,
-) -> None:
-    # An MLP whose whole models are 30 times its rank-1 messages, on links where an exchange's time follows
-    # its bytes, and each byte moved costs a microsecond of CPU: whole models every 2 steps take about half a
-    # core, low ranks a small share of it. With a budget of 0.1 on busy cores the edges step down the ladder
-    # and the pace stays at the task's 2 steps; the budget used to stretch the pace alone, and whole models
-    # stayed.
-    section = dataclasses.replace(gossip("auto", steps_per_exchange=2), cpu_budget=0.1)
-    mlp = ModelSection(name="mlp", options=MLPConfig(hidden=(64, 64)))
-    with trio.fail_after(300):
-        async with fake_swarm(seed=11, latency=0.001, bandwidth=400_000) as hub:
-            peers = await start_peers(hub, "AB", section=section, trainer="stepping", model_section=mlp)
-            for peer in peers:
-                trainer, counters = peer.trainer.trainer, peer.exchange.counters
-
-                def cpu(trainer: Trainer = trainer, counters: ExchangeCounters = counters) -> float:
-                    return trainer.cpu_seconds + 1e-6 * (counters.bytes_sent + counters.bytes_received)
-
-                peer.exchange.cpu_clock = cpu
-                peer.exchange.idle_clock = lambda: 0.0
-            await mix_for(hub, peers, 60)
-
-    for peer in peers:
-        stats = peer.exchange.statistics()
-        budget = peer.exchange.cpu_budget
-        assert budget is not None and budget.shrink > 1
-        assert stats.failed == 0 and stats.exchanges >= 30
-        seen = {mode for link in stats.links.values() for mode in link.seconds}
-        assert FULL in seen, seen  # the edges climbed to whole models before the budget applied
-        assert FULL not in {link.last_mode for link in stats.links.values()}, stats.links
-        assert stats.steps_per_exchange == 2
-        assert stats.mixing_cpu is not None and stats.mixing_cpu <= 0.15, stats.mixing_cpu
 
 
 async def test_without_a_cpu_budget_mixing_s_cpu_is_still_measured_and_the_pace_kept(

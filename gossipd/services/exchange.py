@@ -306,10 +306,9 @@ class ExchangeService:
     def exchange_bounds(self) -> Bounds:
         assert self.family is not None
         config = self.family.config
-        shrink = 1.0 if self.cpu_budget is None else self.cpu_budget.shrink
         return exchange_bounds(
             interval=self.exchange_period(),
-            time_share=config.time_share / shrink,
+            time_share=config.time_share,
             max_exchange_bytes=config.max_exchange_bytes,
             max_bytes_per_second=config.max_bytes_per_second,
         )
@@ -556,26 +555,16 @@ class ExchangeService:
                 self.mixing_usage = max(0.0, (now[1] - last[1]) / wall)
             if budget is not None and pacer is not None:
                 idle = None if now[2] is None or last[2] is None else now[2] - last[2]
-                shrink = budget.shrink
-                every = budget.update(
-                    Reading(wall=wall, mixing_cpu=now[1] - last[1], idle=idle), cheapest=self._cheapest()
-                )
-                if every != pacer.every or budget.shrink != shrink:
+                every = budget.update(Reading(wall=wall, mixing_cpu=now[1] - last[1], idle=idle))
+                if every != pacer.every:
                     log.debug(
-                        "mixing used %.2f of a core (allowed %.2f): an exchange every %d steps, each within "
-                        "1/%.1f of the time between them",
+                        "mixing used %.2f of a core (allowed %.2f): an exchange every %d steps",
                         budget.usage or 0.0,
                         budget.allowed or 0.0,
                         every,
-                        budget.shrink,
                     )
                     pacer.set_every(every)
             last = now
-
-    def _cheapest(self) -> bool:
-        """Whether every edge exchanges at its cheapest mode: a fixed algorithm's one mode, or an auto task whose
-        edges all sit on the ladder's lowest rung (a CPU budget then stretches the pace rather than the modes)."""
-        return self.family is None or all(link.rung == 0 for link in self.links.links.values())
 
     def _mixing_cpu(self) -> float:
         return self.cpu_clock() - self.trainer.training_cpu_seconds()
