@@ -478,10 +478,12 @@ def verdicts(rows: list[Row]) -> list[str]:
     """One line per goal of `GOALS` for one workload's current rows: the figures, the measured ratio and
     whether the goal is met (or why it is not judged). The bytes and accuracy goals are judged on `JUDGED`
     against `PLAIN` (and Flower), the default's accuracy on `DEFAULT` against `PLAIN`; the time goal on the
-    fastest current gossipd setting against the faster rival. Each rival is its best setting on the workload
-    (`best_rivals`), named when it has several."""
+    default against the faster rival (the issue's goal is the default's; on a workload without a row of it,
+    the fastest current gossipd setting). Each rival is its best setting on the workload (`best_rivals`),
+    named when it has several."""
     by = {row.system: row for row in rows}
     gossip = [by[name] for name in CURRENT_GOSSIPD if name in by]
+    timed = [by[DEFAULT]] if DEFAULT in by else gossip
     best_rival = best_rivals(rows)
     rivals = list(best_rival.values())
     power, plain, flower = by.get(JUDGED), by.get(PLAIN), best_rival.get("flower")
@@ -493,11 +495,11 @@ def verdicts(rows: list[Row]) -> list[str]:
     if not gossip or not rivals:
         lines.append(f"{GOALS[0]}: {absent('rival')}.")
     else:
-        best = min(gossip, key=lambda r: r.seconds["mean_98"])
+        best = min(timed, key=lambda r: r.seconds["mean_98"])
         rival = min(rivals, key=lambda r: r.seconds["mean_98"])
         mine, theirs = best.seconds["mean_98"], rival.seconds["mean_98"]
         if math.isinf(mine) and math.isinf(theirs):
-            best = min(gossip, key=lambda r: r.seconds["mean_97"])
+            best = min(timed, key=lambda r: r.seconds["mean_97"])
             rival = min(rivals, key=lambda r: r.seconds["mean_97"])
             mine, theirs = best.seconds["mean_97"], rival.seconds["mean_97"]
             if math.isinf(mine) or math.isinf(theirs):
