@@ -8,7 +8,7 @@ import os
 import pytest
 
 from gossipd.tools.process_stats import memory_of, parse_ss
-from gossipd.tools.swarm_report import Row, summarise
+from gossipd.tools.swarm_report import Row, summarise, table
 
 SS = """\
 ESTAB 0      100    127.0.0.1:57418 127.0.0.1:42181 users:(("python",pid=9689,fd=11))
@@ -63,3 +63,17 @@ def test_the_summary_counts_what_was_not_mixing_per_second_and_the_views_that_fi
     assert summary.startup_s == (6.0, 7.0)
     assert summary.view_full == 2  # a view of 6 wanted, 2 others exist: full at 2, which peer 1 is not
     assert summary.other_traffic_bps == (500.0, 2500.0)
+
+
+def test_the_demo_table_prints_a_tiny_loss_in_significant_digits() -> None:
+    def row(peer: int, loss: float | None) -> Row:
+        return Row(
+            time_s=1.0, peer=peer, peer_id=f"p{peer}", state="training", step=10, samples=320, loss=loss,
+            accuracy=0.9876, exchanges=5, failed_exchanges=1, bytes_sent=2048, bytes_received=4096,
+            compression_ratio=2.5, consensus_distance=None, peers_in_view=3, peers_known=3, state_transfers=0,
+        )  # fmt: skip
+
+    lines = table([row(0, 2.1046e-05), row(1, 2.104), row(2, None)]).splitlines()
+    assert lines[0].split()[:5] == ["peer", "state", "step", "loss", "accuracy"]
+    assert [line.split()[3] for line in lines[1:]] == ["2.105e-05", "2.104", "-"]
+    assert lines[1].split()[4] == "98.76%"

@@ -156,7 +156,8 @@ def table(rows: Sequence[Row]) -> str:
                 str(r.peer),
                 r.state,
                 str(r.step),
-                "-" if r.loss is None else f"{r.loss:.4f}",
+                # Significant digits: a converged MNIST loss of 2e-5 printed as 0.0000, as if training had broken.
+                "-" if r.loss is None else f"{r.loss:.4g}",
                 "-" if r.accuracy is None else f"{r.accuracy:.2%}",
                 f"{r.exchanges} ({r.failed_exchanges} failed)",
                 human_bytes(r.bytes_sent),
