@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 import random
 from collections import deque
@@ -303,6 +304,19 @@ def test_powergossip_rank_1_sends_30_times_fewer_bytes_than_plain_on_the_cnn() -
     assert sizes["plain"] / sizes["pg"] >= 30, sizes
 
 
+def test_powergossip_runs_two_power_iterations_an_exchange_unless_told_otherwise() -> None:
+    counts = {}
+    for config in (PowerGossipConfig(), PowerGossipConfig(iterations=1)):
+        a, b = Peer(0, cnn_params(0)), Peer(1, cnn_params(1))
+        steps = []
+        for _ in range(3):
+            exchange(PowerGossip(config), a, b)
+            steps.append(a.edges[b.id].data.iterations)
+            assert b.edges[a.id].data.iterations == steps[-1]  # both ends in step
+        counts[config.iterations] = [later - earlier for earlier, later in itertools.pairwise(steps)]
+    assert counts == {2: [2, 2], 1: [1, 1]}
+
+
 def test_powergossip_in_float16_sends_half_the_bytes_and_mixes_as_well_as_in_float32() -> None:
     sizes, gaps = {}, {}
     for dtype in ("float32", "float16"):
@@ -318,7 +332,7 @@ def test_powergossip_in_float16_sends_half_the_bytes_and_mixes_as_well_as_in_flo
 
 
 def test_powergossip_in_float16_carries_half_precision_and_clamps_to_its_range() -> None:
-    algorithm = PowerGossip(PowerGossipConfig(wire_dtype="float16"))
+    algorithm = PowerGossip(PowerGossipConfig(wire_dtype="float16", iterations=1))  # one round: hello, power
     big = model(0)
     big["fc.weight"] = big["fc.weight"] * 1e6  # projections far beyond float16's ±65504
     a, b = Peer(0, big), Peer(1, model(1))
