@@ -122,8 +122,8 @@ def configurations(task_algorithm: str, task_settings: dict[str, Any]) -> list[t
 
 def describe(algorithm: str, settings: dict[str, Any]) -> str:
     if algorithm == "powergossip":
-        iterations = settings.get("iterations", 1)
-        return f"PowerGossip r{settings.get('rank', 1)}" + (f" ×{iterations} it." if iterations > 1 else "")
+        iterations = settings["iterations"]  # jobs_for reads it from the task's config, defaults applied
+        return f"PowerGossip r{settings['rank']}" + (f" ×{iterations} it." if iterations > 1 else "")
     if algorithm == "choco":
         return f"Choco {settings.get('compressor', '')}".strip()
     return algorithm
