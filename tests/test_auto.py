@@ -18,6 +18,7 @@ from gossipd.mixing.edge_store import edges_from_state, edges_to_state
 from gossipd.mixing.layout import ParamLayout, max_message_bytes
 from gossipd.mixing.link_budget import (
     CLIMB_AFTER,
+    FIXED_COST_SLACK,
     REMEASURE_AFTER,
     SAVE_CAP,
     SKIP,
@@ -422,6 +423,38 @@ def test_where_fixed_costs_dominate_the_cost_per_byte_measured_between_two_modes
         record(links, mode, 0.010 + BYTES[mode] / 1e8, budget=0.05)
     assert choose(links, budget=0.05) == FULL
     assert links.links["p"].seconds[FULL] == pytest.approx(0.011)
+
+
+def test_where_even_the_cheapest_mode_is_over_the_budget_modes_costing_little_more_are_measured_and_used() -> None:
+    """Steps of a tiny model, 1 ms between exchanges, and 3 ms an exchange whatever it sends (a busy core, the
+    stack): rank 1 keeps within the budget no better than whole models do. Each next rung is measured once,
+    and the edge climbs to whole models, which cost 1.03 times rank 1's time."""
+    links = LinkBudget(clock=lambda: 0.0)
+    chosen = []
+    for _ in range(30):
+        mode = choose(links, budget=0.001)
+        chosen.append(mode)
+        record(links, mode, 0.003 + BYTES[mode] / 1e8, budget=0.001)
+    assert chosen[0] == 1 and chosen[-5:] == [FULL] * 5
+    assert "allowance" in links.links["p"].reason
+    # It holds there while the times hold, and steps down once whole models cost more than the allowance.
+    record(links, FULL, 0.003 * FIXED_COST_SLACK * 2.5, budget=0.001)
+    assert choose(links, budget=0.001) == 4
+
+
+def test_where_even_the_cheapest_mode_is_over_the_budget_a_dearer_mode_that_costs_more_is_not_used() -> None:
+    """A slow link: 3 ms of round trip plus 200 kB/s, against a 1 ms budget. Rank 2 (13 ms) is measured once
+    in REMEASURE_AFTER exchanges and found over FIXED_COST_SLACK times rank 1's 8 ms; whole models (half a
+    second, predicted from the cost per byte) are never tried: the edge stays on rank 1."""
+    links = LinkBudget(clock=lambda: 0.0)
+    chosen = []
+    for _ in range(2 * REMEASURE_AFTER):
+        mode = choose(links, budget=0.001)
+        chosen.append(mode)
+        record(links, mode, 0.003 + BYTES[mode] / 2e5, budget=0.001)
+    assert FULL not in chosen and 4 not in chosen
+    assert 1 <= chosen.count(2) <= 2
+    assert chosen[-1] == 1
 
 
 def test_a_slower_link_or_a_failure_steps_down_at_once_and_a_lone_spike_does_not() -> None:

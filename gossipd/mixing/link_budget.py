@@ -17,6 +17,12 @@ exchange takes over `SPIKE` budgets, or when one fails. Byte caps bound the rung
 and the neighbour's, learnt when it refuses a mode over its cap (`over_cap`; caps are each peer's own setting,
 not the task's, so a capped peer mixes in the same swarm as uncapped ones).
 
+Where even the cheapest rung takes near or over the budget, no choice keeps within it, and the time is mostly
+what every mode pays (round trips, the stack, a core shared by many trainers): the rungs are then held to an
+*allowance*, FIXED_COST_SLACK times the cheapest rung's measured time, instead of the budget, and the next rung
+is measured once (per REMEASURE_AFTER exchanges) unless predicted far over it. Modes that cost little more
+than rank 1 are then sent for the mixing they buy, and dearer ones are not.
+
 What the exchanges this peer starts leave of their budgets is banked per edge (up to `BANK_CAP` budgets),
 and once the bank covers a dearer mode's predicted time, one exchange is spent on it: whole models now and
 then between low-rank ones, at the same time per exchange on average. On a model whose differences no low
@@ -66,6 +72,10 @@ FINISH_TIME_SHARE = 0.5  # of the exchange timeout: what one exchange may take w
 SAVE_GAIN = 1.5  # a dearer mode must capture this many times more per second before exchanges are skipped for it
 SAVE_CAP = 8  # budgets: the dearest exchange skipping may save for (the drift it allows between mixes)
 REMEASURE_SAVE = 16  # skips since the rung's last exchange after which it is exchanged again, to measure it afresh
+# A rung that takes at most this many times the cheapest rung's time costs little more than the exchange's
+# fixed part (round trips, the stack, contention), which the cheapest rung pays too: where even that one is
+# over the budget, such a rung is allowed (see `_allowance`).
+FIXED_COST_SLACK = 1.5
 SKIP = -1  # Choice.mode: start no exchange on this edge this interval (saving, see the module's docstring)
 
 
@@ -124,14 +134,26 @@ class LinkBudget:
         if rung < link.rung:
             link.reason = f"{describe_mode(ladder[rung])}: {_capped_by(link, top)} allows no more"
         link.rung = rung
-        if rung < top and (link.calm >= CLIMB_AFTER or _known_to_fit(link, ladder[rung], ladder[rung + 1], bounds)):
+        allowance = _allowance(link, ladder, bounds.budget)
+        if rung < top and (link.calm >= CLIMB_AFTER or _known_to_fit(link, ladder[rung], ladder[rung + 1], allowance)):
             mode, higher = ladder[rung], ladder[rung + 1]
             predicted = self._predict(link, mode, higher, bytes_of)
-            if predicted is not None and predicted <= bounds.budget:
+            if predicted is not None and predicted <= allowance:
                 link.rung, link.calm = rung + 1, 0
                 link.reason = (
                     f"{describe_mode(higher)}: {describe_mode(mode)} took {_ms(link.seconds[mode])}, "
-                    f"{describe_mode(higher)} predicted {_ms(predicted)} of a {_ms(bounds.budget)} budget"
+                    f"{describe_mode(higher)} predicted {_ms(predicted)} of a {_ms(allowance)} "
+                    + ("budget" if allowance == bounds.budget else "allowance (the cheapest mode is over the budget)")
+                )
+        if allowance > bounds.budget and link.rung < top and _unmeasured(link, ladder[link.rung + 1]):
+            # Even the cheapest mode is over the budget: the next rung is measured once (then a climb needs no
+            # calm below it), unless it is predicted far over the allowance (cost per byte measured between
+            # two rungs; with one, its bytes scaled, an over-estimate where the fixed part dominates).
+            higher = ladder[link.rung + 1]
+            predicted = self._predict(link, ladder[link.rung], higher, bytes_of)
+            if predicted is not None and predicted <= SPIKE * allowance:
+                return Choice(
+                    higher, f"{describe_mode(higher)} once, to measure it: even the cheapest mode is over the budget"
                 )
         spent = self._spend(link, ladder, top, bytes_of, bounds)
         if spent is not None:
@@ -267,14 +289,15 @@ class LinkBudget:
             return  # an exchange the peer chose at another rung: measured, but it does not move ours
         # Over budget on the running mean, or by far once: a lone spike (a core busy elsewhere for a moment)
         # does not move the edge, a slower link does.
-        if (link.seconds[mode] > budget or seconds > SPIKE * budget) and link.rung > 0:
+        allowance = _allowance(link, ladder, budget)
+        if (link.seconds[mode] > allowance or seconds > SPIKE * allowance) and link.rung > 0:
             # Remembered at its worst: a mode found too slow is not tried again until REMEASURE_AFTER.
             link.seconds[mode] = max(link.seconds[mode], seconds)
             link.rung -= 1
             link.calm = 0
             link.reason = (
                 f"{describe_mode(ladder[link.rung])}: {describe_mode(mode)} took {_ms(seconds)}, "
-                f"over its {_ms(budget)} budget"
+                f"over its {_ms(allowance)} " + ("budget" if allowance == budget else "allowance")
             )
         elif seconds <= SWIFT * budget:
             # Far within: three more exchanges at this rung only delay the climb. Eight peers of the character
@@ -345,7 +368,22 @@ class LinkBudget:
         return current * bigger / max(1, size) if scale else None
 
 
-def _known_to_fit(link: EdgeLink, mode: int, higher: int, bounds: Bounds) -> bool:
+def _allowance(link: EdgeLink, ladder: Sequence[int], budget: float) -> float:
+    """What a rung's exchange may take: the budget, or, where even the cheapest rung's measured time is near or
+    over it, FIXED_COST_SLACK times that time. An exchange's time is then mostly what every mode pays (round
+    trips, the stack, a busy core): the cheapest mode would not keep within the budget either, so a mode
+    that costs little more is sent for the mixing it buys. Without this, the MNIST MLP's and Titanic's edges
+    in the simulator (steps under 2 ms, exchanges of any mode 1-5 ms) sat on rank 1 while training, whole
+    models costing them hardly more."""
+    cheapest = link.seconds.get(ladder[0]) if ladder else None
+    return budget if cheapest is None else max(budget, FIXED_COST_SLACK * cheapest)
+
+
+def _unmeasured(link: EdgeLink, mode: int) -> bool:
+    return mode not in link.seconds or link.exchanges - link.measured_at[mode] >= REMEASURE_AFTER
+
+
+def _known_to_fit(link: EdgeLink, mode: int, higher: int, allowance: float) -> bool:
     """Whether the edge's last exchange, at its rung `mode`, kept within the budget, and `higher` was measured
     within it lately (an exchange the neighbour chose, one the bank paid for): a rung known to fit needs no
     calm below it. Without this an edge of the MNIST MLP in the simulator sat at rank 16 (0.7-0.8 ms of a
@@ -355,10 +393,10 @@ def _known_to_fit(link: EdgeLink, mode: int, higher: int, bounds: Bounds) -> boo
     return (
         link.last_mode == mode
         and link.last_seconds is not None
-        and link.last_seconds <= bounds.budget
+        and link.last_seconds <= allowance
         and seconds is not None
         and link.exchanges - link.measured_at[higher] < REMEASURE_AFTER
-        and seconds <= bounds.budget
+        and seconds <= allowance
     )
 
 
