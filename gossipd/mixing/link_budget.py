@@ -143,7 +143,7 @@ class LinkBudget:
                 link.reason = (
                     f"{describe_mode(higher)}: {describe_mode(mode)} took {_ms(link.seconds[mode])}, "
                     f"{describe_mode(higher)} predicted {_ms(predicted)} of a {_ms(allowance)} "
-                    + ("budget" if allowance == bounds.budget else "allowance (the cheapest mode is over the budget)")
+                    + ("budget" if allowance == bounds.budget else "allowance (the cheapest near or over the budget)")
                 )
         if allowance > bounds.budget and link.rung < top and _unmeasured(link, ladder[link.rung + 1]):
             # Even the cheapest mode is over the budget: the next rung is measured once (then a climb needs no
@@ -153,7 +153,7 @@ class LinkBudget:
             predicted = self._predict(link, ladder[link.rung], higher, bytes_of)
             if predicted is not None and predicted <= SPIKE * allowance:
                 return Choice(
-                    higher, f"{describe_mode(higher)} once, to measure it: even the cheapest mode is over the budget"
+                    higher, f"{describe_mode(higher)} once, to measure it: the cheapest is near or over the budget"
                 )
         spent = self._spend(link, ladder, top, bytes_of, bounds)
         if spent is not None:
@@ -384,11 +384,12 @@ def _unmeasured(link: EdgeLink, mode: int) -> bool:
 
 
 def _known_to_fit(link: EdgeLink, mode: int, higher: int, allowance: float) -> bool:
-    """Whether the edge's last exchange, at its rung `mode`, kept within the budget, and `higher` was measured
-    within it lately (an exchange the neighbour chose, one the bank paid for): a rung known to fit needs no
-    calm below it. Without this an edge of the MNIST MLP in the simulator sat at rank 16 (0.7-0.8 ms of a
-    1.6 ms budget, seldom under half) with whole models measured at 0.9 ms, and the bank never bought them
-    again, as they fit the budget. After a failure or a step down, one exchange at the new rung comes first."""
+    """Whether the edge's last exchange, at its rung `mode`, kept within the budget (the allowance, where even
+    the cheapest rung is near or over it), and `higher` was measured within it lately (an exchange the
+    neighbour chose, one the bank paid for): a rung known to fit needs no calm below it. Without this an edge
+    of the MNIST MLP in the simulator sat at rank 16 (0.7-0.8 ms of a 1.6 ms budget, seldom under half) with
+    whole models measured at 0.9 ms, and the bank never bought them again, as they fit the budget. After a
+    failure or a step down, one exchange at the new rung comes first."""
     seconds = link.seconds.get(higher)
     return (
         link.last_mode == mode
