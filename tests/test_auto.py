@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import random
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -359,14 +360,20 @@ def record(links: LinkBudget, mode: int, seconds: float, budget: float) -> None:
     links.record("p", mode, LADDER, seconds=seconds, sent=BYTES[mode], received=BYTES[mode], budget=budget)
 
 
+def drive(links: LinkBudget, exchanges: int, budget: float, seconds: Callable[[int], float]) -> list[int]:
+    """`exchanges` exchanges on one edge, each taking `seconds(mode)`: the modes chosen."""
+    chosen = []
+    for _ in range(exchanges):
+        mode = choose(links, budget=budget)
+        chosen.append(mode)
+        record(links, mode, seconds(mode), budget=budget)
+    return chosen
+
+
 def test_an_edge_climbs_while_the_next_mode_fits_its_budget_and_stops_where_it_would_not() -> None:
     links = LinkBudget(clock=lambda: 0.0)
-    chosen = []
-    for _ in range(20):
-        mode = choose(links, budget=0.1)
-        chosen.append(mode)
-        # 1 ms of round trip plus 1 MB/s: rank 4 takes 5 ms, whole models 101 ms (over the 100 ms budget).
-        record(links, mode, 0.001 + BYTES[mode] / 1e6, budget=0.1)
+    # 1 ms of round trip plus 1 MB/s: rank 4 takes 5 ms, whole models 101 ms (over the 100 ms budget).
+    chosen = drive(links, 20, 0.1, lambda mode: 0.001 + BYTES[mode] / 1e6)
     assert chosen[:3] == [1, 2, 4]  # each well under a tenth of the budget (SWIFT): a rung per exchange
     assert chosen[-1] == 4 and FULL not in chosen
     assert "rank 4" in links.links["p"].reason
@@ -430,11 +437,7 @@ def test_where_even_the_cheapest_mode_is_over_the_budget_modes_costing_little_mo
     stack): rank 1 keeps within the budget no better than whole models do. Each next rung is measured once,
     and the edge climbs to whole models, which cost 1.03 times rank 1's time."""
     links = LinkBudget(clock=lambda: 0.0)
-    chosen = []
-    for _ in range(30):
-        mode = choose(links, budget=0.001)
-        chosen.append(mode)
-        record(links, mode, 0.003 + BYTES[mode] / 1e8, budget=0.001)
+    chosen = drive(links, 30, 0.001, lambda mode: 0.003 + BYTES[mode] / 1e8)
     assert chosen[0] == 1 and chosen[-5:] == [FULL] * 5
     assert "allowance" in links.links["p"].reason
     # It holds there while the times hold, and steps down once whole models cost more than the allowance.
@@ -446,12 +449,7 @@ def test_where_even_the_cheapest_mode_is_over_the_budget_a_dearer_mode_that_cost
     """A slow link: 3 ms of round trip plus 200 kB/s, against a 1 ms budget. Rank 2 (13 ms) is measured once
     in REMEASURE_AFTER exchanges and found over FIXED_COST_SLACK times rank 1's 8 ms; whole models (half a
     second, predicted from the cost per byte) are never tried: the edge stays on rank 1."""
-    links = LinkBudget(clock=lambda: 0.0)
-    chosen = []
-    for _ in range(2 * REMEASURE_AFTER):
-        mode = choose(links, budget=0.001)
-        chosen.append(mode)
-        record(links, mode, 0.003 + BYTES[mode] / 2e5, budget=0.001)
+    chosen = drive(LinkBudget(clock=lambda: 0.0), 2 * REMEASURE_AFTER, 0.001, lambda mode: 0.003 + BYTES[mode] / 2e5)
     assert FULL not in chosen and 4 not in chosen
     assert 1 <= chosen.count(2) <= 2
     assert chosen[-1] == 1
