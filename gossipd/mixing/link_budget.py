@@ -353,7 +353,7 @@ class LinkBudget:
         the extra bytes at the cost per byte measured between two rungs (most of an exchange's time on a
         fast link is fixed: messages through the stack, round trips), or, with one rung measured, this
         rung's scaled by the bytes (an over-estimate, as the fixed part does not grow; None if not `scale`)."""
-        if higher in link.seconds and link.exchanges - link.measured_at[higher] < REMEASURE_AFTER:
+        if not _unmeasured(link, higher):
             return link.seconds[higher]
         current = link.seconds.get(mode)
         if current is None:
@@ -380,6 +380,7 @@ def _allowance(link: EdgeLink, ladder: Sequence[int], budget: float) -> float:
 
 
 def _unmeasured(link: EdgeLink, mode: int) -> bool:
+    """Whether `mode`'s time on this edge is unknown or older than REMEASURE_AFTER exchanges."""
     return mode not in link.seconds or link.exchanges - link.measured_at[mode] >= REMEASURE_AFTER
 
 
@@ -396,7 +397,7 @@ def _known_to_fit(link: EdgeLink, mode: int, higher: int, allowance: float) -> b
         and link.last_seconds is not None
         and link.last_seconds <= allowance
         and seconds is not None
-        and link.exchanges - link.measured_at[higher] < REMEASURE_AFTER
+        and not _unmeasured(link, higher)
         and seconds <= allowance
     )
 
