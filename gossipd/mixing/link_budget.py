@@ -13,15 +13,19 @@ Per edge the controller climbs one rung after `CLIMB_AFTER` exchanges in a row t
 (after one that took under a tenth, `SWIFT`; at once if the next rung was measured within the budget lately),
 if the next rung is predicted to fit (its own recent duration, or this rung's plus the extra bytes at the
 measured cost per byte), and drops at once when the rung's running mean goes over the budget, when one
-exchange takes over `SPIKE` budgets, or when one fails. Byte caps bound the rungs outright: this peer's own,
+exchange takes over `SPIKE` budgets, or when one fails. A next rung not measured in the last
+`REMEASURE_AFTER` exchanges is measured once, unless predicted over `SPIKE` budgets: where exchanges take
+over half the budget, no calm comes, and a dearer mode whose time is mostly the same fixed part (round
+trips, the stack, a busy core) would never be tried; a low rank's arithmetic can even cost more than a
+small model's whole copy. Byte caps bound the rungs outright: this peer's own,
 and the neighbour's, learnt when it refuses a mode over its cap (`over_cap`; caps are each peer's own setting,
 not the task's, so a capped peer mixes in the same swarm as uncapped ones).
 
 Where even the cheapest rung takes near or over the budget, no choice keeps within it, and the time is mostly
 what every mode pays (round trips, the stack, a core shared by many trainers): the rungs are then held to an
-*allowance*, FIXED_COST_SLACK times the cheapest rung's measured time, instead of the budget, and the next rung
-is measured once (per REMEASURE_AFTER exchanges) unless predicted far over it. Modes that cost little more
-than rank 1 are then sent for the mixing they buy, and dearer ones are not.
+*allowance*, FIXED_COST_SLACK times the cheapest rung's measured time, instead of the budget (the next rung is
+measured as above, against the allowance). Modes that cost little more than rank 1 are then sent for the
+mixing they buy, and dearer ones are not.
 
 What the exchanges this peer starts leave of their budgets is banked per edge (up to `BANK_CAP` budgets),
 and once the bank covers a dearer mode's predicted time, one exchange is spent on it: whole models now and
@@ -101,6 +105,9 @@ class EdgeLink:
     reason: str = "new edge: starting at the cheapest mode"
     last_mode: int | None = None
     last_seconds: float | None = None
+    # An exchange at the rung kept within its allowance since the edge last moved or failed (exchanges the
+    # neighbour chose at other modes, in between, do not count either way).
+    fits: bool = False
     first_at: float | None = None  # clock of the first exchange
     last_at: float | None = None
     settled: int | None = None  # the rung exchanges started while finishing use (chosen once, lowered on failure)
@@ -133,28 +140,30 @@ class LinkBudget:
         rung = min(link.rung, len(ladder) - 1, top)
         if rung < link.rung:
             link.reason = f"{describe_mode(ladder[rung])}: {_capped_by(link, top)} allows no more"
+            link.fits = False
         link.rung = rung
         allowance = _allowance(link, ladder, bounds.budget)
-        if rung < top and (link.calm >= CLIMB_AFTER or _known_to_fit(link, ladder[rung], ladder[rung + 1], allowance)):
+        climbed = False
+        if rung < top and (link.calm >= CLIMB_AFTER or _known_to_fit(link, ladder[rung + 1], allowance)):
             mode, higher = ladder[rung], ladder[rung + 1]
             predicted = self._predict(link, mode, higher, bytes_of)
             if predicted is not None and predicted <= allowance:
-                link.rung, link.calm = rung + 1, 0
+                link.rung, link.calm, link.fits, climbed = rung + 1, 0, False, True
                 link.reason = (
                     f"{describe_mode(higher)}: {describe_mode(mode)} took {_ms(link.seconds[mode])}, "
                     f"{describe_mode(higher)} predicted {_ms(predicted)} of a {_ms(allowance)} "
                     + ("budget" if allowance == bounds.budget else "allowance (the cheapest near or over the budget)")
                 )
-        if allowance > bounds.budget and link.rung < top and _unmeasured(link, ladder[link.rung + 1]):
-            # Even the cheapest mode is over the budget: the next rung is measured once (then a climb needs no
-            # calm below it), unless it is predicted far over the allowance (cost per byte measured between
-            # two rungs; with one, its bytes scaled, an over-estimate where the fixed part dominates).
+        if not climbed and link.rung < top and _unmeasured(link, ladder[link.rung + 1]):
+            # The next rung is measured once (then a climb needs no calm below it), unless it is predicted far
+            # over the allowance (cost per byte measured between two rungs; with one, its bytes scaled, an
+            # over-estimate where the fixed part dominates). Where exchanges take over half the budget, calm
+            # never comes, and a dearer mode that costs hardly more would never be tried: the MNIST MLP's
+            # rank 2 took 0.6 of the budget, whole models 0.4, and its edges sat on rank 2.
             higher = ladder[link.rung + 1]
             predicted = self._predict(link, ladder[link.rung], higher, bytes_of)
             if predicted is not None and predicted <= SPIKE * allowance:
-                return Choice(
-                    higher, f"{describe_mode(higher)} once, to measure it: the cheapest is near or over the budget"
-                )
+                return Choice(higher, f"{describe_mode(higher)} once, to measure it")
         spent = self._spend(link, ladder, top, bytes_of, bounds)
         if spent is not None:
             return spent
@@ -295,11 +304,14 @@ class LinkBudget:
             link.seconds[mode] = max(link.seconds[mode], seconds)
             link.rung -= 1
             link.calm = 0
+            link.fits = False
             link.reason = (
                 f"{describe_mode(ladder[link.rung])}: {describe_mode(mode)} took {_ms(seconds)}, "
                 f"over its {_ms(allowance)} " + ("budget" if allowance == budget else "allowance")
             )
-        elif seconds <= SWIFT * budget:
+            return
+        link.fits = seconds <= allowance
+        if seconds <= SWIFT * budget:
             # Far within: three more exchanges at this rung only delay the climb. Eight peers of the character
             # transformer, each with six edges, spent two thirds of their exchanges while training climbing
             # one rung per three exchanges to whole models, which took a twentieth of the budget.
@@ -313,6 +325,7 @@ class LinkBudget:
         """An exchange with `peer` failed or timed out: one rung down (a dead link also sends little)."""
         link = self.links.setdefault(peer, EdgeLink())
         link.calm = 0
+        link.fits = False
         if link.settled is not None and link.settled > 0:
             link.settled = min(link.settled, len(ladder) - 1) - 1
             link.reason = f"{describe_mode(ladder[link.settled])}: finishing, the last exchange failed"
@@ -333,6 +346,7 @@ class LinkBudget:
         link.ceiling_at = link.exchanges
         link.rung = min(link.rung, link.ceiling)
         link.calm = 0
+        link.fits = False
         if link.settled is not None:
             link.settled = min(link.settled, link.ceiling)
         link.reason = f"{describe_mode(ladder[link.ceiling])}: the neighbour's byte cap refused {describe_mode(mode)}"
@@ -384,22 +398,18 @@ def _unmeasured(link: EdgeLink, mode: int) -> bool:
     return mode not in link.seconds or link.exchanges - link.measured_at[mode] >= REMEASURE_AFTER
 
 
-def _known_to_fit(link: EdgeLink, mode: int, higher: int, allowance: float) -> bool:
-    """Whether the edge's last exchange, at its rung `mode`, kept within the budget (the allowance, where even
-    the cheapest rung is near or over it), and `higher` was measured within it lately (an exchange the
-    neighbour chose, one the bank paid for): a rung known to fit needs no calm below it. Without this an edge
-    of the MNIST MLP in the simulator sat at rank 16 (0.7-0.8 ms of a 1.6 ms budget, seldom under half) with
-    whole models measured at 0.9 ms, and the bank never bought them again, as they fit the budget. After a
-    failure or a step down, one exchange at the new rung comes first."""
+def _known_to_fit(link: EdgeLink, higher: int, allowance: float) -> bool:
+    """Whether the edge's last exchange at its rung kept within the budget (the allowance, where even the
+    cheapest rung is near or over it), and `higher` was measured within it lately (measured once on purpose,
+    an exchange the neighbour chose, one the bank paid for): a rung known to fit needs no calm below it.
+    Without this an edge of the MNIST MLP in the simulator sat at rank 16 (0.7-0.8 ms of a 1.6 ms budget,
+    seldom under half) with whole models measured at 0.9 ms, and the bank never bought them again, as they
+    fit the budget. After a climb, a failure or a step down, one exchange at the new rung comes first.
+    Exchanges the neighbour chose at other modes, in between, do not reset it: with six edges a peer and
+    both ends choosing in turn, they interleave, and an edge that needed its very last exchange to be at its
+    rung climbed a rung every four or so."""
     seconds = link.seconds.get(higher)
-    return (
-        link.last_mode == mode
-        and link.last_seconds is not None
-        and link.last_seconds <= allowance
-        and seconds is not None
-        and not _unmeasured(link, higher)
-        and seconds <= allowance
-    )
+    return link.fits and seconds is not None and not _unmeasured(link, higher) and seconds <= allowance
 
 
 def _top(link: EdgeLink, ladder: Sequence[int], bytes_of: Callable[[int], int], bounds: Bounds) -> int:
