@@ -9,6 +9,8 @@ The fault model, modelled on what the services see of py-libp2p:
 
 - *latency* (+ uniform *jitter*): each frame, pubsub message and dial takes that many virtual seconds; the
   frames of one direction of a stream stay in order.
+- *bandwidth*: bytes per second each direction of each stream carries: a frame goes out once the frames
+  before it in that direction have, taking its size over the bandwidth, then the latency.
 - *loss*: each frame is lost with probability `loss`, and its direction of the stream then stalls for good
   (nothing after it arrives, end of stream included), as a connection that lost its packets hangs until the
   reader's deadline. Each pubsub delivery to another peer is dropped with the same probability.
@@ -98,6 +100,7 @@ class _Pipe:
     receive: trio.MemoryReceiveChannel[_Frame]
     stalled: bool = False  # a frame was lost: nothing after it arrives
     last_due: float = -math.inf
+    sent_until: float = -math.inf  # when the frames sent so far have all left (with a bandwidth)
 
 
 def _pipe() -> _Pipe:
@@ -216,12 +219,14 @@ class FakeHub:
         latency: float = 0.0,
         jitter: float = 0.0,
         loss: float = 0.0,
+        bandwidth: float = math.inf,
     ) -> None:
-        if latency < 0 or jitter < 0 or not 0 <= loss <= 1:
-            raise ValueError("latency and jitter must be >= 0 and loss in [0, 1]")
+        if latency < 0 or jitter < 0 or not 0 <= loss <= 1 or not bandwidth > 0:
+            raise ValueError("latency and jitter must be >= 0, loss in [0, 1] and bandwidth > 0")
         self.nursery = nursery
         self.rng = rng
         self.latency = latency
+        self.bandwidth = bandwidth
         self.jitter = jitter
         self.loss = loss
         self.networks: dict[str, FakeNetwork] = {}
@@ -373,7 +378,10 @@ class FakeHub:
                 self._counts["frames_lost"] += 1
                 pipe.stalled = True
                 return
-        due = max(pipe.last_due, trio.current_time() + self._delay())
+        leaves = trio.current_time()
+        if isinstance(payload, bytes) and math.isfinite(self.bandwidth):
+            leaves = pipe.sent_until = max(leaves, pipe.sent_until) + len(payload) / self.bandwidth
+        due = max(pipe.last_due, leaves + self._delay())
         pipe.last_due = due
         # The reader may be gone already (it reset the stream): the frame is dropped on arrival.
         with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):

@@ -474,6 +474,34 @@ def test_where_even_the_cheapest_mode_is_over_the_budget_a_dearer_mode_that_cost
     assert chosen[-1] == 1
 
 
+def test_where_even_the_cheapest_mode_is_over_the_budget_its_time_is_measured_again_as_an_edge_sits_higher() -> None:
+    """A busy start: rank 1's first exchange took 6 ms, against 3 ms since, and whole models take 8 ms, within
+    1.5 times the first (the allowance) but not the second. Once rank 1's time is REMEASURE_AFTER exchanges
+    old, it is measured once, and the edge leaves whole models."""
+    links = LinkBudget(clock=lambda: 0.0)
+    record(links, 1, 0.006, budget=0.001)
+    times = {1: 0.00305, 2: 0.0031, 4: 0.0032, FULL: 0.008}
+    chosen = drive(links, REMEASURE_AFTER, 0.001, times.__getitem__)
+    assert chosen[-REMEASURE_AFTER // 2 :] == [FULL] * (REMEASURE_AFTER // 2)
+    chosen = drive(links, 8, 0.001, times.__getitem__)
+    assert chosen[:2] == [1, FULL] and chosen[-1] == 4
+    assert links.links["p"].seconds[1] == pytest.approx(0.00305)  # replaced, not blended with the old 6 ms
+
+
+def test_a_mode_found_too_slow_is_measured_afresh_later_and_used_if_it_now_fits() -> None:
+    """Whole models once took 2.5 budgets (remembered at their worst); REMEASURE_AFTER exchanges later they are
+    measured once more, at 0.4, and the edge climbs to them: the old time is replaced, not blended in. (Ranks 2
+    and 4 alike at 0.6: the cost per byte between them predicts whole models within two budgets.)"""
+    links = LinkBudget(clock=lambda: 0.0)
+    links.links["p"] = EdgeLink(rung=2)  # rank 4
+    record(links, 2, 0.6, budget=1.0)
+    record(links, 4, 0.6, budget=1.0)
+    record(links, FULL, 2.5, budget=1.0)  # the neighbour's choice
+    chosen = drive(links, REMEASURE_AFTER + 3, 1.0, {4: 0.6, FULL: 0.4}.__getitem__)
+    assert chosen[: REMEASURE_AFTER - 2] == [4] * (REMEASURE_AFTER - 2)
+    assert chosen[-1] == FULL and links.links["p"].seconds[FULL] == pytest.approx(0.4)
+
+
 def test_a_slower_link_or_a_failure_steps_down_at_once_and_a_lone_spike_does_not() -> None:
     links = LinkBudget(clock=lambda: 0.0)
     for _ in range(12):

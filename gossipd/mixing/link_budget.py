@@ -24,8 +24,10 @@ not the task's, so a capped peer mixes in the same swarm as uncapped ones).
 Where even the cheapest rung takes near or over the budget, no choice keeps within it, and the time is mostly
 what every mode pays (round trips, the stack, a core shared by many trainers): the rungs are then held to an
 *allowance*, FIXED_COST_SLACK times the cheapest rung's measured time, instead of the budget (the next rung is
-measured as above, against the allowance). Modes that cost little more than rank 1 are then sent for the
-mixing they buy, and dearer ones are not.
+measured as above, against the allowance, and the cheapest once per REMEASURE_AFTER exchanges while the edge
+sits higher, as the allowance stands on its time). Modes that cost little more than rank 1 are then sent for
+the mixing they buy, and dearer ones are not. A time older than REMEASURE_AFTER exchanges is replaced by the
+next measurement, not blended with it.
 
 What the exchanges this peer starts leave of their budgets is banked per edge (up to `BANK_CAP` budgets),
 and once the bank covers a dearer mode's predicted time, one exchange is spent on it: whole models now and
@@ -154,6 +156,11 @@ class LinkBudget:
                     f"{describe_mode(higher)} predicted {_ms(predicted)} of a {_ms(allowance)} "
                     + ("budget" if allowance == bounds.budget else "allowance (the cheapest near or over the budget)")
                 )
+        cheapest = ladder[0]
+        if not climbed and allowance > bounds.budget and link.rung > 0 and _unmeasured(link, cheapest):
+            # The allowance stands on the cheapest rung's time, which the edge no longer measures up here: a
+            # slow first measurement (a busy start) would let dearer modes take up to 1.5 times it for good.
+            return Choice(cheapest, f"{describe_mode(cheapest)} once, to measure it: the allowance stands on its time")
         if not climbed and link.rung < top and _unmeasured(link, ladder[link.rung + 1]):
             # The next rung is measured once (then a climb needs no calm below it), unless it is predicted far
             # over the allowance (cost per byte measured between two rungs; with one, its bytes scaled, an
@@ -286,7 +293,9 @@ class LinkBudget:
         link.exchanges += 1
         link.budget = budget
         link.last_mode, link.last_seconds = mode, seconds
-        old = link.seconds.get(mode)
+        # A mean older than REMEASURE_AFTER exchanges is replaced, not blended: it may hold a time remembered
+        # at its worst, and one measurement blended with it would keep a mode out that now fits.
+        old = None if _unmeasured(link, mode) else link.seconds[mode]
         link.seconds[mode] = seconds if old is None else (1 - SMOOTHING) * old + SMOOTHING * seconds
         link.measured_at[mode] = link.exchanges
         if seconds > 0:
