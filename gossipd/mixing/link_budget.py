@@ -13,13 +13,13 @@ Per edge the controller climbs one rung after `CLIMB_AFTER` exchanges in a row t
 (after one that took under a tenth, `SWIFT`; at once if the next rung was measured within the budget lately),
 if the next rung is predicted to fit (its own recent duration, or this rung's plus the extra bytes at the
 measured cost per byte), and drops at once when the rung's running mean goes over the budget, when one
-exchange takes over `SPIKE` budgets, or when one fails. A next rung not measured in the last
-`REMEASURE_AFTER` exchanges is measured once, unless predicted over `SPIKE` budgets: where exchanges take
-over half the budget, no calm comes, and a dearer mode whose time is mostly the same fixed part (round
-trips, the stack, a busy core) would never be tried; a low rank's arithmetic can even cost more than a
-small model's whole copy. Byte caps bound the rungs outright: this peer's own,
-and the neighbour's, learnt when it refuses a mode over its cap (`over_cap`; caps are each peer's own setting,
-not the task's, so a capped peer mixes in the same swarm as uncapped ones).
+exchange takes over `SPIKE` budgets, or when one fails. A next rung not measured in the last `REMEASURE_AFTER`
+exchanges is measured once, unless predicted over `SPIKE` budgets: where exchanges take over half the budget,
+no calm comes, and a dearer mode whose time is mostly the same fixed part (round trips, the stack, a busy
+core) would never be tried; a low rank's arithmetic can even cost more than a small model's whole copy.
+Byte caps bound the rungs outright: this peer's own, and the neighbour's, learnt when it refuses a mode over
+its cap (`over_cap`; caps are each peer's own setting, not the task's, so a capped peer mixes in the same
+swarm as uncapped ones).
 
 Where even the cheapest rung takes near or over the budget, no choice keeps within it, and the time is mostly
 what every mode pays (round trips, the stack, a core shared by many trainers): the rungs are then held to an
@@ -414,9 +414,9 @@ def _known_to_fit(link: EdgeLink, higher: int, allowance: float) -> bool:
     Without this an edge of the MNIST MLP in the simulator sat at rank 16 (0.7-0.8 ms of a 1.6 ms budget,
     seldom under half) with whole models measured at 0.9 ms, and the bank never bought them again, as they
     fit the budget. After a climb, a failure or a step down, one exchange at the new rung comes first.
-    Exchanges the neighbour chose at other modes, in between, do not reset it: with six edges a peer and
-    both ends choosing in turn, they interleave, and an edge that needed its very last exchange to be at its
-    rung climbed a rung every four or so."""
+    Exchanges the neighbour chose at other modes, in between, do not reset it: both ends choose in turn, and
+    where the edge's very last exchange had to be at its rung, the MLP's edges sent whole models on 83% of
+    their exchanges, against 91% now (docs/bench-quality.md)."""
     seconds = link.seconds.get(higher)
     return link.fits and seconds is not None and not _unmeasured(link, higher) and seconds <= allowance
 
