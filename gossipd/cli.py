@@ -143,6 +143,13 @@ def keygen(key_file: Path, force: bool) -> None:
     help="Training steps between two exchanges a peer starts (default: the task's [gossip] steps_per_exchange, "
     "as its daemons run; 0: one a round).",
 )
+@click.option(
+    "--exchange-span",
+    default=0,
+    type=click.IntRange(0),
+    help="Training steps between an exchange's reading of a peer's model and its delta being applied, as a "
+    "daemon's trainer steps on while an exchange is in flight (default 0: at once).",
+)
 @click.option("--churn", default=0.0, show_default=True, type=click.FloatRange(0, 1), help="Leave chance per round.")
 @click.option("--downtime", default=10, show_default=True, type=click.IntRange(1), help="Rounds a leaver is away.")
 @click.option("--byzantine", default=0, type=click.IntRange(0), help="How many peers attack instead of training.")
@@ -187,6 +194,7 @@ def simulate(
     seed: int,
     paces: str | None,
     steps_per_exchange: int | None,
+    exchange_span: int,
     churn: float,
     downtime: int,
     byzantine: int,
@@ -262,6 +270,7 @@ def simulate(
             timing=MEASURED if measured_timing else ModelledTiming(step_ms / 1000, cpu_mb_per_s * 1e6),
             paces=_paces(paces),
             steps_per_exchange=steps_per_exchange,
+            exchange_span=exchange_span,
         )
         simulation = Simulation(task, data, config)
     except (TaskError, ValueError) as exc:
@@ -309,7 +318,7 @@ def _summary(report: Any) -> str:
         f", an exchange every {report.steps_per_exchange} steps a peer"
         if report.steps_per_exchange and report.algorithm != "local"
         else ""
-    )
+    ) + (f", each delta applied {report.exchange_span} steps late" if report.exchange_span else "")
     lines = [
         f"task {report.task}: {report.peers} peers, {report.algorithm} {report.settings}, "
         f"partition {report.partition}, {rounds}{pace}",

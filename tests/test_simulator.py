@@ -8,12 +8,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 from click.testing import CliRunner
 
 from gossipd.cli import main
 from gossipd.data.registry import load_data
 from gossipd.sim.progress import Progress
-from gossipd.sim.simulator import ModelledTiming, Simulation, SimulationConfig
+from gossipd.sim.simulator import InFlight, ModelledTiming, Simulation, SimulationConfig
 from gossipd.task.loader import parse_task
 from tests.conftest import DEFAULT_TASK
 
@@ -217,6 +218,60 @@ def test_an_auto_exchange_is_budgeted_the_time_between_two_a_peer_starts() -> No
         SimulationConfig(steps_per_exchange=-1)
 
 
+def test_an_exchange_span_holds_each_delta_for_that_many_of_the_peers_training_steps(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    task = small_task()
+    data = load_data(task.data, task.task.seed)
+    simulation = Simulation(task, data, SimulationConfig(peers=2, rounds=1, centralised=False, exchange_span=3))
+    peer = simulation.peers[0]
+    events: list[tuple[str, Any]] = []
+    monkeypatch.setattr(peer.trainer, "train_steps", lambda steps: events.append(("train", steps)))
+    monkeypatch.setattr(peer.trainer, "apply_delta", lambda delta: events.append(("apply", int(delta["id"]))))
+    a, b, c = ({"id": torch.tensor(i)} for i in range(3))
+    peer.in_flight = [InFlight(2, a, 1), InFlight(5, b, 1)]
+    simulation._train(peer, 6)
+    assert events == [("train", 2), ("apply", 0), ("train", 3), ("apply", 1), ("train", 1)]
+    assert peer.in_flight == []
+    events.clear()
+    peer.in_flight = [InFlight(4, c, 1)]
+    simulation._train(peer, 1)
+    assert events == [("train", 1)] and [held.steps_left for held in peer.in_flight] == [3]  # into the next round
+    with pytest.raises(ValueError, match="exchange_span"):
+        SimulationConfig(exchange_span=-1)
+
+
+def test_deltas_held_in_flight_all_land_and_keep_the_swarms_mean(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With training steps that leave the models alone only mixing moves them: every pair's exchange keeps
+    their sum, so the swarm's mean stays put exactly when each held delta is applied once, none lost or
+    doubled."""
+    from gossipd.train.trainer import Trainer
+
+    monkeypatch.setattr(Trainer, "train_steps", lambda self, steps: None)
+    text = DEFAULT_TEXT.replace('name = "cnn"', 'name = "logistic"')
+    task = parse_task(text + "\n[robust]\nclip = false\n", file="span.toml", base_dir=DEFAULT_TASK.parent)
+    data = load_data(task.data, task.task.seed)
+    config = SimulationConfig(peers=4, rounds=9, centralised=False, independent_init=True, exchange_span=3)
+    simulation = Simulation(task, data, config)
+
+    def mean() -> dict[str, Any]:
+        copies = [p.params() for p in simulation.peers]
+        return {name: sum(c[name] for c in copies) / len(copies) for name in copies[0]}
+
+    before = mean()
+    held: list[int] = []
+    report = simulation.run(on_round=lambda _: held.append(sum(len(p.in_flight) for p in simulation.peers)))
+    after = mean()
+    assert max(held) > 0  # deltas did wait for training steps
+    assert all(not p.in_flight for p in simulation.peers)  # and all landed once training ended
+    for name, value in before.items():
+        assert torch.allclose(after[name], value, atol=1e-6), name
+    assert all(not p.pulls.reserved for p in simulation.peers)  # their pulls freed as they landed
+    # One every 2 steps a peer from random phases (16-20), less those with a pair's exchange still in flight.
+    assert report.exchange_span == 3 and report.exchanges >= 8
+    assert report.consensus_distance_end < 0.9 * report.consensus_distance_start  # measured: 1.37 from 1.58
+
+
 def test_paces_cycle_over_the_peers_and_must_be_positive_shares() -> None:
     task = small_task()
     data = load_data(task.data, task.task.seed)
@@ -299,6 +354,11 @@ def test_simulate_command_prints_the_json_contract(tmp_path: Path) -> None:
     )  # fmt: skip
     assert paced.exit_code == 0, paced.output
     assert json.loads(paced.stdout)["exchanges"] == 4 * 5
+    late = CliRunner().invoke(
+        main, ["simulate", str(task_file), "--peers", "2", "--steps", "2", "--exchange-span", "4", "--no-centralised"]
+    )
+    assert late.exit_code == 0, late.output
+    assert "each delta applied 4 steps late" in late.stdout
 
 
 def test_simulate_sets_torch_threads_only_when_asked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -81,6 +81,8 @@ class SimulationReport:
     # `steps` rounds' worth.
     paces: tuple[float, ...] | None = None
     rounds_run: int = 0
+    exchange_span: int = 0  # training steps an exchange's delta was held for (SimulationConfig.exchange_span)
+    pull_declined: int = 0  # exchanges declined meanwhile: those in flight left too little pull
 
     @classmethod
     def build(
@@ -151,6 +153,8 @@ class SimulationReport:
             evaluated_peers=len(final),
             paces=simulation.config.paces,
             rounds_run=simulation.rounds_run,
+            exchange_span=simulation.config.exchange_span,
+            pull_declined=simulation.pull_declined,
         )
 
     def to_json(self) -> dict[str, Any]:

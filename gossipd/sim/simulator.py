@@ -9,6 +9,15 @@ and brings them back; a returning peer first copies a full model from a neighbou
 `finish_rounds` more rounds of exchanges without training follow the last, one a peer each, as daemons past
 their training budget finish.
 
+An exchange's delta reaches the model at once by default. With `exchange_span` k, it is held for the peer's
+next k training steps, as a daemon's trainer steps on while its exchange is in flight and applies the delta
+at a boundary after it: the exchanges of a round are all computed from the models as training left them, and
+their deltas land k steps into the training that follows (a departing peer's are lost with it; past the last
+training step they land at once). Exchanges in flight together each move a model from about the same point,
+so, as a daemon does, each end books their pulls (gossipd.mixing.pull_budget) and announces a degree that
+keeps their sum within 1, or declines the exchange (counted in `pull_declined`); a pair has one exchange in
+flight at a time.
+
 Peers keep pace by default. With `paces`, peer i takes `paces[i] × local_steps` steps a round (on average)
 until it has its budget, `rounds × local_steps` steps, as daemons on unequal cores do; the rounds go on until
 the slowest has it, and a peer past its budget mixes only with peers past theirs, a peer still training only
@@ -44,6 +53,7 @@ from gossipd.mixing.layout import ParamLayout, max_message_bytes, mixed_paramete
 from gossipd.mixing.link_budget import FINISH_TIME_SHARE, SKIP, Bounds, LinkBudget, exchange_bounds
 from gossipd.mixing.local import Traffic, plain_exchange_bytes, run_pair
 from gossipd.mixing.personal import personal_part, shared_part
+from gossipd.mixing.pull_budget import PullBudget, pull_bound
 from gossipd.mixing.registry import make_algorithm
 from gossipd.mixing.session import ExchangeSession
 from gossipd.mixing.state import half_state, read_state, state_message, state_specs
@@ -109,8 +119,13 @@ class SimulationConfig:
     # Training steps between two exchanges a peer starts; None: the task's `[gossip] steps_per_exchange`, as
     # its daemons run; 0: one a round, whatever the steps.
     steps_per_exchange: int | None = None
+    # Training steps a peer takes between an exchange's reading of its model and the exchange's delta being
+    # applied (see the module's docstring); 0: at once.
+    exchange_span: int = 0
 
     def __post_init__(self) -> None:
+        if self.exchange_span < 0:
+            raise ValueError(f"exchange_span must be 0 or more, found {self.exchange_span}")
         if self.steps_per_exchange is not None and self.steps_per_exchange < 0:
             raise ValueError(f"steps_per_exchange must be 0 or more, found {self.steps_per_exchange}")
         if self.paces is not None and (not self.paces or not all(0 < p <= 64 for p in self.paces)):
@@ -143,6 +158,15 @@ ATTACKS: dict[str, Callable[[dict[str, torch.Tensor], torch.Generator], dict[str
 }
 
 
+@dataclass
+class InFlight:
+    """An exchange's delta held for the training steps left before it applies (SimulationConfig.exchange_span)."""
+
+    steps_left: int
+    delta: dict[str, torch.Tensor]
+    partner: int
+
+
 @dataclass(eq=False)
 class SimPeer:
     index: int
@@ -164,6 +188,9 @@ class SimPeer:
     trained: int = 0  # training steps taken (a Byzantine peer's counted as if taken)
     rounds_trained: int = 0  # rounds it was online to train in (with paces)
     unmixed_steps: int = 0  # steps taken since it last started an exchange (step pacing)
+    # Exchanges in flight (SimulationConfig.exchange_span), oldest first, and what they may pull the model.
+    in_flight: list[InFlight] = field(default_factory=list)
+    pulls: PullBudget = field(default_factory=PullBudget)
 
     def params(self) -> dict[str, torch.Tensor]:
         return mixed_parameters(self.trainer.model, self.personal)
@@ -217,6 +244,7 @@ class Simulation:
         self.exchanges = 0
         self.failed_exchanges = 0
         self.skipped = 0
+        self.pull_declined = 0  # exchanges declined: those in flight left too little pull (exchange_span)
         self.state_bytes = 0
         self.joins = 0
         self.mix_seconds = 0.0
@@ -248,6 +276,7 @@ class Simulation:
             view=view,
             clipper=Clipper(self.task.robust),
             personal=self.personal.parameters,
+            pulls=PullBudget(self.task.gossip.weight),
             links=LinkBudget(
                 clock=lambda: float(self.round),
                 save=isinstance(self.algorithm, AutoGossip) and self.algorithm.config.save,
@@ -278,9 +307,11 @@ class Simulation:
                     steps = self._steps_this_round(peer)
                     if steps and not peer.byzantine:
                         peer.trainer.set_swarm_peers(self._mixed_peers(peer))
-                        peer.trainer.train_steps(steps)
+                        self._train(peer, steps)
                     peer.trained += steps
                     self.train_steps += steps
+                    if peer.trained >= self.budget:
+                        self._land_all(peer)  # done training: at rest, its trainer applies them now
                     starts += [peer] * self._exchanges_due(peer, steps)
                 self.train_seconds += time.perf_counter() - tick
             if distance_start is None:
@@ -300,6 +331,8 @@ class Simulation:
             if progress is not None:
                 progress.rounds(round_index + 1)
             self.rounds_run = round_index + 1
+        for peer in self.peers:
+            self._land_all(peer)  # training is over: a trainer at rest applies what is in flight at once
         finishing = bool(self.config.finish_rounds and self.config.mix)
         if progress is not None and finishing:
             progress.phase(f"{self.config.finish_rounds} finish rounds")
@@ -329,6 +362,71 @@ class Simulation:
             own=own,
             averaged=self._averaged_personal_accuracies(),
         )
+
+    def _train(self, peer: SimPeer, steps: int) -> None:
+        """`steps` training steps, each delta in flight applied once its span of them has passed."""
+        while steps > 0:
+            if not peer.in_flight:
+                peer.trainer.train_steps(steps)
+                return
+            run = min(steps, min(held.steps_left for held in peer.in_flight))
+            peer.trainer.train_steps(run)
+            steps -= run
+            for held in peer.in_flight:
+                held.steps_left -= run
+            self._land_all(peer, due_only=True)
+
+    def _holds(self) -> bool:
+        """Whether exchanges' deltas are held now (see `exchange_span`): only while the peers train."""
+        return bool(self.config.exchange_span and self.config.train and not self.finishing)
+
+    def _land(self, peer: SimPeer, partner: int, delta: dict[str, torch.Tensor]) -> None:
+        """An exchange's delta: applied now, or held for the next `exchange_span` steps while training goes on."""
+        if self._holds() and not (peer.byzantine or peer.trained >= self.budget):
+            peer.in_flight.append(InFlight(self.config.exchange_span, delta, partner))
+        else:
+            peer.trainer.apply_delta(delta)
+            peer.pulls.release(str(partner))
+
+    def _land_all(self, peer: SimPeer, *, due_only: bool = False) -> None:
+        """Apply the deltas in flight (those whose steps have passed, with `due_only`) and free their pulls."""
+        held = []
+        for entry in peer.in_flight:
+            if due_only and entry.steps_left > 0:
+                held.append(entry)
+                continue
+            peer.trainer.apply_delta(entry.delta)
+            peer.pulls.release(str(entry.partner))
+        peer.in_flight = held
+
+    def _busy_with(self, peer: SimPeer, partner: SimPeer) -> bool:
+        """Whether the pair has an exchange in flight (a daemon runs one at a time with each neighbour)."""
+        return any(held.partner == partner.index for held in peer.in_flight) or any(
+            held.partner == peer.index for held in partner.in_flight
+        )
+
+    def _degrees(self, peer: SimPeer, partner: SimPeer) -> tuple[int, int] | None:
+        """The degrees the two ends announce: 1 where exchanges apply at once; where they are held, what each
+        end's pulls in flight leave room for (as a daemon's ends reserve them), or None (declined)."""
+        if not self._holds():
+            return 1, 1
+        reserved: list[tuple[SimPeer, SimPeer]] = []
+        degrees: list[int] = []
+        for me, other in ((peer, partner), (partner, peer)):
+            pull = pull_bound(self._examples(me), self._examples(other), known=True)
+            floor = len(me.in_flight) + (1 if me is peer else 0)  # an opener counts the one it opens
+            degree = me.pulls.reserve(str(other.index), pull, floor)
+            if degree is None:
+                for owner, neighbour in reserved:
+                    owner.pulls.release(str(neighbour.index))
+                return None
+            reserved.append((me, other))
+            degrees.append(degree)
+        return degrees[0], degrees[1]
+
+    def _examples(self, peer: SimPeer) -> int | None:
+        """The size a peer declares in its exchanges (weigh_by = "samples"), as a daemon declares its dataset's."""
+        return len(self.shards[peer.index]) if self.task.gossip.weigh_by == "samples" else None
 
     def _finish(self) -> list[Any]:
         """The peers as training stopped (evaluated), then `finish_rounds` rounds of exchanges alone."""
@@ -379,11 +477,17 @@ class Simulation:
         partner = self.peers[partner_index]
         if partner.blocked.get(peer.index, -1) >= self.round:
             return  # the partner refuses a suspect, as a daemon does
+        if self._holds() and self._busy_with(peer, partner):
+            return  # their exchange is still in flight
         mode = self._choose_mode(peer, partner)
         if mode == SKIP:
             self.skipped += 1  # saving this interval for a dearer exchange (gossipd.mixing.link_budget)
             return
-        ends = [self._session(peer, partner, mode), self._session(partner, peer)]
+        degrees = self._degrees(peer, partner)
+        if degrees is None:
+            self.pull_declined += 1  # the exchanges in flight leave too little pull
+            return
+        ends = [self._session(peer, partner, mode, degrees[0]), self._session(partner, peer, degree=degrees[1])]
         tick = time.perf_counter()
         try:
             traffic = run_pair(ends[0], ends[1], max_message_bytes=self.max_bytes)
@@ -393,6 +497,8 @@ class Simulation:
                     assert owner.links is not None
                     owner.links.failed(str(other.index), self.ladder)
             # As in the daemon: a failed exchange costs the edge, which both ends rebuild next time.
+            peer.pulls.release(str(partner.index))
+            partner.pulls.release(str(peer.index))
             peer.edges.pop(partner.index, None)
             partner.edges.pop(peer.index, None)
             self.failed_exchanges += 1
@@ -408,7 +514,8 @@ class Simulation:
                 # The simulator counts the back-off and the grace in rounds.
                 owner.blocked[other.index] = self.round + int(self.task.robust.suspect_backoff)
                 owner.clipper.forgive(other.id)
-            owner.trainer.apply_delta(result.delta)
+            owner.pulls.settle(str(other.index), end.weight * end.pull)
+            self._land(owner, other.index, result.delta)
             owner.edges[other.index] = result.edge
             owner.exchanges += 1
         if mode is not None:
@@ -489,7 +596,7 @@ class Simulation:
             )
         self.modes[mode] += 1
 
-    def _session(self, me: SimPeer, other: SimPeer, mode: int | None = None) -> ExchangeSession:
+    def _session(self, me: SimPeer, other: SimPeer, mode: int | None = None, degree: int = 1) -> ExchangeSession:
         params = me.params()
         if me.byzantine:
             params = ATTACKS[self.config.attack](params, self.attack_rng)
@@ -500,14 +607,13 @@ class Simulation:
             self_id=me.id,
             peer_id=other.id,
             edge=me.edges.get(other.index),
-            degree=1,  # exchanges here run one at a time: each is the peer's only edge in flight
+            degree=degree,  # 1 unless deltas are held: exchanges here run one at a time (see `_degrees`)
             task=self.task.hash,
             fixed_weight=self.task.gossip.weight,
             rng=self.rng,
             device=self.device,
             clipper=me.clipper,
-            # weigh_by = "samples": each peer declares its own shard's size, as a daemon declares its dataset's
-            examples=len(self.shards[me.index]) if self.task.gossip.weigh_by == "samples" else None,
+            examples=self._examples(me),
             mode=mode,
             weighted=self.task.gossip.weigh_by == "samples",
         )
@@ -538,6 +644,8 @@ class Simulation:
         if self.config.churn > 0 and len(online) > 2 and self.rng.random() < self.config.churn:
             leaving = self.rng.choice(online)
             leaving.online = False
+            leaving.in_flight = []  # its exchanges in flight die with it
+            leaving.pulls = PullBudget(self.task.gossip.weight)
             leaving.returns_at = round_index + self.config.downtime
 
     def _rejoin(self, peer: SimPeer) -> None:
@@ -562,6 +670,8 @@ class Simulation:
         fresh.trainer.step = donor.trainer.step
         peer.trainer = fresh.trainer
         peer.edges.clear()
+        peer.in_flight = []
+        peer.pulls = PullBudget(self.task.gossip.weight)
         peer.view.members.clear()
         peer.view.fill(p.index for p in donors)
         peer.online = True
