@@ -241,6 +241,28 @@ def test_an_exchange_span_holds_each_delta_for_that_many_of_the_peers_training_s
         SimulationConfig(exchange_span=-1)
 
 
+def test_exchanges_held_in_flight_share_one_pull_as_a_daemons_do() -> None:
+    """Exchanges in flight together move a model from about the same point: a new one announces a degree
+    that fits what the others leave of a pull of 1, or is declined, freeing what either end had reserved."""
+    task = small_task()
+    data = load_data(task.data, task.task.seed)
+    simulation = Simulation(task, data, SimulationConfig(peers=3, rounds=1, centralised=False, exchange_span=3))
+    busy, other, third = simulation.peers
+    assert simulation._degrees(other, third) == (1, 1)  # nothing in flight: the full pairwise average
+    for peer in simulation.peers:
+        peer.pulls.reserved.clear()
+    busy.pulls.reserve("1", 1.0, 1)  # half its pull taken by an exchange with peer 1 still in flight
+    busy.in_flight = [InFlight(2, {}, 1)]
+    degrees = simulation._degrees(busy, third)
+    assert degrees is not None and degrees[0] >= 2 and sum(busy.pulls.reserved.values()) <= 1.0
+    busy.pulls.reserved = {"1": 0.999}
+    third.pulls.reserved.clear()
+    assert simulation._degrees(third, busy) is None  # no room left at the answering end: declined
+    assert third.pulls.reserved == {} and busy.pulls.reserved == {"1": 0.999}  # the opener's reservation freed
+    simulation.finishing = True
+    assert simulation._degrees(busy, third) == (1, 1)  # deltas land at once: exchanges run one at a time
+
+
 def test_deltas_held_in_flight_all_land_and_keep_the_swarms_mean(monkeypatch: pytest.MonkeyPatch) -> None:
     """With training steps that leave the models alone only mixing moves them: every pair's exchange keeps
     their sum, so the swarm's mean stays put exactly when each held delta is applied once, none lost or
