@@ -342,7 +342,8 @@ def _summary(report: Any) -> str:
             if report.averaged_personal_accuracy is not None
             else []
         ),
-        f"  consensus    {report.consensus_distance_start:.4g} -> {report.consensus_distance_end:.4g}",
+        f"  consensus    {report.consensus_distance_start:.4g} -> {report.consensus_distance_end:.4g}"
+        + (f"  (mixing {report.mix_per_step:.3g} a step while training)" if report.mix_per_step is not None else ""),
         f"  bytes/exch.  {report.bytes_per_exchange:,.0f} (plain {report.plain_bytes_per_exchange:,}, "
         f"ratio {report.compression_ratio:.1f}x) over {report.exchanges} exchanges",
         *(

@@ -205,7 +205,10 @@ def format_status(data: dict[str, Any]) -> str:
     tasks = data["tasks"]
     if not tasks:
         return "\n".join([*lines, "no tasks (start one with `gossipd join TASK.toml`)"])
-    header = ["TASK", "STATE", "STEP", "LOSS", "ACCURACY", "EXCHANGES", "SENT", "RECEIVED", "RATIO", "DISTANCE", "VIEW"]
+    header = [
+        *("TASK", "STATE", "STEP", "LOSS", "ACCURACY", "EXCHANGES", "SENT", "RECEIVED", "RATIO", "DISTANCE"),
+        *("MIX/STEP", "VIEW"),
+    ]
     rows = [_status_row(task) for task in tasks]
     lines.append(table(header, rows, numeric=range(2, 11)))
     lines += [f"{task['id']}: {task['error']}" for task in tasks if task.get("error")]
@@ -327,6 +330,7 @@ def _status_row(task: dict[str, Any]) -> list[str]:
         human_bytes(task["bytes_received"]),
         _number(task["compression_ratio"], ".1f", "x"),
         _number(task["consensus_distance"], ".3g"),
+        _number(task.get("mix_per_step"), ".2f"),
         f"{sum(bool(peer['in_view']) for peer in peers)}/{len(peers)}",
     ]
 

@@ -63,7 +63,8 @@ async def test_status_table(socket_path: Path) -> None:
     assert lines[6] == "relay     serving 3/16 reservations, 4 circuits per peer, 500.0 MB and 1h 00m per circuit"
     header = next(i for i, line in enumerate(lines) if line.startswith("TASK"))
     assert lines[header + 1].split() == [
-        "mnist", "training", "1200", "0.25", "93.12%", "340", "12.3", "MB", "12.0", "MB", "31.5x", "0.0123", "1/2"
+        "mnist", "training", "1200", "0.25", "93.12%", "340", "12.3", "MB", "12.0", "MB", "31.5x", "0.0123", "0.31",
+        "1/2",
     ]  # fmt: skip
     assert lines[header + 2].split() == [
         "cifar",
@@ -78,6 +79,7 @@ async def test_status_table(socket_path: Path) -> None:
         "MB",
         "-",
         "-",
+        "0.31",
         "0/0",
     ]
     assert lines[header + 3] == "cifar: no CUDA device"

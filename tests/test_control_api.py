@@ -97,6 +97,7 @@ def make_task(task_id: str, **changes: Any) -> TaskStatus:
         clipped_exchanges=12,
         suspects=1,
         pull_declined=2,
+        mix_per_step=0.31,
         mix_wait_seconds=4.5,
         peers=(
             make_peer("12D3KooWAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAApeerone1", in_view=True),
@@ -448,6 +449,7 @@ async def test_metrics(client: ControlClient, socket_path: Path) -> None:
     assert value("gossipd_suspects", task="mnist") == 1
     assert value("gossipd_pull_declined", task="mnist") == 2
     assert value("gossipd_mix_wait_seconds", task="mnist") == 4.5
+    assert value("gossipd_mix_per_step", task="mnist") == 0.31
     assert value("gossipd_ledger_exchanges", task="mnist", started_by="neighbour") == 25
     assert value("gossipd_ledger_exchanges", task="mnist", started_by="self") == 15
     assert value("gossipd_ledger_neighbours", task="mnist") == 1

@@ -419,6 +419,12 @@ async def test_three_peers_mix_to_consensus_and_keep_the_swarm_average(
     assert sum_drift(before, after) <= 1e-5  # every delta was applied, at both ends of its exchange
     reported = [p.exchange.statistics().consensus_distance for p in peers]
     assert all(d is not None and d < spread(before) / 2 for d in reported), reported
+    # How far the exchanges moved each peer per training step: none counted while the trainers stood still.
+    mixing = [p.exchange.statistics().mix_per_step for p in peers]
+    if trainer == "stepping":
+        assert all(m is not None and m > 0 for m in mixing), mixing
+    else:
+        assert mixing == [None, None, None]
 
 
 @pytest.mark.parametrize(

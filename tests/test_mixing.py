@@ -252,6 +252,23 @@ def test_clipping_bounds_the_weighted_pull() -> None:
     moved = math.sqrt(sum(float(d.pow(2).sum()) for d in result.delta.values()))
     assert result.clipped
     assert moved == pytest.approx(result.weight * radius, rel=1e-4)
+    assert result.share * result.distance == pytest.approx(moved, rel=1e-4)  # the share after clipping
+
+
+def test_a_plain_exchange_reports_the_share_of_the_way_it_moved_each_end() -> None:
+    """`share` is w·c: the smaller end moves further towards the larger (weigh_by samples), and each end's
+    delta is its share of the distance (a daemon's status sums these per step: mix_per_step)."""
+    a, b = Peer(0, model(0)), Peer(1, model(1))
+    a.examples, a.weighted, b.examples, b.weighted = 100, True, 300, True
+    ends = (a.session(ALGORITHMS["plain"], b), b.session(ALGORITHMS["plain"], a))
+    run_pair(*ends, max_message_bytes=1 << 20)
+    small, large = ends[0].result(), ends[1].result()
+    assert small.weight == large.weight == 0.5
+    assert small.share == pytest.approx(0.5 * 2 * 300 / 400)
+    assert large.share == pytest.approx(0.5 * 2 * 100 / 400)
+    for result in (small, large):
+        moved = math.sqrt(sum(float(d.pow(2).sum()) for d in result.delta.values()))
+        assert moved == pytest.approx(result.share * result.distance, rel=1e-4)
 
 
 @pytest.mark.parametrize("name", ALGORITHMS)

@@ -14,6 +14,7 @@ from click.testing import CliRunner
 from gossipd.cli import main
 from gossipd.data.registry import load_data
 from gossipd.sim.progress import Progress
+from gossipd.sim.report import RoundRecord
 from gossipd.sim.simulator import InFlight, ModelledTiming, Simulation, SimulationConfig
 from gossipd.task.loader import parse_task
 from tests.conftest import DEFAULT_TASK
@@ -292,6 +293,38 @@ def test_deltas_held_in_flight_all_land_and_keep_the_swarms_mean(monkeypatch: py
     # One every 2 steps a peer from random phases (16-20), less those with a pair's exchange still in flight.
     assert report.exchange_span == 3 and report.exchanges >= 8
     assert report.consensus_distance_end < 0.9 * report.consensus_distance_start  # measured: 1.37 from 1.58
+
+
+def test_the_report_counts_how_far_exchanges_moved_the_peers_per_training_step(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`mix_per_step`: the shares (w·c) of the exchanges that landed while the peers trained, per step. At
+    once, on equal shards, every exchange is a pairwise average (1/2 at each end); held for 3 steps they share
+    one pull and move less."""
+    from gossipd.train.trainer import Trainer
+
+    monkeypatch.setattr(Trainer, "train_steps", lambda self, steps: None)
+    text = DEFAULT_TEXT.replace('name = "cnn"', 'name = "logistic"')
+    task = parse_task(text + "\n[robust]\nclip = false\n", file="mix.toml", base_dir=DEFAULT_TASK.parent)
+    data = load_data(task.data, task.task.seed)
+    mixing: dict[int, float | None] = {}
+    for span in (0, 3):
+        config = SimulationConfig(peers=4, rounds=9, centralised=False, exchange_span=span)
+        simulation = Simulation(task, data, config)
+        sizes = {len(shard) for shard in simulation.shards}
+        counts: list[int] = []
+
+        def count(record: RoundRecord, counts: list[int] = counts) -> None:
+            counts.append(record.exchanges)
+
+        mixing[span] = simulation.run(on_round=count).mix_per_step
+        if span == 0:
+            # Rounds 1-8's exchanges (in round 9 each peer has its 9 steps: it mixes as a finished one).
+            landed = counts[7]
+    at_once, held = mixing[0], mixing[3]
+    assert max(sizes) - min(sizes) <= 1 and landed >= 8
+    assert at_once == pytest.approx(2 * 0.5 * landed / (4 * 9), rel=1e-3)
+    assert at_once is not None and held is not None and 0 < held < at_once
 
 
 def test_paces_cycle_over_the_peers_and_must_be_positive_shares() -> None:

@@ -51,6 +51,11 @@ _GAUGES: tuple[tuple[str, str, _Getter], ...] = (
     ("gossipd_training_loss", "Recent mean training loss.", lambda t: t.loss),
     ("gossipd_validation_accuracy", "Accuracy on the held-out examples at the last evaluation.", lambda t: t.accuracy),
     ("gossipd_exchanges_in_flight", "Exchanges in progress.", lambda t: t.exchanges_in_flight),
+    (
+        "gossipd_mix_per_step",
+        "Shares of the way to their neighbours exchanges moved this peer per training step, lately.",
+        lambda t: t.mix_per_step,
+    ),
     ("gossipd_privacy_epsilon", "Epsilon spent by DP-SGD at the task's delta.", lambda t: t.privacy_epsilon),
     (
         "gossipd_compression_ratio",

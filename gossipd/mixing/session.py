@@ -63,6 +63,9 @@ class ExchangeResult:
     reset: bool  # the edge was (re)started in this exchange
     rounds: int
     clipped: bool  # the delta was scaled down to the clipping radius
+    # The share of the way to the neighbour this end's delta moves it (w·c, times the clipping's scale), of
+    # the difference the exchange reconstructed (a low-rank one reconstructs part of it)
+    share: float = 0.0
     suspect: bool  # the peer has been clipped too many exchanges in a row: leave it alone for a while
 
 
@@ -125,6 +128,7 @@ class ExchangeSession:
         self.peer_declares: bool | None = None  # whether the peer's first message carried its dataset size
         self.pull = 1.0
         self.clipped = False
+        self.clip_scale = 1.0
         self.phase = Phase.NEW
         self.rounds_done = 0
         self.reset = False
@@ -195,6 +199,7 @@ class ExchangeSession:
             reset=self.reset,
             rounds=self.rounds_done,
             clipped=self.clipped,
+            share=self.weight * self.pull * self.clip_scale,
             suspect=self.clipper is not None and self.clipper.is_suspect(self.peer_id),
         )
 
@@ -332,6 +337,7 @@ class ExchangeSession:
         if factor >= 1.0:
             return outcome
         self.clipped = True
+        self.clip_scale = factor
         return MixOutcome({name: d * factor for name, d in outcome.delta.items()}, outcome.distance, outcome.total)
 
     def _message(self, kind: MessageType, **body: Any) -> Message:

@@ -69,6 +69,7 @@ from gossipd.mixing.link_budget import (
     LinkBudget,
     exchange_bounds,
 )
+from gossipd.mixing.mix_rate import MixRate
 from gossipd.mixing.pacing import StepPacer
 from gossipd.mixing.pull_budget import PullBudget, pull_bound
 from gossipd.mixing.session import ExchangeResult, ExchangeSession, PeerAborted, Phase
@@ -154,6 +155,7 @@ class ExchangeStatistics:
     clipped: int
     suspects: int
     pull_declined: int  # exchanges not started or answered busy: those in flight left too little pull
+    mix_per_step: float | None  # the shares exchanges moved this peer per training step lately (MixRate)
     finish_exchanges: int  # exchanges with finished neighbours since this peer's training budget was reached
     finished: bool  # past the budget and done finishing: this peer starts no more exchanges
     steps_per_exchange: int | None  # a step-paced peer's pace now (the CPU budget may have stretched it)
@@ -216,6 +218,7 @@ class ExchangeService:
         # What the exchanges in flight may pull the model, together (gossipd.mixing.pull_budget): the degree
         # each new exchange announces keeps their sum within 1.
         self.pulls = PullBudget(gossip.weight)
+        self.mix_rate = MixRate()  # how far exchanges move this peer per training step (status: mix_per_step)
         self._sizes: dict[str, int | None] = {}  # peer → the dataset size it declared in its last exchange
         # Bumped whenever the model is replaced wholesale (`forget_all_edges`). An exchange notes it before it
         # reads the model; one that ends after a replacement computed its delta and edge from the model that
@@ -281,6 +284,7 @@ class ExchangeService:
             clipped=c.clipped,
             suspects=c.suspects,
             pull_declined=self.pulls.declined,
+            mix_per_step=self.mix_rate.per_step(self.trainer.step),
             finish_exchanges=self.settled,
             finished=self.finished,
             steps_per_exchange=None if self.trainer.pacer is None else self.trainer.pacer.every,
@@ -901,6 +905,8 @@ class ExchangeService:
         if self._read_at.pop(peer, self.model_generation) == self.model_generation:
             self.trainer.submit(result.delta)
             self._keep_edge(peer, result.edge)
+            if not self.trainer.training_done:
+                self.mix_rate.landed(self.trainer.step, result.share)
         else:
             # The model was replaced (a copy from a neighbour) while this exchange ran. Its delta would move
             # the new model by a difference taken from the old one, and its edge would carry the old model's

@@ -126,6 +126,9 @@ class TaskStatus:
     suspects: int = 0  # neighbours backed off for being clipped exchange after exchange
     # exchanges not started, or answered busy, because those in flight left too little pull (pull_budget)
     pull_declined: int = 0
+    # The shares of the way to their neighbours this peer's exchanges moved it per training step, over its last
+    # 200 steps (gossipd.mixing.mix_rate): how much mixing keeps up with local drift. None: none landed yet
+    mix_per_step: float | None = None
     privacy_epsilon: float | None = None  # ε spent so far by DP-SGD on this peer's examples ([privacy])
     privacy_delta: float | None = None  # the δ that ε is reported at
     mix_wait_seconds: float = 0.0  # time the trainer waited for a mix ([gossip] steps_per_exchange)

@@ -808,6 +808,7 @@ class TaskRuntime:
             privacy_delta=self.task.privacy.delta if self.task.privacy is not None else None,
             suspects=exchange.suspects if exchange else 0,
             pull_declined=exchange.pull_declined if exchange else 0,
+            mix_per_step=exchange.mix_per_step if exchange else None,
             mix_wait_seconds=trainer.held_seconds if trainer else 0.0,
             swarm_batch_peers=(
                 services.trainer.trainer.swarm_peers

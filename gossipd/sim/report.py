@@ -83,6 +83,9 @@ class SimulationReport:
     rounds_run: int = 0
     exchange_span: int = 0  # training steps an exchange's delta was held for (SimulationConfig.exchange_span)
     pull_declined: int = 0  # exchanges declined meanwhile: those in flight left too little pull
+    # The shares of the way to a neighbour exchanges moved honest peers while training, per training step (a
+    # daemon's status `mix_per_step`, gossipd.mixing.mix_rate)
+    mix_per_step: float | None = None
 
     @classmethod
     def build(
@@ -155,6 +158,7 @@ class SimulationReport:
             rounds_run=simulation.rounds_run,
             exchange_span=simulation.config.exchange_span,
             pull_declined=simulation.pull_declined,
+            mix_per_step=simulation.mix_shares / simulation.honest_steps if simulation.honest_steps else None,
         )
 
     def to_json(self) -> dict[str, Any]:

@@ -250,6 +250,8 @@ class Simulation:
         self.mix_seconds = 0.0
         self.train_seconds = 0.0
         self.train_steps = 0
+        self.honest_steps = 0
+        self.mix_shares = 0.0  # the shares honest peers' exchanges moved them while they trained (mix_per_step)
         self.family = self.algorithm if isinstance(self.algorithm, AutoGossip) else None
         self.ladder = () if self.family is None else self.family.ladder(self.layout)
         self.modes: Counter[int] = Counter()  # an auto task's exchanges by mode
@@ -310,6 +312,8 @@ class Simulation:
                         self._train(peer, steps)
                     peer.trained += steps
                     self.train_steps += steps
+                    if not peer.byzantine:
+                        self.honest_steps += steps
                     if peer.trained >= self.budget:
                         self._land_all(peer)  # done training: at rest, its trainer applies them now
                     starts += [peer] * self._exchanges_due(peer, steps)
@@ -515,6 +519,8 @@ class Simulation:
                 owner.blocked[other.index] = self.round + int(self.task.robust.suspect_backoff)
                 owner.clipper.forgive(other.id)
             owner.pulls.settle(str(other.index), end.weight * end.pull)
+            if not (self.finishing or owner.byzantine or owner.trained >= self.budget):
+                self.mix_shares += result.share
             self._land(owner, other.index, result.delta)
             owner.edges[other.index] = result.edge
             owner.exchanges += 1
