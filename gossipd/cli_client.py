@@ -210,7 +210,7 @@ def format_status(data: dict[str, Any]) -> str:
         *("MIX/STEP", "VIEW"),
     ]
     rows = [_status_row(task) for task in tasks]
-    lines.append(table(header, rows, numeric=range(2, 11)))
+    lines.append(table(header, rows, numeric=range(2, 12)))
     lines += [f"{task['id']}: {task['error']}" for task in tasks if task.get("error")]
     lines += [
         f"{task['id']}: the model of a script (pid {task['attached_pid']}) attached with gossipd.attach"

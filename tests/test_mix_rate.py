@@ -28,6 +28,14 @@ def test_old_exchanges_leave_the_window() -> None:
     assert rate.per_step(200) == pytest.approx(24 * 0.2 / 100)  # steps 104-196; 100 has left too
 
 
+def test_what_it_keeps_stays_within_the_window_unread() -> None:
+    rate = MixRate(window=50)
+    for step in range(10_000):
+        rate.landed(step, 0.25)
+    assert len(rate._landed) == 50
+    assert rate.per_step(10_000) == pytest.approx(49 * 0.25 / 50)
+
+
 def test_a_step_that_did_not_move_keeps_the_last_reading() -> None:
     """A replaced model can bring an earlier step count: the rate is not recomputed over no steps."""
     rate = MixRate(window=100)

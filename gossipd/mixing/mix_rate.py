@@ -32,16 +32,20 @@ class MixRate:
         if self._first is None:
             self._first = step
         self._landed.append((step, max(0.0, share)))
+        self._forget_before(step)  # bounded whether or not anyone reads the rate
 
     def per_step(self, step: int) -> float | None:
         """The shares landed over the last `window` steps (or since the first counted, if fewer), per step;
         None before any exchange landed. Past `step`'s window the old exchanges drop out."""
         if self._first is None:
             return None
-        while self._landed and self._landed[0][0] <= step - self.window:
-            self._landed.popleft()
+        self._forget_before(step)
         steps = min(self.window, step - self._first)
         if steps <= 0:
             return self._last
         self._last = sum(share for _, share in self._landed) / steps
         return self._last
+
+    def _forget_before(self, step: int) -> None:
+        while self._landed and self._landed[0][0] <= step - self.window:
+            self._landed.popleft()
