@@ -155,6 +155,12 @@ def keygen(key_file: Path, force: bool) -> None:
 @click.option("--byzantine", default=0, type=click.IntRange(0), help="How many peers attack instead of training.")
 @click.option("--attack", default="sign-flip", type=click.Choice(["sign-flip", "scale", "noise", "nan"]))
 @click.option("--no-clip", is_flag=True, help="Turn self-centred clipping off ([robust] clip = false).")
+@click.option(
+    "--momentum-every",
+    type=click.IntRange(0),
+    help="Mix the optimisers' momentum every this many whole-model exchanges of an edge (0: never; "
+    "default: the task's [gossip] momentum_every).",
+)
 @click.option("--personal", multiple=True, help="Keep parameters matching this glob on each peer (repeatable).")
 @click.option("--personal-steps", type=click.IntRange(0), help="Personal fine-tuning steps after the finish.")
 @click.option(
@@ -200,6 +206,7 @@ def simulate(
     byzantine: int,
     attack: str,
     no_clip: bool,
+    momentum_every: int | None,
     personal: tuple[str, ...],
     personal_steps: int | None,
     personal_training: str | None,
@@ -246,6 +253,8 @@ def simulate(
             task = dataclasses.replace(task, gossip=dataclasses.replace(task.gossip, weight=weight))
         if no_clip:
             task = dataclasses.replace(task, robust=dataclasses.replace(task.robust, clip=False))
+        if momentum_every is not None:
+            task = dataclasses.replace(task, gossip=dataclasses.replace(task.gossip, momentum_every=momentum_every))
         task = with_personal(task, personal, personal_steps, personal_training)
         data = load_data(task.data, task.task.seed)
         config = SimulationConfig(

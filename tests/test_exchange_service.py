@@ -801,6 +801,7 @@ def nan_session(victim: Peer, attacker: str) -> ExchangeSession:
         fixed_weight=None,
         rng=random.Random(5),
         device=CPU,
+        momentum_every=victim.exchange.gossip.momentum_every,  # the victim's task: the same message layout
     )
 
 
@@ -1776,3 +1777,29 @@ async def test_the_fake_fans_pubsub_out_signed_by_the_publisher_and_keeps_provid
             hub.kill(y.peer_id)  # a provider record outlives its peer
             assert [p.peer_id for p in await z.find_providers("/key")] == [x.peer_id, y.peer_id]
             assert [p.peer_id for p in await x.find_providers("/key")] == [y.peer_id]
+
+
+async def test_a_task_that_mixes_momentum_brings_the_daemons_momentum_together_with_their_models(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """`[gossip] momentum_every = 1`: every whole-model exchange between daemons also carries their
+    optimisers' momentum, and each trainer's momentum moves towards its neighbours' as its model does
+    (trainers paused: only mixing moves either)."""
+    from gossipd.train.sgd import Sgd
+
+    section = dataclasses.replace(gossip("plain"), momentum_every=1)
+    with trio.fail_after(120):
+        async with fake_swarm(seed=3, latency=0.001) as hub:
+            peers = await start_peers(hub, "ABC", section=section, trainer="paused")
+            for index, peer in enumerate(peers):
+                trainer = peer.trainer.trainer
+                trainer.optimizer = Sgd(trainer.trained, lr=0.1, momentum=0.9)
+                seeded = torch.Generator().manual_seed(100 + index)
+                buffers = [torch.randn(p.shape, generator=seeded) for p in trainer.trained]
+                trainer.optimizer.state = {i: {"momentum_buffer": b} for i, b in enumerate(buffers)}
+            momentum_before = [{k: v.clone() for k, v in p.trainer.momentum().items()} for p in peers]
+            before, after = await mix_for(hub, peers, 30)
+            momentum_after = [p.trainer.momentum() for p in peers]
+    assert all(p.exchange.statistics().exchanges >= 10 for p in peers)
+    assert spread(after) < 1e-3 * spread(before)
+    assert spread(momentum_after) < 1e-2 * spread(momentum_before), (spread(momentum_before), spread(momentum_after))

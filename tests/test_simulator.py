@@ -459,3 +459,25 @@ def test_progress_says_how_far_a_run_got_at_most_every_few_seconds() -> None:
     assert lines[0] == "round 10/100 (10%), 5 s so far, about 45 s of rounds left"
     progress.phase("evaluating 8 peers")
     assert lines[-1] == "evaluating 8 peers (50 s so far)"
+
+
+def test_mixing_momentum_brings_the_peers_momentum_together_on_skewed_shards() -> None:
+    """`[gossip] momentum_every`: each copy's momentum, which remembers its own labels, is mixed with its
+    neighbours' in whole-model exchanges; off, the momenta stay as far apart as the shards make them."""
+    import dataclasses
+
+    from gossipd.task.overrides import with_gossip
+
+    task = with_gossip(small_task(), "plain", {})
+    data = load_data(task.data, task.task.seed)
+    spread: dict[int, float] = {}
+    for every in (0, 1):
+        mixed = dataclasses.replace(task, gossip=dataclasses.replace(task.gossip, momentum_every=every))
+        config = SimulationConfig(peers=4, rounds=30, centralised=False, partition="dirichlet:0.1")
+        simulation = Simulation(mixed, data, config)
+        simulation.run()
+        momenta = [peer.trainer.momentum() for peer in simulation.peers]
+        assert all(set(m) == set(momenta[0]) and m for m in momenta)
+        mean = {name: sum(m[name] for m in momenta) / len(momenta) for name in momenta[0]}
+        spread[every] = sum(float((m[name] - mean[name]).pow(2).sum()) for m in momenta for name in mean)
+    assert spread[1] < 0.5 * spread[0], spread

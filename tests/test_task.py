@@ -226,3 +226,19 @@ def test_check_command_exit_codes(tmp_path: Path) -> None:
 def test_sign_spec_round_trips_through_the_registry() -> None:
     assert isinstance(with_gossip(load_task(DEFAULT_TASK), "choco", {}).gossip.config, ChocoConfig)
     assert SignCompressor(64).spec == "sign:64"
+
+
+def test_mixing_momentum_is_off_by_default_and_in_the_hash_where_whole_models_travel() -> None:
+    a = parse()
+    assert a.gossip.momentum_every == 0  # type: ignore[attr-defined]
+    # Off hashes as the task did before momentum could be mixed (the hash of 2026-12-07, before the change).
+    assert a.hash.hex() == "e9825d6a5a3529316c3986b43fbe5f7f"  # type: ignore[attr-defined]
+    assert a.hash == parse("[gossip]\nmomentum_every = 0\n").hash  # type: ignore[attr-defined]
+    two, three = parse("[gossip]\nmomentum_every = 2\n"), parse("[gossip]\nmomentum_every = 3\n")
+    assert len({a.hash, two.hash, three.hash}) == 3  # type: ignore[attr-defined]
+    # A fixed low-rank or Choco task never sends whole models: the setting changes nothing there, hash included.
+    for algorithm in ("powergossip", "choco"):
+        off = parse(f"[gossip]\nalgorithm = '{algorithm}'\n")
+        assert off.hash == parse(f"[gossip]\nalgorithm = '{algorithm}'\nmomentum_every = 2\n").hash  # type: ignore[attr-defined]
+    with pytest.raises(TaskError, match="momentum_every"):
+        parse("[gossip]\nmomentum_every = -1\n")

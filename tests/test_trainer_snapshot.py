@@ -142,3 +142,23 @@ async def test_each_chunk_counts_the_peers_mixing_averages_in() -> None:
         for _ in range(10):  # no chunk left waiting at the gate once cancelled
             trainer.gate.release()
         nursery.cancel_scope.cancel()
+
+
+async def test_a_momentum_mix_is_added_to_the_optimisers_momentum_at_the_next_boundary() -> None:
+    trainer_service, trainer = service()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(trainer_service.run)
+        await trio.sleep(0.05)  # the first chunk is in progress, held at its gate
+        trainer_service.pause()  # after it, the model and its momentum stay put
+        trainer.gate.release()
+        await wait_for(lambda: trainer.chunks == 1)
+        await wait_for(lambda: bool(trainer_service.momentum()))
+        await trio.sleep(0.05)
+        before = {name: value.clone() for name, value in trainer_service.momentum().items()}
+        zero = {name: torch.zeros_like(value) for name, value in before.items()}
+        trainer_service.submit(zero, {"linear.weight": torch.ones_like(before["linear.weight"])})
+        await wait_for(lambda: not trainer_service._pending_momentum)
+        after = trainer_service.momentum()
+        assert torch.equal(after["linear.weight"], before["linear.weight"] + 1)
+        assert torch.equal(after["linear.bias"], before["linear.bias"])
+        nursery.cancel_scope.cancel()

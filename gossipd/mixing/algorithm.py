@@ -21,6 +21,9 @@ from gossipd.wire.tensors import TensorSpec, WireTensor, to_wire
 
 Delta = dict[str, torch.Tensor]
 Records = Mapping[str, WireTensor]
+# A tensor's momentum among a round's records is keyed by its name with this suffix (the wire carries no
+# names: both ends derive the same records from the layout).
+MOMENTUM = "#momentum"
 
 
 @dataclass(frozen=True)
@@ -46,6 +49,9 @@ class ExchangeContext:
     epoch: int
     device: torch.device
     rng: torch.Generator
+    # The optimiser's momentum of the same tensors, where this exchange mixes it too (`[gossip]
+    # momentum_every`; whole-model exchanges only); zeros stand for momentum this end does not have.
+    momentum: Params | None = None
 
 
 @dataclass(frozen=True)
@@ -59,6 +65,7 @@ class MixOutcome:
     delta: Delta
     distance: float
     total: float | None = None
+    momentum: Delta | None = None  # the change to this end's momentum, where the exchange mixed it
 
 
 Rounds = Generator[Outgoing, Records, MixOutcome]

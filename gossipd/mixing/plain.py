@@ -5,6 +5,11 @@ values *as sent*: x ← x + w·(x̃_peer − x̃), where x̃ is x rounded to flo
 then hold the same two rounded vectors, so the pair's sum is still exactly unchanged; each copy keeps the
 part of its values below float16's precision (about 2⁻¹¹ of each), which no exchange moves, so copies agree
 to that precision, no further. hivemind averages in float16 by default too.
+
+Where the task mixes momentum (`[gossip] momentum_every`), the message also carries the optimiser's momentum
+of every tensor, after the parameters, and each end moves its momentum the same way: m ← m + w·(m_peer − m).
+On label-skewed shards each copy's momentum keeps pushing it towards its own labels after a mix has pulled
+it back; mixed, it points along the neighbourhood's gradient instead (docs/bench-quality.md, *Mixing momentum*).
 """
 
 from __future__ import annotations
@@ -14,11 +19,13 @@ from dataclasses import dataclass
 import torch
 
 from gossipd.mixing.algorithm import (
+    MOMENTUM,
     Algorithm,
     Delta,
     ExchangeContext,
     MixOutcome,
     Outgoing,
+    Records,
     Rounds,
     full_tensors,
     norm,
@@ -52,6 +59,16 @@ class PlainGossip(Algorithm[None]):
             expect = {r.name: TensorSpec(r.dtype, ctx.layout.shapes[r.name]) for r in outgoing}
         else:
             mine, outgoing, expect = dict(ctx.params), full_tensors(ctx.params), ctx.layout.specs()
+        momentum: dict[str, torch.Tensor] = {}
+        if ctx.momentum is not None:
+            # After the parameters, the optimiser's momentum of each, sent and mixed as they are (the names
+            # only key this end's records: the wire carries none).
+            for name, value in ctx.momentum.items():
+                wire = as_float16(value) if self.half else value
+                record = to_wire(name + MOMENTUM, wire)
+                outgoing += (record,)
+                expect[record.name] = TensorSpec(record.dtype, ctx.layout.shapes[name])
+                momentum[name] = wire.to(value.dtype)
         records = yield Outgoing(MessageType.FULL, 0, outgoing, expect)
         difference: Delta = {}
         for name, own in mine.items():
@@ -60,4 +77,18 @@ class PlainGossip(Algorithm[None]):
         distance = norm(difference)
         for d in difference.values():
             d.mul_(ctx.weight)  # the difference becomes the delta in place: a whole model's copy saved
-        return MixOutcome(difference, distance)
+        if ctx.momentum is None:
+            return MixOutcome(difference, distance)
+        return MixOutcome(difference, distance, momentum=_momentum_delta(momentum, records, ctx))
+
+
+def _momentum_delta(own: dict[str, torch.Tensor], records: Records, ctx: ExchangeContext) -> Delta:
+    """w·(m_peer − m_own) per tensor, skipping any that either end sent as zeros: that end has no momentum
+    for it (no step taken yet, or an optimiser without momentum), and mixing its zeros in would only damp the
+    other's. Both ends see the same two tensors, so both skip alike."""
+    delta: Delta = {}
+    for name, mine in own.items():
+        theirs = from_wire(records[name + MOMENTUM], ctx.device).to(mine.dtype)
+        if bool(mine.any()) and bool(theirs.any()):
+            delta[name] = theirs.sub_(mine).mul_(ctx.weight)
+    return delta

@@ -31,6 +31,8 @@ from gossipd.mixing.auto import AutoGossip, describe_mode
 from gossipd.mixing.clipping import Clipper
 from gossipd.mixing.edge import EdgeState, derive_epoch
 from gossipd.mixing.layout import ParamLayout, Params
+from gossipd.mixing.momentum import clip_momentum, mixes_momentum
+from gossipd.mixing.plain import PlainGossip
 from gossipd.mixing.probe import captured_share
 from gossipd.mixing.weights import edge_weight, sample_pull
 from gossipd.wire.errors import ProtocolViolation, WireError
@@ -66,6 +68,8 @@ class ExchangeResult:
     # The share of the way to the neighbour this end's delta moves it (w·c, times the clipping's scale), of
     # the difference the exchange reconstructed (a low-rank one reconstructs part of it)
     share: float = 0.0
+    # The change to this end's optimiser momentum, where the exchange mixed it (`[gossip] momentum_every`)
+    momentum: Delta | None = None
     suspect: bool  # the peer has been clipped too many exchanges in a row: leave it alone for a while
 
 
@@ -88,6 +92,8 @@ class ExchangeSession:
         examples: int | None = None,
         mode: int | None = None,
         weighted: bool = False,
+        momentum_every: int = 0,
+        momentum: Callable[[], Params] | None = None,
     ) -> None:
         """`weighted`: the task weighs by samples (`weigh_by`); `examples`: this end's declared dataset size
         there (None: it declares none, as an attached script that gave none). The peer's comes in its
@@ -95,7 +101,12 @@ class ExchangeSession:
         equal weight (each end sees both messages, so both agree which).
 
         With an `AutoGossip` algorithm the opener passes the exchange's `mode` (a rung of its ladder); the
-        answering end passes none and follows the mode of the opener's hello."""
+        answering end passes none and follows the mode of the opener's hello.
+
+        `momentum_every` (the task's `[gossip] momentum_every`): a whole-model exchange whose edge round is a
+        multiple of it also mixes the optimisers' momentum, read from `momentum` (this end's, by parameter
+        name) only then; both ends know the round, so both send it or neither does. Without a source, or for
+        a parameter it lacks, this end sends zeros, which neither end mixes (gossipd.mixing.plain)."""
         if self_id == peer_id:
             raise ValueError("a peer cannot exchange with itself")
         missing = [name for name in layout.shapes if name not in params]
@@ -123,6 +134,10 @@ class ExchangeSession:
         self.rng = rng
         self.device = device
         self.clipper = clipper
+        self.momentum_every = momentum_every
+        self.momentum_source = momentum
+        self.momentum_mixed = False  # whether this exchange mixes momentum (known once its rounds begin)
+        self._own_momentum: dict[str, torch.Tensor] | None = None
         self.weighted = weighted or examples is not None
         self.examples = examples
         self.peer_declares: bool | None = None  # whether the peer's first message carried its dataset size
@@ -200,6 +215,7 @@ class ExchangeSession:
             rounds=self.rounds_done,
             clipped=self.clipped,
             share=self.weight * self.pull * self.clip_scale,
+            momentum=self._outcome.momentum,
             suspect=self.clipper is not None and self.clipper.is_suspect(self.peer_id),
         )
 
@@ -276,6 +292,9 @@ class ExchangeSession:
         self.weight = edge_weight(self.fixed_weight, self.degree, first.degree)
         if self.examples is not None and first.examples is not None:
             self.pull = sample_pull(self.examples, first.examples)
+        whole = isinstance(self.algorithm, PlainGossip)
+        self.momentum_mixed = whole and mixes_momentum(self.momentum_every, self.edge.round)
+        self._own_momentum = self._momentum() if self.momentum_mixed else None
         ctx = ExchangeContext(
             params=self.params,
             layout=self.layout,
@@ -284,6 +303,7 @@ class ExchangeSession:
             epoch=self.edge.epoch,
             device=self.device,
             rng=torch.Generator().manual_seed(self.rng.getrandbits(63)),
+            momentum=self._own_momentum,
         )
         self.phase = Phase.ROUNDS
         self.mixing_started = True
@@ -324,21 +344,39 @@ class ExchangeSession:
             self._message(outgoing.type, phase=outgoing.phase, data=pack_tensors(outgoing.tensors, outgoing.expect))
         ]
 
+    def _momentum(self) -> dict[str, torch.Tensor]:
+        """This end's momentum of every mixed tensor as of now (a copy: a trainer may step on meanwhile),
+        zeros where it has none, in the parameters' dtypes."""
+        own = self.momentum_source() if self.momentum_source is not None else {}
+        momentum: dict[str, torch.Tensor] = {}
+        for name, param in self.params.items():
+            value = own.get(name)
+            if value is None or value.shape != param.shape:
+                momentum[name] = torch.zeros_like(param)
+            else:
+                momentum[name] = value.detach().to(param.device, param.dtype, copy=True)
+        return momentum
+
     def _captured(self) -> float | None:
         assert self._outcome is not None
         total = self._outcome.total
         return None if total is None else captured_share(self._outcome.distance**2, total**2)
 
     def _clip(self, outcome: MixOutcome) -> MixOutcome:
-        """Self-centred clipping: the move towards the peer is at most w·τ (only this end decides)."""
+        """Self-centred clipping: the move towards the peer is at most w·τ (only this end decides); a
+        momentum mix may turn this end's momentum but not lengthen it (gossipd.mixing.momentum)."""
         if self.clipper is None:
             return outcome
+        momentum = outcome.momentum
+        if momentum and self._own_momentum is not None:
+            momentum = clip_momentum(momentum, self._own_momentum)
         factor = self.clipper.factor(outcome.distance, self.peer_id, self.pull, kind=self.mode)
         if factor >= 1.0:
-            return outcome
+            return MixOutcome(outcome.delta, outcome.distance, outcome.total, momentum)
         self.clipped = True
         self.clip_scale = factor
-        return MixOutcome({name: d * factor for name, d in outcome.delta.items()}, outcome.distance, outcome.total)
+        delta = {name: d * factor for name, d in outcome.delta.items()}
+        return MixOutcome(delta, outcome.distance, outcome.total, momentum)
 
     def _message(self, kind: MessageType, **body: Any) -> Message:
         return Message(

@@ -185,7 +185,8 @@ class AttachedTrainer:
         self._hold_limit = hold_limit
         self._update_pace()
 
-    def submit(self, delta: Delta) -> None:
+    def submit(self, delta: Delta, momentum: Delta | None = None) -> None:
+        # `momentum` is dropped: the script's optimiser is its own, out of this daemon's reach.
         if self.pacer is not None:
             self.pacer.mixed(self.step)
         if len(self._pending) >= _MAX_PENDING:
@@ -195,6 +196,10 @@ class AttachedTrainer:
         self._pending.append(delta)
         self._pump()
         self._update_pace()
+
+    def momentum(self) -> dict[str, torch.Tensor]:
+        """None to offer: the script keeps its optimiser (its exchanges send zeros, which no end mixes)."""
+        return {}
 
     async def snapshot(self) -> dict[str, torch.Tensor]:
         if not self._fresh():

@@ -859,6 +859,8 @@ class ExchangeService:
             examples=self.examples,
             mode=mode,
             weighted=self.gossip.weigh_by == "samples",
+            momentum_every=self.gossip.momentum_every,
+            momentum=self.trainer.momentum,
         )
 
     async def _finish(
@@ -903,7 +905,7 @@ class ExchangeService:
             captured=result.captured,
         )
         if self._read_at.pop(peer, self.model_generation) == self.model_generation:
-            self.trainer.submit(result.delta)
+            self.trainer.submit(result.delta, result.momentum)
             self._keep_edge(peer, result.edge)
             if not self.trainer.training_done:
                 self.mix_rate.landed(self.trainer.step, result.share)

@@ -40,8 +40,14 @@ class ModelHost(Protocol):
 
     def pace(self, pacer: StepPacer, *, may_hold: Callable[[], bool], hold_limit: float) -> None: ...
 
-    def submit(self, delta: Delta) -> None:
-        """Add an exchange's delta to the model at its next step boundary."""
+    def submit(self, delta: Delta, momentum: Delta | None = None) -> None:
+        """Add an exchange's delta to the model at its next step boundary (and `momentum`, where the
+        exchange mixed it, to the optimiser's momentum, if this host keeps one)."""
+        ...
+
+    def momentum(self) -> dict[str, torch.Tensor]:
+        """The optimiser's momentum by parameter name, for an exchange that mixes it (empty where this host
+        keeps none); the caller copies it."""
         ...
 
     async def snapshot(self) -> dict[str, torch.Tensor]:

@@ -89,6 +89,7 @@ class TrainerService:
         self.chunk_seconds = chunk_seconds
         self.limiter = limiter or trio.CapacityLimiter(1)
         self._pending: list[Delta] = []
+        self._pending_momentum: list[Delta] = []
         self._at_boundary: list[tuple[Callable[[], Any], trio.MemorySendChannel[tuple[bool, Any]]]] = []
         self._wake = trio.Event()
         self._running = trio.Event()
@@ -144,8 +145,16 @@ class TrainerService:
 
     # -- what other services call ---------------------------------------------------------------------
 
-    def submit(self, delta: Delta) -> None:
-        """Queue the result of a finished exchange; it is added to the model at the next step boundary."""
+    def submit(self, delta: Delta, momentum: Delta | None = None) -> None:
+        """Queue the result of a finished exchange; it is added to the model (and `momentum` to the
+        optimiser's momentum) at the next step boundary."""
+        if momentum:
+            if len(self._pending_momentum) >= _MAX_PENDING:  # a paused trainer: keep one sum, not a list
+                merged = self._pending_momentum.pop(0)
+                for name, change in momentum.items():
+                    merged[name] = merged[name] + change if name in merged else change
+                momentum = merged
+            self._pending_momentum.append(momentum)
         if self.pacer is not None:
             self.pacer.mixed(self.trainer.step)
         if len(self._pending) >= _MAX_PENDING:
@@ -276,7 +285,16 @@ class TrainerService:
                     send.send_nowait((False, RuntimeError("the trainer stopped")))
             self._at_boundary.clear()
 
+    def momentum(self) -> dict[str, torch.Tensor]:
+        """The optimiser's momentum, live: an exchange copies it where it mixes it. Read from the event loop
+        while the trainer may be stepping, a copy can mix one step's update with the last; the pair's
+        parameters stay exact, and momentum needs no exact sum."""
+        return self.trainer.momentum()
+
     def _boundary(self) -> None:
+        for momentum in self._pending_momentum:
+            self.trainer.add_momentum(momentum)
+        self._pending_momentum.clear()
         if self._pending:
             for delta in self._pending:
                 self.trainer.apply_delta(delta)
@@ -429,6 +447,7 @@ class TrainerService:
         self.trainer.reset_optimizer()
         self.trainer.step = max(self.trainer.step, step)
         self._pending.clear()
+        self._pending_momentum.clear()
         self._version += 1
         self._publish()
         if self.pacer is not None:

@@ -165,6 +165,7 @@ class InFlight:
     steps_left: int
     delta: dict[str, torch.Tensor]
     partner: int
+    momentum: dict[str, torch.Tensor] | None = None
 
 
 @dataclass(eq=False)
@@ -384,12 +385,21 @@ class Simulation:
         """Whether exchanges' deltas are held now (see `exchange_span`): only while the peers train."""
         return bool(self.config.exchange_span and self.config.train and not self.finishing)
 
-    def _land(self, peer: SimPeer, partner: int, delta: dict[str, torch.Tensor]) -> None:
-        """An exchange's delta: applied now, or held for the next `exchange_span` steps while training goes on."""
+    def _land(
+        self,
+        peer: SimPeer,
+        partner: int,
+        delta: dict[str, torch.Tensor],
+        momentum: dict[str, torch.Tensor] | None = None,
+    ) -> None:
+        """An exchange's delta (and momentum's): applied now, or held for the next `exchange_span` steps
+        while training goes on."""
         if self._holds() and not (peer.byzantine or peer.trained >= self.budget):
-            peer.in_flight.append(InFlight(self.config.exchange_span, delta, partner))
+            peer.in_flight.append(InFlight(self.config.exchange_span, delta, partner, momentum))
         else:
             peer.trainer.apply_delta(delta)
+            if momentum:
+                peer.trainer.add_momentum(momentum)
             peer.pulls.release(str(partner))
 
     def _land_all(self, peer: SimPeer, *, due_only: bool = False) -> None:
@@ -400,6 +410,8 @@ class Simulation:
                 held.append(entry)
                 continue
             peer.trainer.apply_delta(entry.delta)
+            if entry.momentum:
+                peer.trainer.add_momentum(entry.momentum)
             peer.pulls.release(str(entry.partner))
         peer.in_flight = held
 
@@ -521,7 +533,7 @@ class Simulation:
             owner.pulls.settle(str(other.index), end.weight * end.pull)
             if not (self.finishing or owner.byzantine or owner.trained >= self.budget):
                 self.mix_shares += result.share
-            self._land(owner, other.index, result.delta)
+            self._land(owner, other.index, result.delta, result.momentum)
             owner.edges[other.index] = result.edge
             owner.exchanges += 1
         if mode is not None:
@@ -622,6 +634,8 @@ class Simulation:
             examples=self._examples(me),
             mode=mode,
             weighted=self.task.gossip.weigh_by == "samples",
+            momentum_every=self.task.gossip.momentum_every,
+            momentum=me.trainer.momentum,
         )
 
     def _rewire(self, round_index: int) -> None:

@@ -192,6 +192,9 @@ def task_hash(task: TaskSection, model: ModelSection, gossip: GossipSection) -> 
         canonical["gossip"]["weigh_by"] = gossip.weigh_by
     if gossip.personal:  # likewise only when set; the patterns' order and repeats do not matter
         canonical["gossip"]["personal"] = sorted(set(gossip.personal))
+    # Likewise only where it changes the messages: whole models travel in plain and auto tasks alone.
+    if gossip.momentum_every and gossip.algorithm in ("plain", "auto"):
+        canonical["gossip"]["momentum_every"] = gossip.momentum_every
     blob = json.dumps(canonical, sort_keys=True, separators=(",", ":")).encode()
     return hashlib.sha256(b"gossipd-task-v1\0" + blob).digest()[:16]
 

@@ -120,6 +120,12 @@ class GossipSection:
     # Compressed gossip leaves the copies apart by what the last steps' corrections have not yet carried over;
     # these exchanges close that gap, at the cost of a few compressed messages (see gossipd.services.exchange).
     finish_exchanges: int = field(default=50, metadata=bounds(min=0, max=100000))
+    # Every this many exchanges of an edge, a whole-model exchange also mixes the two optimisers' momentum
+    # (SGD's momentum buffer, Adam's first moment), which on label-skewed shards otherwise keeps pushing each
+    # copy back towards its own labels after a mix (gossipd.mixing.momentum). 0 (the default): never; 2
+    # helped every skewed split measured and cost the IID races on loopback a sixth to a fifth of their time
+    # (docs/bench-quality.md, *Mixing momentum*). Part of the task hash where it can apply (plain and auto).
+    momentum_every: int = field(default=0, metadata=bounds(min=0, max=100000))
     # "samples" (the default): each exchange moves the two ends towards their average weighted by the dataset
     # sizes they declare, so the swarm converges to the sample-weighted average, the model one trainer would
     # fit on all the data (FedAvg's weighting, Swarm Learning's node weightage); the weighted sum is conserved

@@ -21,6 +21,7 @@ from torch import nn
 from gossipd.data.spec import ArrayDataset, Kind
 from gossipd.task.schema import TrainSection
 from gossipd.train.adam import Adam
+from gossipd.train.functional_optimizer import FunctionalOptimizer
 from gossipd.train.privacy import DPState, PrivacySection, check_model, private_gradients, steps_within_budget
 from gossipd.train.sgd import Sgd
 
@@ -168,6 +169,8 @@ class Trainer:
         self.frozen = personal if section.personal_training == "frozen" else frozenset()
         # All the rest, as before (so checkpoints of models with requires_grad-off tensors still fit).
         self.trained = [p for name, p in self.model.named_parameters() if name not in self.frozen]
+        # The optimiser numbers its state by position in `trained`: these names say whose state it is.
+        self._trained_names = [name for name, _ in self.model.named_parameters() if name not in self.frozen]
         self.optimizer = build_optimizer(section, iter(self.trained))
         self.step = 0
         self.samples = 0
@@ -356,6 +359,27 @@ class Trainer:
         params = dict(self.model.named_parameters())
         for name, change in delta.items():
             params[name].add_(change.to(self.device))
+
+    def momentum(self) -> dict[str, torch.Tensor]:
+        """The optimiser's momentum by parameter name, live (SGD's momentum buffer, Adam's first moment):
+        what `[gossip] momentum_every` mixes. A parameter without one (no step yet, SGD without momentum,
+        a frozen parameter) is absent."""
+        state = self.optimizer.state if isinstance(self.optimizer, FunctionalOptimizer) else {}
+        found: dict[str, torch.Tensor] = {}
+        for index, name in enumerate(self._trained_names):
+            values = state.get(index, {})
+            buffer = values.get("momentum_buffer", values.get("exp_avg"))
+            if buffer is not None:
+                found[name] = buffer
+        return found
+
+    @torch.no_grad()
+    def add_momentum(self, delta: Mapping[str, torch.Tensor]) -> None:
+        """Add a mixing result to the momentum of the parameters it names (those that have one)."""
+        own = self.momentum()
+        for name, change in delta.items():
+            if name in own:
+                own[name].add_(change.to(own[name].device, own[name].dtype))
 
     @torch.no_grad()
     def evaluate(self, data: ArrayDataset, max_samples: int | None = None) -> Evaluation:
