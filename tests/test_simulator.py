@@ -475,9 +475,24 @@ def test_mixing_momentum_brings_the_peers_momentum_together_on_skewed_shards() -
         mixed = dataclasses.replace(task, gossip=dataclasses.replace(task.gossip, momentum_every=every))
         config = SimulationConfig(peers=4, rounds=30, centralised=False, partition="dirichlet:0.1")
         simulation = Simulation(mixed, data, config)
-        simulation.run()
+        report = simulation.run()
+        # With every = 1 every exchange carried momentum (plain gossip: all whole models); the report says so.
+        assert (report.momentum_every, report.momentum_mixes) == (every, report.exchanges if every else 0)
         momenta = [peer.trainer.momentum() for peer in simulation.peers]
         assert all(set(m) == set(momenta[0]) and m for m in momenta)
         mean = {name: sum(m[name] for m in momenta) / len(momenta) for name in momenta[0]}
         spread[every] = sum(float((m[name] - mean[name]).pow(2).sum()) for m in momenta for name in mean)
     assert spread[1] < 0.5 * spread[0], spread
+
+
+def test_simulate_takes_momentum_every_and_says_how_many_exchanges_mixed_momentum(tmp_path: Path) -> None:
+    task_file = tmp_path / "t.toml"
+    task_file.write_text(DEFAULT_TEXT.replace('name = "cnn"', 'name = "logistic"'))
+    base = ["simulate", str(task_file), "--peers", "3", "--steps", "6", "--algorithm", "plain", "--no-centralised"]
+    result = CliRunner().invoke(main, [*base, "--momentum-every", "2"])
+    assert result.exit_code == 0, result.output
+    assert "momentum mixed too in" in result.stdout and "(every 2)" in result.stdout
+    off = CliRunner().invoke(main, [*base, "--quiet", "--json"])
+    assert off.exit_code == 0, off.output
+    data = json.loads(off.stdout)
+    assert (data["momentum_every"], data["momentum_mixes"]) == (0, 0)

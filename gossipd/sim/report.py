@@ -86,6 +86,8 @@ class SimulationReport:
     # The shares of the way to a neighbour exchanges moved honest peers while training, per training step (a
     # daemon's status `mix_per_step`, gossipd.mixing.mix_rate)
     mix_per_step: float | None = None
+    momentum_every: int = 0  # [gossip] momentum_every: whole-model exchanges that also mix momentum (0: none)
+    momentum_mixes: int = 0  # exchanges that did
 
     @classmethod
     def build(
@@ -159,6 +161,8 @@ class SimulationReport:
             exchange_span=simulation.config.exchange_span,
             pull_declined=simulation.pull_declined,
             mix_per_step=simulation.mix_shares / simulation.honest_steps if simulation.honest_steps else None,
+            momentum_every=simulation.task.gossip.momentum_every,
+            momentum_mixes=simulation.momentum_mixes,
         )
 
     def to_json(self) -> dict[str, Any]:

@@ -246,6 +246,7 @@ class Simulation:
         self.failed_exchanges = 0
         self.skipped = 0
         self.pull_declined = 0  # exchanges declined: those in flight left too little pull (exchange_span)
+        self.momentum_mixes = 0  # exchanges that mixed the optimisers' momentum too ([gossip] momentum_every)
         self.state_bytes = 0
         self.joins = 0
         self.mix_seconds = 0.0
@@ -536,6 +537,7 @@ class Simulation:
             self._land(owner, other.index, result.delta, result.momentum)
             owner.edges[other.index] = result.edge
             owner.exchanges += 1
+        self.momentum_mixes += int(ends[0].momentum_mixed)
         if mode is not None:
             self._record_link(peer, partner, mode, traffic, time.perf_counter() - tick, captured)
         peer.bytes_sent += traffic.a_sent
