@@ -1801,5 +1801,7 @@ async def test_a_task_that_mixes_momentum_brings_the_daemons_momentum_together_w
             before, after = await mix_for(hub, peers, 30)
             momentum_after = [p.trainer.momentum() for p in peers]
     assert all(p.exchange.statistics().exchanges >= 10 for p in peers)
+    # Every exchange carried both ends' momentum, and the status counts each end's.
+    assert all(p.exchange.statistics().momentum_mixes == p.exchange.statistics().exchanges for p in peers)
     assert spread(after) < 1e-3 * spread(before)
     assert spread(momentum_after) < 1e-2 * spread(momentum_before), (spread(momentum_before), spread(momentum_after))

@@ -37,6 +37,11 @@ _COUNTERS: tuple[tuple[str, str, _Getter], ...] = (
     ("gossipd_clipped_exchanges_total", "Exchanges scaled down to the clipping radius.", lambda t: t.clipped_exchanges),
     ("gossipd_suspects_total", "Neighbours backed off for being clipped again and again.", lambda t: t.suspects),
     (
+        "gossipd_momentum_mixes_total",
+        "Exchanges that mixed the optimisers' momentum too ([gossip] momentum_every).",
+        lambda t: t.momentum_mixes,
+    ),
+    (
         "gossipd_pull_declined_total",
         "Exchanges not started or answered busy: those in flight left too little pull.",
         lambda t: t.pull_declined,

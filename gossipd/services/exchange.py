@@ -134,6 +134,7 @@ class ExchangeCounters:
     bytes_received: int = 0
     plain_bytes: int = 0  # what the same exchanges would have cost uncompressed
     clipped: int = 0  # exchanges whose move was scaled down to the clipping radius
+    momentum_mixes: int = 0  # exchanges that mixed the optimisers' momentum too ([gossip] momentum_every)
     suspects: int = 0  # times a neighbour was backed off for being clipped exchange after exchange
     voided: int = 0  # exchanges whose result was dropped: the model was replaced while they ran
     state_bytes_sent: int = 0  # full models served to joining peers (not exchanges: no compression ratio)
@@ -153,6 +154,7 @@ class ExchangeStatistics:
     consensus_distance: float | None
     rejections: dict[str, int]
     clipped: int
+    momentum_mixes: int  # exchanges that mixed the optimisers' momentum too ([gossip] momentum_every)
     suspects: int
     pull_declined: int  # exchanges not started or answered busy: those in flight left too little pull
     mix_per_step: float | None  # the shares exchanges moved this peer per training step lately (MixRate)
@@ -282,6 +284,7 @@ class ExchangeService:
             consensus_distance=sum(c.distances) / len(c.distances) if c.distances else None,
             rejections=dict(c.rejections),
             clipped=c.clipped,
+            momentum_mixes=c.momentum_mixes,
             suspects=c.suspects,
             pull_declined=self.pulls.declined,
             mix_per_step=self.mix_rate.per_step(self.trainer.step),
@@ -925,6 +928,7 @@ class ExchangeService:
         self.counters.plain_bytes += self.plain_exchange_bytes
         self.counters.distances.append(result.distance)
         self.counters.clipped += int(result.clipped)
+        self.counters.momentum_mixes += int(bool(result.momentum))
         if result.suspect and self.clipper is not None and self._past_grace(peer, self.clipper.section):
             log.warning(
                 "%s was clipped %d exchanges in a row: leaving it alone for %.0f s",

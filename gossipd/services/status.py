@@ -123,6 +123,7 @@ class TaskStatus:
     last_checkpoint: float | None
     rejections: dict[str, int] = field(default_factory=dict)  # rejected messages by reason
     clipped_exchanges: int = 0  # exchanges whose move was scaled down to the clipping radius ([robust])
+    momentum_mixes: int = 0  # exchanges that mixed the optimisers' momentum too ([gossip] momentum_every)
     suspects: int = 0  # neighbours backed off for being clipped exchange after exchange
     # exchanges not started, or answered busy, because those in flight left too little pull (pull_budget)
     pull_declined: int = 0
