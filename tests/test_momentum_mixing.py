@@ -24,6 +24,7 @@ from gossipd.models.logistic import LogisticConfig
 from gossipd.models.registry import build_model
 from gossipd.task.schema import ModelSection, TrainSection
 from gossipd.train.trainer import Trainer
+from gossipd.wire.errors import NonFiniteTensor
 from gossipd.wire.tensors import as_float16
 
 TASK = b"T" * 16
@@ -193,3 +194,13 @@ def test_sgd_without_momentum_has_none_to_mix() -> None:
     trainer = Trainer(model, TrainSection(lr=0.1, momentum=0.0), data, kind="classification", device=CPU, seed=0)
     trainer.train_steps(2)
     assert trainer.momentum() == {}
+
+
+def test_a_neighbours_nan_momentum_is_rejected_with_its_exchange() -> None:
+    """A momentum that is not finite is bad input like a model that is not: the receiving end rejects the
+    whole exchange (its parameters' step too) before anything is applied."""
+    poisoned = tensors(12)
+    poisoned["fc.bias"][3] = float("nan")
+    a, b = End("a", 1, tensors(11)), End("b", 2, poisoned)
+    with pytest.raises(NonFiniteTensor, match=r"fc\.bias#momentum"):
+        exchange(a, b, every=1)
