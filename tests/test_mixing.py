@@ -70,7 +70,14 @@ class Peer:
         self.weighted = False  # the task weighs by samples (implied by a declared size)
 
     def session(
-        self, algorithm: Algorithm[Any], other: Peer, *, task: bytes = TASK, degree: int = 1, clipper: Any = None
+        self,
+        algorithm: Algorithm[Any],
+        other: Peer,
+        *,
+        task: bytes = TASK,
+        degree: int = 1,
+        clipper: Any = None,
+        **extra: Any,
     ) -> Any:
         return ExchangeSession(
             algorithm=algorithm,
@@ -87,6 +94,7 @@ class Peer:
             examples=self.examples,
             clipper=clipper,
             weighted=self.weighted,
+            **extra,
         )
 
 

@@ -3,7 +3,6 @@ and moves, on which rounds, and what a missing or hostile momentum does."""
 
 from __future__ import annotations
 
-import random
 from typing import Any, Literal
 
 import pytest
@@ -13,7 +12,6 @@ from gossipd.data.spec import ArrayDataset, InputSpec
 from gossipd.mixing.algorithm import Algorithm
 from gossipd.mixing.auto import FULL, AutoConfig, AutoGossip
 from gossipd.mixing.clipping import Clipper, RobustSection
-from gossipd.mixing.edge import EdgeState
 from gossipd.mixing.layout import ParamLayout, max_message_bytes
 from gossipd.mixing.local import Traffic, run_pair
 from gossipd.mixing.momentum import clip_momentum, mixes_momentum
@@ -26,6 +24,7 @@ from gossipd.task.schema import ModelSection, TrainSection
 from gossipd.train.trainer import Trainer
 from gossipd.wire.errors import NonFiniteTensor
 from gossipd.wire.tensors import as_float16
+from tests.test_mixing import Peer
 
 TASK = b"T" * 16
 CPU = torch.device("cpu")
@@ -41,41 +40,29 @@ def tensors(seed: int, scale: float = 1.0) -> dict[str, torch.Tensor]:
     }
 
 
-class End:
-    def __init__(self, name: str, seed: int, momentum: dict[str, torch.Tensor] | None) -> None:
-        self.id = name.encode()
-        self.params = tensors(seed)
-        self.momentum = momentum
-        self.edge: EdgeState | None = None
+class End(Peer):
+    """A peer of tests.test_mixing that also keeps an optimiser momentum (None: none at all)."""
 
-    def session(self, algorithm: Algorithm[Any], other: End, every: int, **extra: Any) -> ExchangeSession:
+    def __init__(self, name: str, seed: int, momentum: dict[str, torch.Tensor] | None) -> None:
+        super().__init__(seed, tensors(seed))
+        self.id = name.encode()
+        self.momentum = momentum
+
+    def mixing(self, algorithm: Algorithm[Any], other: End, every: int, **extra: Any) -> ExchangeSession:
         momentum = self.momentum
-        return ExchangeSession(
-            algorithm=algorithm,
-            params=self.params,
-            layout=ParamLayout.of(self.params),
-            self_id=self.id,
-            peer_id=other.id,
-            edge=self.edge,
-            degree=1,
-            task=TASK,
-            fixed_weight=None,
-            rng=random.Random(hash(self.id) & 0xFFFF),
-            device=CPU,
-            momentum_every=every,
-            momentum=None if momentum is None else (lambda: momentum),
-            **extra,
-        )
+        source = None if momentum is None else (lambda: momentum)
+        session: ExchangeSession = self.session(algorithm, other, momentum_every=every, momentum=source, **extra)
+        return session
 
 
 def exchange(
     a: End, b: End, every: int, algorithm: Algorithm[Any] = PLAIN, **extra: Any
 ) -> tuple[ExchangeResult, ExchangeResult, Traffic]:
     mode = {"mode": FULL} if isinstance(algorithm, AutoGossip) and "mode" not in extra else {}
-    ends = (a.session(algorithm, b, every, **mode, **extra), b.session(algorithm, a, every))
+    ends = (a.mixing(algorithm, b, every, **mode, **extra), b.mixing(algorithm, a, every))
     traffic = run_pair(*ends, max_message_bytes=max_message_bytes(ParamLayout.of(a.params)))
     results = (ends[0].result(), ends[1].result())
-    a.edge, b.edge = results[0].edge, results[1].edge
+    a.edges[b.id], b.edges[a.id] = results[0].edge, results[1].edge
     return results[0], results[1], traffic
 
 
