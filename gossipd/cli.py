@@ -328,6 +328,8 @@ def _summary(report: Any) -> str:
         if report.steps_per_exchange and report.algorithm != "local"
         else ""
     ) + (f", each delta applied {report.exchange_span} steps late" if report.exchange_span else "")
+    if report.repeats_skipped:
+        pace += f", {report.repeats_skipped:,} due exchanges left out as repeats"
     if report.momentum_every and report.algorithm != "local":
         pace += f", momentum mixed too in {report.momentum_mixes:,} exchanges (every {report.momentum_every})"
     lines = [

@@ -96,6 +96,7 @@ def make_task(task_id: str, **changes: Any) -> TaskStatus:
         rejections={"wrong-task": 3, "too-large": 1},
         clipped_exchanges=12,
         momentum_mixes=7,
+        repeats_skipped=5,
         suspects=1,
         pull_declined=2,
         mix_per_step=0.31,
@@ -449,6 +450,7 @@ async def test_metrics(client: ControlClient, socket_path: Path) -> None:
     assert value("gossipd_clipped_exchanges", task="mnist") == 12
     assert value("gossipd_suspects", task="mnist") == 1
     assert value("gossipd_momentum_mixes", task="mnist") == 7
+    assert value("gossipd_repeats_skipped", task="mnist") == 5
     assert value("gossipd_pull_declined", task="mnist") == 2
     assert value("gossipd_mix_wait_seconds", task="mnist") == 4.5
     assert value("gossipd_mix_per_step", task="mnist") == 0.31

@@ -1141,15 +1141,24 @@ def steps_of(peer: Peer) -> list[Chunk]:
     return [c for c in CHUNKS if c.trainer is peer.trainer.trainer]
 
 
+Models = list[dict[str, torch.Tensor]]
+
+
+async def paced_swarm(names: str, every: int, seed: int) -> tuple[list[Peer], list[RecordingPacer], Models, Models]:
+    """Step-paced stepping peers on a fast link, mixing for 30 virtual seconds; their models before and after."""
+    with trio.fail_after(120):
+        async with fake_swarm(seed=seed, latency=0.02, jitter=0.01) as hub:
+            peers = await start_peers(hub, names, section=gossip(steps_per_exchange=every), trainer="stepping")
+            pacers = [paced(p, every) for p in peers]
+            before, after = await mix_for(hub, peers, 30)
+    return peers, pacers, before, after
+
+
 async def test_a_step_paced_swarm_starts_an_exchange_every_n_steps_and_never_trains_past_the_lag(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     every = 3
-    with trio.fail_after(120):
-        async with fake_swarm(seed=7, latency=0.02, jitter=0.01) as hub:
-            peers = await start_peers(hub, "ABC", section=gossip(steps_per_exchange=every), trainer="stepping")
-            pacers = [paced(p, every) for p in peers]
-            before, after = await mix_for(hub, peers, 30)
+    peers, pacers, before, after = await paced_swarm("ABC", every, seed=7)
 
     for peer, pacer in zip(peers, pacers, strict=True):
         steps = peer.trainer.trainer.step
@@ -1162,6 +1171,28 @@ async def test_a_step_paced_swarm_starts_an_exchange_every_n_steps_and_never_tra
         assert attempts <= 1.5 * steps / every, (steps, succeeded, attempts)
         assert pacer.overruns == [] and pacer.mixes >= succeeded
         assert peer.exchange.statistics().failed == 0
+    assert spread(after) < 1e-3 * spread(before)
+    assert sum_drift(before, after) <= 1e-5
+
+
+async def test_a_step_paced_pair_mixes_once_an_interval_not_once_from_each_end(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # With one neighbour, the exchange each end starts every `every` steps mostly follows the one it just
+    # answered: the interval passes instead, so the pair mixes about once per interval rather than twice.
+    every = 3
+    peers, pacers, before, after = await paced_swarm("AB", every, seed=5)
+
+    for peer, pacer in zip(peers, pacers, strict=True):
+        steps = peer.trainer.trainer.step
+        stats = peer.exchange.statistics()
+        assert steps >= 200, steps
+        # Each exchange counts at both ends; twice per interval would be about 2 * steps / every.
+        assert 0.6 * steps / every <= stats.exchanges <= 1.25 * steps / every, (steps, stats.exchanges)
+        assert pacer.overruns == [] and stats.failed == 0
+    # The end whose turn comes second lets it pass (which end that is can stay the same all along).
+    skipped = sum(p.exchange.statistics().repeats_skipped for p in peers)
+    assert skipped >= 0.3 * peers[0].trainer.trainer.step / every, skipped
     assert spread(after) < 1e-3 * spread(before)
     assert sum_drift(before, after) <= 1e-5
 

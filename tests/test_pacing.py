@@ -54,6 +54,16 @@ def test_a_declined_exchange_is_due_again_at_once_and_reset_starts_afresh() -> N
     assert not pacer.due(1004) and pacer.due(1005) and pacer.allowance(1000) == 10
 
 
+def test_a_neighbour_mixed_with_within_the_interval_would_be_a_repeat() -> None:
+    pacer = StepPacer(3, step=0)
+    assert not pacer.repeats(None, 10)  # never mixed with
+    assert pacer.repeats(10, 10) and pacer.repeats(8, 10)  # landed at this step, or 2 steps ago
+    assert not pacer.repeats(7, 10)  # a whole interval ago
+    assert not pacer.repeats(12, 10)  # noted at a step this peer's count has since gone back from
+    pacer.set_every(1)  # the CPU budget's pace: only a mix at this very step repeats
+    assert pacer.repeats(10, 10) and not pacer.repeats(9, 10)
+
+
 @pytest.mark.parametrize(("every", "lag"), [(0, None), (4, 3)])
 def test_nonsense_settings_are_refused(every: int, lag: int | None) -> None:
     with pytest.raises(ValueError, match="at least"):

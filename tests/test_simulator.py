@@ -178,7 +178,19 @@ def test_peers_start_an_exchange_every_steps_per_exchange_steps_from_their_own_p
         assert len(rounds) == 4 and all(b - a == 3 for a, b in itertools.pairwise(rounds))
     assert len({rounds[0] for rounds in rounds_of.values()}) > 1  # not all in step
     assert report.steps_per_exchange == 3
-    assert report.exchanges == 6 * 4 + 6 * 2
+    # Each start while training is an exchange, or left out as a repeat of one its peer just answered.
+    assert report.exchanges + report.repeats_skipped == 6 * 4 + 6 * 2
+
+
+def test_a_paced_pair_mixes_once_an_interval_as_daemons_do() -> None:
+    """Two peers, each due every 2 steps from its own phase: the second due in an interval finds its only
+    neighbour mixed with since the interval began and lets it pass (StepPacer.repeats), as a daemon does."""
+    task = small_task()
+    data = load_data(task.data, task.task.seed)
+    report = Simulation(task, data, SimulationConfig(peers=2, rounds=40, centralised=False, seed=3)).run()
+    assert report.steps_per_exchange == 2
+    assert report.exchanges + report.repeats_skipped == 2 * 20  # every due start, one way or the other
+    assert 15 <= report.exchanges <= 25 and report.repeats_skipped >= 15, report
 
 
 def test_several_exchanges_a_round_when_a_round_holds_several_paces_and_one_without_pacing(
@@ -401,7 +413,7 @@ def test_simulate_command_prints_the_json_contract(tmp_path: Path) -> None:
     assert report["settings"]["compressor"] == "top-k:1%"
     assert 0.0 <= report["mean_accuracy"] <= 1.0
     # the task's pace: 2 or 3 exchanges each in 5 rounds, by its phase
-    assert report["steps_per_exchange"] == 2 and 4 * 2 <= report["exchanges"] <= 4 * 3
+    assert report["steps_per_exchange"] == 2 and 4 * 2 <= report["exchanges"] + report["repeats_skipped"] <= 4 * 3
     paced = CliRunner().invoke(
         main,
         ["simulate", str(task_file), "--peers", "4", "--steps", "5", "--steps-per-exchange", "0",

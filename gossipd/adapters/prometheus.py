@@ -42,6 +42,11 @@ _COUNTERS: tuple[tuple[str, str, _Getter], ...] = (
         lambda t: t.momentum_mixes,
     ),
     (
+        "gossipd_repeats_skipped_total",
+        "Due exchanges not started: every free neighbour had mixed with this peer within the interval.",
+        lambda t: t.repeats_skipped,
+    ),
+    (
         "gossipd_pull_declined_total",
         "Exchanges not started or answered busy: those in flight left too little pull.",
         lambda t: t.pull_declined,

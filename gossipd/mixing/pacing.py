@@ -62,6 +62,10 @@ class StepPacer:
         trainer may step through it and holds only past its predicted end."""
         self.last_mix = max(self.last_mix, step + steps - self.lag)
 
+    def repeats(self, mixed_at: int | None, step: int) -> bool:
+        """Whether an exchange due at `step` would repeat a mix with the neighbour (`repeats`, below)."""
+        return repeats(mixed_at, step, self.every)
+
     def allowance(self, step: int) -> int:
         """How many steps the trainer may take from `step` before it must wait for a mix (0: wait now)."""
         return max(0, self.last_mix + self.lag - step)
@@ -77,3 +81,12 @@ class StepPacer:
     def release(self, step: int) -> None:
         """The trainer waited long enough without a mix: let it run another `lag` steps."""
         self.mixed(step)
+
+
+def repeats(mixed_at: int | None, step: int, every: int) -> bool:
+    """Whether an exchange due at `step` with a neighbour whose last exchange with this peer landed at step
+    `mixed_at` (None: never) would repeat that mix: it landed within this interval, fewer than `every` steps
+    ago. Right after a mix the pair's copies differ only by the few steps since, so a second exchange moves
+    them little for a whole exchange's cost; with one neighbour, every other exchange was such a repeat. A
+    step count that has gone back (a model copied from a neighbour) repeats nothing."""
+    return mixed_at is not None and 0 <= step - mixed_at < every

@@ -135,6 +135,7 @@ class ExchangeCounters:
     plain_bytes: int = 0  # what the same exchanges would have cost uncompressed
     clipped: int = 0  # exchanges whose move was scaled down to the clipping radius
     momentum_mixes: int = 0  # exchanges that mixed the optimisers' momentum too ([gossip] momentum_every)
+    repeats_skipped: int = 0  # due exchanges not started: every free neighbour had just mixed with this peer
     suspects: int = 0  # times a neighbour was backed off for being clipped exchange after exchange
     voided: int = 0  # exchanges whose result was dropped: the model was replaced while they ran
     state_bytes_sent: int = 0  # full models served to joining peers (not exchanges: no compression ratio)
@@ -155,6 +156,7 @@ class ExchangeStatistics:
     rejections: dict[str, int]
     clipped: int
     momentum_mixes: int  # exchanges that mixed the optimisers' momentum too ([gossip] momentum_every)
+    repeats_skipped: int  # due exchanges not started: every free neighbour had just mixed with this peer
     suspects: int
     pull_declined: int  # exchanges not started or answered busy: those in flight left too little pull
     mix_per_step: float | None  # the shares exchanges moved this peer per training step lately (MixRate)
@@ -222,6 +224,7 @@ class ExchangeService:
         self.pulls = PullBudget(gossip.weight)
         self.mix_rate = MixRate()  # how far exchanges move this peer per training step (status: mix_per_step)
         self._sizes: dict[str, int | None] = {}  # peer → the dataset size it declared in its last exchange
+        self._mixed_at: dict[str, int] = {}  # peer → the training step at which an exchange with it last landed
         # Bumped whenever the model is replaced wholesale (`forget_all_edges`). An exchange notes it before it
         # reads the model; one that ends after a replacement computed its delta and edge from the model that
         # is gone, and both are dropped (see `_finish`).
@@ -285,6 +288,7 @@ class ExchangeService:
             rejections=dict(c.rejections),
             clipped=c.clipped,
             momentum_mixes=c.momentum_mixes,
+            repeats_skipped=c.repeats_skipped,
             suspects=c.suspects,
             pull_declined=self.pulls.declined,
             mix_per_step=self.mix_rate.per_step(self.trainer.step),
@@ -451,6 +455,7 @@ class ExchangeService:
         """After the model was replaced wholesale, every edge must start afresh, and the exchanges still
         running, which read the model before, must leave it alone."""
         self.edges.clear()
+        self._mixed_at.clear()  # the step count may have moved with the model
         self.model_generation += 1
 
     def _keep_edge(self, peer: str, edge: EdgeState) -> None:
@@ -502,7 +507,17 @@ class ExchangeService:
                     await self._end_stalled_finish(idle)
                 if self.finished:
                     continue
-                partner = self._partner() if self._may_start() else None
+                partner = None
+                if self._may_start():
+                    partner = self._partner(fresh=paced)
+                    if partner is None and paced and any(self._free(p) for p in self.view.members):
+                        # Every neighbour free to mix with has mixed with this peer within the interval (it
+                        # answered their exchanges): one more now would mostly repeat a mix just made. The
+                        # interval passes; the trainer's lag still counts from that real mix.
+                        assert pacer is not None
+                        pacer.started(self.trainer.step)
+                        self.counters.repeats_skipped += 1
+                        continue
                 if partner is not None and not self.pulls.fits(self._opening_pull(partner), len(self.in_flight) + 1):
                     partner = None  # the exchanges in flight leave too little pull: wait until one ends
                 if partner is None:
@@ -608,9 +623,22 @@ class ExchangeService:
             self.accepting and self.ready() and len(self.in_flight) < MAX_CONCURRENT and self._initiated < MAX_INITIATED
         )
 
-    def _partner(self) -> str | None:
-        return self.view.sample(
-            lambda p: self.peers.is_live(p) and p not in self.in_flight and self.access.admits(p) and self.same_phase(p)
+    def _partner(self, *, fresh: bool = False) -> str | None:
+        """A random live neighbour free to mix with now; with `fresh`, only one whose last exchange with this
+        peer is not a repeat for the step-paced trainer's current interval (StepPacer.repeats)."""
+        pacer, step = self.trainer.pacer, self.trainer.step
+
+        def repeats(peer: str) -> bool:
+            return fresh and pacer is not None and pacer.repeats(self._mixed_at.get(peer), step)
+
+        return self.view.sample(lambda p: self._free(p) and not repeats(p))
+
+    def _free(self, peer: str) -> bool:
+        return (
+            self.peers.is_live(peer)
+            and peer not in self.in_flight
+            and self.access.admits(peer)
+            and self.same_phase(peer)
         )
 
     async def _initiate_counted(self, peer: str) -> None:
@@ -910,6 +938,7 @@ class ExchangeService:
         if self._read_at.pop(peer, self.model_generation) == self.model_generation:
             self.trainer.submit(result.delta, result.momentum)
             self._keep_edge(peer, result.edge)
+            self._note_mixed(peer)
             if not self.trainer.training_done:
                 self.mix_rate.landed(self.trainer.step, result.share)
         else:
@@ -940,6 +969,13 @@ class ExchangeService:
             self.clipper.forgive(peer.encode())
             self.counters.suspects += 1
         return result
+
+    def _note_mixed(self, peer: str) -> None:
+        """The step an exchange with `peer` landed at (for `_partner`), kept for the view's members only."""
+        self._mixed_at[peer] = self.trainer.step
+        if len(self._mixed_at) > 2 * len(self.view.members) + 8:
+            members = set(self.view.members)
+            self._mixed_at = {p: s for p, s in self._mixed_at.items() if p in members or p == peer}
 
     def _agreed(self, peer: str, session: ExchangeSession, message: Message) -> None:
         """Once the pair's weight is agreed, the exchange's pull is exact; and the size the peer declares is

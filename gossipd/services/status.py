@@ -124,6 +124,7 @@ class TaskStatus:
     rejections: dict[str, int] = field(default_factory=dict)  # rejected messages by reason
     clipped_exchanges: int = 0  # exchanges whose move was scaled down to the clipping radius ([robust])
     momentum_mixes: int = 0  # exchanges that mixed the optimisers' momentum too ([gossip] momentum_every)
+    repeats_skipped: int = 0  # due exchanges not started: every free neighbour had just mixed with this peer
     suspects: int = 0  # neighbours backed off for being clipped exchange after exchange
     # exchanges not started, or answered busy, because those in flight left too little pull (pull_budget)
     pull_declined: int = 0

@@ -805,6 +805,7 @@ class TaskRuntime:
             },
             clipped_exchanges=exchange.clipped if exchange else 0,
             momentum_mixes=exchange.momentum_mixes if exchange else 0,
+            repeats_skipped=exchange.repeats_skipped if exchange else 0,
             privacy_epsilon=services.trainer.epsilon() if services is not None else None,
             privacy_delta=self.task.privacy.delta if self.task.privacy is not None else None,
             suspects=exchange.suspects if exchange else 0,

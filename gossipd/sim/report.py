@@ -74,6 +74,8 @@ class SimulationReport:
     # An auto task's exchanges by the mode its edges chose ("rank 1", "full", …), and the modelled link.
     modes: dict[str, int] = dataclasses.field(default_factory=dict)
     skipped_exchanges: int = 0  # exchanges an auto task's peers skipped, saving for a dearer mode
+    # Step-paced exchanges not started when due: every free neighbour had mixed with the peer in the interval.
+    repeats_skipped: int = 0
     link_bytes_per_second: float | None = None
     timing: str = ""  # what the controller's step and exchange times were: "measured" or the modelled ones
     evaluated_peers: int = 0  # how many honest peers the accuracies are over (all, or `eval_peers`)
@@ -153,6 +155,7 @@ class SimulationReport:
             averaged_personal_accuracy=sum(averaged) / len(averaged) if averaged else None,
             modes={describe_mode(mode): count for mode, count in sorted(simulation.modes.items())},
             skipped_exchanges=simulation.skipped,
+            repeats_skipped=simulation.repeats_skipped,
             link_bytes_per_second=simulation.config.link_bytes_per_second,
             timing=simulation.timing_description(),
             evaluated_peers=len(final),

@@ -4,7 +4,9 @@ mixing by random pairwise exchanges through the same sessions and wire codec the
 One round: every online peer runs `local_steps` training steps, then the online peers (in random order) start
 exchanges with random online members of their views, each at its task's pace as a daemon keeps it: one for
 every `[gossip] steps_per_exchange` steps it took (from a random phase, as daemons are not in step), or one
-a round where the task paces by time (`steps_per_exchange = 0`) or nothing trains. Churn takes peers away
+a round where the task paces by time (`steps_per_exchange = 0`) or nothing trains. As a daemon's, a paced
+exchange skips neighbours that mixed with the peer within its interval, and lets the interval pass if all
+free ones did (gossipd.mixing.pacing.repeats; counted in `repeats_skipped`). Churn takes peers away
 and brings them back; a returning peer first copies a full model from a neighbour, as a joining daemon does.
 `finish_rounds` more rounds of exchanges without training follow the last, one a peer each, as daemons past
 their training budget finish.
@@ -52,6 +54,7 @@ from gossipd.mixing.edge import EdgeState
 from gossipd.mixing.layout import ParamLayout, max_message_bytes, mixed_parameters, personal_of
 from gossipd.mixing.link_budget import FINISH_TIME_SHARE, SKIP, Bounds, LinkBudget, exchange_bounds
 from gossipd.mixing.local import Traffic, plain_exchange_bytes, run_pair
+from gossipd.mixing.pacing import repeats
 from gossipd.mixing.personal import personal_part, shared_part
 from gossipd.mixing.pull_budget import PullBudget, pull_bound
 from gossipd.mixing.registry import make_algorithm
@@ -189,6 +192,7 @@ class SimPeer:
     trained: int = 0  # training steps taken (a Byzantine peer's counted as if taken)
     rounds_trained: int = 0  # rounds it was online to train in (with paces)
     unmixed_steps: int = 0  # steps taken since it last started an exchange (step pacing)
+    mixed_at: dict[int, int] = field(default_factory=dict)  # neighbour → the step their last exchange landed at
     # Exchanges in flight (SimulationConfig.exchange_span), oldest first, and what they may pull the model.
     in_flight: list[InFlight] = field(default_factory=list)
     pulls: PullBudget = field(default_factory=PullBudget)
@@ -245,6 +249,7 @@ class Simulation:
         self.exchanges = 0
         self.failed_exchanges = 0
         self.skipped = 0
+        self.repeats_skipped = 0  # due exchanges not started: every free neighbour had just mixed (daemon's rule)
         self.pull_declined = 0  # exchanges declined: those in flight left too little pull (exchange_span)
         self.momentum_mixes = 0  # exchanges that mixed the optimisers' momentum too ([gossip] momentum_every)
         self.state_bytes = 0
@@ -395,13 +400,17 @@ class Simulation:
     ) -> None:
         """An exchange's delta (and momentum's): applied now, or held for the next `exchange_span` steps
         while training goes on."""
-        if self._holds() and not (peer.byzantine or peer.trained >= self.budget):
+        if self._held(peer):
             peer.in_flight.append(InFlight(self.config.exchange_span, delta, partner, momentum))
         else:
             peer.trainer.apply_delta(delta)
             if momentum:
                 peer.trainer.add_momentum(momentum)
             peer.pulls.release(str(partner))
+
+    def _held(self, peer: SimPeer) -> bool:
+        """Whether an exchange's delta waits `exchange_span` of this peer's steps before it lands."""
+        return self._holds() and not (peer.byzantine or peer.trained >= self.budget)
 
     def _land_all(self, peer: SimPeer, *, due_only: bool = False) -> None:
         """Apply the deltas in flight (those whose steps have passed, with `due_only`) and free their pulls."""
@@ -484,12 +493,23 @@ class Simulation:
         return (peer.trained >= self.budget) == (other.trained >= self.budget)
 
     def _exchange_from(self, peer: SimPeer) -> None:
-        partner_index = peer.view.sample(
-            lambda i: (
+        def free(i: int) -> bool:
+            return (
                 self.peers[i].online and peer.blocked.get(i, -1) < self.round and self._same_phase(peer, self.peers[i])
             )
-        )
+
+        # As a step-paced daemon: not with a neighbour it mixed with within this interval, and no exchange
+        # this interval if every free one did (gossipd.mixing.pacing.repeats).
+        paced = self.steps_per_exchange > 0 and not self.finishing and peer.trained < self.budget
+        every = self.steps_per_exchange
+
+        def repeated(i: int) -> bool:
+            return paced and repeats(peer.mixed_at.get(i), peer.trained, every)
+
+        partner_index = peer.view.sample(lambda i: free(i) and not repeated(i))
         if partner_index is None:
+            if paced and any(free(i) for i in peer.view.members):
+                self.repeats_skipped += 1
             return
         partner = self.peers[partner_index]
         if partner.blocked.get(peer.index, -1) >= self.round:
@@ -534,6 +554,7 @@ class Simulation:
             owner.pulls.settle(str(other.index), end.weight * end.pull)
             if not (self.finishing or owner.byzantine or owner.trained >= self.budget):
                 self.mix_shares += result.share
+            owner.mixed_at[other.index] = owner.trained + (self.config.exchange_span if self._held(owner) else 0)
             self._land(owner, other.index, result.delta, result.momentum)
             owner.edges[other.index] = result.edge
             owner.exchanges += 1
