@@ -120,6 +120,14 @@ def test_the_ladder_doubles_the_rank_while_it_compresses_then_ends_with_whole_mo
     assert [describe_mode(m) for m in (1, 4, FULL)] == ["rank 1", "rank 4", "full"]
 
 
+def test_the_ladder_kept_for_one_layout_is_not_handed_out_for_another() -> None:
+    auto = AutoGossip(AutoConfig())
+    thin = ParamLayout(shapes={"w": (4, 4), "b": (4,)}, dtypes={"w": "float32", "b": "float32"})
+    assert auto.ladder(LAYOUT) == (1, 2, 4, 8, 16, FULL)
+    assert auto.ladder(thin) == (1, FULL)  # rank 2 of a 4×4 matrix sends as much as the matrix
+    assert auto.ladder(LAYOUT) == (1, 2, 4, 8, 16, FULL)
+
+
 def test_the_ladder_of_the_pytorch_example_cnn_reaches_rank_16_before_whole_models() -> None:
     net = build_model(
         ModelSection(name="cnn-pytorch-example", options=CNNPyTorchExampleConfig()),

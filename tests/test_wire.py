@@ -23,7 +23,15 @@ from gossipd.wire.errors import (
     WrongTask,
 )
 from gossipd.wire.messages import Message, MessageType, decode_message, encode_message, framed_size
-from gossipd.wire.tensors import TensorSpec, WireTensor, from_wire, pack_tensors, to_wire, unpack_tensors
+from gossipd.wire.tensors import (
+    TensorSpec,
+    WireTensor,
+    as_float16,
+    from_wire,
+    pack_tensors,
+    to_wire,
+    unpack_tensors,
+)
 from tests.conftest import REPO
 
 VECTORS = REPO / "protocols" / "vectors"
@@ -165,6 +173,18 @@ def test_non_finite_values_are_rejected() -> None:
     for bad in (float("nan"), float("inf"), float("-inf")):
         with pytest.raises(NonFiniteTensor):
             from_wire(to_wire("x", torch.tensor([1.0, bad])))
+
+
+def test_float16_rounding_clamps_to_the_range_as_clamping_first_would() -> None:
+    limit = float(torch.finfo(torch.float16).max)
+    edges = [65503.0, 65504.0, 65505.0, 65519.0, 65519.99, 65520.0, 1e30, float("inf"), float("nan"), 1e-8, -0.0]
+    values = torch.cat([torch.tensor(edges), -torch.tensor(edges), torch.randn(10_000) * 3e4])
+    expected = values.clamp(-limit, limit).to(torch.float16)
+    assert torch.equal(as_float16(values).view(torch.int16), expected.view(torch.int16))
+    half = torch.tensor([float("inf"), 1.0, float("-inf")], dtype=torch.float16)
+    assert as_float16(half).tolist() == [limit, 1.0, -limit]
+    assert half.tolist() == [float("inf"), 1.0, float("-inf")]  # the caller's tensor is left as it was
+    assert as_float16(torch.tensor([3, 4])).dtype == torch.int64
 
 
 def test_every_float16_bit_pattern_is_judged_finite_exactly_as_numpy_judges_it() -> None:

@@ -102,6 +102,13 @@ def _peer(peer_id: str) -> ID:
     return ID.from_base58(peer_id)
 
 
+@functools.lru_cache(maxsize=4096)
+def _address_text(packed: bytes) -> str:
+    """A multiaddr's text from its bytes, decoded once: the peerstore hands out the same few addresses after
+    every exchange this peer answers, and decoding one walks its protocols in Python."""
+    return str(Multiaddr(packed))
+
+
 # Yamux sends the peer a window update after every read, however small, and libp2p's varint reader reads the
 # length one byte at a time: ~14 extra frames per exchange, each its own TCP packet, which measured more bytes
 # on the loopback than a float16 rank-1 PowerGossip message (2026-11-30). Reading in chunks makes it one
@@ -774,7 +781,7 @@ class Libp2pNetwork:
             addrs = self._host.get_peerstore().addrs(_peer(peer_id))
         except (BaseLibp2pError, ValueError, KeyError):
             return ()
-        return tuple(str(a) for a in addrs)
+        return tuple(_address_text(a.to_bytes()) for a in addrs)
 
     def forget_failures(self, peer_id: str) -> None:
         with suppress(BaseLibp2pError, ValueError, KeyError, AttributeError):

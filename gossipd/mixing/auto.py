@@ -82,13 +82,20 @@ class AutoGossip(Algorithm[Any]):
 
     def __init__(self, config: AutoConfig) -> None:
         self.config = config
+        self._ladders: tuple[ParamLayout, tuple[int, ...]] | None = None
 
     def ladder(self, layout: ParamLayout) -> tuple[int, ...]:
         """The modes from cheapest to dearest: ranks doubling while a higher rank still compresses some
         matrix and sends under half a whole model (past that, whole models mix better for the bytes), then
         whole models when the task allows them."""
+        # Kept for the last layout asked about (a task has one): every message's mode is checked against
+        # the ladder, and working it out walks every tensor at every rank (~80 calls an exchange).
+        if self._ladders is not None and self._ladders[0] is layout:
+            return self._ladders[1]
         config = self.config
-        return _ladder(layout, config.max_rank, config.full, config.wire_dtype, config.full_dtype)
+        ladder = _ladder(layout, config.max_rank, config.full, config.wire_dtype, config.full_dtype)
+        self._ladders = (layout, ladder)
+        return ladder
 
     def accepts(self, mode: int, layout: ParamLayout) -> bool:
         return mode in self.ladder(layout)

@@ -73,7 +73,7 @@ class PlainGossip(Algorithm[None]):
         difference: Delta = {}
         for name, own in mine.items():
             # (theirs − mine) is exactly the negation of the peer's (mine − theirs): the pair sum is kept.
-            difference[name] = from_wire(records[name], ctx.device).to(own.dtype) - own
+            difference[name] = from_wire(records[name], ctx.device).to(own.dtype).sub_(own)
         distance = norm(difference)
         for d in difference.values():
             d.mul_(ctx.weight)  # the difference becomes the delta in place: a whole model's copy saved

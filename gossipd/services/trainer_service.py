@@ -81,6 +81,7 @@ class TrainerService:
         self.mixed_peers = mixed_peers
         self.budget = budget
         self.personal = personal  # [gossip] personal: never in a snapshot, so never mixed
+        self._mixed: dict[str, torch.Tensor] | None = None
         self.personal_steps = personal_steps if personal else 0
         self._personalising = False
         self.validation = validation
@@ -427,7 +428,11 @@ class TrainerService:
         self._snapshot_version = self._version
 
     def _clone_params(self) -> dict[str, torch.Tensor]:
-        return {name: t.detach().clone() for name, t in mixed_parameters(self.trainer.model, self.personal).items()}
+        # The mixed tensors are looked up once: the model is built once and its parameters are updated in
+        # place, and walking its modules on every publish cost more than cloning a small model.
+        if self._mixed is None:
+            self._mixed = mixed_parameters(self.trainer.model, self.personal)
+        return {name: t.clone() for name, t in self._mixed.items()}
 
     # -- whole-state operations (run at a boundary) ----------------------------------------------------
 

@@ -93,7 +93,11 @@ def as_float16(tensor: torch.Tensor) -> torch.Tensor:
     and two ends clamp alike); any other tensor unchanged."""
     if not tensor.is_floating_point():
         return tensor
-    return tensor.clamp(-_FLOAT16_MAX, _FLOAT16_MAX).to(torch.float16)
+    if tensor.dtype == torch.float16:
+        return tensor.clamp(-_FLOAT16_MAX, _FLOAT16_MAX)  # a copy: the caller's tensor is left alone
+    # Rounded first, then clamped: the same bits as clamping first (whatever rounds past the range is
+    # infinite, and clamps to the maximum it would have rounded to), with one float32 pass less.
+    return tensor.to(torch.float16).clamp_(-_FLOAT16_MAX, _FLOAT16_MAX)
 
 
 def from_wire(record: WireTensor, device: torch.device | str = "cpu") -> torch.Tensor:
