@@ -5,8 +5,8 @@
    - *alone*: one daemon, no neighbour: what attaching itself costs (no exchange happens);
    - *paced*: two daemons without a task of their own and two attached scripts; script 0 and daemon 0
      share core 0 (so the daemon's mixing competes with the script's training, as on a one-core peer), the
-     pair on core 1 is the neighbour; the task mixes as its built-in twin does (PowerGossip rank 1, float16,
-     an exchange every 2 steps);
+     pair on core 1 is the neighbour; the task mixes as its built-in twin does (its `[gossip]` section:
+     `auto`, an exchange every 2 steps, as the task files ship);
    - *budget*: as paced, with `[gossip] cpu_budget = 0.05` (mixing may take 5% of a busy core; the steps
      between exchanges stretch to keep it there).
    For the small CNN and the 1.2M-parameter CNN of PyTorch's MNIST example. Goal ≥ 0.9. Bare runs go
@@ -72,6 +72,14 @@ def attached_task(task: Path, extra: str = "") -> str:
     gossip = text[start:] if end < 0 else text[start : end + 1]
     rest = "" if end < 0 else text[end + 1 :]
     return f'[task]\nid = "bench-attach-{task.stem}"\n\n{gossip.rstrip()}\n{extra}\n{rest}'
+
+
+def gossip_of(task: Path) -> str:
+    """How a task file mixes, in words: its algorithm and pace."""
+    gossip = load_task(task).gossip
+    every = gossip.steps_per_exchange
+    pace = f"an exchange every {every} steps" if every else f"an exchange every {gossip.exchange_interval} s"
+    return f"`{gossip.algorithm}`, {pace}"
 
 
 def cpu_seconds(pid: int) -> float:
@@ -206,8 +214,8 @@ def report(results: dict[str, Any]) -> str:
         "started with `--no-task`, against the same script bare on the same core (bare runs before and after "
         "each attached one; the ratio is against their mean). *Alone*: no neighbour, so no exchange: what "
         "attaching costs. *Paced*: script 0 and its daemon share core 0, as on a one-core peer, and the "
-        "neighbour pair runs on core 1; the task mixes as the model's built-in task file does (PowerGossip "
-        f"rank 1, float16, an exchange every 2 steps). *Budget*: the same with `[gossip] cpu_budget = {BUDGET}`. "
+        f"neighbour pair runs on core 1; the task mixes as the model's built-in task file does ({results['gossip']}). "
+        f"*Budget*: the same with `[gossip] cpu_budget = {BUDGET}`. "
         "*Daemon* is daemon 0's CPU time per step of its script; *every* the steps between exchanges at the end.",
         "",
         "| model | setup | bare, steps/s | attached, steps/s | ratio (runs) | exchanges | every | daemon, ms/step |",
@@ -306,6 +314,7 @@ def main() -> None:
         "repeats": args.repeats,
         "models": models,
         "transfer": transfer_costs("cnn-pytorch-example"),
+        "gossip": "; ".join(sorted({gossip_of(MODELS[name][0]) for name in models})),
         "torch": torch.__version__,
     }
     OUT.mkdir(exist_ok=True)
