@@ -89,7 +89,7 @@ class AutoGossip(Algorithm[Any]):
         matrix and sends under half a whole model (past that, whole models mix better for the bytes), then
         whole models when the task allows them."""
         # Kept for the last layout asked about (a task has one): every message's mode is checked against
-        # the ladder, and working it out walks every tensor at every rank (~80 calls an exchange).
+        # the ladder, and working it out walks every tensor at every rank (about 160 calls an exchange).
         if self._ladders is not None and self._ladders[0] is layout:
             return self._ladders[1]
         config = self.config

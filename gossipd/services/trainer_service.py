@@ -428,8 +428,9 @@ class TrainerService:
         self._snapshot_version = self._version
 
     def _clone_params(self) -> dict[str, torch.Tensor]:
-        # The mixed tensors are looked up once: the model is built once and its parameters are updated in
-        # place, and walking its modules on every publish cost more than cloning a small model.
+        # The mixed tensors are looked up once: the model is built once and its parameters are only ever
+        # updated in place (a loaded state is copied into them), so walking its modules at every publish
+        # found the same tensors again.
         if self._mixed is None:
             self._mixed = mixed_parameters(self.trainer.model, self.personal)
         return {name: t.clone() for name, t in self._mixed.items()}
