@@ -8,8 +8,11 @@ from typing import Any
 from tests.scripts import load_script
 
 
-def row(algorithm: str, stop: float, finish: float) -> dict[str, Any]:
-    return {"algorithm": algorithm, "label": algorithm, "stop_gap_points": stop, "gap_points": finish}
+def row(algorithm: str, stop: float, finish: float, link_mbit: float | None = None) -> dict[str, Any]:
+    return {
+        "algorithm": algorithm, "label": algorithm, "stop_gap_points": stop, "gap_points": finish,
+        "link_mbit": link_mbit,
+    }  # fmt: skip
 
 
 LOCAL = row("local", -12.3, -12.3)  # training alone: a row of its own, never judged by the non-IID goal
@@ -34,6 +37,32 @@ def test_the_default_is_judged_first_and_a_miss_at_the_stop_alone_fails_it() -> 
     assert "titanic" not in lines[0]
     assert "mnist-mlp -6.40 / -1.40" in lines[1]
     assert "**met** (every split)" in lines[2]
+
+
+def test_the_default_on_slow_links_is_judged_on_a_line_of_its_own() -> None:
+    slow = load_script("bench_quality").LINK_MBIT
+    summaries = {
+        "titanic": [row("auto", -1.2, -0.3), row("auto", -1.5, -0.4, link_mbit=slow), LOCAL],
+        "mnist-mlp": [row("auto", -2.2, -0.5), row("auto", -12.8, -1.9, link_mbit=slow), LOCAL],
+    }
+    lines = non_iid_lines(summaries)
+    assert [line.split(":")[0] for line in lines] == [
+        "- Non-IID, auto (the default)",
+        f"- Non-IID, auto (the default) on {slow:g} Mbit/s links (modelled)",
+    ]
+    assert "**met** (every split)" in lines[0]
+    assert "**NOT met** (missed on mnist-mlp -12.80 / -1.90 (stop / finish))" in lines[1]
+
+
+def test_only_an_auto_task_runs_again_on_slow_links() -> None:
+    bench = load_script("bench_quality")
+    auto = bench.configurations("auto", {})
+    assert [(c.algorithm, c.link_mbit) for c in auto] == [
+        ("auto", None), ("auto", bench.LINK_MBIT), ("powergossip", None), ("plain", None), ("local", None),
+    ]  # fmt: skip
+    assert len({c.label for c in auto}) == len(auto)  # rows and run files are told apart by label and link
+    fixed = bench.configurations("powergossip", {"rank": 2, "iterations": 2})
+    assert all(c.link_mbit is None for c in fixed) and [c.algorithm for c in fixed] == ["powergossip", "plain", "local"]
 
 
 def test_an_algorithm_without_rows_gets_no_line() -> None:
