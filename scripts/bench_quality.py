@@ -15,7 +15,7 @@ same settings on every dataset: the issue asks for no per-dataset tuning), plain
 (local only). A task whose own gossip is `auto` runs a second time on modelled links of 10 Mbit/s, the slow
 links of the real-network lab (`make bench-wan`): in the simulator every exchange is otherwise free of the
 network, so `auto` sends whole models nearly always and its row says nothing of what it compresses where
-bytes cost time; the centralised baseline trains one model on the union of the shards with the swarm's total
+bytes cost time. The centralised baseline trains one model on the union of the shards with the swarm's total
 batch for as many steps (the same examples seen). Every mixed run ends with finish rounds (mixing alone, as
 daemons past their budget do), so each row has the figures at the stop and after the finish. A workload
 whose dataset is absent is skipped with a message.
@@ -53,8 +53,6 @@ OUT = REPO / "build" / "bench-quality"
 FINISH_POINTS = 1.0
 STOP_POINTS = 3.0
 LOSS_PERCENT = 5.0
-# Rank 2 at PowerGossip's default of two power iterations, as a task file that says `rank = 2` runs (one
-# iteration until 2026-12-06: +7.1% on Shakespeare where two gave +4.8%, docs/bench-quality.md).
 # The slow links of the real-network lab (`make bench-wan`, tc's token bucket: a rate, no added latency), as
 # the simulator models them for an auto task: each exchange's bytes take time at this rate.
 LINK_MBIT = 10.0
@@ -114,12 +112,16 @@ def workloads(args: argparse.Namespace) -> list[Workload]:
 
 @dataclass(frozen=True)
 class Configuration:
+    """One row of a workload's table: the gossip a run uses, and the links it is modelled on."""
+
     label: str
     algorithm: str
     options: dict[str, Any] = dataclasses.field(default_factory=dict)
     link_mbit: float | None = None  # an auto task's modelled links; None: bytes cost no time
 
 
+# Rank 2 at PowerGossip's default of two power iterations, as a task file that says `rank = 2` runs (one
+# iteration until 2026-12-06: +7.1% on Shakespeare where two gave +4.8%, docs/bench-quality.md).
 POWERGOSSIP = Configuration("PowerGossip r2 ×2 it.", "powergossip", {"rank": 2, "iterations": 2})
 
 
