@@ -10,7 +10,8 @@
    Choco at its default compressor, sign:64 (full MNIST from ../shared/datasets/mnist when present, else the
    embedded 10k set).
 
-Prints the results, writes out/bench.json and replaces the daemon section of BENCHMARKS.md.
+Prints the results, writes out/bench.json and replaces the daemon section of BENCHMARKS.md, with a plot of
+the race (docs/bench-daemon-race.png); `--report-only` rebuilds both from out/bench.json.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from gossipd.tools.bench_daemon_report import report
+from gossipd.tools.bench_daemon_report import plot, report
 from gossipd.tools.reporting import machine, replace_section
 from gossipd.tools.swarm import Swarm, running_swarm
 
@@ -251,7 +252,13 @@ def main() -> None:
     parser.add_argument(
         "--gossip-extra", default="", help="TOML lines added to the speed runs' [gossip] (an experiment: no write)"
     )
+    parser.add_argument(
+        "--report-only", action="store_true", help="rebuild the section and the race's plot from out/bench.json"
+    )
     args = parser.parse_args()
+    if args.report_only:
+        publish(json.loads((OUT / "bench.json").read_text()), args)
+        return
     # SIGTERM (kill, timeout) as Ctrl-C: the daemons are stopped and the work folder goes, however it ends.
     signal.signal(signal.SIGTERM, lambda signum, _frame: sys.exit(128 + signum))
     if args.speed_only or args.gossip_extra:
@@ -282,11 +289,35 @@ def measure(args: argparse.Namespace, task: Path, data: str | None, started: flo
             print(json.dumps({k: v for k, v in run.items() if k != "trace"}), flush=True)
             runs.append(run)
     dataset = "full MNIST (60k train, 10k test)" if data else "the embedded 10k MNIST images"
-    results = {"speed": speed, "throughput": flow, "accuracy": runs, "dataset": dataset}
+    results = {
+        "speed": speed,
+        "throughput": flow,
+        "accuracy": runs,
+        "dataset": dataset,
+        "measured": datetime.date.today().isoformat(),
+        "machine": machine(),
+        "cores": cpu_count(),
+        "wall_seconds": time.monotonic() - started,
+    }
     OUT.mkdir(exist_ok=True)
     (OUT / "bench.json").write_text(json.dumps(results, indent=1))
+    publish(results, args)
+
+
+def publish(results: dict[str, Any], args: argparse.Namespace) -> None:
+    """The section from one run's results, printed and (unless --no-write) in BENCHMARKS.md, with the race's
+    plot in docs/."""
+    figure = None
+    if results["accuracy"] and not args.no_write:
+        figure = "docs/bench-daemon-race.png"
+        plot(results["accuracy"], REPO / figure, dataset=results["dataset"])
     text = report(
-        results, elapsed=time.monotonic() - started, when=datetime.date.today(), machine=machine(), cores=cpu_count()
+        results,
+        elapsed=results["wall_seconds"],
+        when=datetime.date.fromisoformat(results["measured"]),
+        machine=results["machine"],
+        cores=results["cores"],
+        figure=figure,
     )
     print(text)
     if not args.no_write:

@@ -11,7 +11,8 @@ and for the personalised run the global test accuracy with the personal layer re
 average. The goal (issue 18): personalised ≥ shared + 2 points on the own distributions, and with the
 averaged layer never more than 1 point below the shared model on the global test set.
 
-Progress goes to stderr; the table to stdout, out/bench-personal.json, and BENCHMARKS.md's section.
+Progress goes to stderr; the table to stdout, out/bench-personal.json, and BENCHMARKS.md's section with one
+plot per split (docs/bench-personal-*.png); `--report-only` rebuilds the section and plots from the JSON.
 """
 
 from __future__ import annotations
@@ -27,10 +28,12 @@ from typing import Any
 
 from bench_sim import task_and_data_root  # the same task and data as the other simulator benchmarks
 
+from gossipd.tools.bench_personal_plot import plot
 from gossipd.tools.reporting import machine, replace_section
 
 REPO = Path(__file__).resolve().parents[1]
 OUT = REPO / "out"
+DOCS = REPO / "docs"
 HEAD = ("classifier.3.*",)  # the CNN's last layer
 PARTITIONS = ("dirichlet:0.1", "shards:2")
 
@@ -154,8 +157,26 @@ def main() -> None:
     parser.add_argument("--training", nargs="+", choices=TRAINING, default=list(TRAINING), help="personal runs")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--no-write", action="store_true", help="do not update BENCHMARKS.md")
+    parser.add_argument(
+        "--report-only", action="store_true", help="rebuild the section and plots from out/bench-personal.json"
+    )
     args = parser.parse_args()
 
+    record = json.loads((OUT / "bench-personal.json").read_text()) if args.report_only else measure(args)
+    text = report(record)
+    print(text)
+    if not args.no_write:
+        replace_section(
+            REPO / "BENCHMARKS.md",
+            "bench-personal",
+            text,
+            title="Benchmarks",
+            heading="## Personal last layer (`[gossip] personal`)",
+        )
+
+
+def measure(args: argparse.Namespace) -> dict[str, Any]:
+    """Runs every split's shared and personal runs; the record, also written to out/bench-personal.json."""
     task_path, data_root = task_and_data_root()
     kinds = [("shared", None, 0)] + [("personal " + t, t, n) for t in args.training for n in args.personal_steps]
     jobs = [
@@ -177,34 +198,47 @@ def main() -> None:
     print(f"bench-personal: {len(jobs)} runs of 8 peers × {args.rounds} rounds on {task_path.name}", file=sys.stderr)
     with ProcessPoolExecutor(max_workers=args.workers) as pool:
         reports = list(pool.map(run_one, jobs))
-    elapsed = time.perf_counter() - started
-    rows, verdicts = table(reports)
+    record = {
+        "measured": datetime.date.today().isoformat(),
+        "machine": machine(),
+        "wall_seconds": time.perf_counter() - started,
+        "rounds": args.rounds,
+        "finish_rounds": args.finish_rounds,
+        "full_data": data_root is not None,
+        "reports": reports,
+    }
     OUT.mkdir(exist_ok=True)
-    (OUT / "bench-personal.json").write_text(json.dumps({"reports": reports, "verdicts": verdicts}, indent=1))
-    dataset = "full MNIST" if data_root else "embedded MNIST 10k"
-    text = "\n".join(
+    (OUT / "bench-personal.json").write_text(json.dumps(record, indent=1))
+    return record
+
+
+def report(record: dict[str, Any]) -> str:
+    """The section's text from a run's record; draws one plot per split into docs/."""
+    reports = record["reports"]
+    rows, verdicts = table(reports)
+    dataset = "full MNIST" if record["full_data"] else "embedded MNIST 10k"
+    figures = []
+    for partition in PARTITIONS:
+        name = f"bench-personal-{partition.replace(':', '')}.png"
+        title = f"MNIST, CNN, 8 simulated peers, {partition} split: a personal last layer against the shared model"
+        plot(reports, partition, DOCS / name, title=title)
+        figures.append(f"![each peer's gain and cost from a personal last layer, {partition}](docs/{name})")
+    return "\n".join(
         [
-            f"Measured {datetime.date.today().isoformat()} on {machine()}; `make bench-personal` "
-            f"({elapsed / 60:.0f} min). 8 peers, CNN, {dataset}, PowerGossip r1, {args.rounds} rounds + "
-            f"{args.finish_rounds} finish rounds; personal: `classifier.3.*`, trained with the rest (`local`) or "
-            "held at its initial values (`frozen`) before the finish, then fine-tuned alone for the steps shown. "
-            "Own-labels: test accuracy reweighted to each peer's label mix (same peers, same examples in every "
-            "run); averaged: the personal layer replaced by the peers' mean.",
+            f"Measured {record['measured']} on {record['machine']}; `make bench-personal` "
+            f"({record['wall_seconds'] / 60:.0f} min). 8 peers, CNN, {dataset}, PowerGossip r1, {record['rounds']} "
+            f"rounds + {record['finish_rounds']} finish rounds; personal: `classifier.3.*`, trained with the rest "
+            "(`local`) or held at its initial values (`frozen`) before the finish, then fine-tuned alone for the "
+            "steps shown. Own-labels: test accuracy reweighted to each peer's label mix (same peers, same examples "
+            "in every run); averaged: the personal layer replaced by the peers' mean.",
             "",
             *rows,
+            "",
+            *figures,
             "",
             *goal_lines(verdicts),
         ]
     )
-    print(text)
-    if not args.no_write:
-        replace_section(
-            REPO / "BENCHMARKS.md",
-            "bench-personal",
-            text,
-            title="Benchmarks",
-            heading="## Personal last layer (`[gossip] personal`)",
-        )
 
 
 if __name__ == "__main__":

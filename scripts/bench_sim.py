@@ -3,7 +3,8 @@
 8 peers on the MNIST CNN (full MNIST from ../shared/datasets/mnist when present, else the embedded 10k
 images), IID and Dirichlet(0.5) splits: plain, PowerGossip rank 1 and 2, Choco sign, sign:64 and top-1%,
 against centralised training on the same samples and peers training alone. Prints a markdown table, writes
-out/bench-sim.json, and replaces the simulator section of BENCHMARKS.md. Also measures what one PowerGossip
+out/bench-sim.json, draws one plot per split (docs/bench-sim-*.png) and replaces the simulator section of
+BENCHMARKS.md (`--report-only` redraws both from out/bench-sim.json). Also measures what one PowerGossip
 exchange costs a peer against one local training step, in the same process.
 """
 
@@ -20,11 +21,13 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from gossipd.tools.bench_sim_plot import plot
 from gossipd.tools.reporting import machine, replace_section
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_MNIST = REPO.parent / "shared" / "datasets" / "mnist"
 OUT = REPO / "out"
+DOCS = REPO / "docs"
 
 CONFIGS: list[tuple[str, str, dict[str, Any]]] = [
     ("plain", "plain", {}),
@@ -175,6 +178,47 @@ def table(reports: list[dict[str, Any]], partition: str) -> list[str]:
     return lines
 
 
+def report(record: dict[str, Any]) -> str:
+    """The section's text from a run's record (out/bench-sim.json); draws one plot per split into docs/."""
+    reports, cost, partitions = record["reports"], record["mixing_cost"], record["partitions"]
+    rounds, finish_rounds = reports[0]["steps"], record["finish_rounds"]
+    every = reports[0]["steps_per_exchange"]
+    pace = f"each peer starts an exchange every {every} steps, the task's pace" if every else "one exchange each"
+    full = record["full_data"]
+    dataset = "full MNIST (60k train / 10k test)" if full else "embedded MNIST 10k (85% train / 15% test)"
+    lines = [
+        f"Measured {record['measured']} on {record['machine']}; `make bench-sim` "
+        f"({record['wall_seconds'] / 60:.0f} min, {record['workers']} runs in parallel, one torch thread each).",
+        f"8 peers, small CNN (114k parameters), {dataset}, SGD lr 0.05 momentum 0.9, batch 32 per peer, "
+        f"{rounds} rounds (one local step per peer per round; {pace}), view of 6.",
+        f"Then {finish_rounds} rounds of exchanges alone, as a daemon past its training budget finishes "
+        "(`gossipd simulate --finish-rounds`): *at stop* is the mean accuracy as training stopped, the other "
+        "figures are after the finish.",
+        "Bytes count both directions of an exchange, msgpack framing included; Choco's average includes the "
+        "full-precision swap that opens each edge.",
+        "",
+    ]
+    for partition in partitions:
+        name = f"bench-sim-{partition.replace(':', '')}.png"
+        plot(reports, partition, DOCS / name, title=f"MNIST, small CNN, 8 simulated peers, {partition} split")
+        figure = f"![accuracy against bytes per exchange, {partition}](docs/{name})"
+        lines += [*table(reports, partition), "", figure, ""]
+    step = cost["train_step_s"]
+    parts = [
+        f"{label}: {cost[key] * 1e3:.2f} ms (**{cost[key] / step:.1%}**)"
+        for label, key in (
+            ("rank 1, 1 iteration", "exchange_end_s_r1i1"),
+            ("rank 1, 2 iterations", "exchange_end_s_r1i2"),
+            ("rank 2, 1 iteration (the default task)", "exchange_end_s_r2i1"),
+        )
+    ]
+    lines += [
+        "Mixing cost per peer on the CNN: one end of a PowerGossip exchange, codec included, against "
+        f"{step * 1e3:.2f} ms for one local training step — " + "; ".join(parts) + " (medians of 200, one thread).",
+    ]
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rounds", type=int, default=0, help="rounds per run (default: 600 full, 300 embedded)")
@@ -187,12 +231,28 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--partitions", default="iid,dirichlet:0.5")
     parser.add_argument("--no-write", action="store_true", help="do not update BENCHMARKS.md")
+    parser.add_argument(
+        "--report-only", action="store_true", help="rebuild the section and plots from out/bench-sim.json, run nothing"
+    )
     args = parser.parse_args()
 
+    record = json.loads((OUT / "bench-sim.json").read_text()) if args.report_only else measure(args)
+    text = report(record)
+    print(text)
+    if not args.no_write:
+        replace_section(
+            REPO / "BENCHMARKS.md", "bench-sim", text, title="Benchmarks", heading="## Simulator: mixing algorithms"
+        )
+
+
+def measure(args: argparse.Namespace) -> dict[str, Any]:
+    """Runs every configuration on every split and the mixing cost; the record, also written to
+    out/bench-sim.json."""
     task_path, data_root = task_and_data_root()
     rounds = args.rounds or (600 if data_root else 300)
+    partitions = args.partitions.split(",")
     jobs = []
-    for partition in args.partitions.split(","):
+    for partition in partitions:
         for index, (label, algorithm, options) in enumerate(CONFIGS):
             jobs.append(
                 {
@@ -214,46 +274,20 @@ def main() -> None:
     with ProcessPoolExecutor(max_workers=args.workers) as pool:
         reports = list(pool.map(run_one, jobs))
     cost = mixing_cost(task_path, data_root, repeats=200)
-    elapsed = time.perf_counter() - started
-
+    record = {
+        "measured": datetime.date.today().isoformat(),
+        "machine": machine(),
+        "wall_seconds": time.perf_counter() - started,
+        "workers": args.workers,
+        "partitions": partitions,
+        "finish_rounds": args.finish_rounds,
+        "full_data": data_root is not None,
+        "reports": reports,
+        "mixing_cost": cost,
+    }
     OUT.mkdir(exist_ok=True)
-    (OUT / "bench-sim.json").write_text(json.dumps({"reports": reports, "mixing_cost": cost}, indent=1))
-    every = reports[0]["steps_per_exchange"]
-    pace = f"each peer starts an exchange every {every} steps, the task's pace" if every else "one exchange each"
-    dataset = "full MNIST (60k train / 10k test)" if data_root else "embedded MNIST 10k (85% train / 15% test)"
-    lines = [
-        f"Measured {datetime.date.today().isoformat()} on {machine()}; `make bench-sim` "
-        f"({elapsed / 60:.0f} min, {args.workers} runs in parallel, one torch thread each).",
-        f"8 peers, small CNN (114k parameters), {dataset}, SGD lr 0.05 momentum 0.9, batch 32 per peer, "
-        f"{rounds} rounds (one local step per peer per round; {pace}), view of 6.",
-        f"Then {args.finish_rounds} rounds of exchanges alone, as a daemon past its training budget finishes "
-        "(`gossipd simulate --finish-rounds`): *at stop* is the mean accuracy as training stopped, the other "
-        "figures are after the finish.",
-        "Bytes count both directions of an exchange, msgpack framing included; Choco's average includes the "
-        "full-precision swap that opens each edge.",
-        "",
-    ]
-    for partition in args.partitions.split(","):
-        lines += [*table(reports, partition), ""]
-    step = cost["train_step_s"]
-    parts = [
-        f"{label}: {cost[key] * 1e3:.2f} ms (**{cost[key] / step:.1%}**)"
-        for label, key in (
-            ("rank 1, 1 iteration", "exchange_end_s_r1i1"),
-            ("rank 1, 2 iterations", "exchange_end_s_r1i2"),
-            ("rank 2, 1 iteration (the default task)", "exchange_end_s_r2i1"),
-        )
-    ]
-    lines += [
-        "Mixing cost per peer on the CNN: one end of a PowerGossip exchange, codec included, against "
-        f"{step * 1e3:.2f} ms for one local training step — " + "; ".join(parts) + " (medians of 200, one thread).",
-    ]
-    text = "\n".join(lines)
-    print(text)
-    if not args.no_write:
-        replace_section(
-            REPO / "BENCHMARKS.md", "bench-sim", text, title="Benchmarks", heading="## Simulator: mixing algorithms"
-        )
+    (OUT / "bench-sim.json").write_text(json.dumps(record, indent=1))
+    return record
 
 
 if __name__ == "__main__":

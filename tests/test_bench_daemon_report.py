@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import datetime
+from pathlib import Path
 from typing import Any
 
-from gossipd.tools.bench_daemon_report import report
+import pytest
+
+from gossipd.tools.bench_daemon_report import plot, report
 
 WHEN = datetime.date(2026, 12, 4)
 
@@ -76,3 +79,17 @@ def test_frame_verdict_and_accuracy_rows() -> None:
     assert "| plain | 98% | 69 | 203.7 MB | 6,009 | 0.9834 |" in text
     assert "| Choco sign:64 (its default) | 98% | not reached | — | — | 0.9712 |" in text
     assert "2 cores shared" in text
+
+
+def test_the_race_plot_is_linked_under_its_table_and_draws_each_run_with_a_trace(tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    data = results(950.0, 440.0)
+    point = {"seconds": 2.0, "mean_accuracy": 0.9, "bytes": 1_000_000}
+    data["accuracy"][0]["trace"] = [point, {**point, "seconds": 4.0, "mean_accuracy": 0.981, "bytes": 9_000_000}]
+    data["accuracy"][1]["trace"] = [{**point, "mean_accuracy": None}]  # no evaluation yet: nothing to draw
+    assert plot(data["accuracy"], tmp_path / "race.png", dataset="full MNIST") == ["plain"]
+    assert (tmp_path / "race.png").stat().st_size > 0
+    lines = report(data, elapsed=600.0, when=WHEN, machine="m", cores=2, figure="docs/race.png").splitlines()
+    assert lines[-1] == "![4 daemons' mean accuracy against time and bytes, small CNN](docs/race.png)"
+    assert lines[-3].startswith("| Choco sign:64")
+    assert "![" not in render(data)

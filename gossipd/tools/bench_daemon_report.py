@@ -2,19 +2,31 @@
 
 Training speed with the default gossip against a bare torch loop (goal ≥ `SPEED_GOAL`), what mixing cost
 while measured, the 10 MB frame against raw TCP (goal ≥ 0.5), and time and bytes to accuracy; one verdict
-line per goal.
+line per goal, and a plot of the 4-daemon race (`plot`).
 """
 
 from __future__ import annotations
 
 import datetime
+from pathlib import Path
 from typing import Any
+
+from gossipd.tools.figures import legend_below, pyplot, save
 
 SPEED_GOAL = 0.9
 
 
-def report(results: dict[str, Any], *, elapsed: float, when: datetime.date, machine: str, cores: int) -> str:
-    """The section's text from one run's results (scripts/bench.py writes them to out/bench.json)."""
+def report(
+    results: dict[str, Any],
+    *,
+    elapsed: float,
+    when: datetime.date,
+    machine: str,
+    cores: int,
+    figure: str | None = None,
+) -> str:
+    """The section's text from one run's results (scripts/bench.py writes them to out/bench.json); `figure`:
+    the race's plot, relative to the repository, linked under its table."""
     speed, flow, runs = results["speed"], results["throughput"], results["accuracy"]
     lines = [
         f"Measured {when.isoformat()} on {machine}; `make bench` ({elapsed / 60:.0f} min).",
@@ -85,4 +97,36 @@ def report(results: dict[str, Any], *, elapsed: float, when: datetime.date, mach
                 f"| {run['label']} | {run['target']:.0%} | {hit['seconds']:.0f} | {hit['bytes'] / 1e6:,.1f} MB "
                 f"| {hit['exchanges']:,} | {run['best_mean_accuracy']:.4f} |"
             )
+    if figure is not None and runs:
+        lines += ["", f"![4 daemons' mean accuracy against time and bytes, small CNN]({figure})"]
     return "\n".join(lines)
+
+
+def plot(runs: list[dict[str, Any]], path: Path, *, dataset: str) -> list[str]:
+    """The race: the peers' mean held-out accuracy against seconds and against bytes sent, one line per
+    algorithm, the target across. Returns the labels drawn."""
+    figure, (by_time, by_bytes) = pyplot().subplots(1, 2, figsize=(12, 4.2))
+    drawn = []
+    for run in runs:
+        trace = [p for p in run["trace"] if p["mean_accuracy"] is not None]
+        if not trace:
+            continue
+        accuracy = [100 * p["mean_accuracy"] for p in trace]
+        line = by_time.plot([p["seconds"] for p in trace], accuracy, marker=".", label=run["label"])[0]
+        sent = [(p["bytes"] / 1e6, a) for p, a in zip(trace, accuracy, strict=True) if p["bytes"] > 0]
+        by_bytes.plot([s for s, _ in sent], [a for _, a in sent], marker=".", color=line.get_color())
+        drawn.append(str(run["label"]))
+    target = 100 * runs[0]["target"] if runs else 98.0
+    for axis in (by_time, by_bytes):
+        axis.axhline(target, color="grey", linewidth=0.6, linestyle="--")
+        axis.set_ylim(target - 8, 100)
+        axis.set_ylabel("held-out accuracy, mean of 4 daemons (%)")
+        axis.grid(alpha=0.3)
+    by_time.set_xlabel("seconds since the swarm was up")
+    by_bytes.set_xlabel("bytes sent by all daemons (MB, log scale)")
+    by_bytes.set_xscale("log")
+    figure.suptitle(f"4 daemons on loopback, small CNN, {dataset}", fontsize=10)
+    figure.tight_layout()
+    legend_below(figure, by_time, ncol=2)
+    save(figure, path)
+    return drawn

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from gossipd.tools.figures import legend_below, pyplot, save
+
 TARGETS = (0.97, 0.98)
 STEPS_TARGET = 0.98  # the target whose local step count the tables show ("local steps to 98%")
 BATCH = 32  # samples per local step, on every peer of every system
@@ -587,11 +589,7 @@ def plotted(results: list[dict[str, Any]], model: str, split: str) -> list[dict[
 def plot(results: list[dict[str, Any]], model: str, split: str, path: Path) -> list[str]:
     """Mean peer accuracy against wall time and against bytes sent, for the runs `plotted` picks; the legend
     under the two panels, so that it hides no line. Returns the legend's labels, one per line drawn."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     figure, (by_time, by_bytes) = plt.subplots(1, 2, figsize=(12, 4.5))
     palette = plt.get_cmap("tab10")
     smallest = math.inf  # MB: where the bytes panel starts
@@ -621,13 +619,9 @@ def plot(results: list[dict[str, Any]], model: str, split: str, path: Path) -> l
         by_bytes.set_xlim(left=smallest / 2)
     figure.suptitle(f"MNIST, {model.upper()}, {split} split, 4 peers (first run of each system)")
     figure.tight_layout()
-    handles, labels = by_time.get_legend_handles_labels()
-    # Under the panels, in the figure's margin (the saved image grows to hold it).
-    figure.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=3, fontsize=9, frameon=False)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=90, bbox_inches="tight")
-    plt.close(figure)
-    return [str(label) for label in labels]
+    labels = legend_below(figure, by_time, ncol=3)
+    save(figure, path)
+    return labels
 
 
 def _runs_label(counts: set[int]) -> str:

@@ -1,0 +1,35 @@
+"""What every benchmark plot does the same way: its legend under the panels, and how it is saved.
+
+The benchmark reports draw with matplotlib (the `plot` extra), imported only when a plot is drawn, on the
+Agg backend (no display on the machines that run benchmarks).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+
+def pyplot() -> Any:
+    """matplotlib.pyplot on the Agg backend."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def legend_below(figure: Any, axis: Any, *, ncol: int) -> list[str]:
+    """The axis's legend under the panels, in the figure's margin (the saved image grows to hold it), so
+    that it hides no line; returns its labels."""
+    handles, labels = axis.get_legend_handles_labels()
+    figure.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=ncol, fontsize=9, frameon=False)
+    return [str(label) for label in labels]
+
+
+def save(figure: Any, path: Path) -> None:
+    """The figure as a PNG at `path` (its folder made), cropped to what was drawn, and closed."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=90, bbox_inches="tight")
+    pyplot().close(figure)
