@@ -12,11 +12,12 @@ Each configuration runs in its own process (one torch thread), so its peak resid
 *memory per peer* is (peak − resident before the peers were built) / N. With many peers only a fixed sample
 of `--eval-peers` is scored (consensus is over all). Full MNIST from ../shared/datasets/mnist (skips with a
 message when absent). Prints progress on stderr, a markdown table on stdout, writes out/bench-sim-scale.json
-and, with --write, the section of BENCHMARKS.md.
+and, with --write, the section of BENCHMARKS.md with one plot per model (docs/bench-sim-scale-*.png);
+--report-only rebuilds them from the JSON.
 
     python scripts/bench_sim_scale.py [--models cnn,mlp] [--sizes 8,256,1024] [--views 6] [--rounds8 1024]
                                       [--long-rounds 64] [--finish-rounds 25] [--eval-peers 32]
-                                      [--write]
+                                      [--write] [--report-only]
 """
 
 from __future__ import annotations
@@ -32,11 +33,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+from gossipd.tools.bench_sim_scale_plot import plot
 from gossipd.tools.reporting import machine, replace_section
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_MNIST = REPO.parent / "shared" / "datasets" / "mnist"
 OUT = REPO / "out" / "bench-sim-scale.json"
+DOCS = REPO / "docs"
 TASKS = {"mlp": REPO / "tasks" / "mnist-mlp.toml", "cnn": REPO / "tasks" / "mnist-cnn.toml"}
 
 
@@ -213,35 +216,45 @@ def main() -> int:
     parser.add_argument("--finish-rounds", type=int, default=25, help="the long run's rounds of mixing alone")
     parser.add_argument("--eval-peers", type=int, default=32)
     parser.add_argument("--write", action="store_true", help="replace the section of BENCHMARKS.md")
+    parser.add_argument("--report-only", action="store_true", help="rebuild the table (and plots) from the JSON")
     args = parser.parse_args()
-    if not (SHARED_MNIST / "train-images-idx3-ubyte.gz").exists():
+    if not args.report_only and not (SHARED_MNIST / "train-images-idx3-ubyte.gz").exists():
         print(f"skipping: MNIST is not in {SHARED_MNIST}", file=sys.stderr)
         return 0
-    jobs = jobs_for(args, str(SHARED_MNIST))
-    print(f"bench-sim-scale: {len(jobs)} runs, one at a time", file=sys.stderr, flush=True)
-    results = []
-    context = multiprocessing.get_context("spawn")
-    for index, job in enumerate(jobs, 1):
-        print(f"[{index}/{len(jobs)}] {job['label']}, {job['rounds']} rounds", file=sys.stderr, flush=True)
-        with context.Pool(1) as pool:
-            result = pool.apply(run_one, (job,))
-        print(
-            f"  done: {result['seconds_per_round']:.2f} s/round, {result['mb_per_peer']:.2f} MB/peer, "
-            f"accuracy {result['mean_accuracy']:.4f}",
-            file=sys.stderr,
-            flush=True,
-        )
-        results.append({**result, "long": job["long"]})
-    OUT.parent.mkdir(parents=True, exist_ok=True)
-    OUT.write_text(json.dumps({"machine": machine(), "date": str(datetime.date.today()), "runs": results}, indent=1))
-    body = table(results, args.rounds8)
+    if args.report_only:
+        record = json.loads(OUT.read_text())
+    else:
+        jobs = jobs_for(args, str(SHARED_MNIST))
+        print(f"bench-sim-scale: {len(jobs)} runs, one at a time", file=sys.stderr, flush=True)
+        results = []
+        context = multiprocessing.get_context("spawn")
+        for index, job in enumerate(jobs, 1):
+            print(f"[{index}/{len(jobs)}] {job['label']}, {job['rounds']} rounds", file=sys.stderr, flush=True)
+            with context.Pool(1) as pool:
+                result = pool.apply(run_one, (job,))
+            print(
+                f"  done: {result['seconds_per_round']:.2f} s/round, {result['mb_per_peer']:.2f} MB/peer, "
+                f"accuracy {result['mean_accuracy']:.4f}",
+                file=sys.stderr,
+                flush=True,
+            )
+            results.append({**result, "long": job["long"]})
+        record = {"machine": machine(), "date": str(datetime.date.today()), "rounds8": args.rounds8, "runs": results}
+        OUT.parent.mkdir(parents=True, exist_ok=True)
+        OUT.write_text(json.dumps(record, indent=1))
+    body = table(record["runs"], record["rounds8"])
     print(body)
     if args.write:
-        heading = f"Measured {datetime.date.today()} on {machine()}; `make bench-sim-scale`.\n\n"
+        figures = []
+        for model in dict.fromkeys(r["model"] for r in record["runs"]):
+            name = f"bench-sim-scale-{model}.png"
+            plot(record["runs"], model, DOCS / name, title=f"MNIST, {model.upper()}, simulated swarms of every size")
+            figures.append(f"![accuracy and memory against the number of simulated peers, {model}](docs/{name})")
+        heading = f"Measured {record['date']} on {record['machine']}; `make bench-sim-scale`.\n\n"
         replace_section(
             REPO / "BENCHMARKS.md",
             "bench-sim-scale",
-            heading + body,
+            heading + body + "\n\n" + "\n".join(figures),
             title="Benchmarks",
             heading="## The simulator with hundreds of peers",
         )

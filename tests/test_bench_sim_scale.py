@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
+import pytest
+
+from gossipd.tools.bench_sim_scale_plot import plot, plotted
 from tests.scripts import load_script
 
 
@@ -46,3 +50,21 @@ def test_a_long_run_without_a_finish_says_where_it_ended() -> None:
     assert (
         line == "- Long run, cnn: 1,024 peers × 64 rounds (view 6): 93.75% mean, worst 93.75%; consensus 0.055 → 0.002."
     )
+
+
+def test_the_plot_takes_one_view_per_size_in_order_and_the_long_run_apart(tmp_path: Path) -> None:
+    runs = [
+        _run(1024, long=False),
+        {**_run(8, long=False), "view": 4},
+        {**_run(8, long=False), "view": 6},
+        _run(1024, long=True, finish=25),
+        {**_run(8, long=False), "model": "mlp"},
+    ]
+    same, longs = plotted(runs, "cnn")
+    assert [(r["peers"], r["view"]) for r in same] == [(8, 6), (1024, 6)]  # the task's own view where it ran
+    assert [r["rounds"] for r in longs] == [64]
+    pytest.importorskip("matplotlib")
+    labels = plot(runs, "cnn", tmp_path / "scale.png", title="cnn")
+    assert labels[:2] == ["mean, same total samples", "worst, same total samples"]
+    assert "1,024 peers given 64 rounds: as training stopped" in labels
+    assert (tmp_path / "scale.png").stat().st_size > 0
