@@ -29,13 +29,15 @@ from typing import Any
 from bench_sim import task_and_data_root  # the same task and data as the other simulator benchmarks
 
 from gossipd.tools.bench_personal_plot import plot
-from gossipd.tools.reporting import machine, replace_section
+from gossipd.tools.reporting import load_record, machine, replace_section
 
 REPO = Path(__file__).resolve().parents[1]
 OUT = REPO / "out"
 DOCS = REPO / "docs"
 HEAD = ("classifier.3.*",)  # the CNN's last layer
 PARTITIONS = ("dirichlet:0.1", "shards:2")
+# What --report-only needs of the run's record.
+RECORD_KEYS = ("measured", "machine", "wall_seconds", "rounds", "finish_rounds", "full_data", "reports")
 
 
 def run_one(job: dict[str, Any]) -> dict[str, Any]:
@@ -162,7 +164,11 @@ def main() -> None:
     )
     args = parser.parse_args()
 
-    record = json.loads((OUT / "bench-personal.json").read_text()) if args.report_only else measure(args)
+    record = (
+        load_record(OUT / "bench-personal.json", RECORD_KEYS, target="bench-personal")
+        if args.report_only
+        else measure(args)
+    )
     text = report(record)
     print(text)
     if not args.no_write:

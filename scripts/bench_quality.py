@@ -45,12 +45,25 @@ from pathlib import Path
 from typing import Any
 
 from gossipd.tools.bench_quality_plot import plot
-from gossipd.tools.reporting import machine, replace_section
+from gossipd.tools.reporting import load_record, machine, replace_section
 
 REPO = Path(__file__).resolve().parents[1]
 DATASETS = REPO.parent / "shared" / "datasets"
 OUT = REPO / "build" / "bench-quality"
 DOCS = REPO / "docs"
+# What --report-only needs of the run's record.
+RECORD_KEYS = (
+    "measured",
+    "machine",
+    "workers",
+    "sizes",
+    "finish_rounds",
+    "wall_seconds",
+    "cpu_seconds",
+    "daemons",
+    "summaries",
+    "reports",
+)
 
 # The goals: accuracy within 1 point of centralised after the finish and 3 at the stop on every
 # split; the language model's held-out loss within 5% of centralised with PowerGossip; Titanic within 1 point.
@@ -550,7 +563,7 @@ def main() -> None:
     args = parser.parse_args()
 
     if args.report_only:
-        record = json.loads((OUT / "results.json").read_text())
+        record = load_record(OUT / "results.json", RECORD_KEYS, target="bench-quality")
     else:
         measured = measure(args)
         if measured is None:

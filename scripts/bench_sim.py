@@ -22,12 +22,24 @@ from pathlib import Path
 from typing import Any
 
 from gossipd.tools.bench_sim_plot import plot
-from gossipd.tools.reporting import machine, replace_section
+from gossipd.tools.reporting import load_record, machine, replace_section
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_MNIST = REPO.parent / "shared" / "datasets" / "mnist"
 OUT = REPO / "out"
 DOCS = REPO / "docs"
+# What --report-only needs of the run's record.
+RECORD_KEYS = (
+    "measured",
+    "machine",
+    "wall_seconds",
+    "workers",
+    "partitions",
+    "finish_rounds",
+    "full_data",
+    "reports",
+    "mixing_cost",
+)
 
 CONFIGS: list[tuple[str, str, dict[str, Any]]] = [
     ("plain", "plain", {}),
@@ -236,7 +248,7 @@ def main() -> None:
     )
     args = parser.parse_args()
 
-    record = json.loads((OUT / "bench-sim.json").read_text()) if args.report_only else measure(args)
+    record = load_record(OUT / "bench-sim.json", RECORD_KEYS, target="bench-sim") if args.report_only else measure(args)
     text = report(record)
     print(text)
     if not args.no_write:

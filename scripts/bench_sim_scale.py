@@ -34,13 +34,15 @@ from pathlib import Path
 from typing import Any
 
 from gossipd.tools.bench_sim_scale_plot import plot
-from gossipd.tools.reporting import machine, replace_section
+from gossipd.tools.reporting import load_record, machine, replace_section
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_MNIST = REPO.parent / "shared" / "datasets" / "mnist"
 OUT = REPO / "out" / "bench-sim-scale.json"
 DOCS = REPO / "docs"
 TASKS = {"mlp": REPO / "tasks" / "mnist-mlp.toml", "cnn": REPO / "tasks" / "mnist-cnn.toml"}
+# What --report-only needs of the run's record.
+RECORD_KEYS = ("machine", "date", "rounds8", "runs")
 
 
 def resident_mb() -> float:
@@ -222,7 +224,7 @@ def main() -> int:
         print(f"skipping: MNIST is not in {SHARED_MNIST}", file=sys.stderr)
         return 0
     if args.report_only:
-        record = json.loads(OUT.read_text())
+        record = load_record(OUT, RECORD_KEYS, target="bench-sim-scale")
     else:
         jobs = jobs_for(args, str(SHARED_MNIST))
         print(f"bench-sim-scale: {len(jobs)} runs, one at a time", file=sys.stderr, flush=True)

@@ -1,9 +1,12 @@
 """The generated sections of BENCHMARKS.md / RELIABILITY.md are rewritten in place, never duplicated, and the
 hand-written text around them survives."""
 
+import json
 from pathlib import Path
 
-from gossipd.tools.reporting import machine, replace_section
+import pytest
+
+from gossipd.tools.reporting import load_record, machine, replace_section
 
 
 def test_replace_section_appends_then_rewrites_in_place(tmp_path: Path) -> None:
@@ -31,3 +34,17 @@ def test_sections_are_independent(tmp_path: Path) -> None:
 def test_machine_names_cores_and_python() -> None:
     line = machine()
     assert " cores, Python 3." in line
+
+
+def test_a_report_rebuilt_from_a_missing_or_older_record_says_which_benchmark_to_run(tmp_path: Path) -> None:
+    path = tmp_path / "bench-sim.json"
+    with pytest.raises(SystemExit, match="is missing: run `make bench-sim` first"):
+        load_record(path, ("measured",), target="bench-sim")
+    path.write_text('{"reports": []')
+    with pytest.raises(SystemExit, match="cannot be read"):
+        load_record(path, ("measured",), target="bench-sim")
+    path.write_text(json.dumps({"reports": []}))
+    with pytest.raises(SystemExit, match=r"lacks measured, machine \(written by an older run\): run `make bench-sim`"):
+        load_record(path, ("measured", "machine", "reports"), target="bench-sim")
+    path.write_text(json.dumps({"reports": [], "measured": "2026-12-07", "machine": "m"}))
+    assert load_record(path, ("measured", "machine", "reports"), target="bench-sim")["machine"] == "m"

@@ -1,12 +1,16 @@
-"""What the benchmark and soak scripts share: a line naming the machine a figure was measured on, and the
+"""What the benchmark and soak scripts share: a line naming the machine a figure was measured on, the
 rewrite of one generated section of a Markdown file (BENCHMARKS.md, RELIABILITY.md) between its markers,
-leaving everything written by hand around it untouched."""
+leaving everything written by hand around it untouched, and the reading of a run's record for a report
+rebuilt without running (`--report-only`)."""
 
 from __future__ import annotations
 
+import json
 import os
 import platform
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 
 def machine() -> str:
@@ -39,3 +43,18 @@ def replace_section(path: Path, name: str, body: str, *, title: str, heading: st
     else:
         current = current.rstrip() + "\n\n" + (f"{heading}\n\n" if heading else "") + section + "\n"
     path.write_text(current)
+
+
+def load_record(path: Path, needs: Sequence[str], *, target: str) -> dict[str, Any]:
+    """The record a benchmark wrote at `path`, for `--report-only`; a clear exit where there is none, or where
+    it predates what the report needs (a record written before the report stored its date and machine)."""
+    try:
+        record: dict[str, Any] = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise SystemExit(f"{path} is missing: run `make {target}` first") from None
+    except (OSError, ValueError) as error:
+        raise SystemExit(f"{path} cannot be read ({error}): run `make {target}` again") from None
+    missing = [key for key in needs if key not in record]
+    if missing:
+        raise SystemExit(f"{path} lacks {', '.join(missing)} (written by an older run): run `make {target}` again")
+    return record
