@@ -169,7 +169,7 @@ def main() -> None:
         if args.report_only
         else measure(args)
     )
-    text = report(record)
+    text = report(record, draw=not args.no_write)
     print(text)
     if not args.no_write:
         replace_section(
@@ -218,8 +218,9 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     return record
 
 
-def report(record: dict[str, Any]) -> str:
-    """The section's text from a run's record; draws one plot per split into docs/."""
+def report(record: dict[str, Any], *, draw: bool) -> str:
+    """The section's text from a run's record, linking one plot per split, which it draws into docs/ if `draw`
+    (not for a run that leaves BENCHMARKS.md alone: its plots would replace the section's)."""
     reports = record["reports"]
     rows, verdicts = table(reports)
     dataset = "full MNIST" if record["full_data"] else "embedded MNIST 10k"
@@ -227,7 +228,8 @@ def report(record: dict[str, Any]) -> str:
     for partition in PARTITIONS:
         name = f"bench-personal-{partition.replace(':', '')}.png"
         title = f"MNIST, CNN, 8 simulated peers, {partition} split: a personal last layer against the shared model"
-        plot(reports, partition, DOCS / name, title=title)
+        if draw:
+            plot(reports, partition, DOCS / name, title=title)
         figures.append(f"![each peer's gain and cost from a personal last layer, {partition}](docs/{name})")
     return "\n".join(
         [

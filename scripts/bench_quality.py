@@ -569,7 +569,7 @@ def main() -> None:
         if measured is None:
             return
         record = measured
-    text = report(record)
+    text = report(record, draw=not args.no_write)
     print(text)
     if not args.no_write:
         replace_section(
@@ -622,8 +622,9 @@ def measure(args: argparse.Namespace) -> dict[str, Any] | None:
     return record
 
 
-def report(record: dict[str, Any]) -> str:
-    """The section's text from a run's record; draws one plot per workload into docs/."""
+def report(record: dict[str, Any], *, draw: bool) -> str:
+    """The section's text from a run's record, linking one plot per workload, which it draws into docs/ if
+    `draw` (not for a run that leaves BENCHMARKS.md alone: its plots would replace the section's)."""
     present = [Workload(**size) for size in record["sizes"].values()]
     summaries, reports, daemons = record["summaries"], record["reports"], record["daemons"]
     lines = [
@@ -641,7 +642,10 @@ def report(record: dict[str, Any]) -> str:
     for workload in present:
         name = f"bench-quality-{workload.name}.png"
         title = f"{workload.name}, {workload.peers} peers, {workload.partition}, {workload.rounds} rounds"
-        plot(summaries[workload.name], DOCS / name, title=title, stop_points=STOP_POINTS, finish_points=FINISH_POINTS)
+        if draw:
+            plot(
+                summaries[workload.name], DOCS / name, title=title, stop_points=STOP_POINTS, finish_points=FINISH_POINTS
+            )
         lines.append(f"![each configuration against centralised training, per seed, {workload.name}](docs/{name})")
     lines.append("")
     generated = samples(reports)

@@ -190,8 +190,9 @@ def table(reports: list[dict[str, Any]], partition: str) -> list[str]:
     return lines
 
 
-def report(record: dict[str, Any]) -> str:
-    """The section's text from a run's record (out/bench-sim.json); draws one plot per split into docs/."""
+def report(record: dict[str, Any], *, draw: bool) -> str:
+    """The section's text from a run's record (out/bench-sim.json), linking one plot per split, which it draws
+    into docs/ if `draw` (not for a run that leaves BENCHMARKS.md alone: its plots would replace the section's)."""
     reports, cost, partitions = record["reports"], record["mixing_cost"], record["partitions"]
     rounds, finish_rounds = reports[0]["steps"], record["finish_rounds"]
     every = reports[0]["steps_per_exchange"]
@@ -212,7 +213,8 @@ def report(record: dict[str, Any]) -> str:
     ]
     for partition in partitions:
         name = f"bench-sim-{partition.replace(':', '')}.png"
-        plot(reports, partition, DOCS / name, title=f"MNIST, small CNN, 8 simulated peers, {partition} split")
+        if draw:
+            plot(reports, partition, DOCS / name, title=f"MNIST, small CNN, 8 simulated peers, {partition} split")
         figure = f"![accuracy against bytes per exchange, {partition}](docs/{name})"
         lines += [*table(reports, partition), "", figure, ""]
     step = cost["train_step_s"]
@@ -249,7 +251,7 @@ def main() -> None:
     args = parser.parse_args()
 
     record = load_record(OUT / "bench-sim.json", RECORD_KEYS, target="bench-sim") if args.report_only else measure(args)
-    text = report(record)
+    text = report(record, draw=not args.no_write)
     print(text)
     if not args.no_write:
         replace_section(

@@ -46,7 +46,7 @@ def test_the_section_links_one_plot_per_split_under_the_table(tmp_path: Path, mo
         "measured": "2026-12-07", "machine": "a test machine", "wall_seconds": 600.0, "rounds": 300,
         "finish_rounds": 25, "full_data": True, "reports": reports(),
     }  # fmt: skip
-    lines = bench_personal.report(record).splitlines()
+    lines = bench_personal.report(record, draw=True).splitlines()
     assert lines[0].startswith("Measured 2026-12-07 on a test machine; `make bench-personal` (10 min)")
     images = [i for i, line in enumerate(lines) if line.startswith("![")]
     assert len(images) == 2

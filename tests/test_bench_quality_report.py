@@ -60,7 +60,7 @@ def test_the_section_links_one_plot_per_workload_under_the_table(
         },
         "summaries": {"mnist-mlp": ROWS, "titanic": ROWS},
     }  # fmt: skip
-    lines = bench_quality.report(record).splitlines()
+    lines = bench_quality.report(record, draw=True).splitlines()
     assert lines[0].startswith("Measured 2026-12-07 on a test machine; `make bench-quality` (10 min, 20 CPU-minutes")
     images = [i for i, line in enumerate(lines) if line.startswith("![")]
     assert [lines[i].rsplit("/", 1)[1] for i in images] == [

@@ -51,7 +51,7 @@ def test_the_section_links_one_plot_per_split_under_its_table(tmp_path: Path, mo
     pytest.importorskip("matplotlib")
     bench_sim = load_script("bench_sim")
     monkeypatch.setattr(bench_sim, "DOCS", tmp_path)
-    text = bench_sim.report(record())
+    text = bench_sim.report(record(), draw=True)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bench-sim-dirichlet0.5.png", "bench-sim-iid.png"]
     lines = text.splitlines()
     iid_table = lines.index("**iid** — centralised (same samples, one model, batch 8×32): **0.9887**")
@@ -59,3 +59,11 @@ def test_the_section_links_one_plot_per_split_under_its_table(tmp_path: Path, mo
     assert iid_table < iid_plot < lines.index(next(line for line in lines if line.startswith("**dirichlet:0.5**")))
     assert text.startswith("Measured 2026-12-07 on a test machine; `make bench-sim` (20 min, 2 runs in parallel")
     assert "600 rounds (one local step per peer per round; each peer starts an exchange every 2 steps" in text
+
+
+def test_a_run_that_leaves_benchmarks_alone_draws_no_plot(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    bench_sim = load_script("bench_sim")
+    monkeypatch.setattr(bench_sim, "DOCS", tmp_path)
+    text = bench_sim.report(record(), draw=False)
+    assert "![accuracy against bytes per exchange, iid](docs/bench-sim-iid.png)" in text
+    assert list(tmp_path.iterdir()) == []
