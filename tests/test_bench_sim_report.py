@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from gossipd.tools.bench_sim_plot import plotted
+from gossipd.tools.bench_sim_plot import plot, plotted
 from tests.scripts import load_script
 
 
@@ -67,3 +67,10 @@ def test_a_run_that_leaves_benchmarks_alone_draws_no_plot(tmp_path: Path, monkey
     text = bench_sim.report(record(), draw=False)
     assert "![accuracy against bytes per exchange, iid](docs/bench-sim-iid.png)" in text
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_split_with_nothing_mixed_still_gets_its_plot(tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    alone = [r for r in record()["reports"] if r["algorithm"] == "local"]
+    assert plot(alone, "iid", tmp_path / "p.png", title="iid") == []
+    assert (tmp_path / "p.png").stat().st_size > 0

@@ -46,7 +46,10 @@ def plot(reports: list[dict[str, Any]], partition: str, path: Path, *, title: st
             0.99, 0.02, f"peers alone: {100 * alone:.1f}% (no exchanges)", transform=axis.transAxes,
             ha="right", va="bottom", fontsize=8, color="grey",
         )  # fmt: skip
-    top = max([100 * r["mean_accuracy"] for r in runs] + ([100 * centralised] if centralised is not None else []))
+    top = max(
+        [100 * r["mean_accuracy"] for r in runs] + ([100 * centralised] if centralised is not None else []),
+        default=100.0,
+    )
     axis.set_ylim(lowest - 0.3, top + 0.2)
     axis.set_xscale("log")
     axis.set_xlabel("bytes per exchange, both directions (KB, log scale)")
