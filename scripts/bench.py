@@ -309,9 +309,8 @@ def measure(args: argparse.Namespace, task: Path, data: str | None, started: flo
 def publish(results: dict[str, Any], args: argparse.Namespace) -> None:
     """The section from one run's results, printed and (unless --no-write) in BENCHMARKS.md, with the race's
     plot in docs/."""
-    figure = None
-    if results["accuracy"] and not args.no_write:
-        figure = "docs/bench-daemon-race.png"
+    figure = "docs/bench-daemon-race.png" if results["accuracy"] else None
+    if figure is not None and not args.no_write:  # a run that leaves BENCHMARKS.md alone leaves its plot too
         plot(results["accuracy"], REPO / figure, dataset=results["dataset"])
     text = report(
         results,

@@ -15,6 +15,7 @@ from statistics import median
 from typing import Any
 
 from gossipd.tools.bench_peers_report import EARLY_START_NOTE, LABELS
+from gossipd.tools.figures import legend_below, pyplot, save
 from gossipd.tools.netlab_topology import format_rate
 
 DEFAULT = "gossipd-auto-paced"  # the task file's default exchange, step-paced as every gossipd row here
@@ -158,11 +159,7 @@ def report(results: list[dict[str, Any]], plots: dict[str, str]) -> str:
 
 def plot(results: list[dict[str, Any]], model: str, path: Path) -> None:
     """Accuracy (mean peer) against time, one panel per link speed, the first run of each system."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     rates = sorted({r["rate"] for r in results if r["model"] == model})
     figure, axes = plt.subplots(1, len(rates), figsize=(6 * len(rates), 4.5), squeeze=False)
     for axis, rate in zip(axes[0], rates, strict=True):
@@ -181,10 +178,7 @@ def plot(results: list[dict[str, Any]], model: str, path: Path) -> None:
         axis.set(title=f"{format_rate(rate)} links", xlabel="wall time (s)", ylabel="test accuracy, mean peer (%)")
         axis.set_ylim(90, 100)
         axis.grid(alpha=0.3)
-    handles, names = axes[0][0].get_legend_handles_labels()
-    figure.legend(handles, names, loc="lower center", ncol=3, frameon=False)
     figure.suptitle(f"MNIST, {model}, 4 peers on shaped links (first run of each system)")
-    figure.tight_layout(rect=(0, 0.12, 1, 0.95))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=90)
-    plt.close(figure)
+    figure.tight_layout()
+    legend_below(figure, axes[0][0], ncol=3)
+    save(figure, path)
