@@ -623,10 +623,11 @@ def daemon_figures(statuses: list[dict[str, Any] | None]) -> dict[str, Any]:
     }
 
 
-def write_report(out: Path) -> tuple[str, str | None]:
-    """Plots and the BENCHMARKS.md section from the runs recorded in `out`, and for the published runs the
-    section of docs/bench-peers/HISTORY.md from every run, those under history/ included. In BENCHMARKS.md the
-    published runs are only the current ones (`split_history`); an experiment's report shows all of its own."""
+def write_report(out: Path, *, draw: bool = True) -> tuple[str, str | None]:
+    """Plots (with `draw`) and the BENCHMARKS.md section from the runs recorded in `out`, and for the published
+    runs the section of docs/bench-peers/HISTORY.md from every run, those under history/ included. In
+    BENCHMARKS.md the published runs are only the current ones (`split_history`); an experiment's report shows
+    all of its own."""
     paths = sorted(out.glob("*.json")) + sorted((out / "history").glob("*.json"))
     everything = [json.loads(path.read_text()) for path in paths if path.name != "results.json"]
     results = split_history(everything)[0] if out == RESULTS else everything
@@ -636,7 +637,8 @@ def write_report(out: Path) -> tuple[str, str | None]:
     folder = DOCS if out == RESULTS else out  # an experiment's plots must not replace the published ones
     for model, split in dict.fromkeys((r["model"], r["split"]) for r in results):
         name = f"bench-peers-{model}-{split.replace(':', '')}.png"
-        plot(results, model, split, folder / name)
+        if draw:
+            plot(results, model, split, folder / name)
         plots[(model, split)] = str((folder / name).relative_to(REPO))
     header = [
         f"Measured {_dates(results)} on {run_machines(results)}; `make bench-peers`. Current code and settings only: "
@@ -781,7 +783,8 @@ def run_machines(results: list[dict[str, Any]]) -> str:
 def publish(out: Path, *, write: bool) -> None:
     """Rebuild the report from the runs in `out`, print it, and with `write` put it in BENCHMARKS.md (and the
     history in docs/bench-peers/HISTORY.md)."""
-    text, history = write_report(out)
+    # A published run left out of BENCHMARKS.md (--no-write) must not redraw the plots the section links.
+    text, history = write_report(out, draw=write or out != RESULTS)
     print(text)
     if write:
         replace_section(REPO / "BENCHMARKS.md", "bench-peers", text, title="Benchmarks", heading=HEADING)

@@ -284,6 +284,8 @@ def test_current_runs_are_rivals_references_and_the_current_gossipd_settings_run
         {**run("gossipd-powergossip-r2"), **finished},
         {**run("gossipd-powergossip-f16-paced"), **finished, "gossip_extra": "rank = 2"},  # an experiment
         {**run("gossipd-auto-paced"), "finish": True},  # ‡ peer 0 started early (before 2026-12-05)
+        {**run("gossipd-auto-paced"), **finished, "superseded": "rerun on one machine"},  # replaced by a rerun
+        {**run("hivemind"), "superseded": "rerun on one machine"},
     ]
     assert all(is_current(r) for r in current)
     assert not any(is_current(r) for r in history)

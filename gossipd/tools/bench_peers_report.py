@@ -99,8 +99,8 @@ TIME_GOAL, BYTES_GOAL, ACCURACY_GOAL, DEFAULT_ACCURACY_GOAL = 0.7, 50.0, 0.3, 0.
 def is_current(result: dict[str, Any]) -> bool:
     """Whether a recorded run belongs in BENCHMARKS.md: a rival, a reference, or one of the current gossipd
     settings run with the current code (it stopped at its step budget and finished), no experiment's extra
-    settings."""
-    if result["system"] not in CURRENT or result.get("gossip_extra"):
+    settings, and not `superseded` (a run replaced by a rerun, kept under history/ with the reason)."""
+    if result["system"] not in CURRENT or result.get("gossip_extra") or result.get("superseded"):
         return False
     return not result["system"].startswith("gossipd-") or bool(result.get("finish") and result.get("together"))
 
