@@ -372,6 +372,26 @@ def test_one_verdict_line_per_goal_with_the_ratio_and_whether_it_is_met() -> Non
     assert "auto 98.25% against plain gossip's 98.50%: **0.25 points behind, not met**" in lines[4]
 
 
+def test_verdicts_where_a_side_never_reached_98_name_who_did_instead_of_empty_figures() -> None:
+    finished = {"finish": True, "together": True}
+    # The MLP's IID split: plain gossip and auto reach 98%, PowerGossip and every rival do not.
+    runs = [
+        {**synthetic("gossipd-plain-paced", 27, 3.5e9, 0.9815), **finished},
+        {**synthetic("gossipd-powergossip-f16-paced", None, 16e6, 0.974), **finished},
+        {**synthetic("gossipd-auto-paced", 27, 5e8, 0.9797), **finished},
+        synthetic("hivemind", None, 2.7e9, 0.958),
+        synthetic("flower", None, 1.4e8, 0.9758),
+    ]
+    lines = verdicts(aggregate(runs))
+    assert lines[0] == f"- {GOALS[0]}: auto 27 s; no rival reached 98%: **met**."
+    assert lines[1] == f"- {GOALS[1]}: PowerGossip r1 float16 did not reach 98%, plain gossip did: **not met**."
+    assert lines[2] == f"- {GOALS[2]}: PowerGossip r1 float16 did not reach 98%, nor did Flower: **not judged**."
+    assert not any("— MB" in line for line in lines)
+    # gossipd short of 98% where a rival reached it.
+    late = [{**synthetic("gossipd-auto-paced", None, 5e8, 0.979), **finished}, synthetic("flower", 80, 4e8, 0.984)]
+    assert verdicts(aggregate(late))[0] == f"- {GOALS[0]}: gossipd did not reach 98%, Flower did in 80 s: **not met**."
+
+
 def test_a_workload_without_current_gossipd_runs_still_gets_one_line_per_goal() -> None:
     # An MLP-like workload: the gossipd runs are history, and history is not judged in BENCHMARKS.md.
     lines = verdicts(aggregate([synthetic("flower", 80, 400e6, 0.97), synthetic("ddp", 20, 9e9, 0.978)]))

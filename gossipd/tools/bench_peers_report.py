@@ -516,16 +516,18 @@ def verdicts(rows: list[Row]) -> list[str]:
                 f"{GOALS[0]}: not judged, neither side reached 98%; to 97%, {SHORT[best.system]} "
                 f"{_seconds(mine)} s against {_rival_name(rival, rows)} {_seconds(theirs)} s: **{reached}**."
             )
+        elif math.isinf(theirs):
+            lines.append(f"{GOALS[0]}: {SHORT[best.system]} {_seconds(mine)} s; no rival reached 98%: **met**.")
+        elif math.isinf(mine):
+            lines.append(
+                f"{GOALS[0]}: gossipd did not reach 98%, {_rival_name(rival, rows)} did in {_seconds(theirs)} s: "
+                "**not met**."
+            )
         else:
-            if math.isinf(mine):
-                shown, verdict = "gossipd did not reach 98%", "not met"
-            elif math.isinf(theirs):
-                shown, verdict = "the rivals did not reach 98%", "met"
-            else:
-                shown, verdict = f"{mine / theirs:.2f}×", "met" if mine / theirs <= TIME_GOAL else "not met"
+            ratio = mine / theirs
             lines.append(
                 f"{GOALS[0]}: {SHORT[best.system]} {_seconds(mine)} s against {_rival_name(rival, rows)} "
-                f"{_seconds(theirs)} s: **{shown}, {verdict}**."
+                f"{_seconds(theirs)} s: **{ratio:.2f}×, {'met' if ratio <= TIME_GOAL else 'not met'}**."
             )
 
     short = SHORT[JUDGED]
@@ -537,8 +539,12 @@ def verdicts(rows: list[Row]) -> list[str]:
         share = theirs / copies  # Flower: its network share, see FLOWER_LOOPBACK_COPIES
         name = SHORT[other.system] if copies == 1 else _rival_name(other, rows)
         if math.isinf(mine):
-            shown, verdict = f"{short} did not reach 98%", "not met"
-        elif math.isinf(theirs):
+            # No bytes to compare: say who reached 98%, not "— MB against — MB".
+            reached = f"{name} did" if not math.isinf(theirs) else f"nor did {name}"
+            verdict = "not met" if not math.isinf(theirs) else "not judged"
+            lines.append(f"{goal}: {short} did not reach 98%, {reached}: **{verdict}**.")
+            continue
+        if math.isinf(theirs):
             shown, verdict = f"{name} did not reach 98%", "not judged"
         else:
             shown, verdict = _ratio(mine, share), "met" if share / mine >= BYTES_GOAL else "not met"
