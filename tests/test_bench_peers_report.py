@@ -387,6 +387,12 @@ def test_verdicts_where_a_side_never_reached_98_name_who_did_instead_of_empty_fi
     assert lines[1] == f"- {GOALS[1]}: PowerGossip r1 float16 did not reach 98%, plain gossip did: **not met**."
     assert lines[2] == f"- {GOALS[2]}: PowerGossip r1 float16 did not reach 98%, nor did Flower: **not judged**."
     assert not any("— MB" in line for line in lines)
+    # PowerGossip at 98% where plain gossip never got there.
+    plain_short = [{**runs[0], "reached": {key: None for key in runs[0]["reached"]}}, *runs[1:]]
+    plain_short[1] = {**synthetic("gossipd-powergossip-f16-paced", 40, 16e6, 0.981), **finished}
+    lines = verdicts(aggregate(plain_short))
+    assert lines[1] == f"- {GOALS[1]}: PowerGossip r1 float16 16 MB; plain gossip did not reach 98%: **not judged**."
+    assert lines[2] == f"- {GOALS[2]}: PowerGossip r1 float16 16 MB; Flower did not reach 98%: **not judged**."
     # gossipd short of 98% where a rival reached it.
     late = [{**synthetic("gossipd-auto-paced", None, 5e8, 0.979), **finished}, synthetic("flower", 80, 4e8, 0.984)]
     assert verdicts(aggregate(late))[0] == f"- {GOALS[0]}: gossipd did not reach 98%, Flower did in 80 s: **not met**."

@@ -545,9 +545,9 @@ def verdicts(rows: list[Row]) -> list[str]:
             lines.append(f"{goal}: {short} did not reach 98%, {reached}: **{verdict}**.")
             continue
         if math.isinf(theirs):
-            shown, verdict = f"{name} did not reach 98%", "not judged"
-        else:
-            shown, verdict = _ratio(mine, share), "met" if share / mine >= BYTES_GOAL else "not met"
+            lines.append(f"{goal}: {short} {_megabytes(mine)} MB; {name} did not reach 98%: **not judged**.")
+            continue
+        shown, verdict = _ratio(mine, share), "met" if share / mine >= BYTES_GOAL else "not met"
         if copies == 1:
             against = f"{name}'s {_megabytes(theirs)} MB"
         else:
