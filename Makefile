@@ -43,7 +43,7 @@ bench-quality: setup
 
 # What a daemon costs as its swarm grows: memory, startup, discovery traffic of 4-16 real daemons (ss, /proc).
 bench-scale: setup
-	$(BIN)/python scripts/bench_scale.py
+	$(BIN)/python scripts/bench_scale.py --write
 
 # The simulator with hundreds of peers: time per round, memory per peer, accuracy for the same total samples.
 bench-sim-scale: setup

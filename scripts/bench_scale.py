@@ -6,13 +6,16 @@
    identify) and transport framing — per second, measured with `ss`, and whether every view fills.
 3. 16 daemons of the task as it is: resident memory, views, and the consensus distance falling.
 
-Prints progress and a markdown table; writes build/bench-scale/results.json. Needs MNIST in
-../shared/datasets/mnist (skips with a message otherwise) and `ss` for the traffic figures.
+Prints progress, the table and a verdict per goal; writes build/bench-scale/results.json, and with `--write`
+(as `make bench-scale` runs it) BENCHMARKS.md's section and its plot, docs/bench-scale.png. `--report-only`
+rebuilds them from the record. Needs MNIST in ../shared/datasets/mnist (skips with a message otherwise) and
+`ss` for the traffic figures.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import re
 import shutil
@@ -25,6 +28,8 @@ from pathlib import Path
 from typing import Any
 
 from gossipd.task.loader import load_task
+from gossipd.tools.bench_scale_report import plot, table, verdicts
+from gossipd.tools.reporting import load_record, machine, replace_section
 from gossipd.tools.swarm import Swarm, running_swarm
 from gossipd.tools.swarm_report import Row, ScaleSummary, record, summarise, wait_training
 
@@ -32,6 +37,8 @@ REPO = Path(__file__).resolve().parents[1]
 MNIST = REPO.parent / "shared" / "datasets" / "mnist"
 TASK = REPO / "tasks" / "mnist-mlp.toml"
 OUT = REPO / "build" / "bench-scale"
+RECORD_KEYS = ("machine", "date", "alone", "quiet", "mixing")
+HEADING = "## What a daemon costs as its swarm grows (real daemons, one machine)"
 
 
 def say(line: str) -> None:
@@ -77,14 +84,41 @@ def main() -> int:
     parser.add_argument("--sizes", default="4,8,16")
     parser.add_argument("--duration", type=float, default=60.0, help="seconds recorded per swarm")
     parser.add_argument("--settle", type=float, default=45.0, help="seconds between training and recording")
+    parser.add_argument("--write", action="store_true", help="replace the section of BENCHMARKS.md and its plot")
+    parser.add_argument("--report-only", action="store_true", help="rebuild the report from the last record")
     args = parser.parse_args()
-    if not (MNIST / "train-images-idx3-ubyte.gz").exists():
-        say(f"skipping: MNIST is not in {MNIST}")
-        return 0
+    if args.report_only:
+        results = load_record(OUT / "results.json", RECORD_KEYS, target="bench-scale")
+    else:
+        if not (MNIST / "train-images-idx3-ubyte.gz").exists():
+            say(f"skipping: MNIST is not in {MNIST}")
+            return 0
+        results = measure(args)
+        OUT.mkdir(parents=True, exist_ok=True)
+        (OUT / "results.json").write_text(json.dumps(results, indent=1))
+    body = table(results) + "\n\n" + "\n".join(verdicts(results))
+    print(body)
+    if args.write:
+        plot(results, REPO / "docs" / "bench-scale.png", title="Real daemons of the MNIST MLP on one machine")
+        heading = (
+            f"Measured {results['date']} on {results['machine']}; `make bench-scale`, one run: each swarm "
+            f"settles {results['settle_s']:.0f} s after its daemons train, then is polled for "
+            f"{results['duration_s']:.0f} s (setup: [docs/bench-readings.md](docs/bench-readings.md)).\n\n"
+        )
+        figure = "![memory and discovery traffic per daemon against the swarm's size](docs/bench-scale.png)"
+        replace_section(
+            REPO / "BENCHMARKS.md", "bench-scale", heading + body + "\n\n" + figure, title="Benchmarks", heading=HEADING
+        )
+    return 0
+
+
+def measure(args: argparse.Namespace) -> dict[str, Any]:
     if shutil.which("ss") is None:
         say("note: no `ss` on this machine: traffic figures are left out")
     work = Path(tempfile.mkdtemp(prefix="gossipd-scale-", dir="/tmp"))
     results: dict[str, Any] = {
+        "machine": machine(),
+        "date": str(datetime.date.today()),
         "task": str(TASK.relative_to(REPO)),
         "duration_s": args.duration,
         "settle_s": args.settle,
@@ -122,37 +156,7 @@ def main() -> int:
         results["mixing"] = {"summary": asdict(summary), "consensus_distance": distances}
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    OUT.mkdir(parents=True, exist_ok=True)
-    (OUT / "results.json").write_text(json.dumps(results, indent=1))
-    print(table(results))
-    return 0
-
-
-def table(results: dict[str, Any]) -> str:
-    alone_ = results["alone"]
-    lines = [
-        f"One daemon alone: launch to training {alone_['startup_s']:.1f} s (median of {alone_['startup_runs']}), "
-        f"resident {alone_['resident_mb']:.0f} MB.",
-        "",
-        "| daemons | exchanges | resident MB median (max) | peak MB median (max) | views full "
-        "| non-exchange TCP KB/s per daemon, median (max) |",
-        "| ---: | --- | ---: | ---: | ---: | ---: |",
-    ]
-    rows = [(size, "none", s) for size, s in results["quiet"].items()]
-    rows.append((str(results["mixing"]["summary"]["peers"]), "the task's", results["mixing"]["summary"]))
-    for size, kind, s in rows:
-        traffic = s["other_traffic_bps"]
-        shown = "-" if traffic is None else f"{traffic[0] / 1e3:.2f} ({traffic[1] / 1e3:.2f})"
-        lines.append(
-            f"| {size} | {kind} | {s['resident_mb'][0]:.0f} ({s['resident_mb'][1]:.0f}) | "
-            f"{s['peak_mb'][0]:.0f} ({s['peak_mb'][1]:.0f}) | {s['view_full']}/{s['peers']} | {shown} |"
-        )
-    distances = results["mixing"]["consensus_distance"]
-    if len(distances) == 2:
-        before, after = distances.values()
-        lines.append("")
-        lines.append(f"Consensus distance (median over daemons) while mixing: {before:.3g} → {after:.3g}.")
-    return "\n".join(lines)
+    return results
 
 
 if __name__ == "__main__":

@@ -63,6 +63,7 @@ def test_the_summary_counts_what_was_not_mixing_per_second_and_the_views_that_fi
     assert summary.startup_s == (6.0, 7.0)
     assert summary.view_full == 2  # a view of 6 wanted, 2 others exist: full at 2, which peer 1 is not
     assert summary.other_traffic_bps == (500.0, 2500.0)
+    assert summary.exchange_bps == (1500.0, 1500.0)
 
 
 def test_the_demo_table_prints_a_tiny_loss_in_significant_digits() -> None:

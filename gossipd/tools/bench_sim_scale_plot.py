@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from gossipd.tools.figures import legend_below, pyplot, save
+from gossipd.tools.figures import legend_below, pyplot, save, size_axes
 
 
 def plotted(runs: list[dict[str, Any]], model: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -50,11 +50,7 @@ def plot(runs: list[dict[str, Any]], model: str, path: Path, *, title: str) -> l
     per_peer = memory.twinx()
     per_peer.plot(sizes, [r["mb_per_peer"] for r in same], marker="x", color="tab:grey", linestyle="--")
     per_peer.set_ylabel("MB per simulated peer (dashed)")
-    for axis in (accuracy, memory):
-        axis.set_xscale("log", base=2)
-        axis.set_xticks(sizes, [f"{s:,}" for s in sizes])
-        axis.set_xlabel("simulated peers")
-        axis.grid(alpha=0.3)
+    size_axes([accuracy, memory], sizes, label="simulated peers")
     figure.suptitle(title, fontsize=10)
     figure.tight_layout()
     labels = legend_below(figure, accuracy, ncol=2)

@@ -6,6 +6,7 @@ Agg backend (no display on the machines that run benchmarks).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,15 @@ def legend_below(figure: Any, axis: Any, *, ncol: int) -> list[str]:
     handles, labels = axis.get_legend_handles_labels()
     figure.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=ncol, fontsize=9, frameon=False)
     return [str(label) for label in labels]
+
+
+def size_axes(axes: Sequence[Any], sizes: Sequence[int], *, label: str) -> None:
+    """X axes over swarm sizes that double (4, 8, 16; 8, 256, 1,024): log 2, a tick at each size, a grid."""
+    for axis in axes:
+        axis.set_xscale("log", base=2)
+        axis.set_xticks(list(sizes), [f"{s:,}" for s in sizes])
+        axis.set_xlabel(label)
+        axis.grid(alpha=0.3)
 
 
 def save(figure: Any, path: Path) -> None:

@@ -195,6 +195,7 @@ class ScaleSummary:
     startup_s: tuple[float, float] | None  # median and slowest launch-to-training
     view_full: int  # peers whose view holds view_size neighbours (or every other peer)
     other_traffic_bps: tuple[float, float] | None  # median and largest TCP bytes/s that were not exchanges
+    exchange_bps: tuple[float, float] | None = None  # median and largest exchange bytes/s (payload, in + out)
 
 
 def summarise(history: Sequence[Row], startup: dict[int, float], view_size: int) -> ScaleSummary:
@@ -202,6 +203,7 @@ def summarise(history: Sequence[Row], startup: dict[int, float], view_size: int)
     first = {r.peer: r for r in history if r.time_s == first_time}
     last = [r for r in history if r.time_s == last_time]
     traffic: list[float] = []
+    exchanged: list[float] = []
     for row in last:
         before = first.get(row.peer)
         if before is None or None in (row.tcp_sent, row.tcp_received, before.tcp_sent, before.tcp_received):
@@ -210,6 +212,7 @@ def summarise(history: Sequence[Row], startup: dict[int, float], view_size: int)
         mixing = row.bytes_sent + row.bytes_received - before.bytes_sent - before.bytes_received
         if last_time > first_time:
             traffic.append(max(0.0, tcp - mixing) / (last_time - first_time))
+            exchanged.append(mixing / (last_time - first_time))
     wanted = min(view_size, len(last) - 1)
     return ScaleSummary(
         peers=len(last),
@@ -218,6 +221,7 @@ def summarise(history: Sequence[Row], startup: dict[int, float], view_size: int)
         startup_s=_median_max(list(startup.values())) if startup else None,
         view_full=sum(r.peers_in_view >= wanted for r in last),
         other_traffic_bps=_median_max(traffic) if traffic else None,
+        exchange_bps=_median_max(exchanged) if exchanged else None,
     )
 
 
