@@ -1,6 +1,7 @@
 """What the benchmark and soak scripts share: a line naming the machine a figure was measured on, the
 rewrite of one generated section of a Markdown file (BENCHMARKS.md, RELIABILITY.md) between its markers,
-leaving everything written by hand around it untouched, and the reading of a run's record for a report
+leaving everything written by hand around it untouched (but the file's summary of verdicts, rebuilt from
+its sections), and the reading of a run's record for a report
 rebuilt without running (`--report-only`)."""
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ import platform
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+from gossipd.tools.verdicts import with_summary
 
 
 def machine() -> str:
@@ -42,7 +45,8 @@ def replace_section(path: Path, name: str, body: str, *, title: str, heading: st
         current = head + section + rest.split(end, 1)[1]
     else:
         current = current.rstrip() + "\n\n" + (f"{heading}\n\n" if heading else "") + section + "\n"
-    path.write_text(current)
+    # A file with a summary of its verdicts (BENCHMARKS.md) has it rebuilt from the sections as they now are.
+    path.write_text(with_summary(current))
 
 
 def load_record(path: Path, needs: Sequence[str], *, target: str) -> dict[str, Any]:
