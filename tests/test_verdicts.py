@@ -35,6 +35,8 @@ stale
 - Bytes to 98% against Flower (goal ≥ 50× fewer): not judged, no current PowerGossip r1 float16 run on this workload.
 - MNIST MLP, weakest mixing: **PowerGossip**, -6.72 points at the stop.
 
+The goal was met last week, and this prose says so without being a verdict line.
+
 ## Attached
 
 - Steps/s attached against bare, cnn (goal ≥ 0.9): alone 1.01, **met**; paced 0.75, **not met**; budget 0.90, **met**.

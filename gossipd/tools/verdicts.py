@@ -18,13 +18,14 @@ BEGIN, END = f"<!-- {NAME}:begin -->", f"<!-- {NAME}:end -->"
 _NOT_MET = re.compile(r"\bnot met\b", re.IGNORECASE)
 _MET = re.compile(r"(?<!not )\bmet\b", re.IGNORECASE)
 _NOT_JUDGED = re.compile(r"\bnot judged\b", re.IGNORECASE)
+_CLAUSE = re.compile(r": (?:NOT )?met \(")
 
 
 @dataclass(frozen=True)
 class Verdict:
     section: str  # the `## ` heading the line is under
     workload: str  # the `### ` heading under it, or ""
-    goal: str  # what the line judges: its bold lead, or its text up to the first ": "
+    goal: str  # what the line judges (see `goal`)
     outcome: str  # "met", "not met", "partly met" (several settings on one line, some met) or "not judged"
 
 
@@ -64,8 +65,14 @@ def goal(line: str) -> str:
     return text.split(": ", 1)[0].strip()
 
 
+def _claims(line: str) -> bool:
+    """Whether a line may carry verdicts: a list item, or a line of "<setting>: NOT met (…)" clauses (the
+    personal-layer section's), not prose that happens to say "met"."""
+    return line.startswith("- ") or _CLAUSE.search(line) is not None
+
+
 def verdicts(markdown: str) -> list[Verdict]:
-    """Every verdict line of the file, outside the summary itself and outside tables and code."""
+    """Every verdict line of the file, outside the summary itself and outside code blocks."""
     found: list[Verdict] = []
     section = workload = ""
     inside_summary = fenced = False
@@ -84,7 +91,7 @@ def verdicts(markdown: str) -> list[Verdict]:
             section, workload = line[3:].strip(), ""
         elif line.startswith("### "):
             workload = line[4:].strip()
-        elif section and not line.startswith(("|", "!", "<!--", "#")):
+        elif section and _claims(line):
             verdict = outcome(line)
             if verdict is not None:
                 found.append(Verdict(section, workload, goal(line), verdict))
