@@ -11,7 +11,7 @@ import datetime
 from pathlib import Path
 from typing import Any
 
-from gossipd.tools.figures import legend_below, pyplot, save
+from gossipd.tools.figures import finish, pyplot
 
 SPEED_GOAL = 0.9
 
@@ -125,8 +125,7 @@ def plot(runs: list[dict[str, Any]], path: Path, *, dataset: str) -> list[str]:
     by_time.set_xlabel("seconds since the swarm was up")
     by_bytes.set_xlabel("bytes sent by all daemons (MB, log scale)")
     by_bytes.set_xscale("log")
-    figure.suptitle(f"4 daemons on loopback, small CNN, {dataset}", fontsize=10)
-    figure.tight_layout()
-    legend_below(figure, by_time, ncol=2)
-    save(figure, path)
+    finish(
+        figure, path, title=f"4 daemons on loopback, small CNN, {dataset}", legend_axis=by_time, ncol=2, title_size=10
+    )
     return drawn

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gossipd.tools.figures import legend_below, pyplot, save
+from gossipd.tools.figures import finish, pyplot
 
 TARGETS = (0.97, 0.98)
 STEPS_TARGET = 0.98  # the target whose local step count the tables show ("local steps to 98%")
@@ -623,11 +623,10 @@ def plot(results: list[dict[str, Any]], model: str, split: str, path: Path) -> l
     by_bytes.set_xscale("log")
     if math.isfinite(smallest):
         by_bytes.set_xlim(left=smallest / 2)
-    figure.suptitle(f"MNIST, {model.upper()}, {split} split, 4 peers (first run of each system)")
-    figure.tight_layout()
-    labels = legend_below(figure, by_time, ncol=3)
-    save(figure, path)
-    return labels
+    return finish(
+        figure, path, title=f"MNIST, {model.upper()}, {split} split, 4 peers (first run of each system)",
+        legend_axis=by_time, ncol=3,
+    )  # fmt: skip
 
 
 def _runs_label(counts: set[int]) -> str:

@@ -11,7 +11,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from gossipd.tools.figures import legend_below, pyplot, save, size_axes
+from gossipd.tools.figures import finish, pyplot, size_axes
 
 STARTUP_GOAL_S = 10.0  # launch to `training`, one daemon on an idle machine
 MEMORY_GOAL_MB = 400.0  # resident per daemon, every daemon of every swarm measured
@@ -133,8 +133,4 @@ def plot(record: dict[str, Any], path: Path, *, title: str) -> list[str]:
     traffic.set_ylabel("idle swarm: TCP KB/s per daemon")
     traffic.set_ylim(bottom=0)
     size_axes([memory, traffic], sizes, label="daemons on this machine")
-    figure.suptitle(title, fontsize=10)
-    figure.tight_layout()
-    labels = legend_below(figure, memory, ncol=3)
-    save(figure, path)
-    return labels
+    return finish(figure, path, title=title, legend_axis=memory, ncol=3, title_size=10)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from gossipd.tools.figures import legend_below, pyplot, save, size_axes
+from gossipd.tools.figures import finish, pyplot, size_axes
 
 
 def plotted(runs: list[dict[str, Any]], model: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -51,8 +51,4 @@ def plot(runs: list[dict[str, Any]], model: str, path: Path, *, title: str) -> l
     per_peer.plot(sizes, [r["mb_per_peer"] for r in same], marker="x", color="tab:grey", linestyle="--")
     per_peer.set_ylabel("MB per simulated peer (dashed)")
     size_axes([accuracy, memory], sizes, label="simulated peers")
-    figure.suptitle(title, fontsize=10)
-    figure.tight_layout()
-    labels = legend_below(figure, accuracy, ncol=2)
-    save(figure, path)
-    return labels
+    return finish(figure, path, title=title, legend_axis=accuracy, ncol=2, title_size=10)

@@ -15,7 +15,7 @@ from statistics import median
 from typing import Any
 
 from gossipd.tools.bench_peers_report import EARLY_START_NOTE, LABELS
-from gossipd.tools.figures import legend_below, pyplot, save
+from gossipd.tools.figures import finish, pyplot
 from gossipd.tools.netlab_topology import format_rate
 
 DEFAULT = "gossipd-auto-paced"  # the task file's default exchange, step-paced as every gossipd row here
@@ -178,7 +178,7 @@ def plot(results: list[dict[str, Any]], model: str, path: Path) -> None:
         axis.set(title=f"{format_rate(rate)} links", xlabel="wall time (s)", ylabel="test accuracy, mean peer (%)")
         axis.set_ylim(90, 100)
         axis.grid(alpha=0.3)
-    figure.suptitle(f"MNIST, {model}, 4 peers on shaped links (first run of each system)")
-    figure.tight_layout()
-    legend_below(figure, axes[0][0], ncol=3)
-    save(figure, path)
+    finish(
+        figure, path, title=f"MNIST, {model}, 4 peers on shaped links (first run of each system)",
+        legend_axis=axes[0][0], ncol=3,
+    )  # fmt: skip

@@ -38,6 +38,19 @@ def size_axes(axes: Sequence[Any], sizes: Sequence[int], *, label: str) -> None:
         axis.grid(alpha=0.3)
 
 
+def finish(
+    figure: Any, path: Path, *, title: str, legend_axis: Any, ncol: int, title_size: float | None = None
+) -> list[str]:
+    """The common end of a multi-panel plot: its title, the panels laid out, the legend of `legend_axis` under
+    them, saved to `path`; returns the legend's labels."""
+    # No size given: matplotlib's own for figure titles (an explicit None would fall back to the text size).
+    figure.suptitle(title, **({} if title_size is None else {"fontsize": title_size}))
+    figure.tight_layout()
+    labels = legend_below(figure, legend_axis, ncol=ncol)
+    save(figure, path)
+    return labels
+
+
 def save(figure: Any, path: Path) -> None:
     """The figure as a PNG at `path` (its folder made), cropped to what was drawn, and closed."""
     path.parent.mkdir(parents=True, exist_ok=True)
